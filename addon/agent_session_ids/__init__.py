@@ -1,0 +1,1 @@
+"""agent-session-ids: give every coding-agent request the gateway session ID of its agent session."""

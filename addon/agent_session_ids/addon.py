@@ -1,0 +1,254 @@
+"""The mitmproxy side: options, hooks, and the glue between the adapters and the pure parts.
+
+Fail open: whatever goes wrong, the request passes on unmodified and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from . import display
+from .matching import RuleSet
+from .resolution import agents, process, state
+from .resolution.conversation import Conversation, from_body
+from .resolution.jsonl_store import JsonlStore
+from .resolution.model import Process, Session
+from .resolution.resolver import Resolver
+from .rewrite import RewriteError, parse_body, render, set_field, set_header
+from .rules import Rule, RuleError, load_rules_dir
+
+logger = logging.getLogger("agent_session_ids")
+
+DEFAULT_RULES = str(Path(__file__).resolve().parent.parent.parent / "rules")
+LOOKUP_TIMEOUT_S = 0.5
+RESOLVE_TIMEOUT_S = 0.5
+PRUNE_EVERY_S = 60.0
+
+
+class SessionIds:
+    def __init__(self) -> None:
+        self.rules = RuleSet([])
+        self.resolver = Resolver()
+        self.store = JsonlStore()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")  # owns resolver + store
+        self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
+        self._folders: dict[str, list[agents.SessionFolder]] = {}  # process key -> session folders
+        self._warned: set[str] = set()
+        self._running = False
+        self._state_path: str | None = None
+        self._last_prune = 0.0
+
+    # -- options -----------------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "session_rules", str, DEFAULT_RULES,
+            "Folder of YAML rule files that say which gateway requests get a session ID, and where it goes. "
+            "Defaults to the rules/ folder shipped with agent-session-ids.",
+        )
+        loader.add_option(
+            "session_state_file", str, "",
+            "File that keeps the session IDs minted for sessions whose first request came before their "
+            "session file, so they survive a proxy restart. Empty: <confdir>/agent-session-ids/state.json.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "session_rules" in updated:
+            try:
+                rules = load_rules_dir(ctx.options.session_rules)
+            except RuleError as e:
+                if self._running:
+                    raise exceptions.OptionsError(str(e)) from None
+                # At start-up: one clear line, then mitmproxy's error check stops the proxy.
+                logger.error(f"agent-session-ids: bad rule: {e}")
+                self.rules = RuleSet([])
+                return
+            self.rules = RuleSet(rules)
+            logger.info(
+                f"agent-session-ids: {len(rules)} rules from {ctx.options.session_rules} "
+                f"for {', '.join(self.rules.hosts) or 'no hosts'}; agents: "
+                f"{', '.join(p.name for p in agents.PROFILES)}"
+            )
+        if "session_state_file" in updated or "confdir" in updated:
+            path = ctx.options.session_state_file or os.path.join(
+                os.path.expanduser(ctx.options.confdir), "agent-session-ids", "state.json"
+            )
+            if path != self._state_path:
+                self._state_path = path
+                self._worker.submit(self._load_state, path).result()
+
+    def running(self) -> None:
+        self._running = True
+
+    def done(self) -> None:
+        try:
+            self._worker.submit(self._save_state).result(timeout=2)
+        except Exception as e:  # noqa: BLE001 - shutting down: say why, never raise
+            logger.warning(f"agent-session-ids: could not save state: {e}")
+        self._worker.shutdown(wait=False)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def client_connected(self, client) -> None:
+        if not self.rules.rules:
+            return
+        # Once per connection, off the event loop; requests on it await the result.
+        self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
+            None, process.lookup, client.peername, client.sockname
+        )
+
+    def client_disconnected(self, client) -> None:
+        self._lookups.pop(client.id, None)
+
+    async def _process_of(self, client) -> Process | None:
+        future = self._lookups.get(client.id)
+        if future is None:
+            future = self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
+                None, process.lookup, client.peername, client.sockname
+            )
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._warn_once("lookup-timeout", "the process lookup took too long; using a fallback ID")
+            return None
+        except Exception as e:  # noqa: BLE001
+            self._warn_once(f"lookup-{type(e).__name__}", f"the process lookup failed: {e!r}; using a fallback ID")
+            return None
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # A streamed body is forwarded before `request` runs: set headers now, from what the
+        # headers and the process say (the conversation is not available).
+        if not flow.request.stream or flow.response or flow.error:
+            return
+        rules = self.rules.matching(flow)
+        if rules:
+            await self._rewrite(flow, rules, streamed=True)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if display.METADATA_KEY in flow.metadata:
+            return  # done in requestheaders
+        rules = self.rules.matching(flow)
+        if rules:
+            await self._rewrite(flow, rules, streamed=False)
+
+    async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool) -> None:
+        try:
+            proc = await self._process_of(flow.client_conn)
+            body_text = None
+            members: dict | None = None
+            body_problem = None
+            if streamed or flow.request.raw_content is None:
+                body_problem = "the body is streamed"
+            elif flow.request.raw_content:
+                try:
+                    content = flow.request.get_content(strict=True)
+                    body_text, members = parse_body(content or b"")
+                except ValueError as e:  # RewriteError, or an undecodable content-encoding
+                    body_problem = str(e) if isinstance(e, RewriteError) else f"the body cannot be decoded ({e})"
+            else:
+                body_problem = "the body is empty"
+            conversation = from_body(members) if members else None
+            headers = {k.lower(): v for k, v in flow.request.headers.items()}
+            session = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    self._worker, self._resolve, proc, headers, conversation, flow.client_conn.id
+                ),
+                RESOLVE_TIMEOUT_S,
+            )
+            self._apply(flow, rules, session, proc, body_text, body_problem)
+        except Exception as e:  # noqa: BLE001 - fail open
+            reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
+            self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
+            display.annotate_failure(flow, rules, reason)
+
+    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem) -> None:
+        fields = session.fields()
+        changes: list[dict] = []
+        skipped: list[str] = []
+        new_body = body_text
+        headers = flow.request.headers
+        for rule in rules:
+            if session.fallback and not rule.fallback:
+                skipped.append(f"rule {rule.name} uses no fallback IDs")
+                continue
+            for action in rule.actions:
+                value = render(action, fields)
+                if action.target == "header":
+                    old, changed = set_header(headers, action.key, value, action.if_present)
+                elif new_body is None:
+                    self._warn_once(f"body-{rule.name}-{body_problem}", f"rule {rule.name}: {action.describe} not set: {body_problem}")
+                    skipped.append(f"{action.describe}: {body_problem}")
+                    continue
+                else:
+                    try:
+                        new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present)
+                    except RewriteError as e:
+                        self._warn_once(f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}")
+                        skipped.append(f"{action.describe}: {e}")
+                        continue
+                if changed:
+                    changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
+        if new_body is not None and new_body != body_text:
+            flow.request.content = new_body.encode("utf-8")  # re-encodes, fixes content-length
+        display.annotate(flow, session, proc, rules, changes, skipped)
+
+    # -- the worker thread: resolver, store and state live here --------------------------------
+
+    def _resolve(self, proc: Process | None, headers: dict, conversation: Conversation | None, conn_id: str) -> Session:
+        now = time.time()
+        if proc is None:
+            return self.resolver.fallback("unknown", None, conn_id, "no local process of this user owns the connection")
+        agent = agents.recognise(proc)
+        if agent is None:
+            return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")
+        hint, hint_source = agent.hint(headers)
+        folders = self._folders.get(proc.key)
+        if folders is None:
+            folders = self._folders[proc.key] = agents.pi_session_folders(
+                proc, agents.read_pi_settings_session_dir(proc.environ)
+            )
+        files = []
+        first_users = [conversation.first_user] if conversation and conversation.first_user else []
+        for folder in folders:
+            files.extend(self.store.candidates(
+                folder.path, ids=[hint] if hint else [], first_users=first_users,
+                paths=self.resolver.files_of(proc.key), cwd=folder.cwd_filter,
+            ))
+        session = self.resolver.resolve(agent.name, proc, conversation, files, now, hint, hint_source)
+        if now - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = now
+            keys = set(self.resolver.on) | set(self.resolver.pending) | set(self._folders)
+            alive = {k for k in keys if process.alive(k)}
+            self.resolver.prune(alive)
+            for k in [k for k in self._folders if k not in alive]:
+                del self._folders[k]
+        if self.resolver.dirty:
+            self._save_state()
+        return session
+
+    def _load_state(self, path: str) -> None:
+        self.resolver.load_state(state.load(path))
+        self.resolver.prune(k for k in list(self.resolver.pending) if process.alive(k))
+
+    def _save_state(self) -> None:
+        if self._state_path and self.resolver.dirty:
+            try:
+                state.save(self._state_path, self.resolver.export_state())
+            except OSError as e:
+                self._warn_once("state-save", f"cannot save the session state to {self._state_path}: {e}")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(f"agent-session-ids: {message}")

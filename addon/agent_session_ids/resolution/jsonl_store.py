@@ -1,0 +1,302 @@
+"""I/O adapter: snapshots of session folders of JSONL files (pi's store kind).
+
+Built for folders of thousands of files and files of any size:
+- a folder is listed again only when its mtime changes;
+- a new file's head (header and first user turn) is read once;
+- a file's tail is read only when the resolver needs that file, and only what was appended since;
+- files are opened non-blocking and must be regular files, so a FIFO or device named *.jsonl
+  cannot hang the proxy; lines longer than MAX_LINE are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .conversation import fingerprint, text_of
+from .model import SessionFile
+
+MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
+HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
+CHUNK = 1 << 20
+
+
+@dataclass
+class _FileState:
+    path: str
+    id: str
+    size: int = -1  # size at the last tail scan
+    mtime: float = 0.0
+    head_size: int = -1  # size at the last head read
+    head_done: bool = False
+    created: float | None = None
+    cwd: str | None = None
+    parent: str | None = None
+    first_user: str | None = None
+    header_id: str | None = None
+    offset: int = 0  # the tail has been scanned up to here (a line start)
+    skipping: bool = False  # inside an over-long line
+    n_assistant: int = 0
+    name: str | None = None
+
+
+@dataclass
+class _DirState:
+    mtime_ns: int = -1
+    files: dict[str, _FileState] = field(default_factory=dict)  # path -> state
+    by_id: dict[str, str] = field(default_factory=dict)  # session id -> path
+    by_first_user: dict[str, set[str]] = field(default_factory=dict)  # fingerprint -> paths
+    incomplete: set[str] = field(default_factory=set)  # paths whose head is not complete yet
+
+
+def _parse_time(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _open_regular(path: str) -> int | None:
+    """An fd of a regular file, never blocking (FIFOs, devices and sockets give None)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lines(fd: int, offset: int, limit: int, skipping: bool):
+    """Yield (line_bytes, end_offset) of complete lines from offset; lines over MAX_LINE are skipped.
+    The last value yielded is (None, resume_offset, skipping) for the caller to keep."""
+    buf = b""
+    buf_start = offset
+    pos = offset
+    end = offset + limit
+    while pos < end:
+        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        pos += len(chunk)
+        buf += chunk
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if skipping:
+                skipping = False
+            else:
+                yield buf[start:nl], buf_start + nl + 1
+            start = nl + 1
+        buf = buf[start:]
+        buf_start += start
+        if len(buf) > MAX_LINE:
+            skipping = True
+            buf_start += len(buf)
+            buf = b""
+    yield None, buf_start, skipping
+
+
+class JsonlStore:
+    """Session folders of JSONL files, one file per session, named `<anything>_<id>.jsonl`."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, _DirState] = {}
+
+    def candidates(
+        self,
+        folder: str,
+        ids: Iterable[str] = (),
+        first_users: Iterable[str] = (),
+        paths: Iterable[str] = (),
+        cwd: str | None = None,
+    ) -> list[SessionFile]:
+        """Fresh snapshots of the folder's files with one of these ids, first user turns or paths.
+        With `cwd`, only files whose header names that cwd (for flat custom session folders)."""
+        d = self._refresh_dir(folder)
+        if d is None:
+            return []
+        wanted: set[str] = set()
+        for sid in ids:
+            if sid in d.by_id:
+                wanted.add(d.by_id[sid])
+        for fp in first_users:
+            wanted.update(d.by_first_user.get(fp, ()))
+        wanted.update(p for p in paths if p in d.files)
+        out = []
+        for path in sorted(wanted):
+            f = d.files[path]
+            if not self._refresh_tail(f):
+                self._forget(d, path)
+                continue
+            if cwd is not None and f.cwd is not None and f.cwd != cwd:
+                continue
+            out.append(self._snapshot(f))
+        return out
+
+    # -- folder ------------------------------------------------------------------------------
+
+    def _refresh_dir(self, folder: str) -> _DirState | None:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            self._dirs.pop(folder, None)
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            self._dirs.pop(folder, None)
+            return None
+        d = self._dirs.get(folder)
+        if d is None:
+            d = self._dirs[folder] = _DirState()
+        if st.st_mtime_ns != d.mtime_ns:
+            d.mtime_ns = st.st_mtime_ns
+            try:
+                names = {e.name for e in os.scandir(folder) if e.name.endswith(".jsonl")}
+            except OSError:
+                names = set()
+            present = {os.path.join(folder, n) for n in names}
+            for path in [p for p in d.files if p not in present]:
+                self._forget(d, path)
+            for path in present - d.files.keys():
+                stem = os.path.basename(path)[: -len(".jsonl")]
+                f = d.files[path] = _FileState(path, stem.rsplit("_", 1)[-1])
+                d.by_id[f.id] = path
+                d.incomplete.add(path)
+        for path in list(d.incomplete):
+            f = d.files[path]
+            if not self._read_head(f):
+                self._forget(d, path)
+                continue
+            if f.head_done:
+                d.incomplete.discard(path)
+                if f.header_id and f.header_id != f.id:
+                    d.by_id.setdefault(f.header_id, path)
+                if f.first_user:
+                    d.by_first_user.setdefault(f.first_user, set()).add(path)
+        return d
+
+    @staticmethod
+    def _forget(d: _DirState, path: str) -> None:
+        f = d.files.pop(path, None)
+        d.incomplete.discard(path)
+        if f is None:
+            return
+        for sid in (f.id, f.header_id):
+            if sid and d.by_id.get(sid) == path:
+                del d.by_id[sid]
+        if f.first_user and f.first_user in d.by_first_user:
+            d.by_first_user[f.first_user].discard(path)
+            if not d.by_first_user[f.first_user]:
+                del d.by_first_user[f.first_user]
+
+    # -- one file ------------------------------------------------------------------------------
+
+    def _read_head(self, f: _FileState) -> bool:
+        """Read the header and the first user turn; False if the file is gone or not regular."""
+        fd = _open_regular(f.path)
+        if fd is None:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_size == f.head_size:
+                return True  # nothing new since the last try
+            f.head_size = st.st_size
+            for line, _end, *_ in _lines(fd, 0, HEAD_LIMIT, False):
+                if line is None:
+                    break
+                record = _loads(line)
+                if record is None:
+                    continue
+                kind = record.get("type")
+                if kind == "session" and f.created is None:
+                    f.header_id = record.get("id") if isinstance(record.get("id"), str) else None
+                    f.created = _parse_time(record.get("timestamp"))
+                    f.cwd = record.get("cwd") if isinstance(record.get("cwd"), str) else None
+                    parent = record.get("parentSession")
+                    f.parent = parent if isinstance(parent, str) else None
+                elif kind == "message":
+                    message = record.get("message")
+                    if isinstance(message, dict) and message.get("role") == "user":
+                        f.first_user = fingerprint(text_of(message.get("content")))
+                        f.head_done = True
+                        break
+            if not f.head_done and st.st_size >= HEAD_LIMIT:
+                f.head_done = True  # give up: no first user turn near the start
+            if f.created is None:
+                f.created = st.st_mtime
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _refresh_tail(self, f: _FileState) -> bool:
+        """Count answered turns and find the latest name in what was appended since the last look."""
+        fd = _open_regular(f.path)
+        if fd is None:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_size < f.offset:
+                # truncated or replaced: start over
+                f.offset, f.n_assistant, f.name, f.skipping, f.size = 0, 0, None, False, -1
+            f.mtime = st.st_mtime
+            if st.st_size == f.size:
+                return True
+            f.size = st.st_size
+            for line, end, *rest in _lines(fd, f.offset, st.st_size - f.offset, f.skipping):
+                if line is None:
+                    f.offset, f.skipping = end, rest[0]
+                    break
+                self._tail_line(f, line)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _tail_line(f: _FileState, line: bytes) -> None:
+        if b'"role":"assistant"' in line:
+            if b'"stopReason":"error"' not in line and b'"stopReason":"aborted"' not in line:
+                f.n_assistant += 1
+        elif b'"session_info"' in line:
+            record = _loads(line)
+            if record is not None and record.get("type") == "session_info":
+                name = record.get("name")
+                f.name = name.strip() or None if isinstance(name, str) else f.name
+
+    @staticmethod
+    def _snapshot(f: _FileState) -> SessionFile:
+        return SessionFile(
+            path=f.path,
+            id=f.id,
+            created=f.created if f.created is not None else f.mtime,
+            mtime=f.mtime,
+            first_user=f.first_user,
+            n_assistant=f.n_assistant,
+            name=f.name,
+            cwd=f.cwd,
+            parent=f.parent,
+        )
+
+
+def _loads(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,66 @@
+"""Plain data that the pure resolver takes and gives: snapshots of processes, files and sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Process:
+    """A snapshot of the local process that owns a client connection."""
+
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat starttime: with boot_id, tells a reused pid apart
+    started_at: float  # epoch seconds
+    boot_id: str
+    uid: int
+    cwd: str
+    comm: str
+    exe: str
+    cmdline: tuple[str, ...] = ()
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.boot_id}:{self.pid}:{self.start_ticks}"
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """A snapshot of one session file of an agent's store."""
+
+    path: str
+    id: str  # the agent's own session id
+    created: float  # when the agent created the session (its header), epoch seconds
+    mtime: float
+    first_user: str | None  # fingerprint of the first user turn, None while there is none
+    n_assistant: int  # answered assistant turns (errors and aborts do not count)
+    name: str | None = None
+    cwd: str | None = None
+    parent: str | None = None  # the session this one was forked from (a path)
+
+
+@dataclass(frozen=True)
+class Session:
+    """The resolved session of one request, and why."""
+
+    id: str
+    label: str
+    trace_uuid: str
+    agent: str
+    source: str  # which evidence decided, in words, for the flow comment
+    name: str | None = None
+    file: str | None = None
+    fallback: bool = False
+
+    def fields(self) -> dict[str, str]:
+        """The template fields that rule values can use."""
+        return {
+            "session.id": self.id,
+            "session.label": self.label,
+            "session.trace_uuid": self.trace_uuid,
+            "session.name": self.name or "",
+            "session.source": self.source,
+            "agent.name": self.agent,
+        }

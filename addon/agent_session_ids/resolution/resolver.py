@@ -1,0 +1,288 @@
+"""Which session a request belongs to: a pure decision over plain snapshots (no I/O here).
+
+Evidence, strongest first:
+1. The request names its session (a header such as pi's `x-session-id`).
+2. The process is already on a session and nothing says it moved on. Moving on is a fresh
+   conversation with another first user turn (`/new`), a request that continues another file
+   (`/resume`), or a file forked from the current one (`/fork`).
+3. The conversation matches a file: a continued session's request carries the file's first user
+   turn and at least as many answered turns.
+4. Nothing on disk matches yet: a new session whose file is not written (pi writes it with the first
+   answer). Mint an ID for it; when a file with the same first user turn appears after the process
+   started, bind that file to the minted ID for good.
+5. No agent, or no conversation: a per-process fallback ID.
+
+The resolver keeps the bindings of 4 (persisted by the caller through export_state/load_state) and,
+in memory, which session each live process is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import ids
+from .conversation import Conversation
+from .model import Process, Session, SessionFile
+
+# Clock slack between a process's start time and the creation time an agent writes in its file.
+SLACK_S = 2.0
+# How many minted-ID bindings the state keeps (oldest dropped first).
+MAX_BOUND = 20_000
+
+
+@dataclass
+class Bound:
+    """A session first seen before its file: it keeps the ID its first request got."""
+
+    id: str
+    trace_uuid: str
+    seen: float
+
+
+@dataclass
+class Pending:
+    """A process's session whose file has not appeared (yet, or ever: --no-session)."""
+
+    id: str
+    trace_uuid: str
+    first_user: str | None
+    since: float
+    agent: str
+
+
+@dataclass
+class OnProcess:
+    """The session a live process is on."""
+
+    agent_session: str | None  # the agent's own session id, once known
+    file: str | None
+    first_user: str | None
+    since: float
+    pending: Pending | None = None
+
+
+class Resolver:
+    def __init__(self) -> None:
+        self.bound: dict[str, Bound] = {}  # "<agent>:<agent session id>" -> Bound
+        self.pending: dict[str, Pending] = {}  # process key -> Pending
+        self.on: dict[str, OnProcess] = {}  # process key -> OnProcess
+        self.dirty = False  # bound/pending changed since the last export
+
+    # -- what the caller should snapshot -------------------------------------------------------
+
+    def files_of(self, process_key: str) -> list[str]:
+        on = self.on.get(process_key)
+        return [on.file] if on and on.file else []
+
+    # -- the decision ----------------------------------------------------------------------------
+
+    def resolve(
+        self,
+        agent: str,
+        process: Process,
+        conversation: Conversation | None,
+        files: Sequence[SessionFile],
+        now: float,
+        hint: str | None = None,
+        hint_source: str = "",
+    ) -> Session:
+        """The session of one request from `process`, an `agent` with a file store.
+
+        `files` must hold the store's files whose id is `hint`, whose first user turn is the
+        conversation's, and the file the process is on (files_of).
+        """
+        if hint:
+            return self._by_hint(agent, process, conversation, files, now, hint, hint_source)
+        if conversation is None or conversation.first_user is None:
+            on = self._on(process.key)
+            if on is not None:
+                return self._current(agent, on, files, "process binding (request has no conversation)")
+            return self.fallback(agent, process, None, "agent request without a conversation")
+        return self._by_conversation(agent, process, conversation, files, now)
+
+    def fallback(self, agent: str, process: Process | None, connection_id: str | None, reason: str) -> Session:
+        if process is not None:
+            sid = ids.process_fallback(process.pid, process.start_ticks, process.boot_id)
+        else:
+            sid = ids.connection_fallback(connection_id or "?")
+        return Session(sid, sid, ids.trace_uuid(sid), agent, f"fallback: {reason}", fallback=True)
+
+    def _by_hint(self, agent, process, conversation, files, now, hint, hint_source) -> Session:
+        f = next((f for f in files if f.id == hint), None)
+        key = f"{agent}:{hint}"
+        b = self.bound.get(key)
+        if f is None and b is None:
+            # No file yet: its path is unknown, so the trace UUID comes from the id, for good.
+            b = self._bind(key, hint, ids.trace_uuid(key), now)
+        first_user = conversation.first_user if conversation else None
+        self.on[process.key] = OnProcess(hint, f.path if f else None, first_user, now)
+        source = f"request header {hint_source}"
+        if f is not None:
+            return self._file_session(agent, f, source)
+        return Session(hint, hint, b.trace_uuid, agent, source + " (file not written yet)")
+
+    def _by_conversation(self, agent, process, conv: Conversation, files, now) -> Session:
+        fitting = [f for f in files if f.first_user is not None and f.first_user == conv.first_user]
+        on = self._on(process.key)
+        if on is not None:
+            if conv.first_user == on.first_user:
+                if on.pending is not None:
+                    f = self._pick_new(agent, fitting, process, on.pending)
+                    if f is not None:
+                        self._attach(agent, process.key, on, f, now)
+                        return self._file_session(agent, f, "session file, bound to the ID of its first request")
+                    return self._pending_session(on.pending, "minted at the first request; no session file yet")
+                forks = [
+                    f for f in fitting
+                    if f.parent and on.file and _same_path(f.parent, on.file) and f.created >= on.since - SLACK_S
+                ]
+                if forks:
+                    f = max(forks, key=lambda f: f.created)
+                    self.on[process.key] = OnProcess(f.id, f.path, conv.first_user, now)
+                    return self._file_session(agent, f, "session file forked by this process")
+                return self._current(agent, on, files, "process binding")
+            if not conv.fresh:
+                f = self._pick_continued([f for f in fitting if f.path != on.file], conv, process)
+                if f is not None:
+                    self.on[process.key] = OnProcess(f.id, f.path, conv.first_user, now)
+                    return self._file_session(agent, f, "session file whose conversation the request continues")
+                # e.g. after a compaction the first user turn is a summary: stay.
+                return self._current(agent, on, files, "process binding")
+            # A fresh conversation with another first turn: this process started a new session.
+        return self._start(agent, process, conv, fitting, now)
+
+    def _start(self, agent, process, conv: Conversation, fitting, now) -> Session:
+        if conv.fresh:
+            f = self._pick_new(agent, fitting, process, None)
+            source = "session file created by this process"
+        else:
+            f = self._pick_continued(fitting, conv, process)
+            source = "session file whose conversation the request continues"
+        if f is not None:
+            self.on[process.key] = OnProcess(f.id, f.path, conv.first_user, now)
+            return self._file_session(agent, f, source)
+        sid = ids.mint_ephemeral(now)
+        pending = Pending(sid, ids.trace_uuid(sid), conv.first_user, now, agent)
+        self.pending[process.key] = pending
+        self.dirty = True
+        self.on[process.key] = OnProcess(None, None, conv.first_user, now, pending)
+        return self._pending_session(pending, "minted at the first request; no session file yet")
+
+    # -- choosing files ------------------------------------------------------------------------------
+
+    def _owned_by_others(self, process_key: str) -> set[str]:
+        return {on.file for key, on in self.on.items() if key != process_key and on.file}
+
+    def _pick_new(self, agent, fitting, process: Process, pending: Pending | None) -> SessionFile | None:
+        """The file a new session of this process wrote: created after the process started, with
+        the same first user turn, and not another session's."""
+        others = self._owned_by_others(process.key)
+        mine = pending.id if pending else None
+        candidates = []
+        for f in fitting:
+            if f.created < process.started_at - SLACK_S or f.path in others:
+                continue
+            b = self.bound.get(f"{agent}:{f.id}")
+            if b is not None and b.id != mine:
+                continue
+            candidates.append(f)
+        # The earliest created after the process started: a sub-agent started later writes later.
+        return min(candidates, key=lambda f: (f.created, f.path), default=None)
+
+    def _pick_continued(self, fitting, conv: Conversation, process: Process) -> SessionFile | None:
+        """The file a continued conversation belongs to, as `pi -c` picks it: the newest one."""
+        if not fitting:
+            return None
+        others = self._owned_by_others(process.key)
+        return max(
+            fitting,
+            key=lambda f: (f.n_assistant <= conv.n_assistant, f.path not in others, f.mtime, f.path),
+        )
+
+    # -- building sessions ------------------------------------------------------------------------------
+
+    def _file_session(self, agent, f: SessionFile, source: str) -> Session:
+        b = self.bound.get(f"{agent}:{f.id}")
+        sid = b.id if b else f.id
+        trace = b.trace_uuid if b else ids.trace_uuid(f.path)
+        return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path)
+
+    def _pending_session(self, p: Pending, source: str) -> Session:
+        return Session(p.id, p.id, p.trace_uuid, p.agent, source)
+
+    def _current(self, agent, on: OnProcess, files, source: str) -> Session:
+        if on.pending is not None:
+            return self._pending_session(on.pending, source)
+        f = next((f for f in files if f.path == on.file), None)
+        if f is not None:
+            return self._file_session(agent, f, source)
+        sid = on.agent_session or "?"
+        b = self.bound.get(f"{agent}:{sid}")
+        return Session(b.id if b else sid, b.id if b else sid,
+                       b.trace_uuid if b else ids.trace_uuid(on.file or f"{agent}:{sid}"), agent, source,
+                       file=on.file)
+
+    def _on(self, process_key: str) -> OnProcess | None:
+        on = self.on.get(process_key)
+        if on is None and process_key in self.pending:
+            # The proxy restarted while this process's session had no file yet.
+            p = self.pending[process_key]
+            on = self.on[process_key] = OnProcess(None, None, p.first_user, p.since, p)
+        return on
+
+    def _attach(self, agent, process_key: str, on: OnProcess, f: SessionFile, now: float) -> None:
+        p = on.pending
+        assert p is not None
+        self._bind(f"{agent}:{f.id}", p.id, p.trace_uuid, now)
+        self.pending.pop(process_key, None)
+        self.on[process_key] = OnProcess(f.id, f.path, on.first_user, on.since)
+
+    def _bind(self, key: str, sid: str, trace: str, now: float) -> Bound:
+        b = self.bound[key] = Bound(sid, trace, now)
+        self.dirty = True
+        if len(self.bound) > MAX_BOUND:
+            for old in sorted(self.bound, key=lambda k: self.bound[k].seen)[: len(self.bound) - MAX_BOUND]:
+                del self.bound[old]
+        return b
+
+    # -- lifecycle and persistence -----------------------------------------------------------------
+
+    def prune(self, alive: Iterable[str]) -> None:
+        """Forget processes that are gone (their pending sessions too)."""
+        alive = set(alive)
+        for key in [k for k in self.on if k not in alive]:
+            del self.on[key]
+        for key in [k for k in self.pending if k not in alive]:
+            del self.pending[key]
+            self.dirty = True
+
+    def export_state(self) -> dict:
+        self.dirty = False
+        return {
+            "version": 1,
+            "bound": {k: [b.id, b.trace_uuid, b.seen] for k, b in self.bound.items()},
+            "pending": {k: [p.id, p.trace_uuid, p.first_user, p.since, p.agent] for k, p in self.pending.items()},
+        }
+
+    def load_state(self, data: dict) -> None:
+        """Load exported state; entries of the wrong shape are dropped one by one."""
+        if not isinstance(data, dict) or data.get("version") != 1:
+            return
+        for k, v in (data.get("bound") or {}).items():
+            try:
+                sid, trace, seen = v
+                self.bound[str(k)] = Bound(str(sid), str(trace), float(seen))
+            except (TypeError, ValueError):
+                continue
+        for k, v in (data.get("pending") or {}).items():
+            try:
+                sid, trace, first_user, since, agent = v
+                self.pending[str(k)] = Pending(str(sid), str(trace), first_user if isinstance(first_user, str) else None,
+                                               float(since), str(agent))
+            except (TypeError, ValueError):
+                continue
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a == b or a.rstrip("/") == b.rstrip("/")

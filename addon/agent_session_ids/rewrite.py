@@ -1,0 +1,129 @@
+"""The rewrite: values rendered from a session, set into headers and JSON bodies. Pure.
+
+A JSON body is edited by splicing: only the bytes of the field that is set change. Every other
+byte (key order, spacing, numbers such as 1e400 or -0.0, unicode escapes) stays as the client
+sent it. A body that is not a JSON object, or has the edited key twice, is not touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from .rules import SetAction
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]+")
+_BODY_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
+
+
+class RewriteError(Exception):
+    """Why a rule could not rewrite this request (logged once; the request passes unchanged)."""
+
+
+def render(action: SetAction, fields: dict[str, str]) -> str:
+    """The value an action sets: its template over the session, made safe, within max_length."""
+    value = action.value.render(fields)
+    if action.target == "header":
+        value = _HEADER_UNSAFE.sub("-", value).strip()
+    else:
+        value = _BODY_UNSAFE.sub("", value)
+    if action.max_length is not None and len(value) > action.max_length:
+        value = value[-action.max_length:] if action.keep == "last" else value[: action.max_length]
+    return value
+
+
+@dataclass
+class Member:
+    key: str
+    value: object
+    start: int  # where the value's text starts
+    end: int  # just after the value's text
+
+
+def scan_object(text: str, pos: int) -> tuple[list[Member], int]:
+    """The members of the JSON object starting at text[pos] == '{', and the index after its '}'."""
+    if pos >= len(text) or text[pos] != "{":
+        raise RewriteError("the body is not a JSON object")
+    members: list[Member] = []
+    pos = _WS.match(text, pos + 1).end()
+    if text.startswith("}", pos):
+        return members, pos + 1
+    try:
+        while True:
+            if not text.startswith('"', pos):
+                raise RewriteError("the body is not valid JSON (expected a key)")
+            key, pos = json.decoder.scanstring(text, pos + 1)
+            pos = _WS.match(text, pos).end()
+            if not text.startswith(":", pos):
+                raise RewriteError("the body is not valid JSON (expected ':')")
+            start = _WS.match(text, pos + 1).end()
+            value, end = _DECODER.raw_decode(text, start)
+            members.append(Member(key, value, start, end))
+            pos = _WS.match(text, end).end()
+            if text.startswith(",", pos):
+                pos = _WS.match(text, pos + 1).end()
+                continue
+            if text.startswith("}", pos):
+                return members, pos + 1
+            raise RewriteError("the body is not valid JSON (expected ',' or '}')")
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, RewriteError):
+            raise
+        raise RewriteError("the body is not valid JSON") from None
+
+
+def parse_body(raw: bytes) -> tuple[str, dict[str, object]]:
+    """The body's text and its top-level members (later duplicates win, as JSON.parse does)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RewriteError("the body is not UTF-8 text") from None
+    pos = _WS.match(text).end()
+    members, end = scan_object(text, pos)
+    if _WS.match(text, end).end() != len(text):
+        raise RewriteError("the body has data after its JSON object")
+    return text, {m.key: m.value for m in members}
+
+
+def set_field(text: str, path: tuple[str, ...], value: str, if_present: str) -> tuple[str, object, bool]:
+    """Set the string `value` at a dotted `path` of the JSON object in `text`.
+
+    Returns (new_text, previous_value_or_None, changed). Intermediate objects are created."""
+    encoded = json.dumps(value)
+    pos = _WS.match(text).end()
+    for depth, key in enumerate(path):
+        members, end = scan_object(text, pos)
+        same = [m for m in members if m.key == key]
+        if len(same) > 1:
+            raise RewriteError(f"the body has the key '{key}' more than once")
+        last = depth == len(path) - 1
+        if not same:
+            new = encoded
+            for inner in reversed(path[depth + 1:]):
+                new = "{" + json.dumps(inner) + ":" + new + "}"
+            close = end - 1  # the '}'
+            sep = "," if members else ""
+            return text[:close] + sep + json.dumps(key) + ":" + new + text[close:], None, True
+        m = same[0]
+        if last:
+            if if_present == "keep":
+                return text, m.value, False
+            if m.value == value:
+                return text, m.value, False
+            return text[: m.start] + encoded + text[m.end:], m.value, True
+        if not isinstance(m.value, dict):
+            raise RewriteError(f"the body's '{key}' is not an object, so '{'.'.join(path)}' cannot be set")
+        pos = m.start
+    raise AssertionError("unreachable")
+
+
+def set_header(headers, name: str, value: str, if_present: str) -> tuple[str | None, bool]:
+    """Set a header on a mitmproxy Headers object; returns (previous_value, changed)."""
+    old = headers.get(name)
+    if old is not None and (if_present == "keep" or old == value):
+        return old, False
+    headers[name] = value
+    return old, True

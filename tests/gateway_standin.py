@@ -1,0 +1,433 @@
+"""mitmproxy script standing in for LLM gateways (openrouter.ai, opencode.ai, api.opper.ai, ...).
+
+Load it LAST, after the addon under test:
+
+    STANDIN_LOG=/tmp/log.jsonl mitmdump --set connection_strategy=lazy -s addon.py -s gateway_standin.py
+
+It answers EVERY request itself (any host), so nothing reaches the network.
+
+Log
+---
+For each request one JSON line is appended (and flushed) to the file named by ``STANDIN_LOG``
+(nothing is written if unset):
+
+    {"time": <epoch float>, "flow_id", "host", "port", "scheme", "http_version", "method", "path",
+     "headers": [[name, value], ...] (original case and order),
+     "body": <text>, "body_b64": <base64 of raw bytes on the wire>,
+     "client_port": <peer port of the client connection>,
+     "comment": <flow.comment or "">, "session_ids": <flow.metadata.get("session_ids"), json-safe>,
+     "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "other",
+     "stream": bool, "answer": "tool_call" | "text" | "other", "tool_command": <str or null>}
+
+Answers
+-------
+The API shape is chosen from the path (query ignored):
+
+- ``.../chat/completions`` -> OpenAI chat completions (SSE chunks ending with ``data: [DONE]``
+  if the body has ``"stream": true``, else one JSON object);
+- ``.../messages`` -> Anthropic Messages (SSE ``message_start`` ... ``message_stop``, or JSON);
+- ``.../responses`` -> OpenAI Responses (SSE ``response.created`` ... ``response.completed``, or JSON);
+- any other path -> ``404 {"error": ...}`` (GET ``.../models`` -> ``{"data": []}``).
+
+Every answer carries usage (input tokens ~ request body bytes / 4, output tokens 5).
+
+Scripted tool calls (deterministic)
+-----------------------------------
+The "last user message" is the last message written by the human (role ``user`` with text;
+messages holding only tool results do not count). Its text may hold directives:
+
+- ``[[bash: <command>]]`` -- one call of pi's ``bash`` tool with ``{"command": "<command>"}``;
+- ``[[bash*N: <command>]]`` -- the same call N times in a row (N follow-up requests);
+- several directives are run in the order written.
+
+The plan is the expanded list of commands. With ``k`` = the number of tool results in the
+conversation AFTER the last user message, the answer is a tool call for ``plan[k]`` while
+``k < len(plan)``, else plain text. So ``pi -p "[[bash: echo hi]]"`` makes exactly two requests
+(tool call, then text); ``[[bash*2: true]]`` makes three.
+
+Other directives in the last user message:
+
+- ``[[reply: <text>]]`` -- the final text answer (default ``ok``);
+- ``[[delay: <seconds>]]`` -- wait this long (max 30 s) before answering each request of the
+  turn (the proxy keeps serving other flows meanwhile).
+
+Tool-call ids are ``call_standin_<k>`` (OpenAI chat), ``toolu_standin_<k>`` (Anthropic),
+``call_standin_<k>`` / ``fc_standin_<k>`` (Responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import threading
+import time
+from typing import Any
+
+from mitmproxy import http
+
+logger = logging.getLogger(__name__)
+
+_BASH_RE = re.compile(r"\[\[bash(?:\*(\d+))?:\s*(.*?)\]\]", re.DOTALL)
+_REPLY_RE = re.compile(r"\[\[reply:\s*(.*?)\]\]", re.DOTALL)
+_DELAY_RE = re.compile(r"\[\[delay:\s*([0-9.]+)\s*\]\]")
+
+_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): _json_safe(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set)):
+            return [_json_safe(v) for v in value]
+        return str(value)
+
+
+def _text_of(content: Any) -> str:
+    """Text of an OpenAI/Anthropic/Responses message content (string or list of parts)."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
+                parts.append(str(part.get("text", "")))
+            elif isinstance(part, str):
+                parts.append(part)
+    return "\n".join(parts)
+
+
+def api_of(path: str) -> str:
+    p = path.split("?", 1)[0].rstrip("/")
+    if p.endswith("/chat/completions"):
+        return "openai-chat"
+    if p.endswith("/messages"):
+        return "anthropic-messages"
+    if p.endswith("/responses"):
+        return "openai-responses"
+    return "other"
+
+
+def conversation_state(api: str, body: dict) -> tuple[str, int]:
+    """(text of the last human user message, number of tool results after it)."""
+    last_text, results_after = "", 0
+    if api == "openai-responses":
+        items = body.get("input")
+        if isinstance(items, str):
+            return items, 0
+        for item in items or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("role") == "user" and item.get("type", "message") == "message":
+                last_text, results_after = _text_of(item.get("content")), 0
+            elif item.get("type") == "function_call_output":
+                results_after += 1
+        return last_text, results_after
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            continue
+        role, content = msg.get("role"), msg.get("content")
+        if role == "tool":
+            results_after += 1
+        elif role == "user":
+            if isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+            ):
+                results_after += sum(
+                    1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result"
+                )
+                continue
+            last_text, results_after = _text_of(content), 0
+    return last_text, results_after
+
+
+def plan_of(text: str) -> list[str]:
+    plan: list[str] = []
+    for count, command in _BASH_RE.findall(text):
+        plan += [command.strip()] * (int(count) if count else 1)
+    return plan
+
+
+def decide(api: str, body: dict) -> tuple[str | None, str, float]:
+    """(bash command to call or None, final text, delay seconds)."""
+    text, k = conversation_state(api, body)
+    plan = plan_of(text)
+    reply = _REPLY_RE.search(text)
+    delay = _DELAY_RE.search(text)
+    final = reply.group(1) if reply else "ok"
+    seconds = min(float(delay.group(1)), 30.0) if delay else 0.0
+    return (plan[k] if k < len(plan) else None), final, seconds
+
+
+def _sse(events: list[tuple[str | None, dict | str]]) -> bytes:
+    out = []
+    for name, data in events:
+        payload = data if isinstance(data, str) else json.dumps(data)
+        out.append((f"event: {name}\n" if name else "") + f"data: {payload}\n\n")
+    return "".join(out).encode()
+
+
+def _sse_response(body: bytes) -> http.Response:
+    return http.Response.make(
+        200,
+        body,
+        {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Standin": "1"},
+    )
+
+
+def _json_response(obj: Any, status: int = 200) -> http.Response:
+    return http.Response.make(
+        status, json.dumps(obj).encode(), {"Content-Type": "application/json", "X-Standin": "1"}
+    )
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+    model = body.get("model", "standin-model")
+    cid, created = f"chatcmpl-standin-{n}", int(time.time())
+    usage = {"prompt_tokens": in_tok, "completion_tokens": 5, "total_tokens": in_tok + 5}
+    args = json.dumps({"command": command}) if command is not None else None
+    call_id = f"call_standin_{k}"
+    finish = "tool_calls" if command is not None else "stop"
+    if not body.get("stream"):
+        if command is not None:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": call_id, "type": "function",
+                     "function": {"name": "bash", "arguments": args}}
+                ],
+            }
+        else:
+            message = {"role": "assistant", "content": text}
+        return _json_response({
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
+        })
+
+    def chunk(delta: dict, finish_reason=None, **extra) -> tuple[None, dict]:
+        return None, {
+            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra,
+        }
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    if command is not None:
+        events.append(chunk({"tool_calls": [{
+            "index": 0, "id": call_id, "type": "function",
+            "function": {"name": "bash", "arguments": ""}}]}))
+        events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
+    else:
+        events.append(chunk({"content": text}))
+    events.append(chunk({}, finish))
+    events.append((None, {"id": cid, "object": "chat.completion.chunk", "created": created,
+                          "model": model, "choices": [], "usage": usage}))
+    events.append((None, "[DONE]"))
+    return _sse_response(_sse(events))
+
+
+def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+    model = body.get("model", "standin-model")
+    mid = f"msg_standin_{n}"
+    stop = "tool_use" if command is not None else "end_turn"
+    tool_id = f"toolu_standin_{k}"
+    if command is not None:
+        block = {"type": "tool_use", "id": tool_id, "name": "bash", "input": {"command": command}}
+    else:
+        block = {"type": "text", "text": text}
+    usage = {"input_tokens": in_tok, "output_tokens": 5,
+             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    if not body.get("stream"):
+        return _json_response({
+            "id": mid, "type": "message", "role": "assistant", "model": model,
+            "content": [block], "stop_reason": stop, "stop_sequence": None, "usage": usage,
+        })
+    start_block = (
+        {"type": "tool_use", "id": tool_id, "name": "bash", "input": {}}
+        if command is not None else {"type": "text", "text": ""}
+    )
+    delta = (
+        {"type": "input_json_delta", "partial_json": json.dumps({"command": command})}
+        if command is not None else {"type": "text_delta", "text": text}
+    )
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": start_block}),
+        ("ping", {"type": "ping"}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": stop, "stop_sequence": None},
+                           "usage": {"output_tokens": 5}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return _sse_response(_sse(events))
+
+
+def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+    model = body.get("model", "standin-model")
+    rid, created = f"resp_standin_{n}", int(time.time())
+    usage = {"input_tokens": in_tok, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": in_tok + 5}
+    if command is not None:
+        args = json.dumps({"command": command})
+        item = {"id": f"fc_standin_{k}", "type": "function_call", "status": "completed",
+                "call_id": f"call_standin_{k}", "name": "bash", "arguments": args}
+    else:
+        item = {"id": f"msg_standin_{n}", "type": "message", "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+    def response_obj(status: str, output: list, use) -> dict:
+        return {"id": rid, "object": "response", "created_at": created, "status": status,
+                "model": model, "output": output, "usage": use,
+                "error": None, "incomplete_details": None}
+
+    if not body.get("stream"):
+        return _json_response(response_obj("completed", [item], usage))
+    seq = 0
+    events: list[tuple[str, dict]] = []
+
+    def ev(name: str, data: dict) -> None:
+        nonlocal seq
+        events.append((name, {"type": name, "sequence_number": seq, **data}))
+        seq += 1
+
+    ev("response.created", {"response": response_obj("in_progress", [], None)})
+    ev("response.in_progress", {"response": response_obj("in_progress", [], None)})
+    if command is not None:
+        ev("response.output_item.added", {"output_index": 0, "item": {
+            **item, "status": "in_progress", "arguments": ""}})
+        ev("response.function_call_arguments.delta",
+           {"item_id": item["id"], "output_index": 0, "delta": item["arguments"]})
+        ev("response.function_call_arguments.done",
+           {"item_id": item["id"], "output_index": 0, "arguments": item["arguments"]})
+    else:
+        ev("response.output_item.added", {"output_index": 0, "item": {
+            **item, "status": "in_progress", "content": []}})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        ev("response.content_part.added",
+           {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part})
+        ev("response.output_text.delta",
+           {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": text})
+        ev("response.output_text.done",
+           {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text})
+        ev("response.content_part.done", {"item_id": item["id"], "output_index": 0,
+                                          "content_index": 0, "part": {**part, "text": text}})
+    ev("response.output_item.done", {"output_index": 0, "item": item})
+    ev("response.completed", {"response": response_obj("completed", [item], usage)})
+    return _sse_response(_sse(events))
+
+
+ANSWERERS = {
+    "openai-chat": openai_chat,
+    "anthropic-messages": anthropic_messages,
+    "openai-responses": openai_responses,
+}
+
+
+# --------------------------------------------------------------------------- addon
+
+
+class GatewayStandin:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _log(self, record: dict) -> None:
+        path = os.environ.get("STANDIN_LOG")
+        if not path:
+            return
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with _lock, open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        self.count += 1
+        n = self.count
+        req = flow.request
+        raw = req.raw_content or b""
+        try:
+            content = req.get_content(strict=False) or b""
+        except Exception:  # pragma: no cover - defensive
+            content = raw
+        text = content.decode("utf-8", "replace")
+        api = api_of(req.path)
+        try:
+            body = json.loads(text) if text.strip() else {}
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+
+        command, final, delay = None, "ok", 0.0
+        answer = "other"
+        if api in ANSWERERS and req.method == "POST":
+            command, final, delay = decide(api, body)
+            answer = "tool_call" if command is not None else "text"
+
+        peer = getattr(flow.client_conn, "peername", None)
+        metadata = getattr(flow, "metadata", {}) or {}
+        record = {
+            "time": time.time(),
+            "n": n,
+            "flow_id": flow.id,
+            "host": req.pretty_host,
+            "port": req.port,
+            "scheme": req.scheme,
+            "http_version": req.http_version,
+            "method": req.method,
+            "path": req.path,
+            "headers": [
+                [k.decode("latin-1"), v.decode("utf-8", "replace")] for k, v in req.headers.fields
+            ],
+            "body": text,
+            "body_b64": base64.b64encode(raw).decode("ascii"),
+            "client_port": peer[1] if peer else None,
+            "comment": getattr(flow, "comment", "") or "",
+            "session_ids": _json_safe(metadata.get("session_ids")),
+            "api": api,
+            "stream": bool(body.get("stream")),
+            "answer": answer,
+            "tool_command": command,
+        }
+        self._log(record)
+        logger.info("stand-in #%d %s %s%s -> %s%s", n, req.method, req.pretty_host, req.path,
+                    answer, f" ({command})" if command else "")
+
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if api in ANSWERERS and req.method == "POST":
+            in_tok = max(1, len(content) // 4)
+            k = conversation_state(api, body)[1]
+            flow.response = ANSWERERS[api](body, command, final, n, in_tok, k)
+        elif req.method == "GET" and req.path.split("?", 1)[0].rstrip("/").endswith("/models"):
+            flow.response = _json_response({"object": "list", "data": []})
+        else:
+            flow.response = _json_response(
+                {"error": {"message": f"stand-in: no answer for {req.method} {req.path}"}}, 404
+            )
+
+
+addons = [GatewayStandin()]
