@@ -1,0 +1,150 @@
+"""The I/O adapters, for real: session folders on disk, and the process behind a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent_session_ids.resolution import agents, process, state
+from agent_session_ids.resolution.conversation import fingerprint
+from agent_session_ids.resolution.jsonl_store import JsonlStore
+from agent_session_ids.resolution.model import Process
+
+UUID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
+
+
+def pi_file(folder, sid=UUID, first="hello", cwd="/w", extra=(), ts="2026-05-06T12:00:00.000Z"):
+    path = folder / f"{ts.replace(':', '-').replace('.', '-')}_{sid}.jsonl"
+    lines = [
+        {"type": "session", "version": 3, "id": sid, "timestamp": ts, "cwd": cwd},
+        {"type": "model_change", "id": "a1", "parentId": None, "provider": "openrouter", "modelId": "m"},
+        {"type": "message", "id": "a2", "parentId": "a1", "message": {"role": "user", "content": [{"type": "text", "text": first}]}},
+        {"type": "message", "id": "a3", "parentId": "a2", "message": {"role": "assistant", "content": [], "stopReason": "stop"}},
+        *extra,
+    ]
+    path.write_text("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
+    return path
+
+
+def test_store_finds_files_by_id_and_first_turn_and_reads_appends(tmp_path):
+    store = JsonlStore()
+    path = pi_file(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a session")
+    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    assert (f.id, f.first_user, f.n_assistant, f.name, f.cwd) == (UUID, fingerprint("hello"), 1, None, "/w")
+    assert f.created == pytest.approx(1778068800.0)
+    assert store.candidates(str(tmp_path), first_users=[fingerprint("hello")])[0].path == str(path)
+    assert store.candidates(str(tmp_path), first_users=[fingerprint("other")]) == []
+    with open(path, "a") as out:
+        out.write(json.dumps({"type": "session_info", "id": "b", "name": "First name"}) + "\n")
+        out.write(json.dumps({"type": "message", "message": {"role": "assistant", "stopReason": "error"}}) + "\n")
+        out.write(json.dumps({"type": "session_info", "id": "c", "name": " Second name "}) + "\n")
+        out.write('{"type":"message","message":{"role":"assistant"')  # a line still being written
+    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    assert (f.name, f.n_assistant) == ("Second name", 1)
+    with open(path, "a") as out:
+        out.write(',"stopReason":"stop"}}\n')
+    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    assert f.n_assistant == 2
+
+
+def test_store_sees_new_and_removed_files_and_cwd_filter(tmp_path):
+    store = JsonlStore()
+    assert store.candidates(str(tmp_path), ids=[UUID]) == []
+    time.sleep(0.01)
+    path = pi_file(tmp_path, cwd="/a")
+    assert len(store.candidates(str(tmp_path), ids=[UUID])) == 1
+    assert store.candidates(str(tmp_path), ids=[UUID], cwd="/b") == []
+    path.unlink()
+    assert store.candidates(str(tmp_path), ids=[UUID]) == []
+
+
+def test_store_survives_hostile_files(tmp_path):
+    store = JsonlStore()
+    os.mkfifo(tmp_path / f"2026_{UUID[:-1]}0.jsonl")  # a FIFO must not block
+    (tmp_path / "x_bad.jsonl").write_bytes(b"\x00\xff garbage\n{not json\n")
+    (tmp_path / "x_partial.jsonl").write_text('{"type":"session","id":"partial","timestamp":"2026-01-01T00:00:00Z"')
+    os.symlink("loop.jsonl", tmp_path / "loop.jsonl")
+    good = pi_file(tmp_path)
+    found = {os.path.basename(f.path): f for f in
+             store.candidates(str(tmp_path), ids=[UUID, UUID[:-1] + "0", "bad", "partial", "loop"])}
+    # the FIFO and the symlink loop are not files; garbage gives no conversation to match
+    assert sorted(found) == sorted([good.name, "x_bad.jsonl", "x_partial.jsonl"])
+    assert found[good.name].first_user == fingerprint("hello")
+    assert found["x_bad.jsonl"].first_user is None and found["x_partial.jsonl"].first_user is None
+    assert store.candidates(str(tmp_path), first_users=[fingerprint("hello")])[0].path == str(good)
+    assert store.candidates(str(tmp_path / "missing"), ids=[UUID]) == []
+    (tmp_path / "afile").write_text("")
+    assert store.candidates(str(tmp_path / "afile"), ids=[UUID]) == []
+
+
+def test_pi_session_folders_follow_the_agents_environment():
+    p = Process(1, 1, 0.0, "b", 0, "/home/u/my proj", "pi", "/usr/bin/node", ("pi",), {"HOME": "/home/u"})
+    assert agents.pi_session_folders(p) == [agents.SessionFolder("/home/u/.pi/agent/sessions/--home-u-my proj--", None)]
+    p2 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_DIR": "~/agent"})
+    assert agents.pi_session_folders(p2)[0].path == "/h/agent/sessions/--w--"
+    p3 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_SESSION_DIR": "/s"})
+    assert agents.pi_session_folders(p3) == [agents.SessionFolder("/s", "/w")]
+    p4 = Process(1, 1, 0.0, "b", 0, "/w", "node", "", ("pi", "--session-dir", "rel"), {"HOME": "/h"})
+    assert agents.pi_session_folders(p4) == [agents.SessionFolder("/w/rel", "/w")]
+    assert agents.pi_session_folders(p2, "/from/settings")[0].path == "/from/settings"
+
+
+def test_hint_headers_must_look_like_a_session_uuid():
+    assert agents.PI.hint({"x-session-id": UUID.upper()}) == (UUID, "x-session-id")
+    assert agents.PI.hint({"x-opencode-session": "ses_abc"}) == (None, "")
+
+
+def test_state_file_is_atomic_and_private(tmp_path):
+    path = str(tmp_path / "sub" / "state.json")
+    state.save(path, {"version": 1, "bound": {"a": ["b", "c", 1.0]}})
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert state.load(path)["bound"] == {"a": ["b", "c", 1.0]}
+    assert os.listdir(tmp_path / "sub") == ["state.json"]
+    (tmp_path / "garbage.json").write_text("{half")
+    assert state.load(str(tmp_path / "garbage.json")) == {}
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_process_lookup_finds_the_real_client_process(tmp_path, family, host):
+    server = socket.socket(family)
+    try:
+        server.bind((host, 0))
+    except OSError:
+        pytest.skip(f"{host} not available")
+    server.listen()
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket,sys,time; s=socket.socket(int(sys.argv[1])); s.connect((sys.argv[2], int(sys.argv[3]))); "
+         "print('ok', flush=True); time.sleep(30)",
+         str(int(family)), host, str(server.getsockname()[1])],
+        cwd=tmp_path, env={**os.environ, "MARKER": "lookup-test"}, stdout=subprocess.PIPE,
+    )
+    try:
+        conn, peer = server.accept()
+        assert child.stdout.readline().strip() == b"ok"
+        found = process.lookup(peer, conn.getsockname())
+        assert found is not None
+        assert found.pid == child.pid
+        assert found.cwd == str(tmp_path)
+        assert found.environ.get("MARKER") == "lookup-test"
+        assert found.cmdline[0] == sys.executable
+        assert abs(found.started_at - time.time()) < 30
+        assert process.alive(found.key)
+        conn.close()
+    finally:
+        child.kill()
+        child.wait()
+        server.close()
+    assert not process.alive(found.key)
+
+
+def test_process_lookup_of_an_unknown_address_is_none():
+    assert process.lookup(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
+    assert process.lookup(("203.0.113.5", 5555), ("127.0.0.1", 8080)) is None
