@@ -154,7 +154,7 @@ class SessionIds:
                 try:
                     content = flow.request.get_content(strict=True)
                     body_text, members = parse_body(content or b"")
-                except ValueError as e:  # RewriteError, or an undecodable content-encoding
+                except (RewriteError, ValueError) as e:  # or an undecodable content-encoding
                     body_problem = str(e) if isinstance(e, RewriteError) else f"the body cannot be decoded ({e})"
             else:
                 body_problem = "the body is empty"

@@ -1,0 +1,164 @@
+"""The addon's mitmproxy side, with mitmproxy's own test helpers and the addon instance itself
+(tctx.script would hide configure errors, see ../shared/reference/mitmproxy.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+
+from agent_session_ids.addon import DEFAULT_RULES, SessionIds
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def flow(host="openrouter.ai", path="/api/v1/chat/completions", body=None, headers=()):
+    body = body if body is not None else json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    f = tflow.tflow(req=tutils.treq(host=host, port=443, path=path.encode(), method=b"POST", content=body,
+                                    headers=[(b"content-type", b"application/json"), *headers]))
+    f.request.headers["content-length"] = str(len(body))
+    return f
+
+
+async def with_addon(tmp_path, fn, **options):
+    addon = SessionIds()
+    with taddons.context(addon) as tctx:
+        options.setdefault("session_rules", DEFAULT_RULES)
+        tctx.configure(addon, confdir=str(tmp_path), **options)
+        return await fn(addon, tctx)
+
+
+def test_openrouter_body_gets_a_session_id_and_the_flow_says_why(tmp_path):
+    async def go(addon, tctx):
+        f = flow()
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    body = json.loads(f.request.content)
+    assert body["session_id"].startswith("connection-")  # the test flow has no local process
+    assert f.request.headers["content-length"] == str(len(f.request.raw_content))
+    assert f.comment.startswith(f"session {body['session_id']} ") and "body.session_id" in f.comment
+    assert f.marked == ":label:"
+    meta = f.metadata["session_ids"]
+    assert meta["changes"] == [{"rule": "openrouter-session-id", "target": "body.session_id", "before": None,
+                                "after": body["session_id"]}]
+    assert meta["session"]["fallback"] is True
+
+
+def test_unmatched_hosts_pass_untouched(tmp_path):
+    async def go(addon, tctx):
+        f = flow(host="api.example.com")
+        before = f.request.get_state()
+        await addon.request(f)
+        return f, before
+
+    f, before = run(with_addon(tmp_path, go))
+    assert f.request.get_state() == before and not f.comment and "session_ids" not in f.metadata
+
+
+def test_gzip_body_stays_gzip_with_a_correct_length(tmp_path):
+    async def go(addon, tctx):
+        raw = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
+        f = flow(body=gzip.compress(raw), headers=[(b"content-encoding", b"gzip")])
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    assert f.request.headers["content-encoding"] == "gzip"
+    assert int(f.request.headers["content-length"]) == len(f.request.raw_content)
+    assert "session_id" in json.loads(gzip.decompress(f.request.raw_content))
+
+
+def test_an_unparsable_body_passes_unchanged_and_is_logged_once(tmp_path, caplog):
+    async def go(addon, tctx):
+        flows = [flow(body=b"{not json") for _ in range(3)]
+        for f in flows:
+            await addon.request(f)
+        return flows
+
+    with caplog.at_level(logging.WARNING):
+        flows = run(with_addon(tmp_path, go))
+    assert all(f.request.raw_content == b"{not json" for f in flows)
+    assert all(f.marked == ":warning:" and "not rewritten" in f.comment for f in flows)
+    assert sum("not set" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_headers_are_set_even_when_the_body_is_streamed(tmp_path):
+    async def go(addon, tctx):
+        f = flow(host="opencode.ai", path="/zen/v1/messages")
+        f.request.stream = True
+        await addon.requestheaders(f)
+        f.request.data.content = None  # what a streamed request looks like in `request`
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    assert f.request.headers["x-opencode-session"] == f.metadata["session_ids"]["session"]["id"]
+    assert f.metadata["session_ids"]["skipped"] == []  # the rule sets headers only
+    assert f.request.headers["x-opencode-client"] == "unknown"
+
+
+def test_client_headers_are_kept_when_the_rule_says_keep(tmp_path):
+    async def go(addon, tctx):
+        f = flow(host="opencode.ai", path="/zen/v1/chat/completions", headers=[(b"x-opencode-session", b"ses_mine")])
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    assert f.request.headers["x-opencode-session"] == "ses_mine"
+    assert [c["target"] for c in f.metadata["session_ids"]["changes"]] == ["header x-opencode-client"]
+
+
+def test_a_rule_can_opt_out_of_fallback_ids(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text(
+        "rules:\n  - name: strict\n    match: {host: openrouter.ai}\n    fallback: false\n"
+        "    set: [{header: x-s, value: '{session.id}'}]\n"
+    )
+
+    async def go(addon, tctx):
+        f = flow()
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go, session_rules=str(rules)))
+    assert "x-s" not in f.request.headers
+    assert "uses no fallback IDs" in f.comment
+
+
+def test_bad_rules_at_runtime_raise_and_keep_the_good_ones(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "b.yaml").write_text("rules:\n  - name: r\n    match: {hots: x}\n    set: []\n")
+
+    async def go(addon, tctx):
+        addon.running()
+        with pytest.raises(exceptions.OptionsError, match=r"b\.yaml:3: unknown key 'hots'"):
+            tctx.configure(addon, session_rules=str(bad))
+        assert tctx.options.session_rules == DEFAULT_RULES
+        return len(addon.rules.rules)
+
+    assert run(with_addon(tmp_path, go)) == 3
+
+
+def test_bad_rules_at_startup_log_one_error_line(tmp_path, caplog):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "b.yaml").write_text("rules: [\n")
+
+    async def go(addon, tctx):
+        return None
+
+    with caplog.at_level(logging.ERROR):
+        run(with_addon(tmp_path, go, session_rules=str(bad)))
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "b.yaml:2: YAML syntax error" in errors[0]
