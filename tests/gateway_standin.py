@@ -11,13 +11,21 @@ Log
 For each request one JSON line is appended (and flushed) to the file named by ``STANDIN_LOG``
 (nothing is written if unset):
 
-    {"time": <epoch float>, "flow_id", "host", "port", "scheme", "http_version", "method", "path",
+    {"kind": "request", "time": <epoch float>, "n": <1-based count>, "flow_id", "host", "port", "scheme", "http_version", "method", "path",
      "headers": [[name, value], ...] (original case and order),
      "body": <text>, "body_b64": <base64 of raw bytes on the wire>,
      "client_port": <peer port of the client connection>,
      "comment": <flow.comment or "">, "session_ids": <flow.metadata.get("session_ids"), json-safe>,
      "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "other",
      "stream": bool, "answer": "tool_call" | "text" | "other", "tool_command": <str or null>}
+
+Network guard
+-------------
+All ``-s`` scripts sit under ONE mitmproxy ScriptLoader: if a script loaded earlier (the addon
+under test) raises in ``request``, mitmproxy skips the later scripts for that event, so the
+stand-in never sees the flow and mitmproxy would dial the real server. To keep tests off the
+network, the stand-in also kills every upstream connection in ``server_connect`` (the client
+then gets a 502) and logs ``{"kind": "blocked_connect", "time", "address": "host:port"}``.
 
 Answers
 -------
@@ -389,6 +397,7 @@ class GatewayStandin:
         peer = getattr(flow.client_conn, "peername", None)
         metadata = getattr(flow, "metadata", {}) or {}
         record = {
+            "kind": "request",
             "time": time.time(),
             "n": n,
             "flow_id": flow.id,
@@ -428,6 +437,15 @@ class GatewayStandin:
             flow.response = _json_response(
                 {"error": {"message": f"stand-in: no answer for {req.method} {req.path}"}}, 404
             )
+
+
+    def server_connect(self, data) -> None:
+        """Never let mitmproxy reach the network (see "Network guard" above)."""
+        address = getattr(data.server, "address", None)
+        where = f"{address[0]}:{address[1]}" if address else "?"
+        self._log({"kind": "blocked_connect", "time": time.time(), "address": where})
+        logger.warning("stand-in: blocked upstream connection to %s", where)
+        data.server.error = "gateway stand-in: upstream connections are disabled"
 
 
 addons = [GatewayStandin()]

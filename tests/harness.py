@@ -97,6 +97,7 @@ def npm_install(package: str, version: str, timeout: float = 600) -> Path:
     if (prefix / ".complete").exists():
         return prefix
     tmp = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.", dir=base))
+    tmp.chmod(0o755)
     try:
         env = dict(os.environ)
         env["PATH"] = node_bin_dir() + os.pathsep + env.get("PATH", "")
@@ -190,12 +191,6 @@ def _mitmdump_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _LISTEN_RE = re.compile(r"listening at (?:http://)?(?:\[[^\]]*\]|[\d.]+|[\w.-]+):(\d+)")
 
 
@@ -213,7 +208,8 @@ class Mitmdump:
 
     Attributes: ``port``, ``confdir``, ``ca_cert``, ``standin_log``, ``proxy_url``, ``pid``.
     Methods: ``start()``, ``stop()``, ``restart()`` (same port, confdir and log), ``output()``
-    (all text mitmdump printed so far, across restarts), ``requests()`` (stand-in log records).
+    (all text mitmdump printed so far, across restarts), ``requests()`` (stand-in request
+    records), ``blocked_connects()`` (upstream connections the stand-in refused).
     """
 
     def __init__(
@@ -363,8 +359,13 @@ class Mitmdump:
         return self._out_path.read_bytes().decode("utf-8", "replace")
 
     def requests(self) -> list[dict]:
-        """Records written by the gateway stand-in so far."""
-        return read_standin_log(self.standin_log)
+        """Request records written by the gateway stand-in so far."""
+        return [r for r in read_standin_log(self.standin_log) if r.get("kind", "request") == "request"]
+
+    def blocked_connects(self) -> list[dict]:
+        """Upstream connections the stand-in refused (non-empty = some flow was not answered,
+        e.g. because an earlier script raised in its ``request`` hook)."""
+        return [r for r in read_standin_log(self.standin_log) if r.get("kind") == "blocked_connect"]
 
     def cleanup(self) -> None:
         self.stop()

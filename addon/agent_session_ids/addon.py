@@ -129,18 +129,22 @@ class SessionIds:
         # headers and the process say (the conversation is not available).
         if not flow.request.stream or flow.response or flow.error:
             return
-        rules = self.rules.matching(flow)
-        if rules:
-            await self._rewrite(flow, rules, streamed=True)
+        await self._handle(flow, streamed=True)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or display.METADATA_KEY in flow.metadata:
             return
-        if display.METADATA_KEY in flow.metadata:
-            return  # done in requestheaders
-        rules = self.rules.matching(flow)
+        await self._handle(flow, streamed=False)
+
+    async def _handle(self, flow: http.HTTPFlow, streamed: bool) -> None:
+        # Never raise: an exception here would also skip every script loaded after this one.
+        try:
+            rules = self.rules.matching(flow)
+        except Exception as e:  # noqa: BLE001
+            self._warn_once(f"match-{type(e).__name__}", f"rule matching failed: {e!r}; request passed on unchanged")
+            return
         if rules:
-            await self._rewrite(flow, rules, streamed=False)
+            await self._rewrite(flow, rules, streamed)
 
     async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool) -> None:
         try:
@@ -162,7 +166,7 @@ class SessionIds:
             headers = {k.lower(): v for k, v in flow.request.headers.items()}
             session = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
-                    self._worker, self._resolve, proc, headers, conversation, flow.client_conn.id
+                    self._worker, self._resolve, proc, headers, members, conversation, flow.client_conn.id
                 ),
                 RESOLVE_TIMEOUT_S,
             )
@@ -170,7 +174,10 @@ class SessionIds:
         except Exception as e:  # noqa: BLE001 - fail open
             reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
-            display.annotate_failure(flow, rules, reason)
+            try:
+                display.annotate_failure(flow, rules, reason)
+            except Exception:  # noqa: BLE001
+                pass
 
     def _apply(self, flow, rules, session: Session, proc, body_text, body_problem) -> None:
         fields = session.fields()
@@ -205,14 +212,15 @@ class SessionIds:
 
     # -- the worker thread: resolver, store and state live here --------------------------------
 
-    def _resolve(self, proc: Process | None, headers: dict, conversation: Conversation | None, conn_id: str) -> Session:
+    def _resolve(self, proc: Process | None, headers: dict, body: dict | None, conversation: Conversation | None,
+                 conn_id: str) -> Session:
         now = time.time()
         if proc is None:
             return self.resolver.fallback("unknown", None, conn_id, "no local process of this user owns the connection")
         agent = agents.recognise(proc)
         if agent is None:
             return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")
-        hint, hint_source = agent.hint(headers)
+        hint, hint_source = agent.hint(headers, body)
         folders = self._folders.get(proc.key)
         if folders is None:
             folders = self._folders[proc.key] = agents.pi_session_folders(
@@ -230,7 +238,7 @@ class SessionIds:
             self._last_prune = now
             keys = set(self.resolver.on) | set(self.resolver.pending) | set(self._folders)
             alive = {k for k in keys if process.alive(k)}
-            self.resolver.prune(alive)
+            self.resolver.prune(alive, now)
             for k in [k for k in self._folders if k not in alive]:
                 del self._folders[k]
         if self.resolver.dirty:
@@ -239,7 +247,7 @@ class SessionIds:
 
     def _load_state(self, path: str) -> None:
         self.resolver.load_state(state.load(path))
-        self.resolver.prune(k for k in list(self.resolver.pending) if process.alive(k))
+        self.resolver.prune([k for k in list(self.resolver.pending) if process.alive(k)], time.time())
 
     def _save_state(self) -> None:
         if self._state_path and self.resolver.dirty:

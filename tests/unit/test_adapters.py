@@ -97,8 +97,9 @@ def test_pi_session_folders_follow_the_agents_environment():
 
 
 def test_hint_headers_must_look_like_a_session_uuid():
-    assert agents.PI.hint({"x-session-id": UUID.upper()}) == (UUID, "x-session-id")
-    assert agents.PI.hint({"x-opencode-session": "ses_abc"}) == (None, "")
+    assert agents.PI.hint({"x-session-id": UUID.upper()}, None) == (UUID, "header x-session-id")
+    assert agents.PI.hint({"x-opencode-session": "ses_abc"}, {"prompt_cache_key": 5}) == (None, "")
+    assert agents.PI.hint({}, {"prompt_cache_key": UUID}) == (UUID, "body prompt_cache_key")
 
 
 def test_state_file_is_atomic_and_private(tmp_path):

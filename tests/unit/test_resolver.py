@@ -216,17 +216,17 @@ def test_compaction_keeps_the_process_on_its_session():
 def test_the_request_header_names_the_session_even_before_its_file():
     r = Resolver()
     p = proc()
-    first = r.resolve("pi", p, conv("hi"), [], T0 + 1, hint=U3, hint_source="x-session-id")
+    first = r.resolve("pi", p, conv("hi"), [], T0 + 1, hint=U3, hint_source="header x-session-id")
     assert first.id == U3 and first.label == U3 and "x-session-id" in first.source
     f = sfile(U3, "hi", created=T0 + 0.5, name=None)
-    second = r.resolve("pi", p, conv("hi", 1, 1), [f], T0 + 2, hint=U3, hint_source="x-session-id")
+    second = r.resolve("pi", p, conv("hi", 1, 1), [f], T0 + 2, hint=U3, hint_source="header x-session-id")
     assert second.id == U3 and second.trace_uuid == first.trace_uuid and second.file == f.path
 
 
 def test_a_header_named_session_with_a_file_uses_the_opper_trace_of_its_path():
     r = Resolver()
     f = sfile(U3, "hi", created=T0 - 100)
-    s = r.resolve("pi", proc(), conv("hi", 2, 1), [f], T0, hint=U3, hint_source="x-session-id")
+    s = r.resolve("pi", proc(), conv("hi", 2, 1), [f], T0, hint=U3, hint_source="header x-session-id")
     assert s.trace_uuid == ids.trace_uuid(f.path)
 
 
@@ -254,8 +254,35 @@ def test_prune_forgets_ended_processes():
     p = proc()
     r.resolve("pi", p, conv("ephemeral"), [], T0)
     assert p.key in r.pending
-    r.prune([])
-    assert p.key not in r.pending and p.key not in r.on
+    r.prune([], T0 + 10)
+    assert p.key not in r.on and r.pending[p.key].ended  # kept a while as an orphan
+    r.prune([], T0 + 8 * 24 * 3600)
+    assert p.key not in r.pending
+
+
+def test_a_one_request_session_is_bound_when_its_file_is_seen_later():
+    r = Resolver()
+    p = proc(100, T0)
+    first = r.resolve("pi", p, conv("quick question", 1, 0), [], T0 + 1)  # `pi -p`: one request, exits
+    r.prune([], T0 + 100)
+    restarted = Resolver()
+    restarted.load_state(r.export_state())
+    f = sfile(U1, "quick question", created=T0 + 0.6)
+    later = restarted.resolve("pi", proc(200, T0 + 500), conv("quick question", 2, 1), [f], T0 + 501)  # `pi -c`
+    assert later.id == first.id and later.trace_uuid == first.trace_uuid
+    # an unrelated older file with the same first turn is not adopted
+    old = sfile(U2, "quick question", created=T0 - 3600)
+    assert restarted.resolve("pi", proc(300, T0 + 600), conv("quick question", 2, 1), [old], T0 + 601).id == U2
+
+
+def test_a_session_left_by_new_before_its_file_is_still_bound_later():
+    r = Resolver()
+    p = proc(100, T0)
+    a = r.resolve("pi", p, conv("first topic"), [], T0 + 1)
+    b = r.resolve("pi", p, conv("second topic"), [], T0 + 30)
+    assert a.id != b.id
+    f_a = sfile(U1, "first topic", created=T0 + 0.5)
+    assert r.resolve("pi", proc(200, T0 + 60), conv("first topic", 2, 1), [f_a], T0 + 61).id == a.id
 
 
 def _uuid5_by_hand(namespace: str, name: str) -> str:

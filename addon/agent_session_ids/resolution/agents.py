@@ -25,26 +25,33 @@ class AgentProfile:
     name: str
     process_names: frozenset[str]  # /proc/<pid>/comm, or the base name of argv[0]
     hint_headers: tuple[str, ...]  # request headers that carry the agent's own session id
+    hint_body_fields: tuple[str, ...] = ()  # top-level JSON body fields that carry it
 
     def recognises(self, process: Process) -> bool:
         if process.comm in self.process_names:
             return True
         return bool(process.cmdline) and os.path.basename(process.cmdline[0]) in self.process_names
 
-    def hint(self, headers: Mapping[str, str]) -> tuple[str | None, str]:
-        """The session id the request names, and the header that named it."""
+    def hint(self, headers: Mapping[str, str], body: Mapping[str, object] | None) -> tuple[str | None, str]:
+        """The session id the request names, and where (headers: lower-case names)."""
         for name in self.hint_headers:
             value = headers.get(name)
             if value and _UUID.match(value.strip()):
-                return value.strip().lower(), name
+                return value.strip().lower(), f"header {name}"
+        for name in self.hint_body_fields:
+            value = body.get(name) if body else None
+            if isinstance(value, str) and _UUID.match(value.strip()):
+                return value.strip().lower(), f"body {name}"
         return None, ""
 
 
 PI = AgentProfile(
     name="pi",
     process_names=frozenset({"pi"}),
-    # pi >= 0.86 sends x-session-id to OpenRouter; >= 0.75.5 sends x-opencode-session to OpenCode.
-    hint_headers=("x-session-id", "x-opencode-session"),
+    # pi >= 0.86 sends x-session-id to OpenRouter; >= 0.75.5 sends x-opencode-session to OpenCode;
+    # every pi sends session_id and prompt_cache_key to Responses-API models.
+    hint_headers=("x-session-id", "x-opencode-session", "session_id"),
+    hint_body_fields=("prompt_cache_key",),
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI,)

@@ -29,6 +29,10 @@ from .model import Process, Session, SessionFile
 SLACK_S = 2.0
 # How many minted-ID bindings the state keeps (oldest dropped first).
 MAX_BOUND = 20_000
+# How long the minted ID of an ended process whose file never showed up is kept, so that a later
+# look at its file (`pi -c` after a one-request `pi -p`) can still bind it; and how many.
+ORPHAN_TTL_S = 7 * 24 * 3600.0
+MAX_PENDING = 20_000
 
 
 @dataclass
@@ -47,8 +51,11 @@ class Pending:
     id: str
     trace_uuid: str
     first_user: str | None
-    since: float
+    since: float  # its first request
     agent: str
+    started_at: float  # its process's start
+    cwd: str
+    ended: bool = False  # its process is gone; kept to bind the file if one is seen later
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Resolver:
         self.bound: dict[str, Bound] = {}  # "<agent>:<agent session id>" -> Bound
         self.pending: dict[str, Pending] = {}  # process key -> Pending
         self.on: dict[str, OnProcess] = {}  # process key -> OnProcess
+        self._by_first_user: dict[str, set[str]] = {}  # first-turn fingerprint -> pending keys
         self.dirty = False  # bound/pending changed since the last export
 
     # -- what the caller should snapshot -------------------------------------------------------
@@ -117,7 +125,7 @@ class Resolver:
             b = self._bind(key, hint, ids.trace_uuid(key), now)
         first_user = conversation.first_user if conversation else None
         self.on[process.key] = OnProcess(hint, f.path if f else None, first_user, now)
-        source = f"request header {hint_source}"
+        source = f"request {hint_source}"
         if f is not None:
             return self._file_session(agent, f, source)
         return Session(hint, hint, b.trace_uuid, agent, source + " (file not written yet)")
@@ -163,9 +171,14 @@ class Resolver:
             self.on[process.key] = OnProcess(f.id, f.path, conv.first_user, now)
             return self._file_session(agent, f, source)
         sid = ids.mint_ephemeral(now)
-        pending = Pending(sid, ids.trace_uuid(sid), conv.first_user, now, agent)
-        self.pending[process.key] = pending
-        self.dirty = True
+        pending = Pending(sid, ids.trace_uuid(sid), conv.first_user, now, agent, process.started_at, process.cwd)
+        previous = self.pending.get(process.key)
+        if previous is not None:
+            # the process moved on (/new) before its file showed up: keep it as an orphan
+            self._drop_pending(process.key)
+            previous.ended = True
+            self._add_pending(f"{process.key}#{previous.id}", previous)
+        self._add_pending(process.key, pending)
         self.on[process.key] = OnProcess(None, None, conv.first_user, now, pending)
         return self._pending_session(pending, "minted at the first request; no session file yet")
 
@@ -204,6 +217,10 @@ class Resolver:
 
     def _file_session(self, agent, f: SessionFile, source: str) -> Session:
         b = self.bound.get(f"{agent}:{f.id}")
+        if b is None and f.first_user in self._by_first_user:
+            b = self._adopt(agent, f)
+            if b is not None:
+                source += ", bound to the ID its first request got"
         sid = b.id if b else f.id
         trace = b.trace_uuid if b else ids.trace_uuid(f.path)
         return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path)
@@ -235,8 +252,40 @@ class Resolver:
         p = on.pending
         assert p is not None
         self._bind(f"{agent}:{f.id}", p.id, p.trace_uuid, now)
-        self.pending.pop(process_key, None)
+        self._drop_pending(process_key)
         self.on[process_key] = OnProcess(f.id, f.path, on.first_user, on.since)
+
+    def _adopt(self, agent, f: SessionFile) -> Bound | None:
+        """A file nobody bound yet may be the file of an ended process's minted session: same
+        agent, cwd and first user turn, created between that process's start and its first request."""
+        best = None
+        for key in self._by_first_user.get(f.first_user, ()):
+            p = self.pending[key]
+            if not p.ended or p.agent != agent or (f.cwd is not None and f.cwd != p.cwd):
+                continue
+            if p.started_at - SLACK_S <= f.created <= p.since + SLACK_S:
+                if best is None or p.since < self.pending[best].since:
+                    best = key
+        if best is None:
+            return None
+        p = self.pending[best]
+        self._drop_pending(best)
+        return self._bind(f"{agent}:{f.id}", p.id, p.trace_uuid, p.since)
+
+    def _add_pending(self, key: str, p: Pending) -> None:
+        self.pending[key] = p
+        self._by_first_user.setdefault(p.first_user, set()).add(key)
+        self.dirty = True
+
+    def _drop_pending(self, key: str) -> None:
+        p = self.pending.pop(key, None)
+        if p is not None:
+            keys = self._by_first_user.get(p.first_user)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_first_user[p.first_user]
+            self.dirty = True
 
     def _bind(self, key: str, sid: str, trace: str, now: float) -> Bound:
         b = self.bound[key] = Bound(sid, trace, now)
@@ -248,21 +297,30 @@ class Resolver:
 
     # -- lifecycle and persistence -----------------------------------------------------------------
 
-    def prune(self, alive: Iterable[str]) -> None:
-        """Forget processes that are gone (their pending sessions too)."""
+    def prune(self, alive: Iterable[str], now: float) -> None:
+        """Forget processes that are gone. Their minted sessions stay a while as orphans."""
         alive = set(alive)
         for key in [k for k in self.on if k not in alive]:
             del self.on[key]
-        for key in [k for k in self.pending if k not in alive]:
-            del self.pending[key]
-            self.dirty = True
+        for key, p in list(self.pending.items()):
+            if key in alive:
+                continue
+            if not p.ended:
+                p.ended = True
+                self.dirty = True
+            if now - p.since > ORPHAN_TTL_S:
+                self._drop_pending(key)
+        if len(self.pending) > MAX_PENDING:
+            for key in sorted(self.pending, key=lambda k: self.pending[k].since)[: len(self.pending) - MAX_PENDING]:
+                self._drop_pending(key)
 
     def export_state(self) -> dict:
         self.dirty = False
         return {
             "version": 1,
             "bound": {k: [b.id, b.trace_uuid, b.seen] for k, b in self.bound.items()},
-            "pending": {k: [p.id, p.trace_uuid, p.first_user, p.since, p.agent] for k, p in self.pending.items()},
+            "pending": {k: [p.id, p.trace_uuid, p.first_user, p.since, p.agent, p.started_at, p.cwd, p.ended]
+                        for k, p in self.pending.items()},
         }
 
     def load_state(self, data: dict) -> None:
@@ -277,11 +335,15 @@ class Resolver:
                 continue
         for k, v in (data.get("pending") or {}).items():
             try:
-                sid, trace, first_user, since, agent = v
-                self.pending[str(k)] = Pending(str(sid), str(trace), first_user if isinstance(first_user, str) else None,
-                                               float(since), str(agent))
+                sid, trace, first_user, since, agent, started_at, cwd, ended = v
+                if not isinstance(first_user, str):
+                    continue
+                p = Pending(str(sid), str(trace), first_user, float(since), str(agent), float(started_at), str(cwd),
+                            bool(ended))
             except (TypeError, ValueError):
                 continue
+            self._add_pending(str(k), p)
+        self.dirty = False
 
 
 def _same_path(a: str, b: str) -> bool:
