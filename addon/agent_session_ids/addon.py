@@ -18,7 +18,7 @@ from . import display
 from .matching import RuleSet
 from .resolution import agents, process, state
 from .resolution.conversation import Conversation, from_body
-from .resolution.jsonl_store import JsonlStore
+from .resolution.stores import Stores
 from .resolution.model import Process, Session
 from .resolution.resolver import Resolver
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
@@ -36,10 +36,9 @@ class SessionIds:
     def __init__(self) -> None:
         self.rules = RuleSet([])
         self.resolver = Resolver()
-        self.store = JsonlStore()
+        self.stores = Stores()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")  # owns resolver + store
         self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
-        self._folders: dict[str, list[agents.SessionFolder]] = {}  # process key -> session folders
         self._warned: set[str] = set()
         self._running = False
         self._state_path: str | None = None
@@ -221,26 +220,18 @@ class SessionIds:
         if agent is None:
             return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")
         hint, hint_source = agent.hint(headers, body)
-        folders = self._folders.get(proc.key)
-        if folders is None:
-            folders = self._folders[proc.key] = agents.pi_session_folders(
-                proc, agents.read_pi_settings_session_dir(proc.environ)
-            )
-        files = []
-        first_users = [conversation.first_user] if conversation and conversation.first_user else []
-        for folder in folders:
-            files.extend(self.store.candidates(
-                folder.path, ids=[hint] if hint else [], first_users=first_users,
-                paths=self.resolver.files_of(proc.key), cwd=folder.cwd_filter,
-            ))
+        first_user = conversation.first_user if conversation else None
+        files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key))
+        if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
+            # opencode without a session header: the newest session of its cwd
+            hint, hint_source = files[0].id, "opencode database (newest session of this cwd)"
         session = self.resolver.resolve(agent.name, proc, conversation, files, now, hint, hint_source)
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
-            keys = set(self.resolver.on) | set(self.resolver.pending) | set(self._folders)
+            keys = set(self.resolver.on) | set(self.resolver.pending) | set(self.stores._folders)
             alive = {k for k in keys if process.alive(k)}
             self.resolver.prune(alive, now)
-            for k in [k for k in self._folders if k not in alive]:
-                del self._folders[k]
+            self.stores.forget([k for k in self.stores._folders if k not in alive])
         if self.resolver.dirty:
             self._save_state()
         return session

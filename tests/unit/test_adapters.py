@@ -14,6 +14,7 @@ import pytest
 from agent_session_ids.resolution import agents, process, state
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
+from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.model import Process
 
 UUID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
@@ -36,33 +37,36 @@ def test_store_finds_files_by_id_and_first_turn_and_reads_appends(tmp_path):
     store = JsonlStore()
     path = pi_file(tmp_path)
     (tmp_path / "notes.txt").write_text("not a session")
-    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
     assert (f.id, f.first_user, f.n_assistant, f.name, f.cwd) == (UUID, fingerprint("hello"), 1, None, "/w")
     assert f.created == pytest.approx(1778068800.0)
-    assert store.candidates(str(tmp_path), first_users=[fingerprint("hello")])[0].path == str(path)
-    assert store.candidates(str(tmp_path), first_users=[fingerprint("other")]) == []
+    assert store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("hello")])[0].path == str(path)
+    assert store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("other")]) == []
     with open(path, "a") as out:
         out.write(json.dumps({"type": "session_info", "id": "b", "name": "First name"}) + "\n")
         out.write(json.dumps({"type": "message", "message": {"role": "assistant", "stopReason": "error"}}) + "\n")
         out.write(json.dumps({"type": "session_info", "id": "c", "name": " Second name "}) + "\n")
         out.write('{"type":"message","message":{"role":"assistant"')  # a line still being written
-    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
     assert (f.name, f.n_assistant) == ("Second name", 1)
     with open(path, "a") as out:
         out.write(',"stopReason":"stop"}}\n')
-    (f,) = store.candidates(str(tmp_path), ids=[UUID])
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
     assert f.n_assistant == 2
 
 
 def test_store_sees_new_and_removed_files_and_cwd_filter(tmp_path):
     store = JsonlStore()
-    assert store.candidates(str(tmp_path), ids=[UUID]) == []
+    assert store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID]) == []
     time.sleep(0.01)
     path = pi_file(tmp_path, cwd="/a")
-    assert len(store.candidates(str(tmp_path), ids=[UUID])) == 1
-    assert store.candidates(str(tmp_path), ids=[UUID], cwd="/b") == []
+    assert len(store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])) == 1
+    # a folder of every cwd's files: a first-turn match must be of this cwd; an id is exact anyway
+    assert store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("hello")], cwd="/b") == []
+    assert len(store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("hello")], cwd="/a")) == 1
+    assert len(store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID], cwd="/b")) == 1
     path.unlink()
-    assert store.candidates(str(tmp_path), ids=[UUID]) == []
+    assert store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID]) == []
 
 
 def test_store_survives_hostile_files(tmp_path):
@@ -73,27 +77,31 @@ def test_store_survives_hostile_files(tmp_path):
     os.symlink("loop.jsonl", tmp_path / "loop.jsonl")
     good = pi_file(tmp_path)
     found = {os.path.basename(f.path): f for f in
-             store.candidates(str(tmp_path), ids=[UUID, UUID[:-1] + "0", "bad", "partial", "loop"])}
+             store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID, UUID[:-1] + "0", "bad", "partial", "loop"])}
     # the FIFO and the symlink loop are not files; garbage gives no conversation to match
     assert sorted(found) == sorted([good.name, "x_bad.jsonl", "x_partial.jsonl"])
     assert found[good.name].first_user == fingerprint("hello")
     assert found["x_bad.jsonl"].first_user is None and found["x_partial.jsonl"].first_user is None
-    assert store.candidates(str(tmp_path), first_users=[fingerprint("hello")])[0].path == str(good)
-    assert store.candidates(str(tmp_path / "missing"), ids=[UUID]) == []
+    assert store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("hello")])[0].path == str(good)
+    assert store.candidates(str(tmp_path / "missing"), PI_FORMAT, ids=[UUID]) == []
     (tmp_path / "afile").write_text("")
-    assert store.candidates(str(tmp_path / "afile"), ids=[UUID]) == []
+    assert store.candidates(str(tmp_path / "afile"), PI_FORMAT, ids=[UUID]) == []
+
+
+def folders(process):
+    return agents.session_folders(agents.PI, process)
 
 
 def test_pi_session_folders_follow_the_agents_environment():
     p = Process(1, 1, 0.0, "b", 0, "/home/u/my proj", "pi", "/usr/bin/node", ("pi",), {"HOME": "/home/u"})
-    assert agents.pi_session_folders(p) == [agents.SessionFolder("/home/u/.pi/agent/sessions/--home-u-my proj--", None)]
+    assert folders(p) == [agents.SessionFolder("/home/u/.pi/agent/sessions/--home-u-my proj--", None)]
     p2 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_DIR": "~/agent"})
-    assert agents.pi_session_folders(p2)[0].path == "/h/agent/sessions/--w--"
+    assert folders(p2)[0].path == "/h/agent/sessions/--w--"
     p3 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_SESSION_DIR": "/s"})
-    assert agents.pi_session_folders(p3) == [agents.SessionFolder("/s", "/w")]
+    assert folders(p3) == [agents.SessionFolder("/s", "/w")]
     p4 = Process(1, 1, 0.0, "b", 0, "/w", "node", "", ("pi", "--session-dir", "rel"), {"HOME": "/h"})
-    assert agents.pi_session_folders(p4) == [agents.SessionFolder("/w/rel", "/w")]
-    assert agents.pi_session_folders(p2, "/from/settings")[0].path == "/from/settings"
+    assert folders(p4) == [agents.SessionFolder("/w/rel", "/w")]
+    assert agents.session_folders(agents.PI, p2, "/from/settings")[0].path == "/from/settings"
 
 
 def test_hint_headers_must_look_like_a_session_uuid():

@@ -1,48 +1,199 @@
-"""Agent profiles: how to recognise an agent's process, where its store is, which request headers
-carry its own session id. Pure: paths are computed from the AGENT's environment and cwd."""
+"""Agent profiles, as data: how to recognise an agent's process, where its session store is, how its
+records read, and which request fields carry its own session id.
+
+Adding an agent whose store is of a known kind is one more profile in PROFILES, no new code. The
+kinds that really differ are code (stores.py): a folder of JSONL files per cwd (pi, Oh My Pi,
+Claude Code, Qwen Code), a date tree with the cwd inside each file (Codex), Gemini's project
+registry, and opencode's SQLite database.
+
+Everything here is pure: paths come from the AGENT's environment and cwd, not the proxy's.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .model import Process
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+ANY = object()  # a record condition that only asks for the field to be there
 
 
 @dataclass(frozen=True)
-class SessionFolder:
-    path: str
-    cwd_filter: str | None  # a flat custom folder holds every cwd's files: filter on the header
+class RecordFormat:
+    """How an agent's JSONL records read. Paths are dotted; conditions map paths to values."""
+
+    header: Mapping[str, object]  # the record that holds the session's id and cwd
+    id: str
+    cwd: str | None
+    created: str | None
+    user: Mapping[str, object]  # a user-turn record
+    user_content: str
+    assistant: tuple[bytes, ...]  # a line holding any of these is an assistant turn ...
+    assistant_not: tuple[bytes, ...] = (b'"stopReason":"error"', b'"stopReason":"aborted"')  # ... unless
+    parent: str | None = None
+    name: Mapping[str, object] | None = None  # a record that names the session (the latest wins)
+    name_field: str | None = None
+    name_marker: bytes = b""  # cheap pre-check for name records
+
+
+@dataclass(frozen=True)
+class Root:
+    """A store root: the first set env variable (its value, then `sub`), else `default`."""
+
+    env: tuple[str, ...]
+    default: str  # may start with ~ (the agent's HOME)
+    sub: str = ""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    kind: str  # "per_cwd", "date_tree", "gemini", "sqlite"
+    roots: tuple[Root, ...]  # each root is tried; all that exist are searched
+    encode: str = "pi"  # per_cwd: how a cwd maps to a folder name (ENCODERS)
+    subdir: str = ""  # per_cwd: appended below the cwd's folder (Qwen: "chats")
+    format: RecordFormat | None = None
 
 
 @dataclass(frozen=True)
 class AgentProfile:
     name: str
-    process_names: frozenset[str]  # /proc/<pid>/comm, or the base name of argv[0]
-    hint_headers: tuple[str, ...]  # request headers that carry the agent's own session id
+    process_names: frozenset[str]  # /proc comm, or the base name of argv[0] or of the executable
+    process_patterns: tuple[str, ...] = ()  # regexes searched in the command line (a node script path)
+    hint_headers: tuple[str, ...] = ()  # request headers that carry the agent's own session id
     hint_body_fields: tuple[str, ...] = ()  # top-level JSON body fields that carry it
+    hint_pattern: str = UUID_RE  # what such an id looks like
+    store: StoreSpec | None = None
+    _compiled: dict = field(default_factory=dict, compare=False, repr=False)
 
     def recognises(self, process: Process) -> bool:
         if process.comm in self.process_names:
             return True
-        return bool(process.cmdline) and os.path.basename(process.cmdline[0]) in self.process_names
+        names = {os.path.basename(process.exe)}
+        if process.cmdline:
+            names.add(os.path.basename(process.cmdline[0]))
+        if names & self.process_names:
+            return True
+        if self.process_patterns and process.cmdline:
+            line = " ".join(process.cmdline[:4])
+            return any(re.search(p, line) for p in self.process_patterns)
+        return False
 
     def hint(self, headers: Mapping[str, str], body: Mapping[str, object] | None) -> tuple[str | None, str]:
         """The session id the request names, and where (headers: lower-case names)."""
+        pattern = self._compiled.get("hint")
+        if pattern is None:
+            pattern = self._compiled["hint"] = re.compile(f"^(?:{self.hint_pattern})$")
         for name in self.hint_headers:
             value = headers.get(name)
-            if value and _UUID.match(value.strip()):
-                return value.strip().lower(), f"header {name}"
+            if value and pattern.match(value.strip()):
+                return _normal_id(value.strip()), f"header {name}"
         for name in self.hint_body_fields:
             value = body.get(name) if body else None
-            if isinstance(value, str) and _UUID.match(value.strip()):
-                return value.strip().lower(), f"body {name}"
+            if isinstance(value, str) and pattern.match(value.strip()):
+                return _normal_id(value.strip()), f"body {name}"
         return None, ""
+
+
+def _normal_id(value: str) -> str:
+    return value.lower() if re.fullmatch(UUID_RE, value) else value
+
+
+# -- cwd encodings -----------------------------------------------------------------------------
+
+
+def encode_pi(cwd: str, environ: Mapping[str, str]) -> str:
+    """pi (session-manager.ts): `--<cwd without its leading slash, / \\ : -> ->--`."""
+    return "--" + re.sub(r"[/\\:]", "-", re.sub(r"^[/\\]", "", cwd)) + "--"
+
+
+def encode_omp(cwd: str, environ: Mapping[str, str]) -> str:
+    """Oh My Pi 18.x (session-paths.ts): relative to HOME `-rel`, to tmp `-tmp-rel`, else pi's."""
+    home = environ.get("HOME", "").rstrip("/")
+    tmp = (environ.get("TMPDIR") or "/tmp").rstrip("/")
+    for base, prefix in ((home, "-"), (tmp, "-tmp-")):
+        if base and (cwd == base or cwd.startswith(base + "/")):
+            rel = cwd[len(base):].lstrip("/")
+            if prefix == "-":
+                return "-" + re.sub(r"[/\\:]", "-", rel)
+            return prefix + re.sub(r"[/\\:]", "-", rel) if rel else "-tmp"
+    return encode_pi(cwd, environ)
+
+
+def _java_hash(text: str) -> int:
+    h = 0
+    data = text.encode("utf-16-le")
+    for i in range(0, len(data), 2):
+        h = (h * 31 + int.from_bytes(data[i:i + 2], "little")) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def encode_claude(cwd: str, environ: Mapping[str, str]) -> str:
+    """Claude Code and Qwen Code: every UTF-16 unit that is not [a-zA-Z0-9] becomes '-';
+    past 200 chars, the first 200 plus '-' and a base-36 hash (stores.py also accepts any hash)."""
+    units = cwd.encode("utf-16-le")
+    out = []
+    for i in range(0, len(units), 2):
+        c = int.from_bytes(units[i:i + 2], "little")
+        out.append(chr(c) if c < 128 and chr(c).isalnum() else "-")
+    enc = "".join(out)
+    if len(enc) > 200:
+        enc = enc[:200] + "-" + _base36(abs(_java_hash(cwd)))
+    return enc
+
+
+ENCODERS = {"pi": encode_pi, "omp": encode_omp, "claude": encode_claude}
+
+
+# -- the profiles ---------------------------------------------------------------------------------
+
+PI_FORMAT = RecordFormat(
+    header={"type": "session"}, id="id", cwd="cwd", created="timestamp", parent="parentSession",
+    user={"type": "message", "message.role": "user"}, user_content="message.content",
+    assistant=(b'"role":"assistant"',),
+    name={"type": "session_info"}, name_field="name", name_marker=b'"session_info"',
+)
+
+OMP_FORMAT = RecordFormat(
+    header={"type": "session"}, id="id", cwd="cwd", created="timestamp", parent="parentSession",
+    user={"type": "message", "message.role": "user"}, user_content="message.content",
+    assistant=(b'"role":"assistant"',),
+    name={"type": ("title", "title_change")}, name_field="title", name_marker=b'"title',
+)
+
+CLAUDE_FORMAT = RecordFormat(
+    header={"sessionId": ANY, "cwd": ANY}, id="sessionId", cwd="cwd", created="timestamp",
+    user={"type": "user", "message.role": "user"}, user_content="message.content",
+    assistant=(b'"type":"assistant"',), assistant_not=(b'"isApiErrorMessage":true',),
+    name={"type": "custom-title"}, name_field="customTitle", name_marker=b'"custom-title"',
+)
+
+CODEX_FORMAT = RecordFormat(
+    header={"type": "session_meta"}, id="payload.id", cwd="payload.cwd", created="payload.timestamp",
+    user={"type": "response_item", "payload.type": "message", "payload.role": "user"},
+    user_content="payload.content",
+    assistant=(b'"role":"assistant"',), assistant_not=(),
+)
+
+GEMINI_FORMAT = RecordFormat(
+    header={"sessionId": ANY}, id="sessionId", cwd=None, created="startTime",
+    user={"type": "user"}, user_content="content",
+    assistant=(b'"type":"gemini"',), assistant_not=(),
+)
 
 
 PI = AgentProfile(
@@ -52,9 +203,66 @@ PI = AgentProfile(
     # every pi sends session_id and prompt_cache_key to Responses-API models.
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
+    store=StoreSpec("per_cwd", (Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), "pi",
+                    format=PI_FORMAT),
 )
 
-PROFILES: tuple[AgentProfile, ...] = (PI,)
+OMP = AgentProfile(
+    name="omp",
+    process_names=frozenset({"omp"}),
+    process_patterns=(r"oh-my-pi",),
+    hint_headers=("x-session-id", "x-opencode-session", "session_id"),
+    hint_body_fields=("prompt_cache_key",),
+    store=StoreSpec("per_cwd", (
+        Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"),
+    ), "omp", format=OMP_FORMAT),
+)
+
+CLAUDE = AgentProfile(
+    name="claude",
+    process_names=frozenset({"claude"}),
+    process_patterns=(r"claude-code/cli\.m?js",),
+    hint_headers=("x-claude-code-session-id",),
+    store=StoreSpec("per_cwd", (
+        Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
+        Root((), "~/.config/claude", "projects"),
+    ), "claude", format=CLAUDE_FORMAT),
+)
+
+QWEN = AgentProfile(
+    name="qwen",
+    process_names=frozenset({"qwen"}),
+    process_patterns=(r"qwen-code",),
+    store=StoreSpec("per_cwd", (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), "claude", subdir="chats",
+                    format=CLAUDE_FORMAT),
+)
+
+CODEX = AgentProfile(
+    name="codex",
+    process_names=frozenset({"codex"}),
+    process_patterns=(r"(^|/)codex(-[a-z0-9_-]+)?( |$)", r"@openai/codex"),
+    hint_headers=("session-id", "session_id", "conversation_id"),
+    hint_body_fields=("prompt_cache_key",),
+    store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT),
+)
+
+GEMINI = AgentProfile(
+    name="gemini",
+    process_names=frozenset({"gemini"}),
+    process_patterns=(r"gemini-cli",),
+    store=StoreSpec("gemini", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), format=GEMINI_FORMAT),
+)
+
+OPENCODE = AgentProfile(
+    name="opencode",
+    process_names=frozenset({"opencode", ".opencode"}),
+    process_patterns=(r"opencode-ai|/opencode( |$)",),
+    hint_headers=("x-opencode-session", "x-session-affinity", "x-session-id"),
+    hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
+    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),)),
+)
+
+PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
 
 
 def recognise(process: Process) -> AgentProfile | None:
@@ -64,7 +272,17 @@ def recognise(process: Process) -> AgentProfile | None:
     return None
 
 
-def _expand(path: str, environ: Mapping[str, str]) -> str:
+# -- where a process's sessions are ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionFolder:
+    path: str
+    cwd_filter: str | None  # a folder of every cwd's files: keep those whose header names this cwd
+    kind: str = "per_cwd"
+
+
+def expand(path: str, environ: Mapping[str, str]) -> str:
     home = environ.get("HOME", "")
     if path == "~" or path.startswith("~/"):
         path = home + path[1:]
@@ -80,38 +298,50 @@ def _flag(cmdline: tuple[str, ...], flag: str) -> str | None:
     return None
 
 
-def pi_encode_cwd(cwd: str) -> str:
-    """pi's session folder name for a cwd (session-manager.ts)."""
-    return "--" + re.sub(r"[/\\:]", "-", re.sub(r"^[/\\]", "", cwd)) + "--"
+def root_paths(spec: StoreSpec, environ: Mapping[str, str]) -> list[str]:
+    out = []
+    for root in spec.roots:
+        base = next((environ[e] for e in root.env if environ.get(e)), None) or root.default
+        out.append(os.path.join(expand(base, environ), root.sub) if root.sub else expand(base, environ))
+    return out
+
+
+def session_folders(profile: AgentProfile, process: Process, settings_session_dir: str | None = None,
+                    gemini_slug: str | None = None) -> list[SessionFolder]:
+    """Where this process keeps its sessions. For pi and omp, --session-dir (when the command line
+    shows it), PI_CODING_AGENT_SESSION_DIR and settings.json's sessionDir come first."""
+    spec = profile.store
+    if spec is None:
+        return []
+    env = process.environ
+    if profile in (PI, OMP):
+        for custom in (_flag(process.cmdline, "--session-dir"), env.get("PI_CODING_AGENT_SESSION_DIR"),
+                       settings_session_dir):
+            if custom:
+                custom = expand(custom, env)
+                if not os.path.isabs(custom):
+                    custom = os.path.join(process.cwd, custom)
+                return [SessionFolder(os.path.normpath(custom), process.cwd)]
+    if spec.kind == "per_cwd":
+        encode = ENCODERS[spec.encode]
+        name = encode(process.cwd, env)
+        out = []
+        for root in root_paths(spec, env):
+            folder = os.path.join(root, name, spec.subdir) if spec.subdir else os.path.join(root, name)
+            out.append(SessionFolder(folder, None))
+        return out
+    if spec.kind == "date_tree":
+        return [SessionFolder(root, process.cwd, "date_tree") for root in root_paths(spec, env)]
+    if spec.kind == "gemini":
+        out = []
+        for root in root_paths(spec, env):
+            for slug in filter(None, (gemini_slug, hashlib.sha256(process.cwd.encode()).hexdigest())):
+                out.append(SessionFolder(os.path.join(root, "tmp", slug, "chats"), None))
+        return out
+    if spec.kind == "sqlite":
+        return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, env)]
+    return []
 
 
 def pi_agent_dir(environ: Mapping[str, str]) -> str:
-    value = environ.get("PI_CODING_AGENT_DIR")
-    if value:
-        return _expand(value, environ)
-    return os.path.join(environ.get("HOME", ""), ".pi", "agent")
-
-
-def pi_session_folders(process: Process, settings_session_dir: str | None = None) -> list[SessionFolder]:
-    """Where this pi process keeps its sessions: --session-dir (when the command line shows it),
-    else PI_CODING_AGENT_SESSION_DIR, else settings.json's sessionDir, else the per-cwd folder."""
-    env = process.environ
-    for custom in (_flag(process.cmdline, "--session-dir"), env.get("PI_CODING_AGENT_SESSION_DIR"), settings_session_dir):
-        if custom:
-            custom = _expand(custom, env)
-            if not os.path.isabs(custom):
-                custom = os.path.join(process.cwd, custom)
-            return [SessionFolder(os.path.normpath(custom), process.cwd)]
-    return [SessionFolder(os.path.join(pi_agent_dir(env), "sessions", pi_encode_cwd(process.cwd)), None)]
-
-
-def read_pi_settings_session_dir(environ: Mapping[str, str]) -> str | None:
-    """settings.json's sessionDir (I/O, small file; the caller caches it per process)."""
-    path = os.path.join(pi_agent_dir(environ), "settings.json")
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return None
-    value = data.get("sessionDir") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and value else None
+    return root_paths(PI.store, environ)[0].rsplit("/sessions", 1)[0]  # type: ignore[arg-type]

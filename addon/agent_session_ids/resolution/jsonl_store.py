@@ -1,4 +1,4 @@
-"""I/O adapter: snapshots of session folders of JSONL files (pi's store kind).
+"""I/O adapter: snapshots of session folders of JSONL files, one file per session.
 
 Built for folders of thousands of files and files of any size:
 - a folder is listed again only when its mtime changes;
@@ -17,8 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import re
+
+from .agents import ANY, RecordFormat
 from .conversation import fingerprint, text_of
 from .model import SessionFile
+
+_ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
 
 MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
 HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
@@ -110,8 +115,41 @@ def _lines(fd: int, offset: int, limit: int, skipping: bool):
     yield None, buf_start, skipping
 
 
+def id_from_name(path: str) -> str:
+    """The session id in a file name: a uuid at its end (`<time>_<uuid>`, `<uuid>`,
+    `rollout-<time>-<uuid>`), else what follows the last '_', else the whole stem."""
+    stem = os.path.basename(path)[: -len(".jsonl")]
+    m = _ID_AT_END.search(stem)
+    if m:
+        return m.group(1).lower()
+    return stem.rsplit("_", 1)[-1]
+
+
+def _get(record: dict, path: str) -> object:
+    value: object = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _matches(record: dict, conditions) -> bool:
+    for path, want in conditions.items():
+        value = _get(record, path)
+        if want is ANY:
+            if value is None:
+                return False
+        elif isinstance(want, tuple):
+            if value not in want:
+                return False
+        elif value != want:
+            return False
+    return True
+
+
 class JsonlStore:
-    """Session folders of JSONL files, one file per session, named `<anything>_<id>.jsonl`."""
+    """Session folders of JSONL files, one file per session, read as a RecordFormat says."""
 
     def __init__(self) -> None:
         self._dirs: dict[str, _DirState] = {}
@@ -119,37 +157,45 @@ class JsonlStore:
     def candidates(
         self,
         folder: str,
+        fmt: RecordFormat,
         ids: Iterable[str] = (),
         first_users: Iterable[str] = (),
         paths: Iterable[str] = (),
         cwd: str | None = None,
+        relist: bool = True,
     ) -> list[SessionFile]:
         """Fresh snapshots of the folder's files with one of these ids, first user turns or paths.
-        With `cwd`, only files whose header names that cwd (for flat custom session folders)."""
-        d = self._refresh_dir(folder)
+        With `cwd`, files found by their first user turn must name that cwd in their header (for
+        folders that hold every cwd's files). relist=False trusts an earlier listing of the folder."""
+        d = self._dirs.get(folder) if not relist else None
+        if d is None:
+            d = self._refresh_dir(folder, fmt)
         if d is None:
             return []
-        wanted: set[str] = set()
+        wanted: dict[str, bool] = {}  # path -> filter on cwd?
+        for fp in first_users:
+            for path in d.by_first_user.get(fp, ()):
+                wanted[path] = cwd is not None
         for sid in ids:
             if sid in d.by_id:
-                wanted.add(d.by_id[sid])
-        for fp in first_users:
-            wanted.update(d.by_first_user.get(fp, ()))
-        wanted.update(p for p in paths if p in d.files)
+                wanted[d.by_id[sid]] = False
+        for p in paths:
+            if p in d.files:
+                wanted[p] = False
         out = []
         for path in sorted(wanted):
             f = d.files[path]
-            if not self._refresh_tail(f):
+            if not self._refresh_tail(f, fmt):
                 self._forget(d, path)
                 continue
-            if cwd is not None and f.cwd is not None and f.cwd != cwd:
+            if wanted[path] and f.cwd is not None and f.cwd != cwd:
                 continue
             out.append(self._snapshot(f))
         return out
 
     # -- folder ------------------------------------------------------------------------------
 
-    def _refresh_dir(self, folder: str) -> _DirState | None:
+    def _refresh_dir(self, folder: str, fmt: RecordFormat) -> _DirState | None:
         try:
             st = os.stat(folder)
         except OSError:
@@ -171,19 +217,18 @@ class JsonlStore:
             for path in [p for p in d.files if p not in present]:
                 self._forget(d, path)
             for path in present - d.files.keys():
-                stem = os.path.basename(path)[: -len(".jsonl")]
-                f = d.files[path] = _FileState(path, stem.rsplit("_", 1)[-1])
+                f = d.files[path] = _FileState(path, id_from_name(path))
                 d.by_id[f.id] = path
                 d.incomplete.add(path)
         for path in list(d.incomplete):
             f = d.files[path]
-            if not self._read_head(f):
+            if not self._read_head(f, fmt):
                 self._forget(d, path)
                 continue
+            if f.header_id and f.header_id != f.id:
+                d.by_id.setdefault(f.header_id, path)
             if f.head_done:
                 d.incomplete.discard(path)
-                if f.header_id and f.header_id != f.id:
-                    d.by_id.setdefault(f.header_id, path)
                 if f.first_user:
                     d.by_first_user.setdefault(f.first_user, set()).add(path)
         return d
@@ -204,7 +249,7 @@ class JsonlStore:
 
     # -- one file ------------------------------------------------------------------------------
 
-    def _read_head(self, f: _FileState) -> bool:
+    def _read_head(self, f: _FileState, fmt: RecordFormat) -> bool:
         """Read the header and the first user turn; False if the file is gone or not regular."""
         fd = _open_regular(f.path)
         if fd is None:
@@ -220,19 +265,19 @@ class JsonlStore:
                 record = _loads(line)
                 if record is None:
                     continue
-                kind = record.get("type")
-                if kind == "session" and f.created is None:
-                    f.header_id = record.get("id") if isinstance(record.get("id"), str) else None
-                    f.created = _parse_time(record.get("timestamp"))
-                    f.cwd = record.get("cwd") if isinstance(record.get("cwd"), str) else None
-                    parent = record.get("parentSession")
+                if f.header_id is None and _matches(record, fmt.header):
+                    sid = _get(record, fmt.id)
+                    f.header_id = sid.lower() if isinstance(sid, str) and _ID_AT_END.fullmatch(sid) else (
+                        sid if isinstance(sid, str) else None)
+                    f.created = _parse_time(_get(record, fmt.created)) if fmt.created else None
+                    cwd = _get(record, fmt.cwd) if fmt.cwd else None
+                    f.cwd = cwd if isinstance(cwd, str) else None
+                    parent = _get(record, fmt.parent) if fmt.parent else None
                     f.parent = parent if isinstance(parent, str) else None
-                elif kind == "message":
-                    message = record.get("message")
-                    if isinstance(message, dict) and message.get("role") == "user":
-                        f.first_user = fingerprint(text_of(message.get("content")))
-                        f.head_done = True
-                        break
+                if _matches(record, fmt.user):
+                    f.first_user = fingerprint(text_of(_get(record, fmt.user_content)))
+                    f.head_done = True
+                    break
             if not f.head_done and st.st_size >= HEAD_LIMIT:
                 f.head_done = True  # give up: no first user turn near the start
             if f.created is None:
@@ -243,7 +288,7 @@ class JsonlStore:
         finally:
             os.close(fd)
 
-    def _refresh_tail(self, f: _FileState) -> bool:
+    def _refresh_tail(self, f: _FileState, fmt: RecordFormat) -> bool:
         """Count answered turns and find the latest name in what was appended since the last look."""
         fd = _open_regular(f.path)
         if fd is None:
@@ -261,7 +306,7 @@ class JsonlStore:
                 if line is None:
                     f.offset, f.skipping = end, rest[0]
                     break
-                self._tail_line(f, line)
+                self._tail_line(f, line, fmt)
             return True
         except OSError:
             return False
@@ -269,21 +314,22 @@ class JsonlStore:
             os.close(fd)
 
     @staticmethod
-    def _tail_line(f: _FileState, line: bytes) -> None:
-        if b'"role":"assistant"' in line:
-            if b'"stopReason":"error"' not in line and b'"stopReason":"aborted"' not in line:
+    def _tail_line(f: _FileState, line: bytes, fmt: RecordFormat) -> None:
+        if any(m in line for m in fmt.assistant):
+            if not any(m in line for m in fmt.assistant_not):
                 f.n_assistant += 1
-        elif b'"session_info"' in line:
+        elif fmt.name is not None and fmt.name_marker in line:
             record = _loads(line)
-            if record is not None and record.get("type") == "session_info":
-                name = record.get("name")
-                f.name = name.strip() or None if isinstance(name, str) else f.name
+            if record is not None and _matches(record, fmt.name):
+                name = _get(record, fmt.name_field) if fmt.name_field else None
+                if isinstance(name, str):
+                    f.name = name.strip() or None
 
     @staticmethod
     def _snapshot(f: _FileState) -> SessionFile:
         return SessionFile(
             path=f.path,
-            id=f.id,
+            id=f.header_id or f.id,
             created=f.created if f.created is not None else f.mtime,
             mtime=f.mtime,
             first_user=f.first_user,

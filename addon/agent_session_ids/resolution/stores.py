@@ -1,0 +1,187 @@
+"""I/O adapter: from an agent process to snapshots of the session files the resolver needs.
+
+The store kinds that differ are here: folders per cwd (JsonlStore), Codex's date tree, Gemini's
+project registry, opencode's SQLite database, and pi's settings.json session folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
+from .jsonl_store import JsonlStore, _parse_time
+from .model import Process, SessionFile
+
+DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
+RECENT_DAYS = 2  # the newest day folders are checked on every request
+
+
+class Stores:
+    def __init__(self) -> None:
+        self.jsonl = JsonlStore()
+        self._folders: dict[str, list[SessionFolder]] = {}  # process key -> folders
+        self._days: dict[str, tuple[float, list[str]]] = {}  # date-tree root -> (listed at, day dirs)
+
+    def forget(self, process_keys) -> None:
+        for key in process_keys:
+            self._folders.pop(key, None)
+
+    def folders(self, profile: AgentProfile, process: Process) -> list[SessionFolder]:
+        folders = self._folders.get(process.key)
+        if folders is None:
+            settings = read_pi_settings_session_dir(process.environ) if profile.name in ("pi", "omp") else None
+            slug = read_gemini_slug(process) if profile.name == "gemini" else None
+            folders = session_folders(profile, process, settings, slug)
+            if profile.store and profile.store.encode == "claude":
+                folders = [_long_path_folder(f) for f in folders]
+            self._folders[process.key] = folders
+        return folders
+
+    def candidates(self, profile: AgentProfile, process: Process, hint: str | None, first_user: str | None,
+                   paths: list[str]) -> list[SessionFile]:
+        """The files with the hinted id, the request's first user turn, or one of `paths`."""
+        fmt = profile.store.format if profile.store else None
+        out: list[SessionFile] = []
+        ids = [hint] if hint else []
+        fps = [first_user] if first_user else []
+        for folder in self.folders(profile, process):
+            if folder.kind == "per_cwd":
+                out.extend(self.jsonl.candidates(folder.path, fmt, ids, fps, paths, folder.cwd_filter))
+            elif folder.kind == "date_tree":
+                for i, day in enumerate(self._day_dirs(folder.path)):
+                    out.extend(self.jsonl.candidates(day, fmt, ids, fps, paths, folder.cwd_filter,
+                                                     relist=i < RECENT_DAYS))
+            elif folder.kind == "sqlite" and not hint:
+                row = newest_opencode_session(folder.path, process)
+                if row is not None:
+                    out.append(row)
+        return out
+
+    def _day_dirs(self, root: str) -> list[str]:
+        """The day folders of a YYYY/MM/DD tree, newest first, listed again every few seconds."""
+        now = time.monotonic()
+        listed = self._days.get(root)
+        if listed is None or now - listed[0] > DATE_TREE_RELIST_S:
+            days = []
+            for level1 in _subdirs(root):
+                for level2 in _subdirs(level1):
+                    days.extend(_subdirs(level2))
+            days.sort(reverse=True)
+            listed = self._days[root] = (now, days)
+        return listed[1]
+
+
+def _long_path_folder(folder: SessionFolder) -> SessionFolder:
+    """Claude Code shortens a folder name past 200 chars with a hash that differs between its
+    Node and Bun builds: find the folder by its 200-char prefix instead."""
+    parent, name = os.path.split(folder.path.rstrip("/"))
+    sub = ""
+    if not name.startswith("-") and len(os.path.basename(parent)) > 200:  # Qwen's ".../<enc>/chats"
+        parent, sub, name = os.path.dirname(parent), name, os.path.basename(parent)
+    if len(name) <= 200 or os.path.isdir(folder.path):
+        return folder
+    prefix = name[:201]
+    for entry in _listdir(parent):
+        if entry.startswith(prefix):
+            return SessionFolder(os.path.join(parent, entry, sub) if sub else os.path.join(parent, entry),
+                                 folder.cwd_filter, folder.kind)
+    return folder
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        return [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and e.name.isdigit()]
+    except OSError:
+        return []
+
+
+def read_pi_settings_session_dir(environ) -> str | None:
+    """pi's settings.json `sessionDir` (small file; read once per process)."""
+    from .agents import PI
+
+    agent_dir = root_paths(PI.store, environ)[0].rsplit("/sessions", 1)[0]
+    try:
+        with open(os.path.join(agent_dir, "settings.json"), "rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    value = data.get("sessionDir") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def read_gemini_slug(process: Process) -> str | None:
+    """Gemini CLI's folder name for a project: ~/.gemini/projects.json {"projects": {path: slug}}."""
+    home = expand(process.environ.get("GEMINI_CLI_HOME") or "~", process.environ)
+    try:
+        with open(os.path.join(home, ".gemini", "projects.json"), "rb") as f:
+            data = json.loads(f.read(4 << 20))
+    except (OSError, ValueError):
+        return None
+    slug = data.get("projects", {}).get(process.cwd) if isinstance(data, dict) else None
+    return slug if isinstance(slug, str) and "/" not in slug else None
+
+
+def newest_opencode_session(data_dir: str, process: Process) -> SessionFile | None:
+    """opencode >= 1.2: the newest session of this cwd in its SQLite database (read-only)."""
+    env = process.environ
+    db = env.get("OPENCODE_DB") or "opencode.db"
+    db = db if os.path.isabs(db) else os.path.join(data_dir, db)
+    if not os.path.isfile(db):
+        return _newest_opencode_json_session(data_dir, process)
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        try:
+            row = conn.execute(
+                "SELECT id, title, time_created, time_updated FROM session WHERE directory = ? "
+                "ORDER BY time_updated DESC LIMIT 1", (process.cwd,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if not row or not isinstance(row[0], str):
+        return None
+    sid, title, created, updated = row
+    # opencode titles every session itself: not a name the user chose, so not used for the label
+    return SessionFile(path=f"{db}#{sid}", id=sid, created=_ms(created), mtime=_ms(updated), first_user=None,
+                       n_assistant=0, cwd=process.cwd)
+
+
+def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFile | None:
+    """opencode < 1.2: storage/session/<project>/<session>.json files."""
+    best = None
+    root = os.path.join(data_dir, "storage", "session")
+    for project in _listdir(root):
+        folder = os.path.join(root, project)
+        for name in _listdir(folder):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(folder, name), "rb") as f:
+                    data = json.loads(f.read(1 << 20))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict) or data.get("directory") != process.cwd:
+                continue
+            t = data.get("time") if isinstance(data.get("time"), dict) else {}
+            updated = _ms(t.get("updated"))
+            if best is None or updated > best.mtime:
+                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")), created=_ms(t.get("created")),
+                                   mtime=updated, first_user=None, n_assistant=0, cwd=process.cwd)
+    return best
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _ms(value) -> float:
+    if isinstance(value, (int, float)):
+        return value / 1000.0 if value > 1e11 else float(value)
+    return _parse_time(value) or 0.0
