@@ -6,6 +6,7 @@ Fail open: whatever goes wrong, the request passes on unmodified and the reason 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -30,6 +31,16 @@ DEFAULT_RULES = str(Path(__file__).resolve().parent.parent.parent / "rules")
 LOOKUP_TIMEOUT_S = 0.5
 RESOLVE_TIMEOUT_S = 0.5
 PRUNE_EVERY_S = 60.0
+SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SessionIds:
@@ -85,6 +96,13 @@ class SessionIds:
 
     def running(self) -> None:
         self._running = True
+        host = getattr(ctx.options, "listen_host", "127.0.0.1")
+        auth = getattr(ctx.options, "proxyauth", None) if "proxyauth" in ctx.options.keys() else None
+        if not _is_loopback(host) and not auth:
+            logger.warning(
+                f"agent-session-ids: the proxy listens on {host or 'every interface'} without proxyauth: "
+                "anyone who can reach it can use it. Start it with --listen-host 127.0.0.1."
+            )
 
     def done(self) -> None:
         try:
@@ -204,6 +222,8 @@ class SessionIds:
                         skipped.append(f"{action.describe}: {e}")
                         continue
                 if changed:
+                    if action.target == "header" and action.key.lower() in SECRET_HEADERS:
+                        old, value = "<redacted>" if old is not None else None, "<redacted>"
                     changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
         if new_body is not None and new_body != body_text:
             flow.request.content = new_body.encode("utf-8")  # re-encodes, fixes content-length
@@ -216,6 +236,8 @@ class SessionIds:
         now = time.time()
         if proc is None:
             return self.resolver.fallback("unknown", None, conn_id, "no local process of this user owns the connection")
+        if proc.shared:
+            return self.resolver.fallback(proc.comm or "unknown", proc, None, "the connection's socket is shared by several processes")
         agent = agents.recognise(proc)
         if agent is None:
             return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")

@@ -20,6 +20,7 @@ class Process:
     exe: str
     cmdline: tuple[str, ...] = ()
     environ: Mapping[str, str] = field(default_factory=dict)
+    shared: bool = False  # other processes hold the same socket (a fork)
 
     @property
     def key(self) -> str:

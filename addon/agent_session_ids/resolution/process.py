@@ -8,6 +8,7 @@ the caller falls back.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -94,14 +95,14 @@ def socket_owner(peer: tuple, local: tuple) -> tuple[int, int] | None:
     return None
 
 
-def pid_of_socket(inode: int, uid: int) -> int | None:
-    """The pid of a process of user `uid` that holds socket `inode` (the lowest, if several)."""
+def pids_of_socket(inode: int, uid: int) -> list[int]:
+    """The pids of the processes of user `uid` that hold socket `inode` (a forked child may share it)."""
     target = f"socket:[{inode}]"
-    found = None
+    found = []
     try:
         entries = os.scandir("/proc")
     except OSError:
-        return None
+        return found
     with entries:
         for entry in entries:
             if not entry.name.isdigit():
@@ -113,14 +114,13 @@ def pid_of_socket(inode: int, uid: int) -> int | None:
                 for fd in os.listdir(fd_dir):
                     try:
                         if os.readlink(f"{fd_dir}/{fd}") == target:
-                            pid = int(entry.name)
-                            found = pid if found is None else min(found, pid)
+                            found.append(int(entry.name))
                             break
                     except OSError:
                         continue
             except OSError:
                 continue
-    return found
+    return sorted(found)
 
 
 def read_process(pid: int) -> Process | None:
@@ -192,11 +192,14 @@ def lookup(peer: tuple, local: tuple) -> Process | None:
     inode, uid = owner
     if uid != os.getuid():
         return None
-    pid = pid_of_socket(inode, uid)
-    if pid is None:
+    pids = pids_of_socket(inode, uid)
+    if not pids:
         return None
-    process = read_process(pid)
+    process = read_process(pids[0])
     if process is None or process.uid != os.getuid():
         return None
+    if len(pids) > 1:
+        # a socket shared by several processes: whose session it carries cannot be told
+        return dataclasses.replace(process, shared=True)
     return process
 
