@@ -54,6 +54,7 @@ class SessionIds:
         self._running = False
         self._state_path: str | None = None
         self._last_prune = 0.0
+        self._catching_up = False
 
     # -- options -----------------------------------------------------------------------------
 
@@ -256,7 +257,22 @@ class SessionIds:
             self.stores.forget([k for k in self.stores._folders if k not in alive])
         if self.resolver.dirty:
             self._save_state()
+        if self.stores.jsonl.behind and not self._catching_up:
+            self._catching_up = True
+            self._worker.submit(self._catch_up)
         return session
+
+    def _catch_up(self) -> None:
+        """Read large files' tails one budget at a time, queued between requests on the worker."""
+        try:
+            more = self.stores.jsonl.catch_up()
+        except Exception as e:  # noqa: BLE001
+            self._warn_once("catch-up", f"reading a session file failed: {e!r}")
+            more = False
+        if more:
+            self._worker.submit(self._catch_up)
+        else:
+            self._catching_up = False
 
     def _load_state(self, path: str) -> None:
         self.resolver.load_state(state.load(path))

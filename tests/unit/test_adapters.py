@@ -157,3 +157,28 @@ def test_process_lookup_finds_the_real_client_process(tmp_path, family, host):
 def test_process_lookup_of_an_unknown_address_is_none():
     assert process.lookup(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
     assert process.lookup(("203.0.113.5", 5555), ("127.0.0.1", 8080)) is None
+
+
+def test_a_large_file_is_read_in_budgets_and_its_latest_name_found_at_once(tmp_path, monkeypatch):
+    from agent_session_ids.resolution import jsonl_store
+
+    monkeypatch.setattr(jsonl_store, "TAIL_BUDGET", 64 << 10)
+    monkeypatch.setattr(jsonl_store, "CHUNK", 16 << 10)
+    filler = {"type": "message", "message": {"role": "assistant", "content": [{"type": "text", "text": "x" * 1000}]}}
+    path = pi_file(tmp_path, extra=[{"type": "session_info", "name": "Old name"}] + [filler] * 500
+                   + [{"type": "session_info", "name": "Latest name"}] + [filler] * 20)
+    assert path.stat().st_size > 500_000
+    store = JsonlStore()
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
+    assert f.name == "Latest name"  # found backwards from the end, before the forward scan reaches it
+    assert f.n_assistant < 521 and store.behind
+    rounds = 0
+    while store.catch_up():
+        rounds += 1
+    assert rounds > 3
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
+    assert (f.name, f.n_assistant) == ("Latest name", 521)  # older names met later do not win
+    with open(path, "a") as out:
+        out.write(json.dumps({"type": "session_info", "name": "Newer"}) + "\n")
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
+    assert f.name == "Newer"

@@ -28,6 +28,8 @@ _ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA
 MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
 HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
 CHUNK = 1 << 20
+TAIL_BUDGET = 4 << 20  # bytes of a file's tail read per request; the rest is read between requests
+NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for its latest name
 
 
 @dataclass
@@ -47,6 +49,7 @@ class _FileState:
     skipping: bool = False  # inside an over-long line
     n_assistant: int = 0
     name: str | None = None
+    name_at: int = -1  # where the latest name record ends (names before it are older)
 
 
 @dataclass
@@ -153,6 +156,7 @@ class JsonlStore:
 
     def __init__(self) -> None:
         self._dirs: dict[str, _DirState] = {}
+        self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
 
     def candidates(
         self,
@@ -289,7 +293,11 @@ class JsonlStore:
             os.close(fd)
 
     def _refresh_tail(self, f: _FileState, fmt: RecordFormat) -> bool:
-        """Count answered turns and find the latest name in what was appended since the last look."""
+        """Count answered turns and find the latest name in what was appended since the last look.
+
+        At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
+        catch_up() to finish between requests. The latest name of a large file is found at once by
+        reading backwards from its end."""
         fd = _open_regular(f.path)
         if fd is None:
             return False
@@ -297,28 +305,87 @@ class JsonlStore:
             st = os.fstat(fd)
             if st.st_size < f.offset:
                 # truncated or replaced: start over
-                f.offset, f.n_assistant, f.name, f.skipping, f.size = 0, 0, None, False, -1
+                f.offset, f.n_assistant, f.name, f.skipping, f.size, f.name_at = 0, 0, None, False, -1, -1
             f.mtime = st.st_mtime
             if st.st_size == f.size:
                 return True
+            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None:
+                self._latest_name(fd, f, fmt, st.st_size)
             f.size = st.st_size
-            for line, end, *rest in _lines(fd, f.offset, st.st_size - f.offset, f.skipping):
-                if line is None:
-                    f.offset, f.skipping = end, rest[0]
-                    break
-                self._tail_line(f, line, fmt)
+            self._scan(fd, f, fmt)
             return True
         except OSError:
             return False
         finally:
             os.close(fd)
 
+    def _scan(self, fd: int, f: _FileState, fmt: RecordFormat) -> None:
+        budget = min(TAIL_BUDGET, f.size - f.offset)
+        for line, end, *rest in _lines(fd, f.offset, budget, f.skipping):
+            if line is None:
+                f.offset, f.skipping = end, rest[0]
+                break
+            self._tail_line(f, line, fmt, end)
+        if f.offset < f.size:
+            self._behind[f.path] = (f, fmt)
+        else:
+            self._behind.pop(f.path, None)
+
+    @property
+    def behind(self) -> bool:
+        return bool(self._behind)
+
+    def catch_up(self) -> bool:
+        """Read one more budget of one file that is behind; True while any is left."""
+        if not self._behind:
+            return False
+        path, (f, fmt) = next(iter(self._behind.items()))
+        fd = _open_regular(path)
+        if fd is None:
+            self._behind.pop(path, None)
+            return bool(self._behind)
+        try:
+            self._scan(fd, f, fmt)
+        except OSError:
+            self._behind.pop(path, None)
+        finally:
+            os.close(fd)
+        return bool(self._behind)
+
+    def _latest_name(self, fd: int, f: _FileState, fmt: RecordFormat, size: int) -> None:
+        """Read backwards from the end for the last name record (at most NAME_SCAN_LIMIT bytes)."""
+        pos = size
+        carry = b""
+        while pos > 0 and size - pos < NAME_SCAN_LIMIT:
+            start = max(0, pos - CHUNK)
+            data = os.pread(fd, pos - start, start) + carry
+            lines = data.split(b"\n")
+            # the first piece may be a partial line unless we are at the file's start
+            carry = lines[0] if start > 0 else b""
+            complete = lines[1:] if start > 0 else lines
+            offset = start + len(lines[0]) + 1 if start > 0 else 0
+            found = None
+            for line in complete:
+                if fmt.name_marker in line:
+                    record = _loads(line)
+                    if record is not None and _matches(record, fmt.name):
+                        found = (record, offset)
+                offset += len(line) + 1
+            if found is not None:
+                name = _get(found[0], fmt.name_field) if fmt.name_field else None
+                if isinstance(name, str):
+                    f.name, f.name_at = name.strip() or None, found[1]
+                return
+            if len(carry) > MAX_LINE:
+                carry = b""
+            pos = start
+
     @staticmethod
-    def _tail_line(f: _FileState, line: bytes, fmt: RecordFormat) -> None:
+    def _tail_line(f: _FileState, line: bytes, fmt: RecordFormat, end: int) -> None:
         if any(m in line for m in fmt.assistant):
             if not any(m in line for m in fmt.assistant_not):
                 f.n_assistant += 1
-        elif fmt.name is not None and fmt.name_marker in line:
+        elif fmt.name is not None and fmt.name_marker in line and end > f.name_at:
             record = _loads(line)
             if record is not None and _matches(record, fmt.name):
                 name = _get(record, fmt.name_field) if fmt.name_field else None
