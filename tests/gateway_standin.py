@@ -17,7 +17,8 @@ For each request one JSON line is appended (and flushed) to the file named by ``
      "client_port": <peer port of the client connection>,
      "comment": <flow.comment or "">, "session_ids": <flow.metadata.get("session_ids"), json-safe>,
      "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "other",
-     "stream": bool, "answer": "tool_call" | "text" | "other", "tool_command": <str or null>}
+     "stream": bool, "answer": "tool_call" | "text" | "other", "tool_command": <str or null>,
+     "tool_name": <name of the tool called, or null>}
 
 Network guard
 -------------
@@ -61,6 +62,21 @@ Other directives in the last user message:
 
 Tool-call ids are ``call_standin_<k>`` (OpenAI chat), ``toolu_standin_<k>`` (Anthropic),
 ``call_standin_<k>`` / ``fc_standin_<k>`` (Responses).
+
+Which shell tool is called
+--------------------------
+The call goes to the first shell-like tool that the request's ``tools`` list offers, with the
+argument shape that tool takes (see ``SHELL_TOOLS``):
+
+- ``bash`` (pi) and ``Bash`` (Claude Code): ``{"command": "<command>"}``;
+- ``exec_command`` (Codex CLI 0.1xx): ``{"cmd": "<command>"}``;
+- ``shell_command``: ``{"command": "<command>"}``; ``shell`` (older Codex): ``{"command":
+  ["bash", "-lc", "<command>"]}``.
+
+A request with no ``tools`` key, or whose tools include none of these, gets a call of ``bash``
+with ``{"command": ...}`` as before. A request whose ``tools`` is present but EMPTY cannot take
+a tool call: it gets the text answer (Claude Code's title-generation request is like that).
+The log record names the tool in ``tool_name``.
 """
 
 from __future__ import annotations
@@ -159,6 +175,50 @@ def conversation_state(api: str, body: dict) -> tuple[str, int]:
     return last_text, results_after
 
 
+# (tool name, how the command becomes the tool's arguments), in order of preference.
+SHELL_TOOLS: list[tuple[str, Any]] = [
+    ("bash", lambda c: {"command": c}),
+    ("Bash", lambda c: {"command": c}),
+    ("exec_command", lambda c: {"cmd": c}),
+    ("shell_command", lambda c: {"command": c}),
+    ("shell", lambda c: {"command": ["bash", "-lc", c]}),
+]
+_SHELL_ARGS = dict(SHELL_TOOLS)
+
+
+def tool_names(body: dict) -> list[str] | None:
+    """Names of the tools the request offers (None when it has no ``tools`` key)."""
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    names = []
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict):
+            continue
+        if isinstance(tool.get("function"), dict):  # OpenAI chat
+            names.append(str(tool["function"].get("name", "")))
+        elif tool.get("name") is not None:  # Anthropic, Responses
+            names.append(str(tool["name"]))
+    return names
+
+
+def shell_tool(body: dict) -> str | None:
+    """The shell tool a scripted command is sent to; None when the request offers no tools."""
+    names = tool_names(body)
+    if names is None:
+        return "bash"
+    if not names:
+        return None
+    for name, _ in SHELL_TOOLS:
+        if name in names:
+            return name
+    return "bash"
+
+
+def shell_args(tool: str | None, command: str) -> dict:
+    return _SHELL_ARGS.get(tool or "bash", _SHELL_ARGS["bash"])(command)
+
+
 def plan_of(text: str) -> list[str]:
     plan: list[str] = []
     for count, command in _BASH_RE.findall(text):
@@ -174,7 +234,10 @@ def decide(api: str, body: dict) -> tuple[str | None, str, float]:
     delay = _DELAY_RE.search(text)
     final = reply.group(1) if reply else "ok"
     seconds = min(float(delay.group(1)), 30.0) if delay else 0.0
-    return (plan[k] if k < len(plan) else None), final, seconds
+    command = plan[k] if k < len(plan) else None
+    if command is not None and shell_tool(body) is None:
+        command = None  # the request offers no tools at all: answer with text
+    return command, final, seconds
 
 
 def _sse(events: list[tuple[str | None, dict | str]]) -> bytes:
@@ -206,7 +269,8 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
     model = body.get("model", "standin-model")
     cid, created = f"chatcmpl-standin-{n}", int(time.time())
     usage = {"prompt_tokens": in_tok, "completion_tokens": 5, "total_tokens": in_tok + 5}
-    args = json.dumps({"command": command}) if command is not None else None
+    tool = shell_tool(body) or "bash"
+    args = json.dumps(shell_args(tool, command)) if command is not None else None
     call_id = f"call_standin_{k}"
     finish = "tool_calls" if command is not None else "stop"
     if not body.get("stream"):
@@ -216,7 +280,7 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
                 "content": None,
                 "tool_calls": [
                     {"id": call_id, "type": "function",
-                     "function": {"name": "bash", "arguments": args}}
+                     "function": {"name": tool, "arguments": args}}
                 ],
             }
         else:
@@ -237,7 +301,7 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
     if command is not None:
         events.append(chunk({"tool_calls": [{
             "index": 0, "id": call_id, "type": "function",
-            "function": {"name": "bash", "arguments": ""}}]}))
+            "function": {"name": tool, "arguments": ""}}]}))
         events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
     else:
         events.append(chunk({"content": text}))
@@ -253,8 +317,10 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
     mid = f"msg_standin_{n}"
     stop = "tool_use" if command is not None else "end_turn"
     tool_id = f"toolu_standin_{k}"
+    tool = shell_tool(body) or "bash"
     if command is not None:
-        block = {"type": "tool_use", "id": tool_id, "name": "bash", "input": {"command": command}}
+        block = {"type": "tool_use", "id": tool_id, "name": tool,
+                 "input": shell_args(tool, command)}
     else:
         block = {"type": "text", "text": text}
     usage = {"input_tokens": in_tok, "output_tokens": 5,
@@ -265,11 +331,11 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
             "content": [block], "stop_reason": stop, "stop_sequence": None, "usage": usage,
         })
     start_block = (
-        {"type": "tool_use", "id": tool_id, "name": "bash", "input": {}}
+        {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
         if command is not None else {"type": "text", "text": ""}
     )
     delta = (
-        {"type": "input_json_delta", "partial_json": json.dumps({"command": command})}
+        {"type": "input_json_delta", "partial_json": json.dumps(shell_args(tool, command))}
         if command is not None else {"type": "text_delta", "text": text}
     )
     events = [
@@ -296,9 +362,10 @@ def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok:
              "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
              "total_tokens": in_tok + 5}
     if command is not None:
-        args = json.dumps({"command": command})
+        tool = shell_tool(body) or "bash"
+        args = json.dumps(shell_args(tool, command))
         item = {"id": f"fc_standin_{k}", "type": "function_call", "status": "completed",
-                "call_id": f"call_standin_{k}", "name": "bash", "arguments": args}
+                "call_id": f"call_standin_{k}", "name": tool, "arguments": args}
     else:
         item = {"id": f"msg_standin_{n}", "type": "message", "status": "completed",
                 "role": "assistant",
@@ -419,6 +486,7 @@ class GatewayStandin:
             "stream": bool(body.get("stream")),
             "answer": answer,
             "tool_command": command,
+            "tool_name": (shell_tool(body) or "bash") if command is not None else None,
         }
         self._log(record)
         logger.info("stand-in #%d %s %s%s -> %s%s", n, req.method, req.pretty_host, req.path,

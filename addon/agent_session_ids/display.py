@@ -43,7 +43,7 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "cwd": process.cwd,
             "started_at": process.started_at,
         },
-        "rules": [f"{r.name} ({r.file}:{r.line})" for r in rules],
+        "rules": [_rule(r) for r in rules],
         "changes": changes,
         "skipped": skipped,
     }
@@ -53,6 +53,10 @@ def annotate_failure(flow, rules, reason: str) -> None:
     flow.comment = f"session not set: {reason}"
     flow.marked = MARK_SKIPPED
     flow.metadata[METADATA_KEY] = {
-        "rules": [f"{r.name} ({r.file}:{r.line})" for r in rules],
+        "rules": [_rule(r) for r in rules],
         "error": reason,
     }
+
+
+def _rule(rule) -> dict:
+    return {"name": rule.name, "file": f"{rule.file}:{rule.line}", "match": rule.match.to_filter_expression()}
