@@ -13,9 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import flow as mitmflow
 
-from . import display
+from . import check, contentview, display
 from .matching import RuleSet
 from .resolution import agents, process, state
 from .resolution.conversation import Conversation, from_body
@@ -23,7 +24,7 @@ from .resolution.stores import Stores
 from .resolution.model import Process, Session
 from .resolution.resolver import Resolver
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
-from .rules import Rule, RuleError, load_rules_dir
+from .rules import Rule, RuleError, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
 
@@ -31,6 +32,8 @@ DEFAULT_RULES = str(Path(__file__).resolve().parent.parent.parent / "rules")
 LOOKUP_TIMEOUT_S = 0.5
 RESOLVE_TIMEOUT_S = 0.5
 PRUNE_EVERY_S = 60.0
+RULES_POLL_S = 1.0
+MAX_LIVE_SESSIONS = 1000
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
 
@@ -55,6 +58,9 @@ class SessionIds:
         self._state_path: str | None = None
         self._last_prune = 0.0
         self._catching_up = False
+        self._watcher: asyncio.Task | None = None
+        self._rules_signature: tuple = ()
+        self._live: dict[str, dict] = {}  # session id -> what session_ids.sessions lists
 
     # -- options -----------------------------------------------------------------------------
 
@@ -62,18 +68,29 @@ class SessionIds:
         loader.add_option(
             "session_rules", str, DEFAULT_RULES,
             "Folder of YAML rule files that say which gateway requests get a session ID, and where it goes. "
-            "Defaults to the rules/ folder shipped with agent-session-ids.",
+            "Defaults to the rules/ folder shipped with agent-session-ids. Edits are picked up live.",
         )
         loader.add_option(
             "session_state_file", str, "",
             "File that keeps the session IDs minted for sessions whose first request came before their "
             "session file, so they survive a proxy restart. Empty: <confdir>/agent-session-ids/state.json.",
         )
+        loader.add_option(
+            "session_fallback", bool, True,
+            "Give requests of programs that are not known agents (curl, scripts) a per-process fallback "
+            "session ID. Off: only agent sessions are set, whatever the rules say.",
+        )
+        loader.add_option(
+            "session_privacy", bool, False,
+            "Send a hash of a session's name instead of its name: labels read <hash>-<8 chars of the ID>, "
+            "and {session.name} is the hash.",
+        )
+        contentview.register()
 
     def configure(self, updated: set[str]) -> None:
         if "session_rules" in updated:
             try:
-                rules = load_rules_dir(ctx.options.session_rules)
+                rules, signature = self._load_rules(ctx.options.session_rules)
             except RuleError as e:
                 if self._running:
                     raise exceptions.OptionsError(str(e)) from None
@@ -81,12 +98,7 @@ class SessionIds:
                 logger.error(f"agent-session-ids: bad rule: {e}")
                 self.rules = RuleSet([])
                 return
-            self.rules = RuleSet(rules)
-            logger.info(
-                f"agent-session-ids: {len(rules)} rules from {ctx.options.session_rules} "
-                f"for {', '.join(self.rules.hosts) or 'no hosts'}; agents: "
-                f"{', '.join(p.name for p in agents.PROFILES)}"
-            )
+            self._swap_rules(rules, signature)
         if "session_state_file" in updated or "confdir" in updated:
             path = ctx.options.session_state_file or os.path.join(
                 os.path.expanduser(ctx.options.confdir), "agent-session-ids", "state.json"
@@ -104,13 +116,91 @@ class SessionIds:
                 f"agent-session-ids: the proxy listens on {host or 'every interface'} without proxyauth: "
                 "anyone who can reach it can use it. Start it with --listen-host 127.0.0.1."
             )
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
 
     def done(self) -> None:
+        contentview.unregister()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         try:
             self._worker.submit(self._save_state).result(timeout=2)
         except Exception as e:  # noqa: BLE001 - shutting down: say why, never raise
             logger.warning(f"agent-session-ids: could not save state: {e}")
         self._worker.shutdown(wait=False)
+
+    # -- rules: load, swap, watch -----------------------------------------------------------------
+
+    @staticmethod
+    def _load_rules(folder: str) -> tuple[list[Rule], tuple]:
+        signature = rules_signature(folder)
+        return load_rules_dir(folder), signature
+
+    def _swap_rules(self, rules: list[Rule], signature: tuple) -> None:
+        # One assignment: a flow in flight keeps the RuleSet it started with.
+        self.rules = RuleSet(rules)
+        self._rules_signature = signature
+        logger.info(
+            f"agent-session-ids: {len(rules)} rules from {ctx.options.session_rules} "
+            f"for {', '.join(self.rules.hosts) or 'no hosts'}; agents: "
+            f"{', '.join(p.name for p in agents.PROFILES)}"
+        )
+
+    def reload_rules(self) -> str:
+        """Validate the rules folder fully, then swap it in; keep the running rules if it is bad."""
+        folder = ctx.options.session_rules
+        try:
+            rules, signature = self._load_rules(folder)
+        except RuleError as e:
+            self._rules_signature = rules_signature(folder)
+            message = f"agent-session-ids: rules not reloaded, keeping the {len(self.rules.rules)} running ones: {e}"
+            logger.error(message)
+            return message
+        self._swap_rules(rules, signature)
+        return f"reloaded {len(rules)} rules from {folder}"
+
+    async def _watch_rules(self) -> None:
+        while True:
+            await asyncio.sleep(RULES_POLL_S)
+            try:
+                signature = await asyncio.get_running_loop().run_in_executor(
+                    None, rules_signature, ctx.options.session_rules
+                )
+                if signature != self._rules_signature:
+                    self.reload_rules()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                self._warn_once("watch", f"watching the rules folder failed: {e!r}")
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    @command.command("session_ids.reload")
+    def cmd_reload(self) -> str:
+        """Reload the rules folder now (it is also watched)."""
+        return self.reload_rules()
+
+    @command.command("session_ids.check")
+    def cmd_check(self, path: str) -> str:
+        """Check a rules folder without using it: 'ok ...' or the first error as file:line."""
+        return check.check_folder(path)[1]
+
+    @command.command("session_ids.sessions")
+    def cmd_sessions(self) -> str:
+        """The sessions seen so far: agent, ID, name, cwd, pid, requests."""
+        if not self._live:
+            return "no sessions yet"
+        lines = [f"{'AGENT':<8} {'REQS':>5}  {'PID':>7}  {'ID':<38} {'NAME':<24} CWD"]
+        for s in sorted(self._live.values(), key=lambda s: -s["last"]):
+            lines.append(f"{s['agent']:<8} {s['requests']:>5}  {s['pid'] or '-':>7}  {s['id']:<38} "
+                         f"{(s['name'] or '-')[:24]:<24} {s['cwd'] or '-'}")
+        return "\n".join(lines)
+
+    @command.command("session_ids.explain")
+    def cmd_explain(self, flow: mitmflow.Flow) -> str:
+        """How one flow's session was resolved, and what was set."""
+        return display.explain(flow)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -198,14 +288,16 @@ class SessionIds:
                 pass
 
     def _apply(self, flow, rules, session: Session, proc, body_text, body_problem) -> None:
-        fields = session.fields()
+        fields = session.fields(privacy=ctx.options.session_privacy)
+        self._count(session, proc)
         changes: list[dict] = []
         skipped: list[str] = []
         new_body = body_text
         headers = flow.request.headers
         for rule in rules:
-            if session.fallback and not rule.fallback:
-                skipped.append(f"rule {rule.name} uses no fallback IDs")
+            if session.fallback and not (rule.fallback and ctx.options.session_fallback):
+                skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
+                               else "fallback IDs are off (session_fallback)")
                 continue
             for action in rule.actions:
                 value = render(action, fields)
@@ -229,6 +321,16 @@ class SessionIds:
         if new_body is not None and new_body != body_text:
             flow.request.content = new_body.encode("utf-8")  # re-encodes, fixes content-length
         display.annotate(flow, session, proc, rules, changes, skipped)
+
+    def _count(self, session: Session, proc: Process | None) -> None:
+        live = self._live.get(session.id)
+        if live is None:
+            if len(self._live) >= MAX_LIVE_SESSIONS:
+                del self._live[min(self._live, key=lambda k: self._live[k]["last"])]
+            live = self._live[session.id] = {"agent": session.agent, "id": session.id, "requests": 0}
+        live.update(name=session.name, pid=proc.pid if proc else None, cwd=proc.cwd if proc else None,
+                    last=time.time())
+        live["requests"] += 1
 
     # -- the worker thread: resolver, store and state live here --------------------------------
 

@@ -60,3 +60,31 @@ def annotate_failure(flow, rules, reason: str) -> None:
 
 def _rule(rule) -> dict:
     return {"name": rule.name, "file": f"{rule.file}:{rule.line}", "match": rule.match.to_filter_expression()}
+
+
+def explain(flow) -> str:
+    """A flow's resolution and changes in words (the session_ids.explain command)."""
+    meta = flow.metadata.get(METADATA_KEY) if flow is not None else None
+    if not meta:
+        return "no session rule matched this flow"
+    lines = []
+    if "error" in meta:
+        lines.append(f"not rewritten: {meta['error']}")
+    session = meta.get("session")
+    if session:
+        lines.append(f"session   {session['label']} (ID {session['id']})")
+        lines.append(f"agent     {session['agent']}" + (f", name {session['name']!r}" if session.get("name") else ""))
+        lines.append(f"decided by {session['source']}")
+        if session.get("file"):
+            lines.append(f"file      {session['file']}")
+        lines.append(f"trace     {session['trace_uuid']}")
+    process = meta.get("process")
+    if process:
+        lines.append(f"process   pid {process['pid']} ({process['comm']}) in {process['cwd']}")
+    for rule in meta.get("rules", []):
+        lines.append(f"rule      {rule['name']} ({rule['file']}): {rule['match']}")
+    for change in meta.get("changes", []):
+        lines.append(f"set       {change['target']}: {change['before']!r} -> {change['after']!r}")
+    for reason in meta.get("skipped", []):
+        lines.append(f"skipped   {reason}")
+    return "\n".join(lines)

@@ -327,6 +327,23 @@ def parse_rules(text: str, file: str) -> list[Rule]:
     return _Reader(file).document(root)
 
 
+def rules_signature(path: str | os.PathLike[str]) -> tuple:
+    """What changes when a rule file is added, removed or edited (names, sizes, mtimes)."""
+    try:
+        entries = sorted(os.scandir(os.path.expanduser(path)), key=lambda e: e.name)
+    except OSError:
+        return ("missing",)
+    out = []
+    for e in entries:
+        if e.name.endswith((".yaml", ".yml")):
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            out.append((e.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
     """Load every *.yaml / *.yml file of a folder, in name order. Raises RuleError."""
     folder = Path(path).expanduser()

@@ -36,6 +36,11 @@ def label(name: str | None, session_id: str) -> str:
     return session_id
 
 
+def name_hash(name: str) -> str:
+    """What privacy mode sends instead of a name: stable, and says nothing of the name."""
+    return "n" + hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
 def trace_uuid(key: str) -> str:
     """uuid5 in Opper's namespace; the key is the session file's absolute path where there is one."""
     return str(uuid.uuid5(OPPER_NAMESPACE, key))

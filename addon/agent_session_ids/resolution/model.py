@@ -55,13 +55,19 @@ class Session:
     file: str | None = None
     fallback: bool = False
 
-    def fields(self) -> dict[str, str]:
-        """The template fields that rule values can use."""
+    def fields(self, privacy: bool = False) -> dict[str, str]:
+        """The template fields that rule values can use. With privacy, a hash stands for the name."""
+        label, name = self.label, self.name or ""
+        if privacy and self.name:
+            from .ids import label as make_label, name_hash
+
+            name = name_hash(self.name)
+            label = make_label(name, self.id)
         return {
             "session.id": self.id,
-            "session.label": self.label,
+            "session.label": label,
             "session.trace_uuid": self.trace_uuid,
-            "session.name": self.name or "",
+            "session.name": name,
             "session.source": self.source,
             "agent.name": self.agent,
         }
