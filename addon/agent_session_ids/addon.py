@@ -60,7 +60,7 @@ class SessionIds:
         self._catching_up = False
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
-        self._live: dict[str, dict] = {}  # session id -> what session_ids.sessions lists
+        self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
 
     # -- options -----------------------------------------------------------------------------
 
@@ -174,19 +174,19 @@ class SessionIds:
             except Exception as e:  # noqa: BLE001
                 self._warn_once("watch", f"watching the rules folder failed: {e!r}")
 
-    # -- commands ---------------------------------------------------------------------------------
+    # -- commands (named without '_': mitmweb's command API only routes [a-z.]) ---------------------
 
-    @command.command("session_ids.reload")
+    @command.command("sessionids.reload")
     def cmd_reload(self) -> str:
         """Reload the rules folder now (it is also watched)."""
         return self.reload_rules()
 
-    @command.command("session_ids.check")
+    @command.command("sessionids.check")
     def cmd_check(self, path: str) -> str:
         """Check a rules folder without using it: 'ok ...' or the first error as file:line."""
         return check.check_folder(path)[1]
 
-    @command.command("session_ids.sessions")
+    @command.command("sessionids.sessions")
     def cmd_sessions(self) -> str:
         """The sessions seen so far: agent, ID, name, cwd, pid, requests."""
         if not self._live:
@@ -197,7 +197,7 @@ class SessionIds:
                          f"{(s['name'] or '-')[:24]:<24} {s['cwd'] or '-'}")
         return "\n".join(lines)
 
-    @command.command("session_ids.explain")
+    @command.command("sessionids.explain")
     def cmd_explain(self, flow: mitmflow.Flow) -> str:
         """How one flow's session was resolved, and what was set."""
         return display.explain(flow)

@@ -56,7 +56,7 @@ def summary(meta: dict) -> list[Line]:
 
     def title(text: str) -> None:
         if lines:
-            lines.append([])
+            lines.append([("text", " ")])  # mitmweb collapses empty lines
         lines.append([("highlight", text)])
 
     changes = meta.get("changes") or []
@@ -92,7 +92,7 @@ def summary(meta: dict) -> list[Line]:
             ("agent", session.get("agent")),
             ("id", session.get("id")),
             ("label", session.get("label")),
-            ("name", session.get("name") or ""),
+            ("name", session.get("name") or "(none)"),
             ("trace uuid", session.get("trace_uuid")),
             ("file", session.get("file")),
             ("decided by", session.get("source")),
@@ -147,11 +147,12 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
         if meta is None:
             return "no session IDs", [[("text", "agent-session-ids did not touch this request (no session_ids metadata).")]]
         lines = summary(meta)
-        lines.append([])
+        lines.append([("text", " ")])
         lines += _body_lines(data or b"")
         changes = len(meta.get("changes") or [])
         label = (meta.get("session") or {}).get("label")
         desc = f"session {label}, {changes} change{'s' if changes != 1 else ''}" if label else "session not set"
+        desc = f"{NAME}: {desc}"  # mitmweb 11 shows the description as the view's title
         return desc, lines
     except Exception as e:  # noqa: BLE001 - a view must never raise
         logger.debug("agent-session-ids: contentview failed", exc_info=True)

@@ -63,7 +63,7 @@ def _rule(rule) -> dict:
 
 
 def explain(flow) -> str:
-    """A flow's resolution and changes in words (the session_ids.explain command)."""
+    """A flow's resolution and changes in words (the sessionids.explain command)."""
     meta = flow.metadata.get(METADATA_KEY) if flow is not None else None
     if not meta:
         return "no session rule matched this flow"

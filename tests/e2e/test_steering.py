@@ -1,0 +1,137 @@
+"""Steering a running proxy: rule files edited while flows run, and the addon's commands called
+through mitmweb's command API, as its command bar does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness import Mitmdump, header
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON = str(ROOT / "addon" / "session_ids.py")
+
+CLIENT = """
+import json, ssl, sys, time, urllib.request
+proxy, ca, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({'https': proxy}), urllib.request.HTTPSHandler(context=ctx))
+end = time.time() + seconds
+while True:
+    body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode()
+    req = urllib.request.Request('https://opencode.ai/zen/v1/chat/completions', body, {'content-type': 'application/json'})
+    opener.open(req, timeout=30).read()
+    if time.time() >= end:
+        break
+    time.sleep(0.05)
+"""
+
+
+def client(proxy, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CLIENT, proxy.proxy_url, str(proxy.ca_cert), str(seconds)])
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_rule_edits_apply_live_and_a_bad_edit_keeps_the_good_rules(tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=[f"session_rules={rules}"]) as proxy:
+        running = client(proxy, 15)
+        try:
+            assert wait_for(lambda: any(header(r, "x-opencode-client") for r in proxy.requests()))
+            text = (rules / "opencode.yaml").read_text()
+            (rules / "opencode.yaml").write_text(text.replace("x-opencode-client", "x-client-edited"))
+            assert wait_for(lambda: header(proxy.requests()[-1], "x-client-edited"))
+            (rules / "opencode.yaml").write_text(text.replace("if_present: keep", "if_present: sometimes", 1))
+            seen = len(proxy.requests())
+            assert wait_for(lambda: len(proxy.requests()) > seen + 10)
+            after_bad_edit = proxy.requests()[seen:]
+            # every request in flight got a whole rule set: the last good one
+            assert all(header(r, "x-client-edited") and header(r, "x-opencode-session")
+                       for r in after_bad_edit)
+        finally:
+            running.wait(timeout=60)
+        assert running.returncode == 0
+        output = proxy.output()
+        assert output.count("rules not reloaded") == 1
+        assert f"{rules / 'opencode.yaml'}:21: 'if_present' must be one of: keep, replace (got 'sometimes')" in output
+        assert len(proxy.requests()) > 20 and not proxy.blocked_connects()
+
+
+class Mitmweb(Mitmdump):
+    """The same proxy with mitmweb's UI and its command API."""
+
+    password = "agent-session-ids-test"
+
+    def _argv(self, port: int) -> list[str]:
+        argv = super()._argv(port)
+        argv[0] = str(Path(argv[0]).with_name("mitmweb"))
+        self.web_port = _free_port()
+        argv += ["--no-web-open-browser", "--web-host", "127.0.0.1", "--web-port", str(self.web_port)]
+        if _has_web_password():
+            argv += ["--set", f"web_password={self.password}"]
+        return argv
+
+    def command(self, name: str, *arguments: str):
+        """POST /commands/<name> as mitmweb's command bar does: an XSRF token in a cookie and a
+        header (any hex value, the same in both), and on mitmproxy 12 the password."""
+        xsrf = "a1" * 16
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}/commands/{name}",
+            json.dumps({"arguments": list(arguments)}).encode(),
+            {"content-type": "application/json", "X-XSRFToken": xsrf,
+             "Cookie": f"_xsrf={xsrf}; _mitmproxy_xsrf={xsrf}", "Authorization": f"Bearer {self.password}"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        answer = json.loads(opener.open(req, timeout=30).read())
+        assert "error" not in answer, answer
+        return answer["value"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has_web_password() -> bool:
+    out = subprocess.run([str(Path(sys.executable).with_name("mitmweb")), "--options"], capture_output=True, text=True)
+    return "web_password" in out.stdout
+
+
+def test_commands_through_mitmwebs_command_api(tmp_path):
+    with Mitmweb(scripts=[ADDON, harness.STANDIN_SCRIPT]) as web:
+        running = client(web, 0)  # one request
+        running.wait(timeout=60)
+        requests = web.requests()
+        assert len(requests) == 1
+        sessions = web.command("sessionids.sessions")
+        session = requests[0]["session_ids"]["session"]
+        assert session["id"] in sessions and sessions.splitlines()[1].split()[1] == "1"
+        explained = web.command("sessionids.explain", f"~comment {session['id']}")
+        assert "decided by fallback:" in explained and "opencode-session" in explained
+        assert web.command("sessionids.reload").startswith("reloaded 3 rules")
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "b.yaml").write_text("rules: [\n")
+        assert web.command("sessionids.check", str(bad)).startswith(f"{bad / 'b.yaml'}:2: YAML syntax error")
