@@ -47,7 +47,8 @@ def _when(epoch) -> str:
 
 def _pairs(pairs: list[tuple[str, object]], indent: str = "  ") -> list[Line]:
     width = max((len(k) for k, _ in pairs), default=0) + 1
-    return [[("text", indent), ("header", (k + ":").ljust(width + 1)), ("text", _value(v))] for k, v in pairs]
+    return [[("text", indent), ("header", (k + ":").ljust(width + 1)), ("text", "(none)" if v is None else str(v))]
+            for k, v in pairs]
 
 
 def summary(meta: dict) -> list[Line]:

@@ -161,6 +161,11 @@ def test_codex_date_tree_reads_cwd_from_the_file(tmp_path):
     assert [f.id for f in s.candidates(agents.CODEX, p, None, fingerprint("codex task"), [])] == [U2]
     assert [f.id for f in s.candidates(agents.CODEX, p, U1, None, [])] == [U1]  # an id is exact
     assert agents.CODEX.hint({"session-id": U1}, None) == (U1, "header session-id")
+    index = tmp_path / ".codex/session_index.jsonl"
+    index.write_text(json.dumps({"id": U1, "thread_name": "First", "updated_at": "x"}) + "\n")
+    with open(index, "a") as out:
+        out.write(json.dumps({"id": U1, "thread_name": "Renamed", "updated_at": "y"}) + "\n")
+    assert [f.name for f in s.candidates(agents.CODEX, p, U1, None, [])] == ["Renamed"]
 
 
 def test_gemini_store_by_registry_slug_and_by_hash(tmp_path):

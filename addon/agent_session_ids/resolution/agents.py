@@ -57,6 +57,9 @@ class StoreSpec:
     encode: str = "pi"  # per_cwd: how a cwd maps to a folder name (ENCODERS)
     subdir: str = ""  # per_cwd: appended below the cwd's folder (Qwen: "chats")
     format: RecordFormat | None = None
+    # names kept outside the session files: a JSONL file beside the store root (the latest wins)
+    name_index: str | None = None  # its path relative to the root's parent
+    name_index_fields: tuple[str, str] = ("id", "thread_name")
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,8 @@ CODEX = AgentProfile(
     process_patterns=(r"(^|/)codex(-[a-z0-9_-]+)?( |$)", r"@openai/codex"),
     hint_headers=("session-id", "session_id", "conversation_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT),
+    store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT,
+                    name_index="session_index.jsonl"),
 )
 
 GEMINI = AgentProfile(

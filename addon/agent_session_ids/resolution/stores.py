@@ -6,6 +6,7 @@ project registry, opencode's SQLite database, and pi's settings.json session fol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ class Stores:
         self.jsonl = JsonlStore()
         self._folders: dict[str, list[SessionFolder]] = {}  # process key -> folders
         self._days: dict[str, tuple[float, list[str]]] = {}  # date-tree root -> (listed at, day dirs)
+        self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
 
     def forget(self, process_keys) -> None:
         for key in process_keys:
@@ -58,7 +60,40 @@ class Stores:
                 row = newest_opencode_session(folder.path, process)
                 if row is not None:
                     out.append(row)
+        spec = profile.store
+        if out and spec is not None and spec.name_index:
+            names = {}
+            for root in root_paths(spec, process.environ):
+                names.update(self._names(os.path.join(os.path.dirname(root.rstrip("/")), spec.name_index),
+                                         spec.name_index_fields))
+            out = [dataclasses.replace(f, name=names[f.id]) if names.get(f.id) else f for f in out]
         return out
+
+    def _names(self, path: str, fields: tuple[str, str]) -> dict[str, str]:
+        """id -> latest name from an append-only JSONL index, reading only what was appended."""
+        offset, names = self._name_indexes.get(path, (0, {}))
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return names
+        if size < offset:
+            offset, names = 0, {}
+        if size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(min(size - offset, 16 << 20))
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get(fields[0]), str):
+                    name = record.get(fields[1])
+                    names[record[fields[0]]] = name.strip() if isinstance(name, str) else ""
+            offset += end
+            self._name_indexes[path] = (offset, names)
+        return names
 
     def _day_dirs(self, root: str) -> list[str]:
         """The day folders of a YYYY/MM/DD tree, newest first, listed again every few seconds."""

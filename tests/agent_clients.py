@@ -1,0 +1,468 @@
+"""Claude Code and Codex CLI for end-to-end tests: install, command, environment, session files.
+
+Plain functions, no pytest inside (like ``harness``). Both clients are native binaries shipped in
+npm packages; they are installed with ``harness.npm_install`` into the same cache as pi.
+
+    from agent_clients import claude_command, claude_env, codex_exec_command, codex_env
+
+    with Mitmdump(scripts=[STANDIN]) as proxy:
+        env = claude_env(proxy, home)                        # HOME, proxy, CA, base URL, quiet
+        subprocess.run(claude_command() + ["-p", "hi [[bash: echo hi]]"], env=env, cwd=work)
+
+        env = codex_env(proxy, home)                         # also writes $CODEX_HOME/config.toml
+        subprocess.run(codex_exec_command("hi [[bash: echo hi]]"), env=env, cwd=work)
+
+What was checked with these versions (see ``/tmp/clients_facts.md`` of the session that wrote this):
+
+- Claude Code 2.1.197 sends ``POST /api/v1/messages?beta=true`` (HTTP/1.1) to
+  ``$ANTHROPIC_BASE_URL`` = ``https://openrouter.ai/api``, with header ``X-Claude-Code-Session-Id``
+  and body ``metadata.user_id`` (a JSON string with ``session_id``), both the session file's uuid.
+  Its Bash tool is ``Bash``; in ``-p`` mode it runs only when allowed (we allow it in
+  ``~/.claude/settings.json``; ``--dangerously-skip-permissions`` is refused as root unless
+  ``IS_SANDBOX=1``).
+- Codex 0.169.0 sends ``POST /api/v1/responses`` over HTTP/2 with header ``session-id`` (and
+  ``thread-id``, ``x-client-request-id``, ``x-codex-turn-metadata``, body ``prompt_cache_key``,
+  ``client_metadata.session_id``), all the rollout file's uuid. Its shell tool is
+  ``exec_command`` with ``{"cmd": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Mapping
+
+import harness
+from harness import Mitmdump, agent_env, npm_install, node_path
+
+CLAUDE_PACKAGE = ("@anthropic-ai/claude-code", "2.1.197")
+CODEX_PACKAGE = ("@openai/codex", "0.169.0")
+
+#: The gateway the clients are pointed at (the stand-in answers it).
+CLAUDE_BASE_URL = "https://openrouter.ai/api"  # Claude appends /v1/messages
+CODEX_BASE_URL = "https://openrouter.ai/api/v1"  # Codex appends /responses
+CODEX_PROVIDER = "openrouter"
+CODEX_MODEL = "openai/gpt-4o-mini"
+
+#: Environment that keeps Claude Code from phoning home. With these, one ``claude -p`` run makes
+#: only its model requests: no title-generation request on the gateway, and nothing to
+#: api.anthropic.com (without them it also calls /api/eval/sdk-*, /api/claude_cli/bootstrap,
+#: /api/claude_code_penguin_mode, /mcp-registry/v0/servers, /api/claude_code/organizations/
+#: metrics_enabled, /api/event_logging/v2/batch). CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC alone
+#: does all of that; the others are belt and braces.
+CLAUDE_QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+#: ``codex exec`` flags: run outside a git repo, and run shell tool calls without sandbox or
+#: approval (the bundled bubblewrap sandbox is not needed; ``-s danger-full-access`` works too).
+CODEX_EXEC_FLAGS = ["--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
+
+
+# --------------------------------------------------------------------------- install
+
+
+def claude_prefix() -> Path:
+    """Install Claude Code into the npm cache (once); return the install prefix."""
+    return npm_install(*CLAUDE_PACKAGE)
+
+
+def codex_prefix() -> Path:
+    """Install Codex CLI into the npm cache (once); return the install prefix."""
+    return npm_install(*CODEX_PACKAGE)
+
+
+def claude_binary() -> Path:
+    """``node_modules/.bin/claude``: npm's link to the native ``bin/claude.exe``.
+
+    Run through this link, the process's ``comm`` is ``claude`` (as for a global npm install);
+    its ``/proc/<pid>/exe`` is ``.../claude-code/bin/claude.exe``.
+    """
+    path = claude_prefix() / "node_modules" / ".bin" / "claude"
+    if not path.exists():
+        raise RuntimeError(f"Claude Code has no {path}")
+    return path
+
+
+def codex_js() -> Path:
+    """The npm package's Node launcher ``@openai/codex/bin/codex.js``."""
+    path = codex_prefix() / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
+    if not path.exists():
+        raise RuntimeError(f"Codex has no {path}")
+    return path
+
+
+def codex_binary() -> Path:
+    """The native Codex binary (from the ``@openai/codex-linux-x64`` optional dependency)."""
+    base = codex_prefix() / "node_modules" / "@openai"
+    found = sorted(base.glob("codex-*/vendor/*/bin/codex"))
+    if not found:
+        raise RuntimeError(f"no native codex binary under {base}")
+    return found[0]
+
+
+def claude_command() -> list[str]:
+    """argv prefix that runs Claude Code (the native binary; no Node involved)."""
+    return [str(claude_binary())]
+
+
+def codex_command() -> list[str]:
+    """argv prefix that runs Codex as npm installs it: ``node codex.js``.
+
+    With Node >= 22.15 (the wheel's Node 24) the launcher ``execve``s the native binary in
+    the SAME process, so the process that owns the socket has ``comm`` ``codex`` and its exe is
+    the native binary; its parent is whoever started ``node``.
+    """
+    return [node_path(), str(codex_js())]
+
+
+def codex_exec_command(
+    prompt: str | None = None,
+    *,
+    resume: str | None = None,
+    flags: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """Full argv of ``codex exec [resume <id>|--last] <CODEX_EXEC_FLAGS> <flags> <prompt>``.
+
+    ``resume``: None for a new session, ``"--last"`` for ``codex exec resume --last`` (the newest
+    session of the cwd), or a session uuid.
+    """
+    argv = codex_command() + ["exec"]
+    if resume is not None:
+        argv += ["resume"] + (["--last"] if resume == "--last" else [])
+    argv += CODEX_EXEC_FLAGS + list(flags)
+    if resume not in (None, "--last"):
+        argv.append(resume)
+    if prompt is not None:
+        argv.append(prompt)
+    return argv
+
+
+def client_version(argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 60) -> str:
+    """``<argv> --version`` output; raises RuntimeError with the exact error if it fails."""
+    proc = subprocess.run(argv + ["--version"], env=dict(env) if env else None,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[-1]} --version failed ({proc.returncode}): "
+                           f"{proc.stdout.strip()} {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _apply(env: dict[str, str], extra: Mapping[str, str | None] | None) -> dict[str, str]:
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def claude_config_dir(home: str | os.PathLike) -> Path:
+    """``<home>/.claude`` (Claude's config dir when ``CLAUDE_CONFIG_DIR`` is unset)."""
+    return Path(home) / ".claude"
+
+
+def claude_env(
+    proxy: Mitmdump,
+    home: str | os.PathLike,
+    extra: Mapping[str, str | None] | None = None,
+    *,
+    quiet: bool = True,
+    allow_bash: bool = True,
+    base_url: str = CLAUDE_BASE_URL,
+) -> dict[str, str]:
+    """Environment for Claude Code through ``proxy`` (``harness.agent_env`` plus Claude's part).
+
+    HOME=home, HTTPS_PROXY, NODE_EXTRA_CA_CERTS (Claude trusts the CA through it),
+    ANTHROPIC_BASE_URL=base_url, the fake ANTHROPIC_API_KEY, and (``quiet``) CLAUDE_QUIET_ENV.
+    ``allow_bash`` writes ``<home>/.claude/settings.json`` = ``{"permissions": {"allow":
+    ["Bash"]}}`` (merged into an existing file), so ``claude -p`` runs the Bash tool without a
+    permission flag. ``extra`` is applied last (a None value deletes).
+    """
+    env = agent_env(proxy, home, pi_version=None)
+    env["ANTHROPIC_BASE_URL"] = base_url
+    if quiet:
+        env.update(CLAUDE_QUIET_ENV)
+    if allow_bash:
+        config = claude_config_dir(home)
+        config.mkdir(parents=True, exist_ok=True)
+        settings_path = config / "settings.json"
+        settings = {}
+        if settings_path.exists():
+            try:
+                settings = json.loads(settings_path.read_text())
+            except ValueError:
+                settings = {}
+        allow = settings.setdefault("permissions", {}).setdefault("allow", [])
+        if "Bash" not in allow:
+            allow.append("Bash")
+        settings_path.write_text(json.dumps(settings, indent=2))
+    return _apply(env, extra)
+
+
+def codex_home(home: str | os.PathLike) -> Path:
+    """``<home>/.codex`` (the ``CODEX_HOME`` that ``codex_env`` sets)."""
+    return Path(home) / ".codex"
+
+
+def codex_config_toml(
+    *,
+    provider: str = CODEX_PROVIDER,
+    base_url: str = CODEX_BASE_URL,
+    model: str = CODEX_MODEL,
+    env_key: str = "OPENROUTER_API_KEY",
+    quiet: bool = True,
+) -> str:
+    """config.toml declaring a Responses-API provider at ``base_url`` and selecting it.
+
+    ``quiet`` turns off what makes Codex call home: without it one ``codex exec`` also sends
+    GET api.github.com/repos/openai/plugins, GET chatgpt.com/backend-api/plugins/export/curated
+    and POST ab.chatgpt.com/otlp/v1/metrics.
+    """
+    lines = [
+        f'model = "{model}"',
+        f'model_provider = "{provider}"',
+    ]
+    if quiet:
+        lines += [
+            "check_for_update_on_startup = false",
+            "",
+            "[analytics]",
+            "enabled = false",
+            "",
+            "[features]",
+            "plugins = false",
+            "remote_plugin = false",
+            "apps = false",
+        ]
+    lines += [
+        "",
+        f"[model_providers.{provider}]",
+        f'name = "{provider}"',
+        f'base_url = "{base_url}"',
+        f'env_key = "{env_key}"',
+        'wire_api = "responses"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def codex_env(
+    proxy: Mitmdump,
+    home: str | os.PathLike,
+    extra: Mapping[str, str | None] | None = None,
+    *,
+    quiet: bool = True,
+    **config,
+) -> dict[str, str]:
+    """Environment for Codex through ``proxy``; writes ``<home>/.codex/config.toml``.
+
+    HOME=home, CODEX_HOME=<home>/.codex (created: Codex refuses a CODEX_HOME that does not
+    exist), HTTPS_PROXY, SSL_CERT_FILE (Codex trusts the CA through it), the fake
+    OPENROUTER_API_KEY. ``config`` goes to ``codex_config_toml`` (provider, base_url, model,
+    env_key). ``extra`` is applied last (a None value deletes).
+    """
+    env = agent_env(proxy, home, pi_version=None)
+    ch = codex_home(home)
+    ch.mkdir(parents=True, exist_ok=True)
+    (ch / "config.toml").write_text(codex_config_toml(quiet=quiet, **config))
+    env["CODEX_HOME"] = str(ch)
+    return _apply(env, extra)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run(argv: list[str], env: Mapping[str, str], cwd, timeout: float, input: str | None):
+    return subprocess.run(
+        argv, env=dict(env), cwd=str(cwd), input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_claude(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+               timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``claude <args>`` to completion (e.g. ``["-p", "hi"]``, ``["-c", "-p", "more"]``)."""
+    return _run(claude_command() + list(args), env, cwd, timeout, input)
+
+
+def run_codex(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+              timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``codex <args>`` to completion; see ``codex_exec_command`` for a whole ``exec`` argv."""
+    return _run(codex_command() + list(args), env, cwd, timeout, input)
+
+
+def run_codex_exec(prompt: str, env: Mapping[str, str], cwd: str | os.PathLike, *,
+                   resume: str | None = None, flags=(), timeout: float = 90):
+    """Run ``codex exec`` (``resume``: None, "--last" or a uuid) to completion."""
+    return _run(codex_exec_command(prompt, resume=resume, flags=flags), env, cwd, timeout, None)
+
+
+# --------------------------------------------------------------------------- session files
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _java_hash_base36(text: str) -> str:
+    h = 0
+    data = text.encode("utf-16-le")
+    for i in range(0, len(data), 2):
+        h = ((h << 5) - h + int.from_bytes(data[i:i + 2], "little")) & 0xFFFFFFFF
+    if h >= 1 << 31:
+        h -= 1 << 32
+    n, digits = abs(h), ""
+    while True:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        if n == 0:
+            return digits
+
+
+def claude_project_dir_name(cwd: str | os.PathLike) -> str:
+    """Claude's folder name for a cwd: every UTF-16 code unit that is not [A-Za-z0-9] -> '-'.
+
+    Names over 200 chars become ``<first 200>-<base36 |int32 hash|>`` (the hash is NOT verified
+    against a real client; ``claude_session_files`` matches long names on the prefix instead).
+    """
+    text = str(cwd)
+    units = text.encode("utf-16-le")
+    out = []
+    for i in range(0, len(units), 2):
+        code = int.from_bytes(units[i:i + 2], "little")
+        ch = chr(code) if code < 0xD800 or code > 0xDFFF else "-"
+        out.append(ch if re.match(r"[A-Za-z0-9]", ch) else "-")
+    name = "".join(out)
+    if len(name) > 200:
+        name = name[:200] + "-" + _java_hash_base36(text)
+    return name
+
+
+def claude_project_dir(home: str | os.PathLike, cwd: str | os.PathLike) -> Path:
+    """``<home>/.claude/projects/<claude_project_dir_name(cwd)>``."""
+    return claude_config_dir(home) / "projects" / claude_project_dir_name(cwd)
+
+
+def claude_session_files(home: str | os.PathLike, cwd: str | os.PathLike) -> list[Path]:
+    """Top-level ``<uuid>.jsonl`` session files of ``cwd``, oldest first (by mtime)."""
+    folder = claude_project_dir(home, cwd)
+    folders = [folder]
+    if len(folder.name) > 200:
+        folders = sorted(folder.parent.glob(folder.name[:200] + "-*"))
+    files = [p for d in folders if d.is_dir() for p in d.glob("*.jsonl")
+             if _UUID_RE.fullmatch(p.stem)]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def claude_session_id(path: str | os.PathLike) -> str:
+    """The session uuid of a Claude session file (its file name stem)."""
+    return Path(path).stem
+
+
+def claude_pid_files(home: str | os.PathLike) -> list[Path]:
+    """``<home>/.claude/sessions/<pid>.json`` of RUNNING Claude processes (removed at exit):
+    ``{"pid", "sessionId", "cwd", "startedAt", "procStart", "version", "kind", "entrypoint",
+    "name", "nameSource"?, "updatedAt"?}``."""
+    folder = claude_config_dir(home) / "sessions"
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def codex_session_files(home: str | os.PathLike) -> list[Path]:
+    """Rollout files ``<home>/.codex/sessions/YYYY/MM/DD/rollout-<local time>-<uuid>.jsonl``,
+    oldest first (by name: time, then uuid)."""
+    folder = codex_home(home) / "sessions"
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*/*/*/rollout-*.jsonl"), key=lambda p: p.name)
+
+
+def codex_session_meta(path: str | os.PathLike) -> dict:
+    """``payload`` of the first line (``{"type": "session_meta", "payload": {"id", "session_id",
+    "cwd", "timestamp", "originator", "cli_version", "source", ...}}``)."""
+    with open(path, encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    if first.get("type") != "session_meta":
+        raise ValueError(f"{path}: first line is {first.get('type')!r}, not session_meta")
+    return first["payload"]
+
+
+def codex_session_id(path: str | os.PathLike) -> str:
+    """The session uuid of a rollout file (the uuid at the end of its name)."""
+    match = re.search(_UUID_RE.pattern + r"$", Path(path).stem)
+    if not match:
+        raise ValueError(f"no uuid in {path}")
+    return match.group(0)
+
+
+def codex_session_index(home: str | os.PathLike) -> list[dict]:
+    """Lines of ``<home>/.codex/session_index.jsonl`` (``{"id", "thread_name", "updated_at"}``;
+    the last line of an id wins). ``codex exec`` writes none; a name is set by the TUI's
+    ``/rename`` or the app-server's ``thread/name/set`` (see ``codex_set_thread_name``)."""
+    return harness.read_jsonl(codex_home(home) / "session_index.jsonl")
+
+
+def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str,
+                          timeout: float = 30) -> dict:
+    """Name a Codex thread without the TUI: ``codex app-server`` (JSON-RPC over stdio),
+    ``initialize`` then ``thread/name/set {threadId, name}``. Codex appends
+    ``{"id", "thread_name", "updated_at"}`` to ``$CODEX_HOME/session_index.jsonl`` and sets
+    ``threads.name`` in ``state_5.sqlite``; the rollout file gets no record. No network is used.
+    Returns the ``thread/name/updated`` notification."""
+    env = {k: v for k, v in os.environ.items() if not harness._drop(k)}
+    env.update({"HOME": str(home), "CODEX_HOME": str(codex_home(home))})
+    proc = subprocess.Popen(
+        [str(codex_binary()), "app-server"], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        def send(obj):
+            proc.stdin.write(json.dumps(obj) + "\n")
+            proc.stdin.flush()
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"clientInfo": {"name": "agent-session-ids-tests", "version": "1"}}})
+        send({"jsonrpc": "2.0", "method": "initialized"})
+        send({"jsonrpc": "2.0", "id": 2, "method": "thread/name/set",
+              "params": {"threadId": thread_id, "name": name}})
+        # Read lines in a thread: select() on a buffered text pipe misses lines already buffered.
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+                         daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("id") == 2 and "error" in msg:
+                raise RuntimeError(f"thread/name/set failed: {msg['error']}")
+            if msg.get("method") == "thread/name/updated":
+                return msg["params"]
+        raise TimeoutError("codex app-server did not confirm thread/name/set")
+    finally:
+        proc.stdin.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
