@@ -69,7 +69,7 @@ def summary(meta: dict) -> list[Line]:
         lines.append([
             ("text", "  "), ("header", f"{c.get('target', '?')}: "),
             ("content_none" if c.get("before") is None else "text", _value(c.get("before"))),
-            ("text", "  →  "), ("value", _value(c.get("after"))),
+            ("text", "  →  "), ("Token_Literal_String", _value(c.get("after"))),
             ("text", f"   (rule {c.get('rule', '?')})"),
         ])
 
@@ -84,7 +84,7 @@ def summary(meta: dict) -> list[Line]:
     title(f"Matched rules ({len(rules)})")
     for r in rules:
         lines.append([("text", "  "), ("header", str(r.get("name", "?"))), ("text", f"  {r.get('file', '?')}")])
-        lines.append([("text", "    filter: "), ("value", str(r.get("match", "")))])
+        lines.append([("text", "    filter: "), ("Token_Literal_String", str(r.get("match", "")))])
 
     session = meta.get("session")
     if session:

@@ -26,13 +26,11 @@ class RewriteError(Exception):
 def render(action: SetAction, fields: dict[str, str]) -> str:
     """The value an action sets: its template over the session, made safe, within max_length."""
     value = action.value.render(fields)
-    if action.target == "header":
-        value = _HEADER_UNSAFE.sub("-", value).strip()
-    else:
-        value = _BODY_UNSAFE.sub("", value)
+    value = _HEADER_UNSAFE.sub("-", value) if action.target == "header" else _BODY_UNSAFE.sub("", value)
     if action.max_length is not None and len(value) > action.max_length:
         value = value[-action.max_length:] if action.keep == "last" else value[: action.max_length]
-    return value
+    # a header value must not start or end with white space (HTTP/2 refuses it)
+    return value.strip() if action.target == "header" else value
 
 
 @dataclass
