@@ -182,3 +182,45 @@ def test_a_large_file_is_read_in_budgets_and_its_latest_name_found_at_once(tmp_p
         out.write(json.dumps({"type": "session_info", "name": "Newer"}) + "\n")
     (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
     assert f.name == "Newer"
+
+
+def test_a_socket_shared_with_a_forked_child_is_flagged(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os,socket,sys,time; s=socket.socket(); s.connect(('127.0.0.1', int(sys.argv[1]))); "
+         "pid=os.fork(); print(pid, flush=True) if pid else None; time.sleep(30)",
+         str(server.getsockname()[1])], stdout=subprocess.PIPE)
+    try:
+        conn, peer = server.accept()
+        forked = int(child.stdout.readline())
+        found = process.lookup(peer, conn.getsockname())
+        assert found is not None and found.shared
+        assert found.pid == min(child.pid, forked)
+    finally:
+        child.kill()
+        child.wait()
+        try:
+            os.kill(forked, 9)
+        except (OSError, UnboundLocalError):
+            pass
+        server.close()
+
+
+def test_the_proc_net_fallback_finds_the_same_socket(monkeypatch):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    conn, peer = server.accept()
+    try:
+        by_netlink = process.socket_owner(peer, conn.getsockname())
+        monkeypatch.setattr(process, "_netlink_ok", False)
+        assert process.socket_owner(peer, conn.getsockname()) == by_netlink
+        assert by_netlink[0] == os.fstat(client.fileno()).st_ino
+    finally:
+        client.close()
+        conn.close()
+        server.close()

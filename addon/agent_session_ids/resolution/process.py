@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
+import struct
 import sys
 
 from .model import Process
@@ -58,8 +60,44 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(str(host).split("%", 1)[0])
 
 
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_netlink_ok = True
+
+
+def _netlink_owner(family: int, peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int] | None | bool:
+    """One exact NETLINK_SOCK_DIAG query, as `ss` does. (inode, uid); None: no such socket;
+    False: netlink cannot be used here."""
+    def addr(ip) -> bytes:
+        return ip.packed.ljust(16, b"\0")
+
+    sockid = struct.pack("!HH16s16s", peer_port, local_port, addr(peer_ip), addr(local_ip)) + \
+        struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie check
+    req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
+    msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + req
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(0.2)
+            nl.send(msg)
+            data = nl.recv(8192)
+    except OSError:
+        return False
+    if len(data) < 16:
+        return False
+    length, kind = struct.unpack_from("=IH", data, 0)
+    if kind == _NLMSG_ERROR:
+        return None
+    if kind != _SOCK_DIAG_BY_FAMILY or len(data) < 16 + 72:
+        return False
+    uid, inode = struct.unpack_from("=II", data, 16 + 4 + 48 + 12)
+    return inode, uid
+
+
 def socket_owner(peer: tuple, local: tuple) -> tuple[int, int] | None:
     """(inode, uid) of the client-side socket: local address `peer`, remote address `local`."""
+    global _netlink_ok
     try:
         peer_ip, local_ip = _ip(peer[0]), _ip(local[0])
         peer_port, local_port = int(peer[1]), int(local[1])
@@ -69,6 +107,16 @@ def socket_owner(peer: tuple, local: tuple) -> tuple[int, int] | None:
         peer_ip = peer_ip.ipv4_mapped
     if isinstance(local_ip, ipaddress.IPv6Address) and local_ip.ipv4_mapped:
         local_ip = local_ip.ipv4_mapped
+    if _netlink_ok:
+        if peer_ip.version == local_ip.version:
+            family = socket.AF_INET if peer_ip.version == 4 else socket.AF_INET6
+            found = _netlink_owner(family, peer_ip, peer_port, local_ip, local_port)
+            if found is None and family == socket.AF_INET:
+                m = ipaddress.IPv6Address("::ffff:" + str(peer_ip)), ipaddress.IPv6Address("::ffff:" + str(local_ip))
+                found = _netlink_owner(socket.AF_INET6, m[0], peer_port, m[1], local_port)
+            if found is not False:
+                return found or None
+        _netlink_ok = False  # not allowed here (a sandbox, another OS): read /proc/net from now on
     if peer_ip.version == 4 and local_ip.version == 4:
         # an IPv4 client socket; or, on a dual-stack client socket, its v4-mapped form in tcp6
         mapped = lambda ip: ipaddress.IPv6Address("::ffff:" + str(ip))  # noqa: E731
@@ -95,32 +143,73 @@ def socket_owner(peer: tuple, local: tuple) -> tuple[int, int] | None:
     return None
 
 
-def pids_of_socket(inode: int, uid: int) -> list[int]:
-    """The pids of the processes of user `uid` that hold socket `inode` (a forked child may share it)."""
-    target = f"socket:[{inode}]"
-    found = []
+_recent_pids: list[int] = []  # processes that owned client sockets lately: looked at first
+
+
+def _holds(pid: int, target: str) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
     try:
-        entries = os.scandir("/proc")
+        fds = os.listdir(fd_dir)
     except OSError:
-        return found
-    with entries:
-        for entry in entries:
-            if not entry.name.isdigit():
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pids_of_socket(inode: int, uid: int) -> list[int]:
+    """The processes of user `uid` that hold socket `inode`: the first one found, plus its parent
+    if the parent holds it too (a fork that shares the connection).
+
+    Looks at recent owners first, then from the newest pid down: a client is usually either an
+    agent already seen or a process that just started."""
+    target = f"socket:[{inode}]"
+    seen = set()
+    holder = None
+    for pid in list(_recent_pids):
+        seen.add(pid)
+        if _holds(pid, target):
+            holder = pid
+            break
+    if holder is None:
+        try:
+            pids = sorted((int(e.name) for e in os.scandir("/proc") if e.name.isdigit()), reverse=True)
+        except OSError:
+            return []
+        for pid in pids:
+            if pid in seen:
                 continue
             try:
-                if entry.stat().st_uid != uid:
+                if os.stat(f"/proc/{pid}").st_uid != uid:
                     continue
-                fd_dir = f"/proc/{entry.name}/fd"
-                for fd in os.listdir(fd_dir):
-                    try:
-                        if os.readlink(f"{fd_dir}/{fd}") == target:
-                            found.append(int(entry.name))
-                            break
-                    except OSError:
-                        continue
             except OSError:
                 continue
-    return sorted(found)
+            if _holds(pid, target):
+                holder = pid
+                break
+    if holder is None:
+        return []
+    if holder in _recent_pids:
+        _recent_pids.remove(holder)
+    _recent_pids.insert(0, holder)
+    del _recent_pids[64:]
+    parent = _ppid(holder)
+    if parent and parent > 1 and _holds(parent, target):
+        return sorted([holder, parent])
+    return [holder]
 
 
 def read_process(pid: int) -> Process | None:
