@@ -135,3 +135,24 @@ def test_commands_through_mitmwebs_command_api(tmp_path):
         bad.mkdir()
         (bad / "b.yaml").write_text("rules: [\n")
         assert web.command("sessionids.check", str(bad)).startswith(f"{bad / 'b.yaml'}:2: YAML syntax error")
+
+
+def test_a_script_reload_reloads_the_helper_modules_too(tmp_path):
+    # mitmproxy re-runs only the -s file when it changes; the entry point drops the package's
+    # modules first, so an edit to any of them takes effect with the reload.
+    copy = tmp_path / "checkout"
+    shutil.copytree(ROOT / "addon", copy / "addon", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "rules", copy / "rules")
+    entry = copy / "addon" / "session_ids.py"
+    with Mitmdump(scripts=[entry, harness.STANDIN_SCRIPT]) as proxy:
+        client(proxy, 0).wait(timeout=60)
+        assert proxy.requests()[-1]["comment"].startswith("session ")
+        display = copy / "addon" / "agent_session_ids" / "display.py"
+        display.write_text(display.read_text().replace('text = f"session {session.label}', 'text = f"reloaded {session.label}'))
+        time.sleep(1.1)
+        entry.write_text(entry.read_text() + "\n# touched\n")
+        assert wait_for(lambda: proxy.output().count("Loading script") >= 3)
+        time.sleep(0.5)
+        client(proxy, 0).wait(timeout=60)
+        assert proxy.requests()[-1]["comment"].startswith("reloaded ")
+        assert "Error" not in proxy.output() and "Traceback" not in proxy.output()
