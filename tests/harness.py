@@ -388,7 +388,7 @@ def read_standin_log(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines: U+2028 is no line end here
         line = line.strip()
         if not line:
             continue

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.utils import human
 from mitmproxy import flow as mitmflow
 
 from . import check, contentview, display
@@ -33,8 +34,24 @@ LOOKUP_TIMEOUT_S = 0.5
 RESOLVE_TIMEOUT_S = 0.5
 PRUNE_EVERY_S = 60.0
 RULES_POLL_S = 1.0
+STATE_SAVE_DELAY_S = 1.0
 MAX_LIVE_SESSIONS = 1000
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
+
+
+def _may_stream(flow: http.HTTPFlow) -> bool:
+    """Will mitmproxy forward this body before `request` runs? It streams a body past
+    stream_large_bodies, and may decide so only mid-body when the length is not known."""
+    if flow.request.stream:
+        return True
+    limit = getattr(ctx.options, "stream_large_bodies", None)
+    if not limit:
+        return False
+    length = flow.request.headers.get("content-length")
+    try:
+        return length is None or int(length) > human.parse_size(limit)
+    except ValueError:
+        return True
 
 
 def _is_loopback(host: str) -> bool:
@@ -58,6 +75,7 @@ class SessionIds:
         self._state_path: str | None = None
         self._last_prune = 0.0
         self._catching_up = False
+        self._save_pending = False
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
@@ -235,7 +253,7 @@ class SessionIds:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed body is forwarded before `request` runs: set headers now, from what the
         # headers and the process say (the conversation is not available).
-        if not flow.request.stream or flow.response or flow.error:
+        if flow.response or flow.error or not _may_stream(flow):
             return
         await self._handle(flow, streamed=True)
 
@@ -272,13 +290,18 @@ class SessionIds:
                 body_problem = "the body is empty"
             conversation = from_body(members) if members else None
             headers = {k.lower(): v for k, v in flow.request.headers.items()}
-            session = await asyncio.wait_for(
+            session, proc = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
                     self._worker, self._resolve, proc, headers, members, conversation, flow.client_conn.id
                 ),
                 RESOLVE_TIMEOUT_S,
             )
+            self._remember_process(flow.client_conn.id, proc)
             self._apply(flow, rules, session, proc, body_text, body_problem)
+            if self.resolver.dirty and not self._save_pending:
+                # batch state writes: at most one a second, off the request path
+                self._save_pending = True
+                asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._save_state)
         except Exception as e:  # noqa: BLE001 - fail open
             reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
@@ -334,8 +357,27 @@ class SessionIds:
 
     # -- the worker thread: resolver, store and state live here --------------------------------
 
+    def _remember_process(self, client_id: str, proc: Process | None) -> None:
+        future = self._lookups.get(client_id)
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None \
+                and future.result() is not proc:
+            replaced = asyncio.get_running_loop().create_future()
+            replaced.set_result(proc)
+            self._lookups[client_id] = replaced
+
     def _resolve(self, proc: Process | None, headers: dict, body: dict | None, conversation: Conversation | None,
-                 conn_id: str) -> Session:
+                 conn_id: str) -> tuple[Session, Process | None]:
+        if proc is not None:
+            current = process.recheck(proc)
+            if current is not proc:
+                # the program changed on this connection (exec, or chdir): forget what it was on
+                self.resolver.forget(proc.key)
+                self.stores.forget([proc.key])
+                proc = current
+        return self._resolve_session(proc, headers, body, conversation, conn_id), proc
+
+    def _resolve_session(self, proc: Process | None, headers: dict, body: dict | None,
+                         conversation: Conversation | None, conn_id: str) -> Session:
         now = time.time()
         if proc is None:
             return self.resolver.fallback("unknown", None, conn_id, "no local process of this user owns the connection")
@@ -357,8 +399,6 @@ class SessionIds:
             alive = {k for k in keys if process.alive(k)}
             self.resolver.prune(alive, now)
             self.stores.forget([k for k in self.stores._folders if k not in alive])
-        if self.resolver.dirty:
-            self._save_state()
         if self.stores.jsonl.behind and not self._catching_up:
             self._catching_up = True
             self._worker.submit(self._catch_up)
@@ -377,10 +417,12 @@ class SessionIds:
             self._catching_up = False
 
     def _load_state(self, path: str) -> None:
+        state.remove_stale_temp_files(path)
         self.resolver.load_state(state.load(path))
         self.resolver.prune([k for k in list(self.resolver.pending) if process.alive(k)], time.time())
 
     def _save_state(self) -> None:
+        self._save_pending = False
         if self._state_path and self.resolver.dirty:
             try:
                 state.save(self._state_path, self.resolver.export_state())

@@ -4,15 +4,24 @@ in flow.metadata["session_ids"] (saved with the flow; filter with ~meta, ~commen
 from __future__ import annotations
 
 import os
+import re
 
 MARK_REWRITTEN = ":label:"
 MARK_SKIPPED = ":warning:"
 METADATA_KEY = "session_ids"
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
+
+
+def _safe(text: str, limit: int = 200) -> str:
+    text = _UNPRINTABLE.sub(" ", str(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def comment(session, changes: list[dict], skipped: list[str]) -> str:
     where = os.path.basename(session.file) if session.file else session.source
-    text = f"session {session.label} ({session.agent}, {where})"
+    text = f"session {_safe(session.label)} ({_safe(session.agent, 40)}, {_safe(where)})"
     if changes:
         text += " → " + ", ".join(c["target"] for c in changes)
     if skipped:

@@ -69,9 +69,16 @@ def file_uuid(path: Path) -> str:
     return read_jsonl(path)[0]["id"]
 
 
-def state_bound(proxy) -> dict:
-    data = json.loads((Path(proxy.confdir) / "agent-session-ids" / "state.json").read_text())
-    return {k.split(":", 1)[1]: v[0] for k, v in data["bound"].items()}
+def state_bound(proxy, key: str) -> str | None:
+    """The ID bound to an agent session id in the state file (written within a second)."""
+    path = Path(proxy.confdir) / "agent-session-ids" / "state.json"
+    for _ in range(50):
+        if path.exists():
+            bound = {k.split(":", 1)[1]: v[0] for k, v in json.loads(path.read_text())["bound"].items()}
+            if key in bound:
+                return bound[key]
+        time.sleep(0.1)
+    return None
 
 
 def test_new_sessions_first_request_carries_the_id_of_its_later_requests(pi_version, proxy, home, tmp_path):
@@ -91,7 +98,7 @@ def test_new_sessions_first_request_carries_the_id_of_its_later_requests(pi_vers
         assert new[0] == file_uuid(new_file)  # pi named its session in x-session-id
     else:
         assert new[0].startswith("ephemeral-")
-        assert state_bound(proxy)[file_uuid(new_file)] == new[0]
+        assert state_bound(proxy, file_uuid(new_file)) == new[0]
     first = next(r for r in proxy.requests() if first_user_text(r).startswith("new session"))
     assert first["session_ids"]["session"]["id"] == new[0]
     assert f"session {new[0]} (pi, " in first["comment"]

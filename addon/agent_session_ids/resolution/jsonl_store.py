@@ -10,6 +10,7 @@ Built for folders of thousands of files and files of any size:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -118,14 +119,28 @@ def _lines(fd: int, offset: int, limit: int, skipping: bool):
     yield None, buf_start, skipping
 
 
+_SAFE_ID = re.compile(r"^[\w.:-]{1,128}$", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
 def id_from_name(path: str) -> str:
     """The session id in a file name: a uuid at its end (`<time>_<uuid>`, `<uuid>`,
-    `rollout-<time>-<uuid>`), else what follows the last '_', else the whole stem."""
+    `rollout-<time>-<uuid>`), else what follows the last '_', else the whole stem. A name that
+    is no plain id gives a hash of the path, so no odd character reaches a header."""
     stem = os.path.basename(path)[: -len(".jsonl")]
     m = _ID_AT_END.search(stem)
     if m:
         return m.group(1).lower()
-    return stem.rsplit("_", 1)[-1]
+    sid = stem.rsplit("_", 1)[-1]
+    if _SAFE_ID.match(sid):
+        return sid
+    return "file-" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def clean_name(name: str) -> str | None:
+    """A session name as a user meant it: no control chars or lone surrogates, 500 chars at most."""
+    name = _CONTROL.sub(" ", name.encode("utf-8", "replace").decode("utf-8")).strip()
+    return name[:500] or None
 
 
 def _get(record: dict, path: str) -> object:
@@ -271,8 +286,8 @@ class JsonlStore:
                     continue
                 if f.header_id is None and _matches(record, fmt.header):
                     sid = _get(record, fmt.id)
-                    f.header_id = sid.lower() if isinstance(sid, str) and _ID_AT_END.fullmatch(sid) else (
-                        sid if isinstance(sid, str) else None)
+                    if isinstance(sid, str) and _SAFE_ID.match(sid):
+                        f.header_id = sid.lower() if _ID_AT_END.fullmatch(sid) else sid
                     f.created = _parse_time(_get(record, fmt.created)) if fmt.created else None
                     cwd = _get(record, fmt.cwd) if fmt.cwd else None
                     f.cwd = cwd if isinstance(cwd, str) else None
@@ -374,7 +389,7 @@ class JsonlStore:
             if found is not None:
                 name = _get(found[0], fmt.name_field) if fmt.name_field else None
                 if isinstance(name, str):
-                    f.name, f.name_at = name.strip() or None, found[1]
+                    f.name, f.name_at = clean_name(name), found[1]
                 return
             if len(carry) > MAX_LINE:
                 carry = b""
@@ -390,7 +405,7 @@ class JsonlStore:
             if record is not None and _matches(record, fmt.name):
                 name = _get(record, fmt.name_field) if fmt.name_field else None
                 if isinstance(name, str):
-                    f.name = name.strip() or None
+                    f.name = clean_name(name)
 
     @staticmethod
     def _snapshot(f: _FileState) -> SessionFile:

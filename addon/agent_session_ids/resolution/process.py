@@ -258,6 +258,24 @@ def read_process(pid: int) -> Process | None:
     )
 
 
+def recheck(process: Process) -> Process | None:
+    """The same snapshot if the process still runs the same program in the same folder; a fresh
+    one if it exec'd into another program or changed folder; None if it is gone."""
+    base = f"/proc/{process.pid}"
+    try:
+        with open(f"{base}/comm", "rb") as f:
+            comm = f.read().decode("utf-8", "replace").strip()
+        if comm == process.comm and os.readlink(f"{base}/exe") == process.exe \
+                and os.readlink(f"{base}/cwd") == process.cwd:
+            return process
+    except OSError:
+        pass
+    fresh = read_process(process.pid)
+    if fresh is None or fresh.start_ticks != process.start_ticks or fresh.uid != process.uid:
+        return None
+    return fresh
+
+
 def alive(process_key: str) -> bool:
     """Is the process of this key (boot:pid:start) still running?"""
     try:

@@ -297,6 +297,15 @@ class Resolver:
 
     # -- lifecycle and persistence -----------------------------------------------------------------
 
+    def forget(self, process_key: str) -> None:
+        """The process turned into another program: what it was on is no longer its session."""
+        self.on.pop(process_key, None)
+        p = self.pending.get(process_key)
+        if p is not None:
+            self._drop_pending(process_key)
+            p.ended = True
+            self._add_pending(f"{process_key}#{p.id}", p)
+
     def prune(self, alive: Iterable[str], now: float) -> None:
         """Forget processes that are gone. Their minted sessions stay a while as orphans."""
         alive = set(alive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 
 
 def load(path: str) -> dict:
@@ -15,6 +16,22 @@ def load(path: str) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def remove_stale_temp_files(path: str, older_than_s: float = 60.0) -> None:
+    """Temp files of writes cut short (a kill -9 between write and rename)."""
+    folder = os.path.dirname(path) or "."
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".state-")]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        try:
+            if now - os.stat(os.path.join(folder, name)).st_mtime > older_than_s:
+                os.unlink(os.path.join(folder, name))
+        except OSError:
+            continue
 
 
 def save(path: str, data: dict) -> None:

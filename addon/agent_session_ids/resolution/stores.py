@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
-from .jsonl_store import JsonlStore, _parse_time
+from .jsonl_store import JsonlStore, _parse_time, clean_name
 from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
@@ -90,7 +90,7 @@ class Stores:
                     continue
                 if isinstance(record, dict) and isinstance(record.get(fields[0]), str):
                     name = record.get(fields[1])
-                    names[record[fields[0]]] = name.strip() if isinstance(name, str) else ""
+                    names[record[fields[0]]] = (clean_name(name) or "") if isinstance(name, str) else ""
             offset += end
             self._name_indexes[path] = (offset, names)
         return names

@@ -148,7 +148,9 @@ def test_a_script_reload_reloads_the_helper_modules_too(tmp_path):
         client(proxy, 0).wait(timeout=60)
         assert proxy.requests()[-1]["comment"].startswith("session ")
         display = copy / "addon" / "agent_session_ids" / "display.py"
-        display.write_text(display.read_text().replace('text = f"session {session.label}', 'text = f"reloaded {session.label}'))
+        source = display.read_text()
+        assert 'text = f"session {' in source
+        display.write_text(source.replace('text = f"session {', 'text = f"reloaded {'))
         time.sleep(1.1)
         entry.write_text(entry.read_text() + "\n# touched\n")
         assert wait_for(lambda: proxy.output().count("Loading script") >= 3)
