@@ -289,7 +289,8 @@ class SessionIds:
             else:
                 body_problem = "the body is empty"
             conversation = from_body(members) if members else None
-            headers = {k.lower(): v for k, v in flow.request.headers.items()}
+            request_headers = flow.request.headers
+            headers = {h: request_headers[h] for h in agents.HINT_HEADERS if h in request_headers}
             session, proc = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
                     self._worker, self._resolve, proc, headers, members, conversation, flow.client_conn.id
@@ -297,7 +298,7 @@ class SessionIds:
                 RESOLVE_TIMEOUT_S,
             )
             self._remember_process(flow.client_conn.id, proc)
-            self._apply(flow, rules, session, proc, body_text, body_problem)
+            self._apply(flow, rules, session, proc, body_text, body_problem, members)
             if self.resolver.dirty and not self._save_pending:
                 # batch state writes: at most one a second, off the request path
                 self._save_pending = True
@@ -310,7 +311,7 @@ class SessionIds:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem) -> None:
+    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None) -> None:
         fields = session.fields(privacy=ctx.options.session_privacy)
         self._count(session, proc)
         changes: list[dict] = []
@@ -332,7 +333,8 @@ class SessionIds:
                     continue
                 else:
                     try:
-                        new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present)
+                        new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present,
+                                                           top if new_body is body_text else None)
                     except RewriteError as e:
                         self._warn_once(f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}")
                         skipped.append(f"{action.describe}: {e}")

@@ -79,18 +79,39 @@ def parse_body(raw: bytes) -> tuple[str, dict[str, object]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RewriteError("the body is not UTF-8 text") from None
-    pos = _WS.match(text).end()
-    members, end = scan_object(text, pos)
-    if _WS.match(text, end).end() != len(text):
-        raise RewriteError("the body has data after its JSON object")
-    return text, {m.key: m.value for m in members}
+    try:
+        doc = _DECODER.decode(text)  # one pass in C: validates, and gives the conversation
+    except json.JSONDecodeError as e:
+        if not text.lstrip(" \t\n\r").startswith("{"):
+            raise RewriteError("the body is not a JSON object") from None
+        if e.msg == "Extra data":
+            raise RewriteError("the body has data after its JSON object") from None
+        raise RewriteError("the body is not valid JSON") from None
+    except (ValueError, RecursionError):
+        raise RewriteError("the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise RewriteError("the body is not a JSON object")
+    return text, doc
 
 
-def set_field(text: str, path: tuple[str, ...], value: str, if_present: str) -> tuple[str, object, bool]:
+def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
+              top: dict | None = None) -> tuple[str, object, bool]:
     """Set the string `value` at a dotted `path` of the JSON object in `text`.
 
-    Returns (new_text, previous_value_or_None, changed). Intermediate objects are created."""
+    Returns (new_text, previous_value_or_None, changed). Intermediate objects are created.
+    `top`, the parsed object, lets the common cases skip scanning the text again."""
     encoded = json.dumps(value)
+    if top is not None:
+        if path[0] not in top:
+            # absent: insert before the object's closing brace
+            new = encoded
+            for inner in reversed(path[1:]):
+                new = "{" + json.dumps(inner) + ":" + new + "}"
+            close = len(text.rstrip(" \t\n\r")) - 1
+            sep = "," if top else ""
+            return text[:close] + sep + json.dumps(path[0]) + ":" + new + text[close:], None, True
+        if len(path) == 1 and (if_present == "keep" or top[path[0]] == value):
+            return text, top[path[0]], False
     pos = _WS.match(text).end()
     for depth, key in enumerate(path):
         members, end = scan_object(text, pos)

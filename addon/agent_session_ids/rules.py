@@ -76,8 +76,14 @@ class Match:
     filter: object | None  # a compiled mitmproxy filter, or None
     filter_source: str | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_expression", self._filter_expression())  # once, not per flow
+
     def to_filter_expression(self) -> str:
         """The same match in mitmproxy's filter language, for mitmweb's search box."""
+        return self._expression  # type: ignore[attr-defined]
+
+    def _filter_expression(self) -> str:
         parts = []
         if self.hosts:
             alts = [re.escape(h[2:]) + "$" if h.startswith("*.") else "^" + re.escape(h) + "$" for h in self.hosts]

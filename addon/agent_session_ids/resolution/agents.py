@@ -267,6 +267,7 @@ OPENCODE = AgentProfile(
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
+HINT_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in p.hint_headers}))
 
 
 def recognise(process: Process) -> AgentProfile | None:
