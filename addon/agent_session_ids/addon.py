@@ -390,7 +390,8 @@ class SessionIds:
             return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")
         hint, hint_source = agent.hint(headers, body)
         first_user = conversation.first_user if conversation else None
-        files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key))
+        files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
+                                       fresh=bool(conversation and conversation.fresh))
         if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
             # opencode without a session header: the newest session of its cwd
             hint, hint_source = files[0].id, "opencode database (newest session of this cwd)"

@@ -224,3 +224,26 @@ def test_the_proc_net_fallback_finds_the_same_socket(monkeypatch):
         client.close()
         conn.close()
         server.close()
+
+
+def test_a_big_folder_is_indexed_newest_first_and_on_demand(tmp_path, monkeypatch):
+    from agent_session_ids.resolution import jsonl_store
+
+    n = 400
+    for i in range(n):
+        path = pi_file(tmp_path, sid=f"00000000-0000-4000-8000-{i:012d}", first=f"task {i}",
+                       ts=f"2026-05-06T12:{i // 60:02d}:{i % 60:02d}.000Z")
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+    monkeypatch.setattr(jsonl_store, "INDEX_STEP_S", 0.0)  # one file per step
+    store = JsonlStore()
+    # a new session's request only needs the newest files: the index is not read whole for it
+    assert store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("brand new")], fresh=True) == []
+    d = store._dirs[str(tmp_path)]
+    assert len(d.incomplete) == n - 1 and d.order[0].endswith(f"{n - 2:012d}.jsonl")  # newest first
+    # a continued session's file is looked for until found, newest first
+    (f,) = store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("task 3")])
+    assert f.id.endswith("000000000003") and len(d.incomplete) < 4
+    # the rest is indexed between requests
+    while store.catch_up():
+        pass
+    assert not d.incomplete and len(d.by_first_user) == n

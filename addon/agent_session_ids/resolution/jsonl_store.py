@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,8 @@ _ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA
 MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
 HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
 CHUNK = 1 << 20
+INDEX_WAIT_S = 0.3  # a request that continues a session waits this long at most for the folder's index
+INDEX_STEP_S = 0.01  # otherwise, indexing goes on in steps this long, between requests
 TAIL_BUDGET = 4 << 20  # bytes of a file's tail read per request; the rest is read between requests
 NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for its latest name
 
@@ -60,6 +63,7 @@ class _DirState:
     by_id: dict[str, str] = field(default_factory=dict)  # session id -> path
     by_first_user: dict[str, set[str]] = field(default_factory=dict)  # fingerprint -> paths
     incomplete: set[str] = field(default_factory=set)  # paths whose head is not complete yet
+    order: list[str] = field(default_factory=list)  # the incomplete ones, newest first
 
 
 def _parse_time(value: object) -> float | None:
@@ -172,6 +176,7 @@ class JsonlStore:
     def __init__(self) -> None:
         self._dirs: dict[str, _DirState] = {}
         self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
+        self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
 
     def candidates(
         self,
@@ -182,6 +187,7 @@ class JsonlStore:
         paths: Iterable[str] = (),
         cwd: str | None = None,
         relist: bool = True,
+        fresh: bool = False,
     ) -> list[SessionFile]:
         """Fresh snapshots of the folder's files with one of these ids, first user turns or paths.
         With `cwd`, files found by their first user turn must name that cwd in their header (for
@@ -191,6 +197,14 @@ class JsonlStore:
             d = self._refresh_dir(folder, fmt)
         if d is None:
             return []
+        first_users = list(first_users)
+        if d.incomplete:
+            missing = {fp for fp in first_users if fp not in d.by_first_user}
+            # a continued session's file may be any file: look for it (newest first) a while;
+            # a new session's file is among the newest, which the first step reads
+            self._index(d, fmt, missing, INDEX_WAIT_S if missing and not fresh else INDEX_STEP_S)
+            if d.incomplete:
+                self._unindexed[folder] = (d, fmt)
         wanted: dict[str, bool] = {}  # path -> filter on cwd?
         for fp in first_users:
             for path in d.by_first_user.get(fp, ()):
@@ -228,19 +242,38 @@ class JsonlStore:
             d = self._dirs[folder] = _DirState()
         if st.st_mtime_ns != d.mtime_ns:
             d.mtime_ns = st.st_mtime_ns
+            entries = {}
             try:
-                names = {e.name for e in os.scandir(folder) if e.name.endswith(".jsonl")}
+                for e in os.scandir(folder):
+                    if e.name.endswith(".jsonl"):
+                        try:
+                            entries[e.path] = e.stat().st_mtime
+                        except OSError:
+                            continue
             except OSError:
-                names = set()
-            present = {os.path.join(folder, n) for n in names}
-            for path in [p for p in d.files if p not in present]:
+                pass
+            for path in [p for p in d.files if p not in entries]:
                 self._forget(d, path)
-            for path in present - d.files.keys():
-                f = d.files[path] = _FileState(path, id_from_name(path))
+            for path in entries.keys() - d.files.keys():
+                f = d.files[path] = _FileState(path, id_from_name(path), mtime=entries[path])
                 d.by_id[f.id] = path
                 d.incomplete.add(path)
-        for path in list(d.incomplete):
-            f = d.files[path]
+            d.order = sorted(d.incomplete, key=lambda p: d.files[p].mtime, reverse=True)
+        return d
+
+    def _index(self, d: _DirState, fmt: RecordFormat, until: set[str], budget_s: float) -> None:
+        """Read heads of not yet indexed files, newest first, for at most budget_s, or until the
+        first user turns in `until` are all found."""
+        deadline = time.monotonic() + budget_s
+        still = []
+        for i, path in enumerate(d.order):
+            # at least one file per call, so that steps always make progress
+            if i and (time.monotonic() > deadline or (until and all(fp in d.by_first_user for fp in until))):
+                still.extend(d.order[i:])
+                break
+            f = d.files.get(path)
+            if f is None or path not in d.incomplete:
+                continue
             if not self._read_head(f, fmt):
                 self._forget(d, path)
                 continue
@@ -250,7 +283,9 @@ class JsonlStore:
                 d.incomplete.discard(path)
                 if f.first_user:
                     d.by_first_user.setdefault(f.first_user, set()).add(path)
-        return d
+            else:
+                still.append(path)  # no user turn yet: look again when it grows
+        d.order = still
 
     @staticmethod
     def _forget(d: _DirState, path: str) -> None:
@@ -335,23 +370,65 @@ class JsonlStore:
             os.close(fd)
 
     def _scan(self, fd: int, f: _FileState, fmt: RecordFormat) -> None:
-        budget = min(TAIL_BUDGET, f.size - f.offset)
-        for line, end, *rest in _lines(fd, f.offset, budget, f.skipping):
-            if line is None:
-                f.offset, f.skipping = end, rest[0]
+        """Count assistant turns and find name records from f.offset on, a chunk at a time: markers
+        are counted with bytes.count, and only lines holding a name marker are parsed."""
+        end = min(f.size, f.offset + TAIL_BUDGET)
+        pos = f.offset
+        while pos < end:
+            data = os.pread(fd, min(CHUNK, end - pos), pos)
+            if not data:
                 break
-            self._tail_line(f, line, fmt, end)
+            nl = data.rfind(b"\n")
+            if nl < 0:
+                if len(data) < CHUNK:
+                    break  # the last line is still being written, or the budget ends mid-line
+                f.n_assistant += _count_turns(data, fmt)  # part of a line longer than a chunk
+                f.skipping = True
+                pos += len(data)
+                continue
+            block = data[: nl + 1]
+            if f.skipping:  # the rest of an over-long line: count it, parse nothing in it
+                cut = block.find(b"\n") + 1
+                f.n_assistant += _count_turns(block[:cut], fmt)
+                block, pos, f.skipping = block[cut:], pos + cut, False
+            f.n_assistant += _count_turns(block, fmt)
+            if fmt.name is not None and fmt.name_marker in block:
+                self._names_in(f, fmt, block, pos)
+            pos += len(block)
+        f.offset = pos
         if f.offset < f.size:
             self._behind[f.path] = (f, fmt)
         else:
             self._behind.pop(f.path, None)
 
+    @staticmethod
+    def _names_in(f: _FileState, fmt: RecordFormat, block: bytes, base: int) -> None:
+        at = block.find(fmt.name_marker)
+        while at >= 0:
+            start = block.rfind(b"\n", 0, at) + 1
+            stop = block.find(b"\n", at)
+            if base + stop > f.name_at and stop - start <= MAX_LINE:
+                record = _loads(block[start:stop])
+                if record is not None and _matches(record, fmt.name):
+                    name = _get(record, fmt.name_field) if fmt.name_field else None
+                    if isinstance(name, str):
+                        f.name = clean_name(name)
+            at = block.find(fmt.name_marker, stop)
+
     @property
     def behind(self) -> bool:
-        return bool(self._behind)
+        return bool(self._behind) or bool(self._unindexed)
 
     def catch_up(self) -> bool:
-        """Read one more budget of one file that is behind; True while any is left."""
+        """One more step of background work: index a folder, or read one budget of a file that
+        is behind; True while any is left."""
+        if self._unindexed:
+            folder, (d, fmt) = next(iter(self._unindexed.items()))
+            if self._dirs.get(folder) is d:
+                self._index(d, fmt, set(), INDEX_STEP_S * 2)
+            if not d.order or self._dirs.get(folder) is not d:
+                del self._unindexed[folder]
+            return True
         if not self._behind:
             return False
         path, (f, fmt) = next(iter(self._behind.items()))
@@ -396,18 +473,6 @@ class JsonlStore:
             pos = start
 
     @staticmethod
-    def _tail_line(f: _FileState, line: bytes, fmt: RecordFormat, end: int) -> None:
-        if any(m in line for m in fmt.assistant):
-            if not any(m in line for m in fmt.assistant_not):
-                f.n_assistant += 1
-        elif fmt.name is not None and fmt.name_marker in line and end > f.name_at:
-            record = _loads(line)
-            if record is not None and _matches(record, fmt.name):
-                name = _get(record, fmt.name_field) if fmt.name_field else None
-                if isinstance(name, str):
-                    f.name = clean_name(name)
-
-    @staticmethod
     def _snapshot(f: _FileState) -> SessionFile:
         return SessionFile(
             path=f.path,
@@ -420,6 +485,23 @@ class JsonlStore:
             cwd=f.cwd,
             parent=f.parent,
         )
+
+
+def _count_turns(block: bytes, fmt: RecordFormat) -> int:
+    """Answered assistant turns in whole lines: marker counts, less the lines also marked as
+    failed (errors, aborts)."""
+    n = sum(block.count(m) for m in fmt.assistant)
+    if n:
+        for bad in fmt.assistant_not:
+            at = block.find(bad)
+            while at >= 0:
+                start = block.rfind(b"\n", 0, at) + 1
+                stop = block.find(b"\n", at)
+                line = block[start:stop if stop >= 0 else len(block)]
+                if any(m in line for m in fmt.assistant):
+                    n -= 1
+                at = block.find(bad, stop if stop >= 0 else len(block))
+    return n
 
 
 def _loads(line: bytes) -> dict | None:

@@ -43,7 +43,7 @@ class Stores:
         return folders
 
     def candidates(self, profile: AgentProfile, process: Process, hint: str | None, first_user: str | None,
-                   paths: list[str]) -> list[SessionFile]:
+                   paths: list[str], fresh: bool = False) -> list[SessionFile]:
         """The files with the hinted id, the request's first user turn, or one of `paths`."""
         fmt = profile.store.format if profile.store else None
         out: list[SessionFile] = []
@@ -51,11 +51,11 @@ class Stores:
         fps = [first_user] if first_user else []
         for folder in self.folders(profile, process):
             if folder.kind == "per_cwd":
-                out.extend(self.jsonl.candidates(folder.path, fmt, ids, fps, paths, folder.cwd_filter))
+                out.extend(self.jsonl.candidates(folder.path, fmt, ids, fps, paths, folder.cwd_filter, fresh=fresh))
             elif folder.kind == "date_tree":
                 for i, day in enumerate(self._day_dirs(folder.path)):
                     out.extend(self.jsonl.candidates(day, fmt, ids, fps, paths, folder.cwd_filter,
-                                                     relist=i < RECENT_DAYS))
+                                                     relist=i < RECENT_DAYS, fresh=fresh))
             elif folder.kind == "sqlite" and not hint:
                 row = newest_opencode_session(folder.path, process)
                 if row is not None:
