@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,6 +77,7 @@ class SessionIds:
         self._last_prune = 0.0
         self._catching_up = False
         self._save_pending = False
+        self._lock = threading.Lock()  # resolver, stores and state: the worker, or inline when free
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
@@ -240,6 +242,8 @@ class SessionIds:
                 None, process.lookup, client.peername, client.sockname
             )
         try:
+            if future.done():
+                return future.result()  # the usual case: looked up when the client connected
             return await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S)
         except asyncio.TimeoutError:
             self._warn_once("lookup-timeout", "the process lookup took too long; using a fallback ID")
@@ -291,18 +295,25 @@ class SessionIds:
             conversation = from_body(members) if members else None
             request_headers = flow.request.headers
             headers = {h: request_headers[h] for h in agents.HINT_HEADERS if h in request_headers}
-            session, proc = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(
-                    self._worker, self._resolve, proc, headers, members, conversation, flow.client_conn.id
-                ),
-                RESOLVE_TIMEOUT_S,
-            )
+            args = (proc, headers, members, conversation, flow.client_conn.id)
+            if self._inline_ok(proc) and self._lock.acquire(blocking=False):
+                # warm and local: a few syscalls on local files, cheaper than a thread hop
+                try:
+                    session, proc = self._resolve(*args)
+                finally:
+                    self._lock.release()
+            else:
+                session, proc = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self._worker, self._locked, self._resolve, *args),
+                    RESOLVE_TIMEOUT_S,
+                )
             self._remember_process(flow.client_conn.id, proc)
             self._apply(flow, rules, session, proc, body_text, body_problem, members)
             if self.resolver.dirty and not self._save_pending:
                 # batch state writes: at most one a second, off the request path
                 self._save_pending = True
-                asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._save_state)
+                asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
+                                                      self._save_state)
         except Exception as e:  # noqa: BLE001 - fail open
             reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
@@ -359,6 +370,18 @@ class SessionIds:
 
     # -- the worker thread: resolver, store and state live here --------------------------------
 
+    def _inline_ok(self, proc: Process | None) -> bool:
+        """May this request's resolution run on the event loop? Only when everything it reads is
+        known, on local filesystems (a dead network mount must never hang the proxy), and no
+        folder is still being indexed."""
+        if proc is None or self.stores.jsonl.behind:
+            return False
+        return self.stores.warm_and_local(proc.key)
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
+
     def _remember_process(self, client_id: str, proc: Process | None) -> None:
         future = self._lookups.get(client_id)
         if future is not None and future.done() and not future.cancelled() and future.exception() is None \
@@ -404,7 +427,7 @@ class SessionIds:
             self.stores.forget([k for k in self.stores._folders if k not in alive])
         if self.stores.jsonl.behind and not self._catching_up:
             self._catching_up = True
-            self._worker.submit(self._catch_up)
+            self._worker.submit(self._locked, self._catch_up)
         return session
 
     def _catch_up(self) -> None:
@@ -415,7 +438,7 @@ class SessionIds:
             self._warn_once("catch-up", f"reading a session file failed: {e!r}")
             more = False
         if more:
-            self._worker.submit(self._catch_up)
+            self._worker.submit(self._locked, self._catch_up)
         else:
             self._catching_up = False
 

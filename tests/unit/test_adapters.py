@@ -247,3 +247,22 @@ def test_a_big_folder_is_indexed_newest_first_and_on_demand(tmp_path, monkeypatc
     while store.catch_up():
         pass
     assert not d.incomplete and len(d.by_first_user) == n
+
+
+def test_mount_table_tells_local_from_network_filesystems(monkeypatch):
+    from agent_session_ids.resolution import mounts
+
+    monkeypatch.setattr(mounts, "_mounts", [("/mnt/nfs", "nfs4"), ("/mnt/fuse", "fuse.sshfs"), ("/", "ext4")])
+    monkeypatch.setattr(mounts.time, "monotonic", lambda: 0.0)
+    monkeypatch.setattr(mounts, "_read_at", 0.0)
+    assert mounts.is_local("/home/u/.pi/agent/sessions")
+    assert not mounts.is_local("/mnt/nfs/home/.pi")
+    assert not mounts.is_local("/mnt/fuse/x")
+    assert mounts.is_local("/mnt/nfsother")  # a prefix of a name is not its mount point
+
+
+def test_the_real_mount_table_is_read():
+    from agent_session_ids.resolution import mounts
+
+    mounts._read_at = -1e9
+    assert mounts.fs_type("/") is not None and mounts.fs_type("/proc") == "proc"

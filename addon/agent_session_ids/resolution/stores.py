@@ -14,6 +14,7 @@ import time
 
 from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
 from .jsonl_store import JsonlStore, _parse_time, clean_name
+from . import mounts
 from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
@@ -26,6 +27,11 @@ class Stores:
         self._folders: dict[str, list[SessionFolder]] = {}  # process key -> folders
         self._days: dict[str, tuple[float, list[str]]] = {}  # date-tree root -> (listed at, day dirs)
         self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
+
+    def warm_and_local(self, process_key: str) -> bool:
+        """Were this process's folders found before, all on local filesystems?"""
+        folders = self._folders.get(process_key)
+        return folders is not None and all(mounts.is_local(f.path) for f in folders)
 
     def forget(self, process_keys) -> None:
         for key in process_keys:
