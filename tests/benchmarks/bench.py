@@ -85,7 +85,7 @@ import os
 import random
 import re
 import shutil
-import signal
+
 import socket
 import ssl
 import statistics

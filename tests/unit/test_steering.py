@@ -15,7 +15,6 @@ import pytest
 import yaml
 from mitmproxy.test import taddons
 
-from agent_session_ids import check, display
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
 from agent_session_ids.resolution.model import Session
 from agent_session_ids.rules import RuleError, parse_rules

@@ -11,7 +11,7 @@ import stat
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent_session_ids.resolution import ids, state
