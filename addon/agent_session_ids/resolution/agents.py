@@ -347,6 +347,3 @@ def session_folders(profile: AgentProfile, process: Process, settings_session_di
         return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, env)]
     return []
 
-
-def pi_agent_dir(environ: Mapping[str, str]) -> str:
-    return root_paths(PI.store, environ)[0].rsplit("/sessions", 1)[0]  # type: ignore[arg-type]
