@@ -466,3 +466,131 @@ def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- opencode and Oh My Pi
+#
+# Checked with these versions (see ``/tmp/more_agents.md`` of the session that wrote this):
+#
+# - opencode 1.18.33 (npm ``opencode-ai``: a native Bun-built binary from the
+#   ``opencode-linux-x64`` optional dependency; comm ``opencode``). ``opencode run -m
+#   openrouter/<model>`` sends ``POST /api/v1/chat/completions`` with ``x-session-affinity`` and
+#   ``x-session-id`` = its ``ses_...`` id; ``-m opencode/<model>`` sends ``POST /zen/v1/responses``
+#   with ``x-opencode-session`` (and body ``prompt_cache_key``). Its session row (table
+#   ``session``, column ``directory`` = the process's ``$PWD``) is in
+#   ``$XDG_DATA_HOME/opencode/opencode.db`` (default ``~/.local/share/opencode``). At start it also
+#   GETs ``registry.npmjs.org/@opencode-ai%2fplugin`` (the stand-in answers 404; harmless).
+# - Oh My Pi 18.2.3 (npm ``@oh-my-pi/pi-coding-agent``: ``dist/cli.js`` with ``#!/usr/bin/env
+#   bun``; Bun comes from npm ``bun``). 18.3.4, the newest, does not install: ``npm error
+#   notarget No matching version found for @oh-my-pi/omp-stats@18.3.4``. Its process sets its
+#   title, so ``comm`` is ``omp`` (exe ``bun.exe``). Toward OpenRouter it sends
+#   ``POST /api/v1/responses`` with body ``prompt_cache_key`` and ``session_id`` = the session
+#   uuid; the file is ``~/.omp/agent/sessions/<encode_omp(cwd)>/<time>_<uuid>.jsonl``.
+
+OPENCODE_PACKAGE = ("opencode-ai", "1.18.33")
+OMP_PACKAGE = ("@oh-my-pi/pi-coding-agent", "18.2.3")
+BUN_PACKAGE = ("bun", "1.4.5")
+
+OPENCODE_OPENROUTER_MODEL = "openrouter/openai/gpt-4o-mini"
+OPENCODE_ZEN_MODEL = "opencode/gpt-5-nano"
+OMP_MODEL = "openrouter/openai/gpt-4o-mini"
+
+#: Keeps opencode from updating itself, fetching models.dev or sharing sessions.
+OPENCODE_QUIET_ENV = {
+    "OPENCODE_DISABLE_AUTOUPDATE": "1",
+    "OPENCODE_DISABLE_MODELS_FETCH": "1",
+    "OPENCODE_DISABLE_SHARE": "1",
+}
+
+
+def opencode_binary() -> Path:
+    """``node_modules/.bin/opencode`` -> ``opencode-ai/bin/opencode.exe`` (native; no Node)."""
+    path = npm_install(*OPENCODE_PACKAGE) / "node_modules" / ".bin" / "opencode"
+    if not path.exists():
+        raise RuntimeError(f"opencode has no {path}")
+    return path
+
+
+def opencode_command() -> list[str]:
+    return [str(opencode_binary())]
+
+
+def opencode_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike,
+                 extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """Environment for opencode through ``proxy``: ``agent_env`` + OPENCODE_QUIET_ENV, and
+    ``PWD=cwd`` (opencode records ``$PWD`` as the session's directory, not the real cwd)."""
+    env = agent_env(proxy, home, pi_version=None)
+    env.update(OPENCODE_QUIET_ENV)
+    env["PWD"] = str(cwd)
+    return _apply(env, extra)
+
+
+def run_opencode(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``opencode <args>`` (e.g. ``["run", "-m", OPENCODE_OPENROUTER_MODEL, "hi"]``)."""
+    return _run(opencode_command() + list(args), env, cwd, timeout, None)
+
+
+def opencode_db(home: str | os.PathLike) -> Path:
+    return Path(home) / ".local" / "share" / "opencode" / "opencode.db"
+
+
+def opencode_sessions(home: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(id, directory)`` of every session in opencode's database, oldest first."""
+    import sqlite3
+
+    db = opencode_db(home)
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(str(db))
+    try:
+        return list(conn.execute("SELECT id, directory FROM session ORDER BY time_created"))
+    finally:
+        conn.close()
+
+
+def bun_binary() -> Path:
+    """The ``bun`` executable of npm ``bun`` (``node_modules/bun/bin/bun.exe``)."""
+    path = npm_install(*BUN_PACKAGE) / "node_modules" / "bun" / "bin" / "bun.exe"
+    if not path.exists():
+        raise RuntimeError(f"bun has no {path}")
+    return path
+
+
+def omp_cli() -> Path:
+    path = npm_install(*OMP_PACKAGE) / "node_modules" / "@oh-my-pi" / "pi-coding-agent" / "dist" / "cli.js"
+    if not path.exists():
+        raise RuntimeError(f"Oh My Pi has no {path}")
+    return path
+
+
+def omp_command() -> list[str]:
+    """``bun <omp cli.js>``: the process retitles itself, so its ``comm`` is ``omp``."""
+    return [str(bun_binary()), str(omp_cli())]
+
+
+def omp_env(proxy: Mitmdump, home: str | os.PathLike,
+            extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """Environment for Oh My Pi through ``proxy`` (``agent_env``, Bun's folder first on PATH)."""
+    env = agent_env(proxy, home, pi_version=None)
+    env["PATH"] = str(bun_binary().parent) + os.pathsep + env["PATH"]
+    return _apply(env, extra)
+
+
+def run_omp(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+            timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run ``omp <args>`` (e.g. ``["-p", "--model", OMP_MODEL, "--no-lsp", "hi"]``)."""
+    return _run(omp_command() + list(args), env, cwd, timeout, None)
+
+
+def omp_session_files(home: str | os.PathLike) -> list[Path]:
+    """``<home>/.omp/agent/sessions/*/<time>_<uuid>.jsonl``, oldest first (by name)."""
+    folder = Path(home) / ".omp" / "agent" / "sessions"
+    return sorted(folder.glob("*/*.jsonl"), key=lambda p: p.name) if folder.is_dir() else []
+
+
+def omp_session_id(path: str | os.PathLike) -> str:
+    match = re.search(_UUID_RE.pattern + r"$", Path(path).stem)
+    if not match:
+        raise ValueError(f"no uuid in {path}")
+    return match.group(0)

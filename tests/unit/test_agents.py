@@ -141,7 +141,7 @@ def test_qwen_store_has_a_chats_folder(tmp_path):
     cwd = "/w/q"
     claude_tree(tmp_path, cwd, root=".qwen/projects", sub="chats")
     p = proc(tmp_path, cwd, comm="qwen", cmdline=("qwen",))
-    assert [f.id for f in Stores().candidates(agents.QWEN, p, None, fingerprint("add tests"), [])] == [U2]
+    assert [f.id for f in Stores().candidates(agents.QWEN, p, U2, None, [])] == [U2]
 
 
 def codex_meta(sid, cwd):
@@ -213,3 +213,32 @@ def test_claude_session_resolves_from_its_header_before_its_file(tmp_path):
     assert first.id == second.id == U2 and second.file == str(path) and second.label == "second-title-" + U2[-8:]
     assert first.trace_uuid == second.trace_uuid
     os.unlink(path)
+
+
+def test_qwen_parts_and_injected_reminders_match_the_request():
+    from agent_session_ids.resolution.conversation import from_body
+
+    request = {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>\nfiles...\n</system-reminder>"},
+        {"type": "text", "text": "the real prompt"}]}]}
+    conv = from_body(request)
+    assert conv.first_user == fingerprint("the real prompt") and conv.fresh
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "<session_context>x</session_context>"},
+                                                      {"text": "hi gemini"}]},
+                           {"role": "model", "parts": [{"text": "ok"}]}, {"role": "user", "parts": [{"text": "more"}]}]}
+    conv = from_body(gemini)
+    assert (conv.first_user, conv.n_user, conv.n_assistant) == (fingerprint("hi gemini"), 2, 1)
+
+
+def test_qwen_store_reads_message_parts(tmp_path):
+    cwd = "/w/qp"
+    folder = tmp_path / ".qwen/projects" / agents.encode_claude(cwd, {}) / "chats"
+    write_jsonl(folder / f"{U2}.jsonl", [
+        {"type": "user", "sessionId": U2, "cwd": cwd, "timestamp": "2026-11-01T10:00:00.000Z",
+         "message": {"role": "user", "parts": [{"text": "qwen prompt"}]}},
+        {"type": "assistant", "sessionId": U2, "cwd": cwd, "message": {"role": "model", "parts": [{"text": "ok"}]}},
+    ])
+    p = proc(tmp_path, cwd, comm="MainThread", cmdline=("node", "/usr/local/bin/qwen", "-p", "x"))
+    assert agents.recognise(p).name == "qwen"
+    (f,) = Stores().candidates(agents.QWEN, p, None, fingerprint("qwen prompt"), [])
+    assert (f.id, f.n_assistant) == (U2, 1)

@@ -192,6 +192,12 @@ CODEX_FORMAT = RecordFormat(
     assistant=(b'"role":"assistant"',), assistant_not=(),
 )
 
+QWEN_FORMAT = RecordFormat(
+    header={"sessionId": ANY, "cwd": ANY}, id="sessionId", cwd="cwd", created="timestamp",
+    user={"type": "user", "message.role": "user"}, user_content="message.parts",
+    assistant=(b'"type":"assistant"',), assistant_not=(),
+)
+
 GEMINI_FORMAT = RecordFormat(
     header={"sessionId": ANY}, id="sessionId", cwd=None, created="startTime",
     user={"type": "user"}, user_content="content",
@@ -235,9 +241,9 @@ CLAUDE = AgentProfile(
 QWEN = AgentProfile(
     name="qwen",
     process_names=frozenset({"qwen"}),
-    process_patterns=(r"qwen-code",),
+    process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
     store=StoreSpec("per_cwd", (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), "claude", subdir="chats",
-                    format=CLAUDE_FORMAT),
+                    format=QWEN_FORMAT),
 )
 
 CODEX = AgentProfile(
@@ -253,7 +259,7 @@ CODEX = AgentProfile(
 GEMINI = AgentProfile(
     name="gemini",
     process_names=frozenset({"gemini"}),
-    process_patterns=(r"gemini-cli",),
+    process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
     store=StoreSpec("gemini", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), format=GEMINI_FORMAT),
 )
 

@@ -24,6 +24,11 @@ class Conversation:
         return self.n_assistant == 0
 
 
+# Parts an agent adds to the request's first user turn but not to its session file (Qwen Code,
+# Claude Code): left out on both sides, so that the two fingerprints agree.
+INJECTED_PREFIXES = ("<system-reminder>", "<session_context>")
+
+
 def text_of(content: object) -> str:
     """The plain text of a message's content: a string, or a list of parts with text."""
     if isinstance(content, str):
@@ -33,7 +38,7 @@ def text_of(content: object) -> str:
         for part in content:
             if isinstance(part, dict):
                 text = part.get("text")
-                if isinstance(text, str):
+                if isinstance(text, str) and not text.lstrip().startswith(INJECTED_PREFIXES):
                     texts.append(text)
             elif isinstance(part, str):
                 texts.append(part)
@@ -55,7 +60,11 @@ def from_body(body: dict) -> Conversation | None:
     if not isinstance(messages, list):
         messages = body.get("input")
         if not isinstance(messages, list):
-            return None
+            messages = body.get("contents")  # Gemini: role user / model, with parts
+            if not isinstance(messages, list):
+                return None
+            messages = [{"role": "assistant" if m.get("role") == "model" else m.get("role"),
+                         "content": m.get("parts")} for m in messages if isinstance(m, dict)]
     first_user = None
     n_user = n_assistant = 0
     for message in messages:

@@ -175,9 +175,11 @@ def newest_opencode_session(data_dir: str, process: Process) -> SessionFile | No
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
         try:
+            # opencode records $PWD, which can differ from the real cwd (a symlinked path)
+            dirs = tuple(dict.fromkeys(d for d in (process.cwd, env.get("PWD")) if d))
             row = conn.execute(
-                "SELECT id, title, time_created, time_updated FROM session WHERE directory = ? "
-                "ORDER BY time_updated DESC LIMIT 1", (process.cwd,)
+                f"SELECT id, title, time_created, time_updated FROM session WHERE directory IN "
+                f"({', '.join('?' * len(dirs))}) ORDER BY time_updated DESC LIMIT 1", dirs
             ).fetchone()
         finally:
             conn.close()
