@@ -262,8 +262,11 @@ class SessionIds:
         await self._handle(flow, streamed=True)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or display.METADATA_KEY in flow.metadata:
+        if flow.response or flow.error or not flow.live:
             return
+        if display.METADATA_KEY in flow.metadata and (flow.request.stream or flow.request.raw_content is None):
+            return  # streamed: done in requestheaders, and the body has gone
+        # (a body that could have streamed but did not is handled again here, for body rules)
         await self._handle(flow, streamed=False)
 
     async def _handle(self, flow: http.HTTPFlow, streamed: bool) -> None:

@@ -162,3 +162,23 @@ def test_bad_rules_at_startup_log_one_error_line(tmp_path, caplog):
         run(with_addon(tmp_path, go, session_rules=str(bad)))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "b.yaml:2: YAML syntax error" in errors[0]
+
+
+def test_a_body_that_could_stream_but_did_not_still_gets_body_rules(tmp_path):
+    from typing import Optional
+
+    async def main():
+        addon = SessionIds()
+        with taddons.context(addon) as tctx:
+            # mitmproxy's proxy server addon owns this option; it is not loaded here
+            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")
+            tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES, stream_large_bodies="1m")
+            f = flow()
+            del f.request.headers["content-length"]  # chunked: the length is not known in requestheaders
+            await addon.requestheaders(f)
+            assert "session_ids" in f.metadata and b"session_id" not in f.request.content
+            await addon.request(f)  # mitmproxy buffered it after all: the body rule applies now
+            return f
+
+    f = run(main())
+    assert "session_id" in json.loads(f.request.content)
