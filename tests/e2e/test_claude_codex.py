@@ -47,7 +47,9 @@ def test_claude_code_sessions(claude, proxy, dirs):
     first = proxy.requests()[0]
     assert first["session_ids"]["session"]["agent"] == "claude"
     assert "x-claude-code-session-id" in first["session_ids"]["session"]["source"]
-    assert proxy.requests()[1]["session_ids"]["session"]["file"] == str(files[ids[0]])
+    # by the time `-c` runs, the continued session's file exists, and each request names it
+    continued = [r for r in proxy.requests() if r["api"] == "anthropic-messages"][4:]
+    assert all(r["session_ids"]["session"]["file"] == str(files[ids[2]]) for r in continued)
 
 
 def test_claude_code_named_session_uses_its_title(claude, proxy, dirs):
