@@ -225,22 +225,21 @@ class SessionIds:
     # -- connections ---------------------------------------------------------------------------
 
     def client_connected(self, client) -> None:
-        if not self.rules.rules:
-            return
-        # Once per connection, off the event loop; requests on it await the result.
-        self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
-            None, process.lookup, client.peername, client.sockname
-        )
+        if self.rules.rules:
+            self._start_lookup(client)
 
     def client_disconnected(self, client) -> None:
         self._lookups.pop(client.id, None)
 
+    def _start_lookup(self, client) -> asyncio.Future:
+        # Once per connection, off the event loop; requests on it await the result.
+        future = self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
+            None, process.lookup, client.peername, client.sockname
+        )
+        return future
+
     async def _process_of(self, client) -> Process | None:
-        future = self._lookups.get(client.id)
-        if future is None:
-            future = self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
-                None, process.lookup, client.peername, client.sockname
-            )
+        future = self._lookups.get(client.id) or self._start_lookup(client)
         try:
             if future.done():
                 return future.result()  # the usual case: looked up when the client connected
