@@ -266,9 +266,9 @@ class SessionIds:
         if display.METADATA_KEY in flow.metadata and (flow.request.stream or flow.request.raw_content is None):
             return  # streamed: done in requestheaders, and the body has gone
         # (a body that could have streamed but did not is handled again here, for body rules)
-        await self._handle(flow, streamed=False)
+        await self._handle(flow, streamed=False, again=display.METADATA_KEY in flow.metadata)
 
-    async def _handle(self, flow: http.HTTPFlow, streamed: bool) -> None:
+    async def _handle(self, flow: http.HTTPFlow, streamed: bool, again: bool = False) -> None:
         # Never raise: an exception here would also skip every script loaded after this one.
         try:
             rules = self.rules.matching(flow)
@@ -276,9 +276,9 @@ class SessionIds:
             self._warn_once(f"match-{type(e).__name__}", f"rule matching failed: {e!r}; request passed on unchanged")
             return
         if rules:
-            await self._rewrite(flow, rules, streamed)
+            await self._rewrite(flow, rules, streamed, again)
 
-    async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool) -> None:
+    async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool, again: bool = False) -> None:
         try:
             proc = await self._process_of(flow.client_conn)
             body_text = None
@@ -310,6 +310,8 @@ class SessionIds:
                     RESOLVE_TIMEOUT_S,
                 )
             self._remember_process(flow.client_conn.id, proc)
+            if not again:
+                self._count(session, proc)
             self._apply(flow, rules, session, proc, body_text, body_problem, members)
             if self.resolver.dirty and not self._save_pending:
                 # batch state writes: at most one a second, off the request path
@@ -326,7 +328,6 @@ class SessionIds:
 
     def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None) -> None:
         fields = session.fields(privacy=ctx.options.session_privacy)
-        self._count(session, proc)
         changes: list[dict] = []
         skipped: list[str] = []
         new_body = body_text
