@@ -161,13 +161,7 @@ def client_version(argv: list[str], env: Mapping[str, str] | None = None, timeou
 # --------------------------------------------------------------------------- environment
 
 
-def _apply(env: dict[str, str], extra: Mapping[str, str | None] | None) -> dict[str, str]:
-    for key, value in (extra or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+_apply = harness.apply_env
 
 
 def claude_config_dir(home: str | os.PathLike) -> Path:

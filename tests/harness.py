@@ -462,12 +462,23 @@ def agent_env(
         }
     )
     env.update(FAKE_KEYS)
+    return apply_env(env, extra)
+
+
+def apply_env(env: dict[str, str], extra: Mapping[str, str | None] | None) -> dict[str, str]:
+    """``extra`` applied to ``env`` (a None value deletes the variable)."""
     for key, value in (extra or {}).items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
     return env
+
+
+def assert_ran(result: subprocess.CompletedProcess, proxy: "Mitmdump") -> None:
+    """An agent run ended well, and nothing tried to reach the network through the proxy."""
+    assert result.returncode == 0, (result.stdout, result.stderr, proxy.output()[-3000:])
+    assert not proxy.blocked_connects()
 
 
 def pi_agent_dir(home: str | os.PathLike) -> Path:

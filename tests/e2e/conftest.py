@@ -80,3 +80,11 @@ def dirs(tmp_path):
     home.mkdir()
     work.mkdir()
     return home, work
+
+
+@pytest.fixture
+def addon_proxy():
+    """A real mitmdump with the addon and the gateway stand-in."""
+    addon = Path(__file__).resolve().parents[2] / "addon" / "session_ids.py"
+    with harness.Mitmdump(scripts=[addon, harness.STANDIN_SCRIPT]) as p:
+        yield p

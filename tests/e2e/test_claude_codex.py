@@ -4,28 +4,21 @@ addon, with the gateway stand-in recording what arrived at OpenRouter."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import agent_clients as ac
 import harness
-from harness import Mitmdump, header
+from harness import header
 
 pytestmark = pytest.mark.e2e
 
-ADDON = str(Path(__file__).resolve().parents[2] / "addon" / "session_ids.py")
-
-
 @pytest.fixture
-def proxy():
-    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
-        yield p
+def proxy(addon_proxy):
+    return addon_proxy
 
 
-def _ok(result, proxy):
-    assert result.returncode == 0, (result.stdout, result.stderr, proxy.output()[-3000:])
-    assert not proxy.blocked_connects()
+_ok = harness.assert_ran
 
 
 def sent(proxy, api) -> list[str]:
