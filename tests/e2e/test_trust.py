@@ -1007,12 +1007,11 @@ def test_a_process_of_another_user_gets_the_fallback_never_its_session(proxy):
     python = _python_for_nobody()
     if python is None:
         pytest.skip("no Python that user nobody can run")
-    if subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
-                       f"open({FAKE_AGENT!r}).read()"], capture_output=True).returncode != 0:
-        pytest.skip("user nobody cannot read tests/fake_agent.py here")
     root = Path(tempfile.mkdtemp(prefix="trust-nobody-"))
     try:
         root.chmod(0o755)
+        # a copy nobody can read, wherever the checkout is (a fresh clone may sit in a 0700 folder)
+        agent = shutil.copy(FAKE_AGENT, root / "fake_agent.py")
         home, cwd = root / "home", root / "work"
         cwd.mkdir()
         sid, path = make_session(home, cwd, "nobody's session", 1)
@@ -1020,7 +1019,7 @@ def test_a_process_of_another_user_gets_the_fallback_never_its_session(proxy):
             os.chown(p, 65534, 65534)
         cfg = {"proxy": proxy.proxy_url, "tag": "nobody", "first_user": "nobody's session", "n_assistant": 1,
                "requests": 2, "targets": ["http://openrouter.ai/api/v1/chat/completions"]}
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, FAKE_AGENT,
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent),
                             json.dumps(cfg)], cwd=cwd, env=agent_env(home), capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, (r.stdout, r.stderr)
