@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,13 +28,86 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "rules" / "rules.schema.json").read_text())
 
 
-def test_privacy_mode_sends_a_hash_instead_of_the_name():
-    s = Session("019dbbc7-c8c5-748c-8710-3fdf6fefc083", "secret-project-6fefc083", "t", "pi", "x",
-                name="Secret Project")
-    plain, private = s.fields(), s.fields(privacy=True)
-    assert plain["session.label"] == "secret-project-6fefc083"
-    assert "secret" not in private["session.label"] and private["session.label"].endswith("-6fefc083")
-    assert private["session.name"] != "Secret Project" and private["session.name"] == s.fields(True)["session.name"]
+SECRET_SID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
+SECRET_RULES = """\
+rules:
+  - name: secret
+    match: {host: openrouter.ai, path: ^/api/v1/chat/completions$, method: POST}
+    set:
+      - body: session_id
+        value: "{session.label}"
+      - header: x-session-name
+        value: "{session.name}"
+"""
+
+
+def _named_pi_session(home: Path, cwd: Path) -> None:
+    """A pi session of `cwd` named "Secret Project", whose first user turn is "fix the login bug"."""
+    folder = home / ".pi" / "agent" / "sessions" / ("--" + str(cwd).lstrip("/").replace("/", "-") + "--")
+    folder.mkdir(parents=True)
+    lines = [
+        {"type": "session", "version": 3, "id": SECRET_SID, "timestamp": "2026-05-06T12:00:00.000Z", "cwd": str(cwd)},
+        {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": "fix the login bug"}]}},
+        {"type": "message", "message": {"role": "assistant", "content": [], "stopReason": "stop"}},
+        {"type": "session_info", "name": "Secret Project"},
+    ]
+    (folder / f"2026-05-06T12-00-00-000Z_{SECRET_SID}.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_privacy_mode_sends_a_hash_instead_of_the_name(tmp_path):
+    """A named pi session, resolved by the real addon from a real client process, sent once
+    without and once with the session_privacy option."""
+    home, cwd, rules = tmp_path / "home", tmp_path / "proj", tmp_path / "rules"
+    cwd.mkdir()
+    rules.mkdir()
+    (rules / "secret.yaml").write_text(SECRET_RULES)
+    _named_pi_session(home, cwd)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    # a client that looks like pi to the addon: named "pi", in `cwd`, with this HOME
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ctypes,socket,sys,time; ctypes.CDLL(None).prctl(15, b'pi', 0, 0, 0); "
+         "s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); print('ok', flush=True); time.sleep(60)",
+         str(server.getsockname()[1])],
+        cwd=cwd, env={**os.environ, "HOME": str(home)}, stdout=subprocess.PIPE)
+    try:
+        conn, peer = server.accept()
+        assert child.stdout.readline().strip() == b"ok"
+        body = json.dumps({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "fix the login bug"}]},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": [{"type": "text", "text": "go on"}]},
+        ]}).encode()
+
+        def send(privacy: bool, confdir: Path):
+            async def main():
+                addon = SessionIds()
+                with taddons.context(addon) as tctx:
+                    tctx.configure(addon, confdir=str(confdir), session_rules=str(rules), session_privacy=privacy)
+                    f = flow(body=body)
+                    f.client_conn.peername, f.client_conn.sockname = peer, conn.getsockname()
+                    await addon.request(f)
+                    return f
+
+            f = run(main())
+            assert f.metadata["session_ids"]["session"]["id"] == SECRET_SID, f.comment  # the named session
+            return json.loads(f.request.content)["session_id"], f.request.headers["x-session-name"], f
+
+        plain_label, plain_name, _ = send(False, tmp_path / "c1")
+        assert (plain_label, plain_name) == ("secret-project-6fefc083", "Secret Project")
+        label, name, f = send(True, tmp_path / "c2")
+        again_label, again_name, _ = send(True, tmp_path / "c3")
+    finally:
+        child.kill()
+        child.wait()
+        server.close()
+    sent = f.request.content + bytes(f.request.headers)
+    assert b"secret" not in sent.lower() and b"Secret" not in sent
+    assert re.fullmatch(r"n[0-9a-f]{8}", name) and label == f"{name}-6fefc083"  # README: n<hash>-<8 chars>
+    assert (again_label, again_name) == (label, name)  # stable: the same session keeps its hash
 
 
 def test_commands_list_sessions_explain_flows_and_check_folders(tmp_path):
