@@ -1,6 +1,6 @@
 """A corpus of odd requests, and raw clients that send them byte for byte through a proxy.
 
-Plain functions, stdlib plus what mitmproxy itself depends on (h2, brotli, zstandard), so the
+Plain functions, stdlib plus mitmproxy itself (h2 and its br/zstd codecs), so the
 trust tests can import it without extra packages.
 
     raw = build_h1("POST", "/api/v1/chat/completions", "openrouter.ai", headers, body)
@@ -41,14 +41,11 @@ def encode(body: bytes, encoding: str | None) -> bytes:
         return gzip.compress(body, mtime=0)
     if encoding == "deflate":
         return zlib.compress(body)
-    if encoding == "br":
-        import brotli
+    if encoding in ("br", "zstd"):
+        # mitmproxy's own codecs: its zstd library differs between releases (zstandard, backports.zstd)
+        from mitmproxy.net import encoding as codecs
 
-        return brotli.compress(body)
-    if encoding == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor().compress(body)
+        return codecs.encode(body, encoding)
     raise ValueError(encoding)
 
 
@@ -62,14 +59,10 @@ def decode(body: bytes, encoding: str | None) -> bytes:
             return zlib.decompress(body)
         except zlib.error:
             return zlib.decompress(body, -15)
-    if encoding == "br":
-        import brotli
+    if encoding in ("br", "zstd"):
+        from mitmproxy.net import encoding as codecs
 
-        return brotli.decompress(body)
-    if encoding == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        return codecs.decode(body, encoding)
     raise ValueError(encoding)
 
 

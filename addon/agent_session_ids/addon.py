@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.utils import human
@@ -26,16 +25,17 @@ from .resolution.stores import Stores
 from .resolution.model import Process, Session
 from .resolution.resolver import Resolver
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
-from .rules import Rule, RuleError, load_rules_dir, rules_signature
+from .rules import Rule, RuleError, default_rules_dir, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
 
-DEFAULT_RULES = str(Path(__file__).resolve().parent.parent.parent / "rules")
+DEFAULT_RULES = default_rules_dir()
 LOOKUP_TIMEOUT_S = 0.5
 RESOLVE_TIMEOUT_S = 0.5
 PRUNE_EVERY_S = 60.0
 RULES_POLL_S = 1.0
 STATE_SAVE_DELAY_S = 1.0
+STATE_LOAD_WAIT_S = 5.0
 MAX_LIVE_SESSIONS = 1000
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
@@ -125,7 +125,11 @@ class SessionIds:
             )
             if path != self._state_path:
                 self._state_path = path
-                self._worker.submit(self._load_state, path).result()
+                loading = self._worker.submit(self._locked, self._load_state, path)
+                try:
+                    loading.result(timeout=STATE_LOAD_WAIT_S)
+                except TimeoutError:  # a slow disk: requests resolve meanwhile, bindings join when read
+                    self._warn_once("state-slow", f"reading the session state {path} goes on in the background")
 
     def running(self) -> None:
         self._running = True
@@ -446,9 +450,18 @@ class SessionIds:
             self._catching_up = False
 
     def _load_state(self, path: str) -> None:
-        state.remove_stale_temp_files(path)
-        self.resolver.load_state(state.load(path))
-        self.resolver.prune([k for k in list(self.resolver.pending) if process.alive(k)], time.time())
+        """Load the saved bindings. A state file that cannot be used never stops the proxy: it is
+        set aside (kept as <file>.bad), said once, and a fresh one replaces it."""
+        try:
+            state.remove_stale_temp_files(path)
+            self.resolver.load_state(state.load(path))
+            self.resolver.prune([k for k in list(self.resolver.pending) if process.alive(k)], time.time())
+        except Exception as e:  # noqa: BLE001 - StateError, or anything a damaged file provokes
+            self.resolver = Resolver()
+            aside = state.set_aside(path)
+            kept = f"; it was kept as {aside}" if aside else ""
+            self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
+                                          f"starting with an empty state{kept}")
 
     def _save_state(self) -> None:
         self._save_pending = False

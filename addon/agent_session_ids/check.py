@@ -7,13 +7,10 @@ Prints `ok: ...` and exits 0, or prints `file:line: what is wrong; how to fix it
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .matching import RuleSet
-from .rules import RuleError, load_rules_dir
-
-DEFAULT_RULES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "rules")
+from .rules import RuleError, default_rules_dir, load_rules_dir
 
 
 def check_folder(path: str) -> tuple[bool, str]:
@@ -30,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) > 1 or (args and args[0] in ("-h", "--help")):
         print(__doc__.strip())
         return 2
-    ok, message = check_folder(args[0] if args else DEFAULT_RULES)
+    ok, message = check_folder(args[0] if args else default_rules_dir())
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

@@ -350,6 +350,17 @@ def rules_signature(path: str | os.PathLike[str]) -> tuple:
     return tuple(out)
 
 
+def default_rules_dir() -> str:
+    """The shipped rules: the checkout's rules/ folder when running from a checkout (so edits show
+    at once), else the copy installed with the package (a wheel, pipx, uv tool)."""
+    checkout = Path(__file__).resolve().parent.parent.parent / "rules"
+    if (checkout / "rules.schema.json").is_file():
+        return str(checkout)
+    from importlib import resources
+
+    return str(resources.files("agent_session_ids") / "shipped_rules")
+
+
 def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
     """Load every *.yaml / *.yml file of a folder, in name order. Raises RuleError."""
     folder = Path(path).expanduser()

@@ -117,7 +117,9 @@ def test_state_file_is_atomic_and_private(tmp_path):
     assert state.load(path)["bound"] == {"a": ["b", "c", 1.0]}
     assert os.listdir(tmp_path / "sub") == ["state.json"]
     (tmp_path / "garbage.json").write_text("{half")
-    assert state.load(str(tmp_path / "garbage.json")) == {}
+    with pytest.raises(state.StateError):
+        state.load(str(tmp_path / "garbage.json"))
+    assert state.load(str(tmp_path / "missing.json")) == {}
 
 
 @pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])

@@ -5,6 +5,7 @@ dotted paths, hostile values), and the store and state adapters against hostile 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import stat
@@ -255,9 +256,32 @@ def test_state_is_written_atomically_with_mode_0600(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["state.json"]
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[1,2]", b"\xff\xfe", b'{"version": 1, "bound": 5}', b"null"])
-def test_a_damaged_state_file_loads_as_empty(tmp_path, content):
-    path = tmp_path / "state.json"
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"[1,2]", b"\xff\xfe", b"null", b'{"version": 2}',
+    b'{"version": 1, "bound": 5}', b'{"version": 1, "pending": [1]}',
+    b'{"version": 1, "bound": {"pi:x": 5}, "pending": {"k": [1, 2]}}',
+])
+def test_a_damaged_state_file_never_stops_the_addon(tmp_path, content, caplog):
+    """The addon itself loads the state (not only state.load): it starts, says why once, keeps
+    the bad file aside, and resolves requests."""
+    from mitmproxy.test import taddons
+
+    from agent_session_ids.addon import DEFAULT_RULES, SessionIds
+
+    folder = tmp_path / "agent-session-ids"
+    folder.mkdir()
+    path = folder / "state.json"
     path.write_bytes(content)
-    data = state.load(str(path))
-    assert isinstance(data, dict)
+    addon = SessionIds()
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES)
+        assert addon.resolver.bound == {} and addon.resolver.pending == {}
+        session = addon.resolver.fallback("x", None, "conn", "test")
+        assert session.id.startswith("connection-")
+    usable = content.startswith(b'{"version": 1, "bound": {')  # well-formed file, bad entries: dropped one by one
+    warnings = [r.getMessage() for r in caplog.records if "state file" in r.getMessage()]
+    if usable:
+        assert warnings == [] and path.exists()
+    else:
+        assert len(warnings) == 1 and str(path) in warnings[0], warnings
+        assert not path.exists() and (folder / "state.json.bad").read_bytes() == content

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,9 @@ INDEX_WAIT_S = 0.3  # a request that continues a session waits this long at most
 INDEX_STEP_S = 0.01  # otherwise, indexing goes on in steps this long, between requests
 TAIL_BUDGET = 4 << 20  # bytes of a file's tail read per request; the rest is read between requests
 NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for its latest name
+WAIT_RECHECK_S = 1.0  # a folder's files that had no user turn yet are looked at again at most this often
+WAIT_RECHECK_FILES = 16  # ... and only the newest of them (a session being written is a new one)
+MAX_FOLDERS = 512  # folders kept in memory; the least recently used is forgotten first
 
 
 @dataclass
@@ -63,7 +67,9 @@ class _DirState:
     by_id: dict[str, str] = field(default_factory=dict)  # session id -> path
     by_first_user: dict[str, set[str]] = field(default_factory=dict)  # fingerprint -> paths
     incomplete: set[str] = field(default_factory=set)  # paths whose head is not complete yet
-    order: list[str] = field(default_factory=list)  # the incomplete ones, newest first
+    order: list[str] = field(default_factory=list)  # incomplete ones not read yet, newest first
+    waiting: list[str] = field(default_factory=list)  # read, but no user turn yet (header-only), newest first
+    waiting_checked: float = 0.0  # monotonic time of the last look at `waiting`
 
 
 def _parse_time(value: object) -> float | None:
@@ -174,7 +180,7 @@ class JsonlStore:
     """Session folders of JSONL files, one file per session, read as a RecordFormat says."""
 
     def __init__(self) -> None:
-        self._dirs: dict[str, _DirState] = {}
+        self._dirs: OrderedDict[str, _DirState] = OrderedDict()  # least recently used first
         self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
         self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
 
@@ -200,11 +206,14 @@ class JsonlStore:
         first_users = list(first_users)
         if d.incomplete:
             missing = {fp for fp in first_users if fp not in d.by_first_user}
-            # a continued session's file may be any file: look for it (newest first) a while;
-            # a new session's file is among the newest, which the first step reads
-            self._index(d, fmt, missing, INDEX_WAIT_S if missing and not fresh else INDEX_STEP_S)
-            if d.incomplete:
-                self._unindexed[folder] = (d, fmt)
+            if d.order:
+                # a continued session's file may be any file: look for it (newest first) a while;
+                # a new session's file is among the newest, which the first step reads
+                self._index(d, fmt, missing, INDEX_WAIT_S if missing and not fresh else INDEX_STEP_S)
+                if d.order:
+                    self._unindexed[folder] = (d, fmt)
+            if missing and d.waiting:
+                self._recheck_waiting(d, fmt)
         wanted: dict[str, bool] = {}  # path -> filter on cwd?
         for fp in first_users:
             for path in d.by_first_user.get(fp, ()):
@@ -232,14 +241,18 @@ class JsonlStore:
         try:
             st = os.stat(folder)
         except OSError:
-            self._dirs.pop(folder, None)
+            self._drop_folder(folder)
             return None
         if not stat.S_ISDIR(st.st_mode):
-            self._dirs.pop(folder, None)
+            self._drop_folder(folder)
             return None
         d = self._dirs.get(folder)
         if d is None:
             d = self._dirs[folder] = _DirState()
+            while len(self._dirs) > MAX_FOLDERS:
+                self._drop_folder(next(iter(self._dirs)))
+        else:
+            self._dirs.move_to_end(folder)
         if st.st_mtime_ns != d.mtime_ns:
             d.mtime_ns = st.st_mtime_ns
             entries = {}
@@ -254,22 +267,24 @@ class JsonlStore:
                 pass
             for path in [p for p in d.files if p not in entries]:
                 self._forget(d, path)
-            for path in entries.keys() - d.files.keys():
+            new = entries.keys() - d.files.keys()
+            for path in new:
                 f = d.files[path] = _FileState(path, id_from_name(path), mtime=entries[path])
                 d.by_id[f.id] = path
                 d.incomplete.add(path)
-            d.order = sorted(d.incomplete, key=lambda p: d.files[p].mtime, reverse=True)
+            if new:
+                d.order = sorted(set(d.order) | new, key=lambda p: d.files[p].mtime, reverse=True)
         return d
 
     def _index(self, d: _DirState, fmt: RecordFormat, until: set[str], budget_s: float) -> None:
         """Read heads of not yet indexed files, newest first, for at most budget_s, or until the
         first user turns in `until` are all found."""
         deadline = time.monotonic() + budget_s
-        still = []
+        done = len(d.order)
         for i, path in enumerate(d.order):
             # at least one file per call, so that steps always make progress
             if i and (time.monotonic() > deadline or (until and all(fp in d.by_first_user for fp in until))):
-                still.extend(d.order[i:])
+                done = i
                 break
             f = d.files.get(path)
             if f is None or path not in d.incomplete:
@@ -277,15 +292,53 @@ class JsonlStore:
             if not self._read_head(f, fmt):
                 self._forget(d, path)
                 continue
-            if f.header_id and f.header_id != f.id:
-                d.by_id.setdefault(f.header_id, path)
-            if f.head_done:
-                d.incomplete.discard(path)
-                if f.first_user:
-                    d.by_first_user.setdefault(f.first_user, set()).add(path)
-            else:
-                still.append(path)  # no user turn yet: look again when it grows
-        d.order = still
+            if not self._head_read(d, f):
+                # no user turn yet (a header-only file): out of the queue, so that the background
+                # work ends; _recheck_waiting looks at it again when a request needs it
+                d.waiting.append(path)
+        # every file leaves `order` once read: the queue only shrinks
+        d.order = d.order[done:]
+
+    @staticmethod
+    def _head_read(d: _DirState, f: _FileState) -> bool:
+        """Index what a head read found; True if the head is complete."""
+        if f.header_id and f.header_id != f.id:
+            d.by_id.setdefault(f.header_id, f.path)
+        if not f.head_done:
+            return False
+        d.incomplete.discard(f.path)
+        if f.first_user:
+            d.by_first_user.setdefault(f.first_user, set()).add(f.path)
+        return True
+
+    def _recheck_waiting(self, d: _DirState, fmt: RecordFormat) -> None:
+        """Read again the newest header-only files that grew since (Codex writes its header first,
+        the user turn later). Bounded: a few files, at most once a second per folder."""
+        now = time.monotonic()
+        if now - d.waiting_checked < WAIT_RECHECK_S:
+            return
+        d.waiting_checked = now
+        kept = []
+        for i, path in enumerate(d.waiting):
+            f = d.files.get(path)
+            if f is None or path not in d.incomplete:
+                continue
+            if i < WAIT_RECHECK_FILES:
+                if not self._read_head(f, fmt):
+                    self._forget(d, path)
+                    continue
+                if self._head_read(d, f):
+                    continue
+            kept.append(path)
+        d.waiting = kept
+
+    def _drop_folder(self, folder: str) -> None:
+        d = self._dirs.pop(folder, None)
+        if d is None:
+            return
+        self._unindexed.pop(folder, None)
+        for path in d.files:
+            self._behind.pop(path, None)
 
     @staticmethod
     def _forget(d: _DirState, path: str) -> None:

@@ -336,13 +336,14 @@ class Resolver:
         """Load exported state; entries of the wrong shape are dropped one by one."""
         if not isinstance(data, dict) or data.get("version") != 1:
             return
-        for k, v in (data.get("bound") or {}).items():
+        bound, pending = data.get("bound"), data.get("pending")
+        for k, v in (bound.items() if isinstance(bound, dict) else ()):
             try:
                 sid, trace, seen = v
                 self.bound[str(k)] = Bound(str(sid), str(trace), float(seen))
             except (TypeError, ValueError):
                 continue
-        for k, v in (data.get("pending") or {}).items():
+        for k, v in (pending.items() if isinstance(pending, dict) else ()):
             try:
                 sid, trace, first_user, since, agent, started_at, cwd, ended = v
                 if not isinstance(first_user, str):

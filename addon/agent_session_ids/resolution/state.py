@@ -8,14 +8,41 @@ import tempfile
 import time
 
 
+class StateError(ValueError):
+    """The state file exists but cannot be used (truncated, another version, the wrong shape)."""
+
+
 def load(path: str) -> dict:
-    """The saved state, or {} if there is none or it cannot be read."""
+    """The saved state; {} if there is none. Raises StateError if there is one that is unusable."""
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read(64 << 20))
-    except (OSError, ValueError):
+            raw = f.read(64 << 20)
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except OSError as e:
+        raise StateError(f"cannot read it: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise StateError("it is not JSON (truncated?)") from None
+    if not isinstance(data, dict):
+        raise StateError(f"it holds a JSON {type(data).__name__}, not an object")
+    if data.get("version") != 1:
+        raise StateError(f"it is of version {data.get('version')!r}; this release reads version 1")
+    for part in ("bound", "pending"):
+        if not isinstance(data.get(part, {}), dict):
+            raise StateError(f"its '{part}' is a {type(data[part]).__name__}, not an object")
+    return data
+
+
+def set_aside(path: str) -> str | None:
+    """Move an unusable state file out of the way (kept for a look), so a fresh one replaces it."""
+    aside = f"{path}.bad"
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return None
+    return aside
 
 
 def remove_stale_temp_files(path: str, older_than_s: float = 60.0) -> None:

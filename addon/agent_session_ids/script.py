@@ -1,0 +1,8 @@
+"""The addon as a mitmproxy script file of the installed package: `mitmdump -s <this file>`.
+
+`agent-session-ids` (run.py) passes it for you; from a checkout, `addon/session_ids.py` is the same.
+"""
+
+from agent_session_ids.addon import SessionIds
+
+addons = [SessionIds()]
