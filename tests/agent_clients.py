@@ -41,8 +41,44 @@ from typing import Mapping
 import harness
 from harness import Mitmdump, agent_env, npm_install, node_path
 
-CLAUDE_PACKAGE = ("@anthropic-ai/claude-code", "2.1.197")
-CODEX_PACKAGE = ("@openai/codex", "0.169.0")
+CLAUDE_NAME = "@anthropic-ai/claude-code"
+CODEX_NAME = "@openai/codex"
+#: Every version under test, oldest first. The e2e fixtures ``claude`` and ``codex`` are
+#: parametrised over these; the newest is last (``CLAUDE_NEWEST``, ``CODEX_NEWEST``).
+CLAUDE_VERSIONS = ("2.1.197", "2.1.332")
+CODEX_VERSIONS = ("0.169.0", "0.171.0")
+CLAUDE_NEWEST = CLAUDE_VERSIONS[-1]
+CODEX_NEWEST = CODEX_VERSIONS[-1]
+#: The version used when none is given and none was selected with ``use_claude``/``use_codex``.
+CLAUDE_PACKAGE = (CLAUDE_NAME, CLAUDE_VERSIONS[0])
+CODEX_PACKAGE = (CODEX_NAME, CODEX_VERSIONS[0])
+
+_selected: dict[str, str] = {"claude": CLAUDE_PACKAGE[1], "codex": CODEX_PACKAGE[1]}
+
+
+def use_claude(version: str) -> str:
+    """Make ``version`` the Claude Code that ``claude_command``, ``run_claude`` ... run when
+    no version is passed; returns the previous one (for a fixture to restore)."""
+    if version not in CLAUDE_VERSIONS:
+        raise ValueError(f"unknown Claude Code version {version!r}; known: {CLAUDE_VERSIONS}")
+    previous, _selected["claude"] = _selected["claude"], version
+    return previous
+
+
+def use_codex(version: str) -> str:
+    """Like ``use_claude``, for Codex CLI."""
+    if version not in CODEX_VERSIONS:
+        raise ValueError(f"unknown Codex version {version!r}; known: {CODEX_VERSIONS}")
+    previous, _selected["codex"] = _selected["codex"], version
+    return previous
+
+
+def selected_claude() -> str:
+    return _selected["claude"]
+
+
+def selected_codex() -> str:
+    return _selected["codex"]
 
 #: The gateway the clients are pointed at (the stand-in answers it).
 CLAUDE_BASE_URL = "https://openrouter.ai/api"  # Claude appends /v1/messages
@@ -71,58 +107,60 @@ CODEX_EXEC_FLAGS = ["--skip-git-repo-check", "--dangerously-bypass-approvals-and
 # --------------------------------------------------------------------------- install
 
 
-def claude_prefix() -> Path:
-    """Install Claude Code into the npm cache (once); return the install prefix."""
-    return npm_install(*CLAUDE_PACKAGE)
+def claude_prefix(version: str | None = None) -> Path:
+    """Install Claude Code ``version`` (default: the selected one) into the npm cache (once);
+    return the install prefix."""
+    return npm_install(CLAUDE_NAME, version or _selected["claude"])
 
 
-def codex_prefix() -> Path:
-    """Install Codex CLI into the npm cache (once); return the install prefix."""
-    return npm_install(*CODEX_PACKAGE)
+def codex_prefix(version: str | None = None) -> Path:
+    """Install Codex CLI ``version`` (default: the selected one) into the npm cache (once);
+    return the install prefix."""
+    return npm_install(CODEX_NAME, version or _selected["codex"])
 
 
-def claude_binary() -> Path:
+def claude_binary(version: str | None = None) -> Path:
     """``node_modules/.bin/claude``: npm's link to the native ``bin/claude.exe``.
 
     Run through this link, the process's ``comm`` is ``claude`` (as for a global npm install);
     its ``/proc/<pid>/exe`` is ``.../claude-code/bin/claude.exe``.
     """
-    path = claude_prefix() / "node_modules" / ".bin" / "claude"
+    path = claude_prefix(version) / "node_modules" / ".bin" / "claude"
     if not path.exists():
         raise RuntimeError(f"Claude Code has no {path}")
     return path
 
 
-def codex_js() -> Path:
+def codex_js(version: str | None = None) -> Path:
     """The npm package's Node launcher ``@openai/codex/bin/codex.js``."""
-    path = codex_prefix() / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
+    path = codex_prefix(version) / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
     if not path.exists():
         raise RuntimeError(f"Codex has no {path}")
     return path
 
 
-def codex_binary() -> Path:
+def codex_binary(version: str | None = None) -> Path:
     """The native Codex binary (from the ``@openai/codex-linux-x64`` optional dependency)."""
-    base = codex_prefix() / "node_modules" / "@openai"
+    base = codex_prefix(version) / "node_modules" / "@openai"
     found = sorted(base.glob("codex-*/vendor/*/bin/codex"))
     if not found:
         raise RuntimeError(f"no native codex binary under {base}")
     return found[0]
 
 
-def claude_command() -> list[str]:
+def claude_command(version: str | None = None) -> list[str]:
     """argv prefix that runs Claude Code (the native binary; no Node involved)."""
-    return [str(claude_binary())]
+    return [str(claude_binary(version))]
 
 
-def codex_command() -> list[str]:
+def codex_command(version: str | None = None) -> list[str]:
     """argv prefix that runs Codex as npm installs it: ``node codex.js``.
 
     With Node >= 22.15 (the wheel's Node 24) the launcher ``execve``s the native binary in
     the SAME process, so the process that owns the socket has ``comm`` ``codex`` and its exe is
     the native binary; its parent is whoever started ``node``.
     """
-    return [node_path(), str(codex_js())]
+    return [node_path(), str(codex_js(version))]
 
 
 def codex_exec_command(
@@ -130,13 +168,14 @@ def codex_exec_command(
     *,
     resume: str | None = None,
     flags: list[str] | tuple[str, ...] = (),
+    version: str | None = None,
 ) -> list[str]:
     """Full argv of ``codex exec [resume <id>|--last] <CODEX_EXEC_FLAGS> <flags> <prompt>``.
 
     ``resume``: None for a new session, ``"--last"`` for ``codex exec resume --last`` (the newest
     session of the cwd), or a session uuid.
     """
-    argv = codex_command() + ["exec"]
+    argv = codex_command(version) + ["exec"]
     if resume is not None:
         argv += ["resume"] + (["--last"] if resume == "--last" else [])
     argv += CODEX_EXEC_FLAGS + list(flags)

@@ -37,6 +37,7 @@ STANDIN_SCRIPT = HERE / "gateway_standin.py"
 PI_VERSIONS: dict[str, tuple[str, str]] = {
     "0.73.1": ("@mariozechner/pi-coding-agent", "0.73.1"),
     "0.87.1": ("@earendil-works/pi-coding-agent", "0.87.1"),
+    "1.6.0": ("@earendil-works/pi-coding-agent", "1.6.0"),  # the newest (installs with Node 24's npm)
 }
 
 FAKE_KEYS = {
@@ -159,7 +160,7 @@ def pi_entry(version_key: str) -> Path:
 
 
 def pi_command(version_key: str) -> list[str]:
-    """argv prefix that runs pi ``version_key`` ("0.73.1" or "0.87.1") with the wheel's Node 24."""
+    """argv prefix that runs pi ``version_key`` (a key of PI_VERSIONS) with the wheel's Node 24."""
     return [node_path(), str(pi_entry(version_key))]
 
 
