@@ -627,3 +627,28 @@ def omp_session_id(path: str | os.PathLike) -> str:
     if not match:
         raise ValueError(f"no uuid in {path}")
     return match.group(0)
+
+
+# --------------------------------------------------------------------------- as another user
+
+
+def claude_command_for_other_user(version: str | None = None) -> list[str]:
+    """Like ``claude_command``, from a copy of the install that another user can read."""
+    prefix = claude_prefix(version)
+    link = claude_binary(version)  # node_modules/.bin/claude: a relative link, kept in the copy
+    return [str(harness.readable_copy(prefix) / link.relative_to(prefix))]
+
+
+def codex_command_for_other_user(version: str | None = None) -> list[str]:
+    """Like ``codex_command``, with a Node and a Codex that another user can read."""
+    prefix = codex_prefix(version)
+    js = codex_js(version)
+    return [harness.readable_node(), str(harness.readable_copy(prefix) / js.relative_to(prefix))]
+
+
+def codex_exec_command_for_other_user(prompt: str | None = None, *, resume: str | None = None,
+                                      flags=(), version: str | None = None) -> list[str]:
+    """``codex_exec_command`` with ``codex_command_for_other_user`` as the program."""
+    argv = codex_exec_command(prompt, resume=resume, flags=flags, version=version)
+    n = len(codex_command(version))
+    return codex_command_for_other_user(version) + argv[n:]

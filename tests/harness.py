@@ -568,3 +568,176 @@ def run_pi(
         text=True,
         timeout=timeout,
     )
+
+
+# --------------------------------------------------------------------------- another user
+#
+# A client run as another user is a client whose process the addon cannot read (it reads only
+# processes of its own user), as every client on macOS and Windows, in a container or on another
+# host. Running as another user needs root and ``setpriv`` (util-linux); the client's files must
+# be readable by that user, wherever the checkout and the npm cache are (a 0700 HOME, say).
+
+OTHER_UID = OTHER_GID = 65534  # nobody / nogroup
+
+
+def other_user_unavailable() -> str | None:
+    """Why clients cannot be run as another user here (None: they can)."""
+    if not hasattr(os, "getuid") or os.getuid() != 0:
+        return "needs root to run a client as another user"
+    if shutil.which("setpriv") is None:
+        return "needs setpriv (util-linux) to run a client as another user"
+    return None
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Every folder above ``path`` is searchable by others, and ``path`` itself readable."""
+    try:
+        path = path.resolve()
+        for folder in path.parents:
+            if not folder.stat().st_mode & 0o001:
+                return False
+        return bool(path.stat().st_mode & 0o004)
+    except OSError:
+        return False
+
+
+def _shared_base(near: Path) -> Path:
+    """A folder any user can traverse, for readable copies: on the same filesystem as ``near``
+    when one of the candidates is (so the copy is hard links), else the system temp folder."""
+    candidates = [Path(tempfile.gettempdir()), Path("/var/tmp")]
+    try:
+        dev = near.stat().st_dev
+        candidates.sort(key=lambda c: not (c.is_dir() and c.stat().st_dev == dev))
+    except OSError:
+        pass
+    for candidate in candidates:
+        base = candidate / f"agent-session-ids-shared-{os.getuid()}"
+        try:
+            base.mkdir(mode=0o755, exist_ok=True)
+            st = base.lstat()
+        except OSError:
+            continue
+        if not os.path.islink(base) and st.st_uid == os.getuid():
+            base.chmod(0o755)
+            return base
+    raise RuntimeError("no folder for copies readable by another user")
+
+
+def readable_copy(path: str | os.PathLike) -> Path:
+    """``path`` (a file or a folder) as another user can read and run it: the path itself when it
+    already is, else a copy made once under a world-searchable folder (hard links when on the same
+    filesystem, so it costs no space). Symlinks inside a folder are kept as they are."""
+    path = Path(path).resolve()
+    if _readable_by_others(path):
+        return path
+    base = _shared_base(path)
+    import hashlib
+
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    dest = base / f"{path.name}-{tag}"
+    done = base / f".{dest.name}.complete"
+    if done.exists() and dest.exists():
+        return dest
+    tmp = base / f".{dest.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+        tmp.unlink()
+    linked = subprocess.run(["cp", "-al", str(path), str(tmp)], capture_output=True).returncode == 0
+    if not linked:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if path.is_dir():
+            shutil.copytree(path, tmp, symlinks=True)
+        else:
+            shutil.copy2(path, tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # someone else made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    done.write_text(str(path) + "\n")
+    return dest
+
+
+def readable_node() -> str:
+    """The wheel's Node 24, as another user can run it."""
+    return str(readable_copy(node_path()))
+
+
+def readable_npm_prefix(package: str, version: str) -> Path:
+    """The npm install prefix of ``package@version`` (installed if needed), readable by others."""
+    return readable_copy(npm_install(package, version))
+
+
+def pi_command_for_other_user(version_key: str) -> list[str]:
+    """Like ``pi_command``, with a Node and a pi that another user can read."""
+    package, version = PI_VERSIONS[version_key]
+    prefix = npm_install(package, version)
+    entry = pi_entry(version_key).relative_to(prefix.resolve())
+    return [readable_node(), str(readable_copy(prefix) / entry)]
+
+
+class OtherUser:
+    """Runs clients as another user (uid/gid ``OTHER_UID``) with ``setpriv``, in a folder that
+    user owns: ``root`` (world-searchable), holding a copy of the proxy's CA (``ca_cert``).
+
+        other = OtherUser(proxy)            # skip first if other_user_unavailable()
+        home, work = other.dirs("case1")    # <root>/case1/home, <root>/case1/work
+        env = other.env(agent_env(proxy, home, pi_version=None))
+        result = other.run(pi_command_for_other_user("1.6.0") + [...], env, work)
+
+    Every run first hands the whole ``root`` to that user (files the test wrote in between too).
+    ``cleanup()`` removes it.
+    """
+
+    def __init__(self, proxy: "Mitmdump", root: str | os.PathLike | None = None,
+                 uid: int = OTHER_UID, gid: int = OTHER_GID) -> None:
+        self.uid, self.gid = uid, gid
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="as-other-user-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        self.ca_cert = self.root / "mitmproxy-ca-cert.pem"
+        shutil.copyfile(proxy.ca_cert, self.ca_cert)
+        self.ca_cert.chmod(0o644)
+        self.chown()
+
+    def dirs(self, name: str) -> tuple[Path, Path]:
+        """``<root>/<name>/home`` and ``<root>/<name>/work`` (created)."""
+        home, work = self.root / name / "home", self.root / name / "work"
+        home.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        self.chown()
+        return home, work
+
+    def chown(self, path: str | os.PathLike | None = None) -> None:
+        top = Path(path) if path else self.root
+        os.chown(top, self.uid, self.gid)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                try:
+                    os.chown(os.path.join(dirpath, name), self.uid, self.gid, follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with the proxy's CA replaced by this user's readable copy."""
+        out = dict(env)
+        for key in ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"):
+            if key in out:
+                out[key] = str(self.ca_cert)
+        return out
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--",
+                *argv]
+
+    def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+            timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` as this user to completion (stdin closed unless ``input``)."""
+        self.chown()
+        return subprocess.run(
+            self.argv(list(argv)), env=dict(env), cwd=str(cwd), input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
