@@ -19,10 +19,10 @@ from mitmproxy import flow as mitmflow
 
 from . import check, contentview, display
 from .matching import RuleSet
-from .resolution import agents, process, state
-from .resolution.conversation import Conversation, from_body
-from .resolution.stores import Stores
+from .resolution import agents, process, state, visibility
+from .resolution.conversation import from_body
 from .resolution.model import Process, Session
+from .resolution.pipeline import Evidence, Pipeline, Seen
 from .resolution.resolver import Resolver
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
 from .rules import Rule, RuleError, default_rules_dir, load_rules_dir, rules_signature
@@ -32,7 +32,6 @@ logger = logging.getLogger("agent_session_ids")
 DEFAULT_RULES = default_rules_dir()
 LOOKUP_TIMEOUT_S = 0.5
 RESOLVE_TIMEOUT_S = 0.5
-PRUNE_EVERY_S = 60.0
 RULES_POLL_S = 1.0
 STATE_SAVE_DELAY_S = 1.0
 STATE_LOAD_WAIT_S = 5.0
@@ -55,6 +54,49 @@ def _may_stream(flow: http.HTTPFlow) -> bool:
         return True
 
 
+def _evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -> dict[str, str]:
+    """The request headers the resolution reads (lower-case names), less those this addon set."""
+    names = set(agents.EVIDENCE_HEADERS)
+    names.update(key for r in rules for target, key in r.client_fields if target == "header")
+    out = {}
+    for name in names:
+        value = request_headers.get(name)
+        if value is not None and ours.get(name) != value:
+            out[name] = value
+    return out
+
+
+def _headers_set_before(flow) -> dict[str, str]:
+    """Headers the first pass (requestheaders) set: lower-case name -> value."""
+    out = {}
+    for change in _first_pass_changes(flow):
+        target = change.get("target", "")
+        if target.startswith("header ") and isinstance(change.get("after"), str):
+            out[target[len("header "):].lower()] = change["after"]
+    return out
+
+
+def _first_pass_changes(flow) -> list[dict]:
+    meta = flow.metadata.get(display.METADATA_KEY)
+    return list(meta.get("changes", [])) if isinstance(meta, dict) else []
+
+
+def _client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
+    """The first of a gateway's honoured client fields the request carries, in words."""
+    for target, key in fields:
+        if target == "header":
+            value = headers.get(key)
+            if value and ours.get(key) != value:
+                return f"header {key}"
+        elif body is not None:
+            value: object = body
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value not in (None, ""):
+                return f"body {key}"
+    return None
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost",):
         return True
@@ -67,14 +109,12 @@ def _is_loopback(host: str) -> bool:
 class SessionIds:
     def __init__(self) -> None:
         self.rules = RuleSet([])
-        self.resolver = Resolver()
-        self.stores = Stores()
+        self.pipeline = Pipeline()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")  # owns resolver + store
         self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
         self._warned: set[str] = set()
         self._running = False
         self._state_path: str | None = None
-        self._last_prune = 0.0
         self._catching_up = False
         self._save_pending = False
         self._lock = threading.Lock()  # resolver, stores and state: the worker, or inline when free
@@ -101,6 +141,12 @@ class SessionIds:
             "session ID. Off: only agent sessions are set, whatever the rules say.",
         )
         loader.add_option(
+            "session_store_homes", str, "",
+            "Extra home folders whose agent session stores the proxy may read, separated by ':' "
+            "(an agent's HOME in a container, its store bind-mounted): sessions are then found by "
+            "their id or conversation there too. The proxy user's own stores are always read.",
+        )
+        loader.add_option(
             "session_privacy", bool, False,
             "Send a hash of a session's name instead of its name: labels read <hash>-<8 chars of the ID>, "
             "and {session.name} is the hash.",
@@ -119,6 +165,15 @@ class SessionIds:
                 self.rules = RuleSet([])
                 return
             self._swap_rules(rules, signature)
+        if "session_store_homes" in updated:
+            homes = [h for h in ctx.options.session_store_homes.split(os.pathsep) if h]
+            bad = [h for h in homes if not os.path.isabs(os.path.expanduser(h))]
+            if bad:
+                raise exceptions.OptionsError(
+                    f"session_store_homes: {bad[0]!r} is not an absolute path; give folders such as "
+                    f"/srv/agent-home, separated by '{os.pathsep}'")
+            homes = [os.path.expanduser(h) for h in homes]
+            self._worker.submit(self._locked, self.pipeline.set_roots, os.environ, homes)
         if "session_state_file" in updated or "confdir" in updated:
             path = ctx.options.session_state_file or os.path.join(
                 os.path.expanduser(ctx.options.confdir), "agent-session-ids", "state.json"
@@ -142,6 +197,8 @@ class SessionIds:
             )
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
+        # list the stores by file name now, so that the first requests find their files by id
+        self._worker.submit(self._locked, self._warm)
 
     def done(self) -> None:
         contentview.unregister()
@@ -238,34 +295,36 @@ class SessionIds:
     def _start_lookup(self, client) -> asyncio.Future:
         # Once per connection, off the event loop; requests on it await the result.
         future = self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
-            None, process.lookup, client.peername, client.sockname
+            None, visibility.lookup, client.peername, client.sockname
         )
         return future
 
-    async def _process_of(self, client) -> Process | None:
+    async def _process_of(self, client) -> Seen:
         future = self._lookups.get(client.id) or self._start_lookup(client)
         try:
             if future.done():
-                return future.result()  # the usual case: looked up when the client connected
-            return await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S)
+                return Seen(*future.result())  # the usual case: looked up when the client connected
+            return Seen(*await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S))
         except asyncio.TimeoutError:
-            self._warn_once("lookup-timeout", "the process lookup took too long; using a fallback ID")
-            return None
+            self._warn_once("lookup-timeout", "the process lookup took too long; resolving without it")
+            return Seen(None, "the process lookup took too long")
         except Exception as e:  # noqa: BLE001
-            self._warn_once(f"lookup-{type(e).__name__}", f"the process lookup failed: {e!r}; using a fallback ID")
-            return None
+            self._warn_once(f"lookup-{type(e).__name__}", f"the process lookup failed: {e!r}; resolving without it")
+            return Seen(None, f"the process lookup failed ({type(e).__name__})")
 
     # -- requests -------------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed body is forwarded before `request` runs: set headers now, from what the
         # headers and the process say (the conversation is not available).
-        if flow.response or flow.error or not _may_stream(flow):
+        if flow.response or flow.error or flow.is_replay or not _may_stream(flow):
             return
         await self._handle(flow, streamed=True)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        # A replay is sent as it was recorded (rewritten already); its old address pair may now
+        # belong to another process, so it must not reach the live state.
+        if flow.response or flow.error or not flow.live or flow.is_replay:
             return
         if display.METADATA_KEY in flow.metadata and (flow.request.stream or flow.request.raw_content is None):
             return  # streamed: done in requestheaders, and the body has gone
@@ -284,7 +343,8 @@ class SessionIds:
 
     async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool, again: bool = False) -> None:
         try:
-            proc = await self._process_of(flow.client_conn)
+            seen = await self._process_of(flow.client_conn)
+            proc = seen.process
             body_text = None
             members: dict | None = None
             body_problem = None
@@ -299,25 +359,28 @@ class SessionIds:
             else:
                 body_problem = "the body is empty"
             conversation = from_body(members) if members else None
-            request_headers = flow.request.headers
-            headers = {h: request_headers[h] for h in agents.HINT_HEADERS if h in request_headers}
-            args = (proc, headers, members, conversation, flow.client_conn.id)
+            ours = _headers_set_before(flow) if again else {}
+            evidence = Evidence(_evidence_headers(flow.request.headers, rules, ours), members, conversation,
+                                flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
             if self._inline_ok(proc) and self._lock.acquire(blocking=False):
                 # warm and local: a few syscalls on local files, cheaper than a thread hop
                 try:
-                    session, proc = self._resolve(*args)
+                    session, proc = self.pipeline.resolve(evidence, seen, time.time())
                 finally:
                     self._lock.release()
             else:
                 session, proc = await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(self._worker, self._locked, self._resolve, *args),
+                    asyncio.get_running_loop().run_in_executor(
+                        self._worker, self._locked, self.pipeline.resolve, evidence, seen, time.time()),
                     RESOLVE_TIMEOUT_S,
                 )
-            self._remember_process(flow.client_conn.id, proc)
+            self._schedule_catch_up()
+            self._remember_process(flow.client_conn.id, proc, seen)
             if not again:
                 self._count(session, proc)
-            self._apply(flow, rules, session, proc, body_text, body_problem, members)
-            if self.resolver.dirty and not self._save_pending:
+            self._apply(flow, rules, session, proc, body_text, body_problem, members, ours,
+                        None if proc is not None else seen.unreadable)
+            if self.pipeline.resolver.dirty and not self._save_pending:
                 # batch state writes: at most one a second, off the request path
                 self._save_pending = True
                 asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
@@ -330,21 +393,31 @@ class SessionIds:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None) -> None:
+    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None, ours=None,
+               unreadable: str | None = None) -> None:
         fields = session.fields(privacy=ctx.options.session_privacy)
         changes: list[dict] = []
         skipped: list[str] = []
         new_body = body_text
         headers = flow.request.headers
+        ours = ours or {}
         for rule in rules:
             if session.fallback and not (rule.fallback and ctx.options.session_fallback):
                 skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
                                else "fallback IDs are off (session_fallback)")
                 continue
+            if session.fallback:
+                sent = _client_field_sent(flow.request.headers, top, rule.client_fields, ours)
+                if sent:
+                    # never weaker than the client: its own session id stays as it is
+                    skipped.append(f"rule {rule.name}: the client sent its own session in {sent}; kept")
+                    continue
             for action in rule.actions:
                 value = render(action, fields)
                 if action.target == "header":
-                    old, changed = set_header(headers, action.key, value, action.if_present)
+                    # a header this addon set in the first pass is no client's: set it again
+                    mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
+                    old, changed = set_header(headers, action.key, value, mode)
                 elif new_body is None:
                     self._warn_once(f"body-{rule.name}-{body_problem}", f"rule {rule.name}: {action.describe} not set: {body_problem}")
                     skipped.append(f"{action.describe}: {body_problem}")
@@ -363,7 +436,9 @@ class SessionIds:
                     changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
         if new_body is not None and new_body != body_text:
             flow.request.content = new_body.encode("utf-8")  # re-encodes, fixes content-length
-        display.annotate(flow, session, proc, rules, changes, skipped)
+        if ours:  # the first pass's header changes still hold
+            changes = [c for c in _first_pass_changes(flow) if c["target"] not in {x["target"] for x in changes}] + changes
+        display.annotate(flow, session, proc, rules, changes, skipped, unreadable)
 
     def _count(self, session: Session, proc: Process | None) -> None:
         live = self._live.get(session.id)
@@ -381,66 +456,40 @@ class SessionIds:
         """May this request's resolution run on the event loop? Only when everything it reads is
         known, on local filesystems (a dead network mount must never hang the proxy), and no
         folder is still being indexed."""
-        if proc is None or self.stores.jsonl.behind:
+        stores = self.pipeline.stores
+        if proc is None or stores.jsonl.behind:
             return False
-        return self.stores.warm_and_local(proc.key)
+        return stores.warm_and_local(proc.key)
 
     def _locked(self, fn, *args):
         with self._lock:
             return fn(*args)
 
-    def _remember_process(self, client_id: str, proc: Process | None) -> None:
+    def _remember_process(self, client_id: str, proc: Process | None, seen: Seen) -> None:
+        if proc is seen.process:
+            return
         future = self._lookups.get(client_id)
-        if future is not None and future.done() and not future.cancelled() and future.exception() is None \
-                and future.result() is not proc:
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
             replaced = asyncio.get_running_loop().create_future()
-            replaced.set_result(proc)
+            replaced.set_result((proc, seen.unreadable if proc is None else None))
             self._lookups[client_id] = replaced
 
-    def _resolve(self, proc: Process | None, headers: dict, body: dict | None, conversation: Conversation | None,
-                 conn_id: str) -> tuple[Session, Process | None]:
-        if proc is not None:
-            current = process.recheck(proc)
-            if current is not proc:
-                # the program changed on this connection (exec, or chdir): forget what it was on
-                self.resolver.forget(proc.key)
-                self.stores.forget([proc.key])
-                proc = current
-        return self._resolve_session(proc, headers, body, conversation, conn_id), proc
+    def _warm(self) -> None:
+        try:
+            self.pipeline.ids.warm()
+        except Exception as e:  # noqa: BLE001
+            self._warn_once("warm", f"listing the session stores failed: {e!r}")
+        self._schedule_catch_up()
 
-    def _resolve_session(self, proc: Process | None, headers: dict, body: dict | None,
-                         conversation: Conversation | None, conn_id: str) -> Session:
-        now = time.time()
-        if proc is None:
-            return self.resolver.fallback("unknown", None, conn_id, "no local process of this user owns the connection")
-        if proc.shared:
-            return self.resolver.fallback(proc.comm or "unknown", proc, None, "the connection's socket is shared by several processes")
-        agent = agents.recognise(proc)
-        if agent is None:
-            return self.resolver.fallback(proc.comm or "unknown", proc, None, f"'{proc.comm}' is not an agent with a known session store")
-        hint, hint_source = agent.hint(headers, body)
-        first_user = conversation.first_user if conversation else None
-        files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
-                                       fresh=bool(conversation and conversation.fresh))
-        if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
-            # opencode without a session header: the newest session of its cwd
-            hint, hint_source = files[0].id, "opencode database (newest session of this cwd)"
-        session = self.resolver.resolve(agent.name, proc, conversation, files, now, hint, hint_source)
-        if now - self._last_prune > PRUNE_EVERY_S:
-            self._last_prune = now
-            keys = set(self.resolver.on) | set(self.resolver.pending) | set(self.stores._folders)
-            alive = {k for k in keys if process.alive(k)}
-            self.resolver.prune(alive, now)
-            self.stores.forget([k for k in self.stores._folders if k not in alive])
-        if self.stores.jsonl.behind and not self._catching_up:
+    def _schedule_catch_up(self) -> None:
+        if self.pipeline.stores.jsonl.behind and not self._catching_up:
             self._catching_up = True
             self._worker.submit(self._locked, self._catch_up)
-        return session
 
     def _catch_up(self) -> None:
         """Read large files' tails one budget at a time, queued between requests on the worker."""
         try:
-            more = self.stores.jsonl.catch_up()
+            more = self.pipeline.stores.jsonl.catch_up()
         except Exception as e:  # noqa: BLE001
             self._warn_once("catch-up", f"reading a session file failed: {e!r}")
             more = False
@@ -454,10 +503,10 @@ class SessionIds:
         set aside (kept as <file>.bad), said once, and a fresh one replaces it."""
         try:
             state.remove_stale_temp_files(path)
-            self.resolver.load_state(state.load(path))
-            self.resolver.prune([k for k in list(self.resolver.pending) if process.alive(k)], time.time())
+            self.pipeline.resolver.load_state(state.load(path))
+            self.pipeline.prune(time.time())
         except Exception as e:  # noqa: BLE001 - StateError, or anything a damaged file provokes
-            self.resolver = Resolver()
+            self.pipeline.resolver = Resolver()
             aside = state.set_aside(path)
             kept = f"; it was kept as {aside}" if aside else ""
             self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
@@ -465,9 +514,9 @@ class SessionIds:
 
     def _save_state(self) -> None:
         self._save_pending = False
-        if self._state_path and self.resolver.dirty:
+        if self._state_path and self.pipeline.resolver.dirty:
             try:
-                state.save(self._state_path, self.resolver.export_state())
+                state.save(self._state_path, self.pipeline.resolver.export_state())
             except OSError as e:
                 self._warn_once("state-save", f"cannot save the session state to {self._state_path}: {e}")
 

@@ -102,14 +102,15 @@ def summary(meta: dict) -> list[Line]:
     if "process" in meta:
         proc = meta.get("process")
         title("Process")
-        if proc:
+        if proc and "pid" in proc:
             lines += _pairs([
                 ("pid", f"{proc.get('pid')} ({proc.get('comm') or '?'})"),
                 ("cwd", proc.get("cwd")),
                 ("started", _when(proc.get("started_at"))),
             ])
         else:
-            lines.append([("text", "  "), ("content_none", "no local process found for this connection")])
+            why = (proc or {}).get("unreadable") or "no local process found for this connection"
+            lines.append([("text", "  "), ("content_none", f"not read: {why}")])
     return lines
 
 

@@ -29,8 +29,11 @@ def comment(session, changes: list[dict], skipped: list[str]) -> str:
     return text
 
 
-def annotate(flow, session, process, rules, changes: list[dict], skipped: list[str]) -> None:
+def annotate(flow, session, process, rules, changes: list[dict], skipped: list[str],
+             unreadable: str | None = None) -> None:
     flow.comment = comment(session, changes, skipped)
+    if unreadable:
+        flow.comment += f"; process not read: {_safe(unreadable)}"
     if changes:
         flow.marked = MARK_REWRITTEN
     elif skipped:
@@ -46,7 +49,7 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "source": session.source,
             "fallback": session.fallback,
         },
-        "process": None if process is None else {
+        "process": {"unreadable": unreadable} if process is None else {
             "pid": process.pid,
             "comm": process.comm,
             "cwd": process.cwd,
@@ -88,8 +91,10 @@ def explain(flow) -> str:
             lines.append(f"file      {session['file']}")
         lines.append(f"trace     {session['trace_uuid']}")
     process = meta.get("process")
-    if process:
+    if process and "pid" in process:
         lines.append(f"process   pid {process['pid']} ({process['comm']}) in {process['cwd']}")
+    elif process:
+        lines.append(f"process   not read: {process.get('unreadable') or 'unknown reason'}")
     for rule in meta.get("rules", []):
         lines.append(f"rule      {rule['name']} ({rule['file']}): {rule['match']}")
     for change in meta.get("changes", []):

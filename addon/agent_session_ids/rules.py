@@ -34,7 +34,8 @@ FIELDS: dict[str, str] = {
     "agent.name": "the agent that sent the request (pi, ...), or the process name for other programs",
 }
 
-RULE_KEYS = {"name", "match", "set", "fallback"}
+RULE_KEYS = {"name", "match", "set", "fallback", "client_fields"}
+CLIENT_FIELD_KEYS = {"header", "body"}
 MATCH_KEYS = {"host", "path", "method", "filter"}
 SET_KEYS = {"header", "body", "value", "max_length", "keep", "if_present"}
 _FIELD_RE = re.compile(r"\{([^{}]*)\}")
@@ -127,6 +128,10 @@ class Rule:
     match: Match
     actions: tuple[SetAction, ...]
     fallback: bool  # may this rule use a fallback ID when no agent session was found?
+    # the fields in which the gateway honours a session id the client sent itself, as
+    # ("header", lower-case name) or ("body", dotted path): such an id is the session, and a
+    # weaker one (a fallback) is never written over it
+    client_fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def sets_body(self) -> bool:
@@ -259,7 +264,25 @@ class _Reader:
             if t in targets[:i]:
                 raise self.fail(set_node.value[i], f"rule '{name}' sets {actions[i].describe} twice; keep one entry")
         fallback = self.boolean(m["fallback"][1], "'fallback'") if "fallback" in m else True
-        return Rule(name, self.file, node.start_mark.line + 1, match, actions, fallback)
+        client_fields = self.client_fields(m["client_fields"][1]) if "client_fields" in m else ()
+        return Rule(name, self.file, node.start_mark.line + 1, match, actions, fallback, client_fields)
+
+    def client_fields(self, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, "'client_fields' must be a non-empty list of entries such as '- header: x-session-id' or '- body: session_id'")
+        out = []
+        for item in node.value:
+            m = self.mapping(item, "a 'client_fields' entry", CLIENT_FIELD_KEYS)
+            if len(m) != 1:
+                raise self.fail(item, "a 'client_fields' entry needs exactly one of 'header: <name>' or 'body: <dotted.json.path>'")
+            (target, (_, key_node)), = m.items()
+            key = self.string(key_node, f"'{target}'")
+            if target == "header" and not _HEADER_NAME_RE.match(key):
+                raise self.fail(key_node, f"{key!r} is not a valid header name; use letters, digits and '-'")
+            if target == "body" and not _BODY_KEY_RE.match(key):
+                raise self.fail(key_node, f"{key!r} is not a body path; write dotted JSON keys such as session_id")
+            out.append((target, key.lower() if target == "header" else key))
+        return tuple(out)
 
     def match(self, node: yaml.Node) -> Match:
         m = self.mapping(node, "'match'", MATCH_KEYS)

@@ -104,10 +104,15 @@ def test_pi_session_folders_follow_the_agents_environment():
     assert agents.session_folders(agents.PI, p2, "/from/settings")[0].path == "/from/settings"
 
 
-def test_hint_headers_must_look_like_a_session_uuid():
+def test_hint_headers_take_any_id_within_a_safe_charset():
     assert agents.PI.hint({"x-session-id": UUID.upper()}, None) == (UUID, "header x-session-id")
-    assert agents.PI.hint({"x-opencode-session": "ses_abc"}, {"prompt_cache_key": 5}) == (None, "")
+    # pi 1.x: `--session-id feature-x`; ids are not always uuids
+    assert agents.PI.hint({"x-session-id": "feature-x"}, None) == ("feature-x", "header x-session-id")
+    for hostile in ("a b", "../etc", "x" * 129, "id\x00", "-leading-dash", "é"):
+        assert agents.PI.hint({"x-session-id": hostile}, {"prompt_cache_key": 5}) == (None, ""), hostile
     assert agents.PI.hint({}, {"prompt_cache_key": UUID}) == (UUID, "body prompt_cache_key")
+    # opencode's ids keep their own shape
+    assert agents.OPENCODE.hint({"x-opencode-session": "feature-x"}, None) == (None, "")
 
 
 def test_state_file_is_atomic_and_private(tmp_path):

@@ -43,7 +43,8 @@ def test_openrouter_body_gets_a_session_id_and_the_flow_says_why(tmp_path):
 
     f = run(with_addon(tmp_path, go))
     body = json.loads(f.request.content)
-    assert body["session_id"].startswith("connection-")  # the test flow has no local process
+    # the test flow has no local process and names no session: an ID minted for its conversation
+    assert body["session_id"].startswith("ephemeral-")
     assert f.request.headers["content-length"] == str(len(f.request.raw_content))
     assert f.comment.startswith(f"session {body['session_id']} ") and "body.session_id" in f.comment
     assert f.marked == ":label:"

@@ -20,6 +20,18 @@ from dataclasses import dataclass, field
 from .model import Process
 
 UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# Any id an agent uses (pi 1.x: `--session-id feature-x`), within a charset safe in a header, a
+# file name and a label.
+SAFE_ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+_SAFE_ID = re.compile(f"^{SAFE_ID_RE}$")
+
+
+def safe_id(value: object) -> str | None:
+    """The id, stripped (uuids lower-cased), if it is one an agent could use; else None."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return _normal_id(value) if _SAFE_ID.match(value) else None
 ANY = object()  # a record condition that only asks for the field to be there
 
 
@@ -60,6 +72,12 @@ class StoreSpec:
     # names kept outside the session files: a JSONL file beside the store root (the latest wins)
     name_index: str | None = None  # its path relative to the root's parent
     name_index_fields: tuple[str, str] = ("id", "thread_name")
+    # a session folder the user chose instead of the per-cwd ones, strongest first: a command-line
+    # flag (when the command line shows it), an env variable, a settings file's key (a JSON file
+    # beside the store root: "<file>:<key>")
+    custom_dir_flag: str | None = None
+    custom_dir_env: str | None = None
+    custom_dir_setting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,8 +87,11 @@ class AgentProfile:
     process_patterns: tuple[str, ...] = ()  # regexes searched in the command line (a node script path)
     hint_headers: tuple[str, ...] = ()  # request headers that carry the agent's own session id
     hint_body_fields: tuple[str, ...] = ()  # top-level JSON body fields that carry it
-    hint_pattern: str = UUID_RE  # what such an id looks like
+    hint_pattern: str = SAFE_ID_RE  # what such an id looks like
     store: StoreSpec | None = None
+    # how a request shows it comes from this agent when its process cannot be read: headers
+    # whose value matches a regex ("" = present at all); any one sign is enough
+    request_signs: tuple[tuple[str, str], ...] = ()
     _compiled: dict = field(default_factory=dict, compare=False, repr=False)
 
     def recognises(self, process: Process) -> bool:
@@ -84,6 +105,14 @@ class AgentProfile:
         if self.process_patterns and process.cmdline:
             line = " ".join(process.cmdline[:4])
             return any(re.search(p, line) for p in self.process_patterns)
+        return False
+
+    def signed(self, headers: Mapping[str, str]) -> bool:
+        """Does the request carry one of this agent's signs? (headers: lower-case names)"""
+        for name, pattern in self.request_signs:
+            value = headers.get(name)
+            if value is not None and (not pattern or re.search(pattern, value)):
+                return True
         return False
 
     def hint(self, headers: Mapping[str, str], body: Mapping[str, object] | None) -> tuple[str | None, str]:
@@ -205,6 +234,9 @@ GEMINI_FORMAT = RecordFormat(
 )
 
 
+PI_CUSTOM_DIR = dict(custom_dir_flag="--session-dir", custom_dir_env="PI_CODING_AGENT_SESSION_DIR",
+                     custom_dir_setting="settings.json:sessionDir")
+
 PI = AgentProfile(
     name="pi",
     process_names=frozenset({"pi"}),
@@ -213,7 +245,8 @@ PI = AgentProfile(
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
     store=StoreSpec("per_cwd", (Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), "pi",
-                    format=PI_FORMAT),
+                    format=PI_FORMAT, **PI_CUSTOM_DIR),
+    request_signs=(("x-opencode-client", r"^pi$"), ("user-agent", r"^pi[/ ]")),
 )
 
 OMP = AgentProfile(
@@ -224,7 +257,8 @@ OMP = AgentProfile(
     hint_body_fields=("prompt_cache_key",),
     store=StoreSpec("per_cwd", (
         Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"),
-    ), "omp", format=OMP_FORMAT),
+    ), "omp", format=OMP_FORMAT, **PI_CUSTOM_DIR),
+    request_signs=(("x-opencode-client", r"^omp$"), ("user-agent", r"^(omp|oh-my-pi)[/ ]")),
 )
 
 CLAUDE = AgentProfile(
@@ -232,6 +266,7 @@ CLAUDE = AgentProfile(
     process_names=frozenset({"claude"}),
     process_patterns=(r"claude-code/cli\.m?js",),
     hint_headers=("x-claude-code-session-id",),
+    request_signs=(("x-claude-code-session-id", ""), ("user-agent", r"^claude-cli/")),
     store=StoreSpec("per_cwd", (
         Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
         Root((), "~/.config/claude", "projects"),
@@ -242,6 +277,7 @@ QWEN = AgentProfile(
     name="qwen",
     process_names=frozenset({"qwen"}),
     process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
+    request_signs=(("user-agent", r"(?i)^qwen-?code"),),
     store=StoreSpec("per_cwd", (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), "claude", subdir="chats",
                     format=QWEN_FORMAT),
 )
@@ -252,6 +288,7 @@ CODEX = AgentProfile(
     process_patterns=(r"(^|/)codex(-[a-z0-9_-]+)?( |$)", r"@openai/codex"),
     hint_headers=("session-id", "session_id", "conversation_id"),
     hint_body_fields=("prompt_cache_key",),
+    request_signs=(("x-codex-turn-metadata", ""), ("originator", r"^codex"), ("user-agent", r"^codex")),
     store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT,
                     name_index="session_index.jsonl"),
 )
@@ -260,6 +297,7 @@ GEMINI = AgentProfile(
     name="gemini",
     process_names=frozenset({"gemini"}),
     process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
+    request_signs=(("user-agent", r"(?i)^gemini-?cli"),),
     store=StoreSpec("gemini", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), format=GEMINI_FORMAT),
 )
 
@@ -269,11 +307,14 @@ OPENCODE = AgentProfile(
     process_patterns=(r"opencode-ai|/opencode( |$)",),
     hint_headers=("x-opencode-session", "x-session-affinity", "x-session-id"),
     hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
+    request_signs=(("user-agent", r"^opencode/"), ("x-opencode-client", r"^(cli|opencode)")),
     store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),)),
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
 HINT_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in p.hint_headers}))
+# every request header the resolution reads: session ids and the agents' signs
+EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | {h for p in PROFILES for h, _ in p.request_signs}))
 
 
 def recognise(process: Process) -> AgentProfile | None:
@@ -281,6 +322,19 @@ def recognise(process: Process) -> AgentProfile | None:
         if profile.recognises(process):
             return profile
     return None
+
+
+def recognise_request(headers: Mapping[str, str]) -> AgentProfile | None:
+    """The agent a request's own signs name (its user agent, the headers only it sends), for when
+    its process cannot be read. Headers: lower-case names."""
+    for profile in PROFILES:
+        if profile.signed(headers):
+            return profile
+    return None
+
+
+def by_name(name: str) -> AgentProfile | None:
+    return next((p for p in PROFILES if p.name == name), None)
 
 
 # -- where a process's sessions are ---------------------------------------------------------------
@@ -325,9 +379,9 @@ def session_folders(profile: AgentProfile, process: Process, settings_session_di
     if spec is None:
         return []
     env = process.environ
-    if profile in (PI, OMP):
-        for custom in (_flag(process.cmdline, "--session-dir"), env.get("PI_CODING_AGENT_SESSION_DIR"),
-                       settings_session_dir):
+    if spec.custom_dir_flag or spec.custom_dir_env or spec.custom_dir_setting:
+        for custom in (_flag(process.cmdline, spec.custom_dir_flag) if spec.custom_dir_flag else None,
+                       env.get(spec.custom_dir_env) if spec.custom_dir_env else None, settings_session_dir):
             if custom:
                 custom = expand(custom, env)
                 if not os.path.isabs(custom):

@@ -135,13 +135,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 def id_from_name(path: str) -> str:
     """The session id in a file name: a uuid at its end (`<time>_<uuid>`, `<uuid>`,
-    `rollout-<time>-<uuid>`), else what follows the last '_', else the whole stem. A name that
+    `rollout-<time>-<uuid>`), else what follows the first '_', else the whole stem. A name that
     is no plain id gives a hash of the path, so no odd character reaches a header."""
     stem = os.path.basename(path)[: -len(".jsonl")]
     m = _ID_AT_END.search(stem)
     if m:
         return m.group(1).lower()
-    sid = stem.rsplit("_", 1)[-1]
+    sid = stem.partition("_")[2] or stem  # pi's time has no '_'; a chosen id may (`feature_x`)
     if _SAFE_ID.match(sid):
         return sid
     return "file-" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()

@@ -21,6 +21,7 @@ class Process:
     cmdline: tuple[str, ...] = ()
     environ: Mapping[str, str] = field(default_factory=dict)
     shared: bool = False  # other processes hold the same socket (a fork)
+    inode: int = field(default=0, compare=False)  # the client socket it was found by (0: not known)
 
     @property
     def key(self) -> str:
@@ -40,6 +41,7 @@ class SessionFile:
     name: str | None = None
     cwd: str | None = None
     parent: str | None = None  # the session this one was forked from (a path)
+    agent: str | None = None  # whose store it is in, when found without the process
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ MAX_BOUND = 20_000
 # look at its file (`pi -c` after a one-request `pi -p`) can still bind it; and how many.
 ORPHAN_TTL_S = 7 * 24 * 3600.0
 MAX_PENDING = 20_000
+# Without the process: a file with the request's first user turn created this long before a
+# minted session's first request may be its file (the agent creates the session at start and
+# writes the file later), and a first turn seen again this long after is taken as the same session.
+NO_PROCESS_WINDOW_S = 600.0
 
 
 @dataclass
@@ -116,19 +120,74 @@ class Resolver:
             sid = ids.connection_fallback(connection_id or "?")
         return Session(sid, sid, ids.trace_uuid(sid), agent, f"fallback: {reason}", fallback=True)
 
+    def by_request_id(self, agent: str, process: Process | None, conversation: Conversation | None,
+                      files: Sequence[SessionFile], now: float, hint: str, hint_source: str) -> Session:
+        """The request names its session: that id is the session, process seen or not. `files`
+        holds the store's files of that id, if any."""
+        return self._by_hint(agent, process, conversation, files, now, hint, hint_source)
+
     def _by_hint(self, agent, process, conversation, files, now, hint, hint_source) -> Session:
         f = next((f for f in files if f.id == hint), None)
-        key = f"{agent}:{hint}"
-        b = self.bound.get(key)
+        # the client's own id, never a minted one; the binding only keeps the trace UUID stable
+        # from a first request that came before the file (keyed by the id: the agent may be
+        # unknown then)
+        key = f"id:{hint}"
+        b = self.bound.get(key) or self.bound.get(f"{agent}:{hint}")
         if f is None and b is None:
-            # No file yet: its path is unknown, so the trace UUID comes from the id, for good.
             b = self._bind(key, hint, ids.trace_uuid(key), now)
-        first_user = conversation.first_user if conversation else None
-        self.on[process.key] = OnProcess(hint, f.path if f else None, first_user, now)
+        if process is not None:
+            first_user = conversation.first_user if conversation else None
+            self.on[process.key] = OnProcess(hint, f.path if f else None, first_user, now)
         source = f"request {hint_source}"
         if f is not None:
-            return self._file_session(agent, f, source)
-        return Session(hint, hint, b.trace_uuid, agent, source + " (file not written yet)")
+            trace = b.trace_uuid if b else ids.trace_uuid(f.path)
+            return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path)
+        return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)")
+
+    def by_conversation_alone(self, agent: str, conversation: Conversation, files: Sequence[SessionFile],
+                              now: float, why: str, known_agent: bool = True) -> Session:
+        """No process and no id in the request: the conversation's first user turn, across the
+        stores the proxy can read. A new session mints an ID per first turn, bound to the file
+        that shows up later with that turn. Two new sessions with the same first turn at the same
+        moment cannot be told apart this way. A minted ID of a client that is no known agent
+        counts as a fallback (rules may refuse those)."""
+        fp = conversation.first_user
+        key = f"conv:{fp}"
+        fitting = [f for f in files if f.first_user is not None and f.first_user == fp]
+        p = self.pending.get(key)
+        if p is not None and conversation.fresh and now - p.since > NO_PROCESS_WINDOW_S:
+            self._drop_pending(key)  # the same first turn much later: another session
+            p = None
+        if p is not None:
+            mine = [f for f in fitting if f.created >= p.since - NO_PROCESS_WINDOW_S
+                    and self._bound_id(f) in (None, p.id)]
+            if mine:
+                f = min(mine, key=lambda f: (f.created, f.path))
+                self._bind(f"{f.agent or agent}:{f.id}", p.id, p.trace_uuid, now)
+                self._drop_pending(key)
+                return self._file_session(f.agent or agent, f, f"session file with this first turn, bound to the ID of its first request ({why})")
+            return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
+                                         fallback=not known_agent)
+        if not conversation.fresh:
+            f = self._pick_continued(fitting, conversation, None)
+            if f is not None:
+                return self._file_session(f.agent or agent, f, f"session file whose conversation the request continues ({why})")
+        else:
+            # a file already holding just this first turn, unanswered (written before the request)
+            new = [f for f in fitting if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S
+                   and self._bound_id(f) is None]
+            if new:
+                f = max(new, key=lambda f: (f.created, f.path))
+                return self._file_session(f.agent or agent, f, f"session file just created with this first turn ({why})")
+        sid = ids.mint_ephemeral(now)
+        p = Pending(sid, ids.trace_uuid(sid), fp, now, agent, now, "", ended=True)
+        self._add_pending(key, p)
+        return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
+                                     fallback=not known_agent)
+
+    def _bound_id(self, f: SessionFile) -> str | None:
+        b = self.bound.get(f"{f.agent}:{f.id}") if f.agent else None
+        return b.id if b else None
 
     def _by_conversation(self, agent, process, conv: Conversation, files, now) -> Session:
         fitting = [f for f in files if f.first_user is not None and f.first_user == conv.first_user]
@@ -203,11 +262,11 @@ class Resolver:
         # The earliest created after the process started: a sub-agent started later writes later.
         return min(candidates, key=lambda f: (f.created, f.path), default=None)
 
-    def _pick_continued(self, fitting, conv: Conversation, process: Process) -> SessionFile | None:
+    def _pick_continued(self, fitting, conv: Conversation, process: Process | None) -> SessionFile | None:
         """The file a continued conversation belongs to, as `pi -c` picks it: the newest one."""
         if not fitting:
             return None
-        others = self._owned_by_others(process.key)
+        others = self._owned_by_others(process.key if process else "")
         return max(
             fitting,
             key=lambda f: (f.n_assistant <= conv.n_assistant, f.path not in others, f.mtime, f.path),
@@ -222,11 +281,13 @@ class Resolver:
             if b is not None:
                 source += ", bound to the ID its first request got"
         sid = b.id if b else f.id
+        if b is None:
+            b = self.bound.get(f"id:{f.id}")  # named by the request before its file was written
         trace = b.trace_uuid if b else ids.trace_uuid(f.path)
         return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path)
 
-    def _pending_session(self, p: Pending, source: str) -> Session:
-        return Session(p.id, p.id, p.trace_uuid, p.agent, source)
+    def _pending_session(self, p: Pending, source: str, fallback: bool = False) -> Session:
+        return Session(p.id, p.id, p.trace_uuid, p.agent, source, fallback=fallback)
 
     def _current(self, agent, on: OnProcess, files, source: str) -> Session:
         if on.pending is not None:
@@ -288,11 +349,11 @@ class Resolver:
             self.dirty = True
 
     def _bind(self, key: str, sid: str, trace: str, now: float) -> Bound:
+        self.bound.pop(key, None)  # re-inserted last: the dict's order is the age order
         b = self.bound[key] = Bound(sid, trace, now)
         self.dirty = True
-        if len(self.bound) > MAX_BOUND:
-            for old in sorted(self.bound, key=lambda k: self.bound[k].seen)[: len(self.bound) - MAX_BOUND]:
-                del self.bound[old]
+        while len(self.bound) > MAX_BOUND:
+            del self.bound[next(iter(self.bound))]  # the oldest, in O(1)
         return b
 
     # -- lifecycle and persistence -----------------------------------------------------------------
@@ -337,7 +398,7 @@ class Resolver:
         if not isinstance(data, dict) or data.get("version") != 1:
             return
         bound, pending = data.get("bound"), data.get("pending")
-        for k, v in (bound.items() if isinstance(bound, dict) else ()):
+        for k, v in sorted(bound.items(), key=_seen_of) if isinstance(bound, dict) else ():
             try:
                 sid, trace, seen = v
                 self.bound[str(k)] = Bound(str(sid), str(trace), float(seen))
@@ -354,6 +415,13 @@ class Resolver:
                 continue
             self._add_pending(str(k), p)
         self.dirty = False
+
+
+def _seen_of(item) -> float:
+    try:
+        return float(item[1][2])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return 0.0
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -19,6 +19,7 @@ from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
 RECENT_DAYS = 2  # the newest day folders are checked on every request
+CONVERSATION_BUDGET_S = 0.15  # a search across every cwd folder stops here; the rest is indexed later
 
 
 class Stores:
@@ -27,6 +28,7 @@ class Stores:
         self._folders: dict[str, list[SessionFolder]] = {}  # process key -> folders
         self._days: dict[str, tuple[float, list[str]]] = {}  # date-tree root -> (listed at, day dirs)
         self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
+        self._cwds: dict[str, tuple[int, list[str]]] = {}  # store root -> (its mtime, cwd folders)
 
     def warm_and_local(self, process_key: str) -> bool:
         """Were this process's folders found before, all on local filesystems?"""
@@ -40,8 +42,9 @@ class Stores:
     def folders(self, profile: AgentProfile, process: Process) -> list[SessionFolder]:
         folders = self._folders.get(process.key)
         if folders is None:
-            settings = read_pi_settings_session_dir(process.environ) if profile.name in ("pi", "omp") else None
-            slug = read_gemini_slug(process) if profile.name == "gemini" else None
+            spec = profile.store
+            settings = read_setting_session_dir(spec, process.environ) if spec and spec.custom_dir_setting else None
+            slug = read_gemini_slug(process) if spec and spec.kind == "gemini" else None
             folders = session_folders(profile, process, settings, slug)
             if profile.store and profile.store.encode == "claude":
                 folders = [_long_path_folder(f) for f in folders]
@@ -74,6 +77,59 @@ class Stores:
                                          spec.name_index_fields))
             out = [dataclasses.replace(f, name=names[f.id]) if names.get(f.id) else f for f in out]
         return out
+
+    def by_id(self, profile: AgentProfile, folder: str, session_id: str, roots: list[str]) -> list[SessionFile]:
+        """Snapshots of the file of this id in one folder the id index found (no process needed)."""
+        spec = profile.store
+        if spec is None or spec.format is None:
+            return []
+        out = [dataclasses.replace(f, agent=profile.name)
+               for f in self.jsonl.candidates(folder, spec.format, ids=[session_id])]
+        if out and spec.name_index:
+            names = {}
+            for root in roots:
+                names.update(self._names(os.path.join(os.path.dirname(root.rstrip("/")), spec.name_index),
+                                         spec.name_index_fields))
+            out = [dataclasses.replace(f, name=names[f.id]) if names.get(f.id) else f for f in out]
+        return out
+
+    def by_conversation(self, roots: dict[str, list[str]], profiles, first_user: str, fresh: bool,
+                        budget_s: float = CONVERSATION_BUDGET_S) -> list[SessionFile]:
+        """Files whose first user turn is this one, in every cwd folder of the stores the proxy can
+        read (`roots`: agent name -> store roots), newest folders first, within a time budget; the
+        folders not read in time are indexed between requests."""
+        deadline = time.monotonic() + budget_s
+        out: list[SessionFile] = []
+        for profile in profiles:
+            spec = profile.store
+            if spec is None or spec.format is None or spec.kind not in ("per_cwd", "date_tree"):
+                continue
+            for root in roots.get(profile.name, ()):
+                if spec.kind == "date_tree":
+                    folders = self._day_dirs(root)[:RECENT_DAYS * 4]
+                else:
+                    folders = [os.path.join(f, spec.subdir) if spec.subdir else f for f in self._cwd_dirs(root)]
+                for folder in folders:
+                    found = self.jsonl.candidates(folder, spec.format, first_users=[first_user], fresh=True)
+                    out.extend(dataclasses.replace(f, agent=profile.name) for f in found)
+                    if time.monotonic() > deadline:
+                        return out
+        return out
+
+    def _cwd_dirs(self, root: str) -> list[str]:
+        """A store root's cwd folders, newest first, listed again when the root changes."""
+        try:
+            mtime = os.stat(root).st_mtime_ns
+        except OSError:
+            return []
+        listed = self._cwds.get(root)
+        if listed is None or listed[0] != mtime:
+            try:
+                entries = [(e.stat().st_mtime, e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                entries = []
+            listed = self._cwds[root] = (mtime, [p for _, p in sorted(entries, reverse=True)])
+        return listed[1]
 
     def _names(self, path: str, fields: tuple[str, str]) -> dict[str, str]:
         """id -> latest name from an append-only JSONL index, reading only what was appended."""
@@ -139,17 +195,17 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
-def read_pi_settings_session_dir(environ) -> str | None:
-    """pi's settings.json `sessionDir` (small file; read once per process)."""
-    from .agents import PI
-
-    agent_dir = root_paths(PI.store, environ)[0].rsplit("/sessions", 1)[0]
+def read_setting_session_dir(spec, environ) -> str | None:
+    """A session folder set in a settings file beside the store root (pi's settings.json
+    `sessionDir`; small file, read once per process)."""
+    file, _, key = spec.custom_dir_setting.partition(":")
+    agent_dir = os.path.dirname(root_paths(spec, environ)[0].rstrip("/"))
     try:
-        with open(os.path.join(agent_dir, "settings.json"), "rb") as f:
+        with open(os.path.join(agent_dir, file), "rb") as f:
             data = json.loads(f.read(1 << 20))
     except (OSError, ValueError):
         return None
-    value = data.get("sessionDir") if isinstance(data, dict) else None
+    value = data.get(key) if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
 
 

@@ -1,0 +1,164 @@
+"""Which session a request belongs to: the order of evidence, as plain code over plain data.
+
+1. The request names its session (an agent's own header or body field, or a field the target
+   gateway honours). That id is the session, whether or not the process can be seen.
+2. The store by that id: the agent stores of the proxy's user (and extra homes) are searched by
+   file name, so the same session gets the same label and trace UUID with or without its process.
+3. The process, when it can be read (Linux, same user): it confirms the agent and adds the cwd
+   and the environment; the resolver follows it across /new, /resume and /fork.
+4. The conversation, when the process cannot be read: the request's first user turn, searched
+   across the stores; a new session mints an ID that binds to its file when it shows up.
+5. The fallback: per process (a program that is no agent), or per connection, only when the
+   request names no session and no process can be read.
+
+No mitmproxy here; the file system is reached through the store adapters it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from . import agents, process as process_io
+from .agents import AgentProfile, safe_id
+from .conversation import Conversation
+from .id_index import IdIndex, store_roots
+from .model import Process, Session, SessionFile
+from .resolver import Resolver
+from .stores import Stores
+
+PRUNE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the request itself says. Headers: lower-case names, only those the resolution reads."""
+
+    headers: Mapping[str, str]
+    body: Mapping[str, object] | None  # the JSON body's top-level members
+    conversation: Conversation | None
+    connection_id: str
+    client_fields: tuple[tuple[str, str], ...] = ()  # where the target gateway honours a client's id
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The process behind the connection, or why it cannot be read."""
+
+    process: Process | None
+    unreadable: str | None = None
+
+
+def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None, str]:
+    """The session id the request names, and where: the agent's own fields first, then any known
+    agent's, then the fields the target gateway honours."""
+    if profile is not None:
+        hint, where = profile.hint(ev.headers, ev.body)
+        if hint:
+            return hint, where
+    for other in agents.PROFILES:
+        if other is not profile:
+            hint, where = other.hint(ev.headers, ev.body)
+            if hint:
+                return hint, where
+    for target, key in ev.client_fields:
+        if target == "header":
+            value = safe_id(ev.headers.get(key))
+        else:
+            value = safe_id(_dotted(ev.body, key))
+        if value:
+            return value, f"{target} {key}"
+    return None, ""
+
+
+def _dotted(body: Mapping[str, object] | None, path: str) -> object:
+    value: object = body
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+class Pipeline:
+    """Holds the resolver (bindings) and the store adapters; `resolve` is called with one request's
+    evidence at a time, on one thread at a time (the caller's lock)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = ()) -> None:
+        self.resolver = Resolver()
+        self.stores = Stores()
+        self._last_prune = 0.0
+        self.set_roots(environ if environ is not None else os.environ, extra_homes)
+
+    def set_roots(self, environ: Mapping[str, str], extra_homes: Iterable[str] = ()) -> None:
+        """The stores searched without a process: the proxy user's own, plus extra homes."""
+        self.roots = store_roots(agents.PROFILES, environ, extra_homes)
+        self.ids = IdIndex(agents.PROFILES, lambda p: self.roots.get(p.name, []))
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def resolve(self, ev: Evidence, seen: Seen, now: float) -> tuple[Session, Process | None]:
+        proc = seen.process
+        if proc is not None:
+            current = process_io.recheck(proc)
+            if current is not proc:
+                # the program changed on this connection (exec, chdir, fork): forget what it was on
+                self.resolver.forget(proc.key)
+                self.stores.forget([proc.key])
+                proc = current
+        session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
+        if now - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = now
+            self.prune(now)
+        return session, proc
+
+    def _decide(self, ev: Evidence, proc: Process | None, unreadable: str | None, now: float) -> Session:
+        agent = agents.recognise(proc) if proc is not None and not proc.shared else None
+        profile = agent or agents.recognise_request(ev.headers)
+        hint, where = requested_id(profile, ev)
+        conv = ev.conversation
+        if agent is not None:  # 3: the process is seen and is an agent
+            assert proc is not None
+            first_user = conv.first_user if conv else None
+            files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
+                                           fresh=bool(conv and conv.fresh))
+            if hint and not any(f.id == hint for f in files):
+                files = files + self.files_by_id(agent.name, hint)
+            if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
+                # a database store without a session header: the newest session of this cwd
+                hint, where = files[0].id, "the agent's database (newest session of this cwd)"
+            return self.resolver.resolve(agent.name, proc, conv, files, now, hint, where)
+        if proc is not None:
+            why = ("the connection's socket is shared by several processes" if proc.shared
+                   else f"'{proc.comm}' is not an agent with a known session store")
+        else:
+            why = f"process not readable: {unreadable or 'unknown reason'}"
+        name = profile.name if profile else (proc.comm if proc is not None and proc.comm else "unknown")
+        if hint:  # 1 + 2: the request names its session
+            files = self.files_by_id(profile.name if profile else None, hint)
+            return self.resolver.by_request_id(name, None, conv, files, now, hint, f"{where}; {why}")
+        if proc is not None:  # a readable program that is no agent: stable for its life
+            return self.resolver.fallback(name, proc, None, why)
+        if conv is not None and conv.first_user is not None:  # 4: the conversation, across the stores
+            profiles = [profile] if profile is not None and profile.store is not None else agents.PROFILES
+            files = self.stores.by_conversation(self.roots, profiles, conv.first_user, conv.fresh)
+            return self.resolver.by_conversation_alone(name, conv, files, now, why, known_agent=profile is not None)
+        return self.resolver.fallback(name, None, ev.connection_id, f"the request names no session; {why}")
+
+    def files_by_id(self, agent_name: str | None, session_id: str) -> list[SessionFile]:
+        out: list[SessionFile] = []
+        for hit in self.ids.lookup(agent_name, session_id):
+            profile = agents.by_name(hit.agent)
+            if profile is not None:
+                out.extend(self.stores.by_id(profile, hit.folder, session_id, self.roots.get(hit.agent, [])))
+        return out
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def prune(self, now: float) -> None:
+        """Forget processes that are gone (their minted sessions stay a while as orphans)."""
+        keys = set(self.resolver.on) | set(self.resolver.pending) | set(self.stores._folders)
+        alive = {k for k in keys if not k.startswith("conv:") and process_io.alive(k)}
+        self.resolver.prune(alive, now)
+        self.stores.forget([k for k in self.stores._folders if k not in alive])

@@ -1,0 +1,58 @@
+"""I/O adapter: the process behind a connection, or why it cannot be read.
+
+The reason is shown to the user (flow comment, Session IDs view, sessionids.explain): without
+the process the addon still resolves from the request and the stores, and says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from . import process
+from .model import Process
+
+NOT_LINUX = f"not Linux ({sys.platform}): a connection's process can only be read on Linux"
+NOT_LOCAL = "no local socket: the client is on another host, in a container or another network namespace"
+
+
+def lookup(peer: tuple, local: tuple) -> tuple[Process | None, str | None]:
+    """(the process, None), or (None, why it cannot be read)."""
+    if not sys.platform.startswith("linux"):
+        return None, NOT_LINUX
+    try:
+        found = process.lookup(peer, local)
+    except Exception as e:  # noqa: BLE001 - an adapter failure is a reason, never an error
+        return None, f"the process lookup failed ({type(e).__name__}: {e})"
+    if found is not None:
+        return found, None
+    return None, _why(peer, local)
+
+
+def _why(peer: tuple, local: tuple) -> str:
+    try:
+        host = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except (ValueError, TypeError, IndexError):
+        return NOT_LOCAL
+    if not (host.is_loopback or _is_own_address(str(host))):
+        return NOT_LOCAL
+    try:
+        owner = process.socket_owner(peer, local)
+    except Exception:  # noqa: BLE001
+        owner = None
+    if owner is None:
+        return "no socket of this host matches the connection (it closed, or the client is in another network namespace)"
+    uid = owner[1]
+    if uid != os.getuid():
+        return f"another user's process (uid {uid}): only the proxy's own user's processes can be read"
+    return "the process holding the socket could not be read (it ended, or forked and shares it)"
+
+
+def _is_own_address(host: str) -> bool:
+    try:
+        import socket
+
+        return host in {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return False
