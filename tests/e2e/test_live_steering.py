@@ -73,7 +73,8 @@ def test_rule_edits_apply_live_and_a_bad_edit_keeps_the_good_rules(tmp_path):
         assert running.returncode == 0
         output = proxy.output()
         assert output.count("rules not reloaded") == 1
-        assert f"{rules / 'opencode.yaml'}:21: 'if_present' must be one of: keep, replace (got 'sometimes')" in output
+        bad_line = text.splitlines().index(next(l for l in text.splitlines() if "if_present: keep" in l)) + 1
+        assert f"{rules / 'opencode.yaml'}:{bad_line}: 'if_present' must be one of: keep, replace (got 'sometimes')" in output
         assert len(proxy.requests()) > 20 and not proxy.blocked_connects()
 
 

@@ -184,3 +184,31 @@ def test_a_body_that_could_stream_but_did_not_still_gets_body_rules(tmp_path):
 
     f = run(main())
     assert "session_id" in json.loads(f.request.content)
+
+
+def test_never_weaker_than_the_client_header_names_the_session(tmp_path):
+    """OpenRouter prefers the body's session_id to the x-session-id header: the addon writes the
+    client's own id there, never a fallback (issue 10)."""
+    async def go(addon, tctx):
+        f = flow(headers=[(b"x-session-id", b"0199aaaa-0000-7000-8000-000000000001")])
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    assert json.loads(f.request.content)["session_id"] == "0199aaaa-0000-7000-8000-000000000001"
+    assert "request header x-session-id" in f.metadata["session_ids"]["session"]["source"]
+    assert "process not read" in f.comment
+
+
+def test_never_weaker_than_the_client_a_fallback_leaves_its_field_alone(tmp_path):
+    # a client session value that is no usable id (a space in it) still is the client's: no fallback over it
+    body = json.dumps({"model": "m", "prompt_cache_key": "my key with spaces"}).encode()
+
+    async def go(addon, tctx):
+        f = flow(body=body)
+        await addon.request(f)
+        return f
+
+    f = run(with_addon(tmp_path, go))
+    assert f.request.content == body
+    assert "the client sent its own session in body prompt_cache_key; kept" in f.comment

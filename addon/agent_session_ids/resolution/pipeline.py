@@ -85,7 +85,9 @@ class Pipeline:
     """Holds the resolver (bindings) and the store adapters; `resolve` is called with one request's
     evidence at a time, on one thread at a time (the caller's lock)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = ()) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = (),
+                 recheck=process_io.recheck) -> None:
+        self._recheck = recheck  # is the connection's process still the one looked up? (I/O)
         self.resolver = Resolver()
         self.stores = Stores()
         self._last_prune = 0.0
@@ -101,7 +103,7 @@ class Pipeline:
     def resolve(self, ev: Evidence, seen: Seen, now: float) -> tuple[Session, Process | None]:
         proc = seen.process
         if proc is not None:
-            current = process_io.recheck(proc)
+            current = self._recheck(proc)
             if current is not proc:
                 # the program changed on this connection (exec, chdir, fork): forget what it was on
                 self.resolver.forget(proc.key)
