@@ -7,6 +7,20 @@ from collections.abc import Sequence
 from .rules import Rule
 
 
+def gateway_host(flow) -> str:
+    """The host this request really goes to.
+
+    In reverse mode (``--mode reverse:https://openrouter.ai``) that is the upstream, which mitmproxy
+    puts in ``request.host``; the Host header names the proxy itself (``127.0.0.1:8080``) when
+    ``keep_host_header`` is set. In every other mode the Host header is preferred, as
+    ``pretty_host`` does: in transparent, local or WireGuard mode ``request.host`` is an IP address.
+    """
+    request = flow.request
+    if flow.client_conn.proxy_mode.type_name == "reverse":
+        return request.host
+    return request.pretty_host
+
+
 class RuleSet:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
@@ -43,7 +57,7 @@ class RuleSet:
     def matching(self, flow) -> list[Rule]:
         """The rules that match this HTTP flow, in file order."""
         request = flow.request
-        rules = self.candidates(request.pretty_host)
+        rules = self.candidates(gateway_host(flow))
         if not rules:
             return rules
         path = request.path.split("?", 1)[0]
