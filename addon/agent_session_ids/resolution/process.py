@@ -383,12 +383,28 @@ _watched_lock = threading.Lock()
 _pid_max: int | None = None
 
 
+_loadavg_fd: int | None = None
+
+
 def _newest_pid() -> int | None:
+    """The last pid the kernel gave out (in this pid namespace). /proc/loadavg is kept open and
+    read again from its start: a read on the hot path of every request."""
+    global _loadavg_fd
     try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[4])
+        fd = _loadavg_fd
+        if fd is None:
+            with _watched_lock:
+                if _loadavg_fd is None:
+                    _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+                fd = _loadavg_fd
+        return int(os.pread(fd, 128, 0).split()[4])
     except (OSError, ValueError, IndexError):
-        return None
+        _loadavg_fd = None  # opened again next time
+        try:
+            with open("/proc/loadavg", "rb") as f:
+                return int(f.read().split()[4])
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 def _cyclic_pid_max() -> int:
