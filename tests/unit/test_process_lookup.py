@@ -7,6 +7,7 @@ for the netlink reply parser. Every wait is on a condition (a line from a child,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -175,8 +176,6 @@ def test_a_fork_right_before_the_lookup_of_a_known_owner_is_seen(holder):
 
 def test_a_snapshot_without_a_socket_is_rechecked_as_before(holder):
     found = holder.lookup()
-    import dataclasses
-
     bare = dataclasses.replace(found, inode=0)
     holder.fork()
     assert process.recheck(bare) is bare  # nothing to follow: only the program is checked
