@@ -4,6 +4,7 @@ through mitmweb's command API, as its command bar does."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,31 +23,40 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = str(ROOT / "addon" / "session_ids.py")
 
+# Sends requests until the stop file exists (one request without one): the test decides when it
+# has seen enough, not a clock.
 CLIENT = """
-import json, ssl, sys, time, urllib.request
-proxy, ca, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import json, os, ssl, sys, time, urllib.request
+proxy, ca, stop = sys.argv[1], sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca)
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({'https': proxy}), urllib.request.HTTPSHandler(context=ctx))
-end = time.time() + seconds
 while True:
     body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode()
     req = urllib.request.Request('https://opencode.ai/zen/v1/chat/completions', body, {'content-type': 'application/json'})
     opener.open(req, timeout=30).read()
-    if time.time() >= end:
+    if not stop or os.path.exists(stop):
         break
     time.sleep(0.05)
 """
+DEADLINE_S = 120.0  # only a condition that never comes true reaches it
 
 
-def client(proxy, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CLIENT, proxy.proxy_url, str(proxy.ca_cert), str(seconds)])
+def client(proxy, stop: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CLIENT, proxy.proxy_url, str(proxy.ca_cert), str(stop or "")])
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def one_request(proxy) -> None:
+    assert client(proxy).wait(timeout=DEADLINE_S) == 0
+
+
+def wait_for(predicate, timeout=DEADLINE_S, running: subprocess.Popen | None = None):
+    """Poll until predicate() is true; False at the deadline, or as soon as `running` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if predicate():
             return True
+        if running is not None and running.poll() is not None:
+            return bool(predicate())
         time.sleep(0.1)
     return False
 
@@ -55,21 +65,26 @@ def test_rule_edits_apply_live_and_a_bad_edit_keeps_the_good_rules(tmp_path):
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=[f"session_rules={rules}"]) as proxy:
-        running = client(proxy, 15)
+        stop = tmp_path / "stop"
+        running = client(proxy, stop)
         try:
-            assert wait_for(lambda: any(header(r, "x-opencode-client") for r in proxy.requests()))
+            assert wait_for(lambda: any(header(r, "x-opencode-client") for r in proxy.requests()), running=running)
             text = (rules / "opencode.yaml").read_text()
             (rules / "opencode.yaml").write_text(text.replace("x-opencode-client", "x-client-edited"))
-            assert wait_for(lambda: header(proxy.requests()[-1], "x-client-edited"))
-            (rules / "opencode.yaml").write_text(text.replace("if_present: keep", "if_present: sometimes", 1))
+            assert wait_for(lambda: header(proxy.requests()[-1], "x-client-edited"), running=running)
             seen = len(proxy.requests())
-            assert wait_for(lambda: len(proxy.requests()) > seen + 10)
+            (rules / "opencode.yaml").write_text(text.replace("if_present: keep", "if_present: sometimes", 1))
+            assert wait_for(lambda: "rules not reloaded" in proxy.output(), running=running)
+            noticed = len(proxy.requests())
+            assert wait_for(lambda: len(proxy.requests()) > max(noticed + 10, 20), running=running)
             after_bad_edit = proxy.requests()[seen:]
-            # every request in flight got a whole rule set: the last good one
+            # every request from the bad edit on, in flight or after it was noticed, got a whole
+            # rule set: the last good one
             assert all(header(r, "x-client-edited") and header(r, "x-opencode-session")
                        for r in after_bad_edit)
         finally:
-            running.wait(timeout=60)
+            stop.touch()
+            running.wait(timeout=DEADLINE_S)
         assert running.returncode == 0
         output = proxy.output()
         assert output.count("rules not reloaded") == 1
@@ -121,8 +136,7 @@ def _has_web_password() -> bool:
 
 def test_commands_through_mitmwebs_command_api(tmp_path):
     with Mitmweb(scripts=[ADDON, harness.STANDIN_SCRIPT]) as web:
-        running = client(web, 0)  # one request
-        running.wait(timeout=60)
+        one_request(web)
         requests = web.requests()
         assert len(requests) == 1
         sessions = web.command("sessionids.sessions")
@@ -145,16 +159,27 @@ def test_a_script_reload_reloads_the_helper_modules_too(tmp_path):
     shutil.copytree(ROOT / "rules", copy / "rules")
     entry = copy / "addon" / "session_ids.py"
     with Mitmdump(scripts=[entry, harness.STANDIN_SCRIPT]) as proxy:
-        client(proxy, 0).wait(timeout=60)
+        one_request(proxy)
         assert proxy.requests()[-1]["comment"].startswith("session ")
         display = copy / "addon" / "agent_session_ids" / "display.py"
         source = display.read_text()
         assert 'text = f"session {' in source
+        # both edits are dated well after the first load instead of waiting for the clock: Python's
+        # bytecode cache (whole seconds) and mitmproxy's script watcher (mtime > the last load's)
+        # both see a newer file
+        later = time.time() + 10
         display.write_text(source.replace('text = f"session {', 'text = f"reloaded {'))
-        time.sleep(1.1)
+        os.utime(display, (later, later))
         entry.write_text(entry.read_text() + "\n# touched\n")
+        os.utime(entry, (later, later))
         assert wait_for(lambda: proxy.output().count("Loading script") >= 3)
-        time.sleep(0.5)
-        client(proxy, 0).wait(timeout=60)
-        assert proxy.requests()[-1]["comment"].startswith("reloaded ")
+        # the reload has taken effect once a request says so (the log line comes before the load)
+        comments = []
+
+        def reloaded() -> bool:
+            one_request(proxy)
+            comments.append(proxy.requests()[-1]["comment"])
+            return comments[-1].startswith("reloaded ")
+
+        assert wait_for(reloaded), comments[-3:]
         assert "Error" not in proxy.output() and "Traceback" not in proxy.output()
