@@ -1,5 +1,6 @@
 """Reverse mode: a real mitmdump with ``--mode reverse:https://openrouter.ai``, the client sending
-plain HTTP to 127.0.0.1 (no proxy settings, no CA to trust).
+plain HTTP to 127.0.0.1 (no proxy settings, no CA to trust): a raw HTTP client, and real pi,
+Claude Code and Codex with their base URL at the proxy.
 
 mitmproxy puts the upstream (openrouter.ai) in ``flow.request.host``. The Host header is rewritten
 to it, unless ``keep_host_header`` is set: then it still names the proxy, ``127.0.0.1:<port>``. The
@@ -13,10 +14,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
+import agent_clients as ac
 import harness
 from harness import Mitmdump, agent_env, header, pi_agent_dir, pi_session_files, read_jsonl, run_pi
 
@@ -24,6 +27,9 @@ pytestmark = pytest.mark.e2e
 
 ADDON = str(Path(__file__).resolve().parents[2] / "addon" / "session_ids.py")
 REVERSE = ["--mode", "reverse:https://openrouter.ai"]
+#: an agent in reverse mode needs neither proxy variables nor the mitmproxy CA
+NO_PROXY_NO_CA = {k: None for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy",
+                                    "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")}
 
 
 @pytest.fixture(params=[False, True], ids=["host-rewritten", "keep_host_header"])
@@ -114,9 +120,7 @@ def test_pi_with_its_openrouter_base_url_at_the_proxy(pi_version, reverse_proxy,
     agent_dir.mkdir(parents=True)
     base_url = f"http://127.0.0.1:{reverse_proxy.port}/api/v1"
     (agent_dir / "models.json").write_text(json.dumps({"providers": {"openrouter": {"baseUrl": base_url}}}))
-    no_proxy = {k: None for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy",
-                                  "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")}
-    env = agent_env(reverse_proxy, home, extra=no_proxy, pi_version=pi_version)
+    env = agent_env(reverse_proxy, home, extra=NO_PROXY_NO_CA, pi_version=pi_version)
     result = run_pi(pi_version, ["--provider", "openrouter", "--model", "openai/gpt-4o-mini", "-p", "hi"], env, cwd)
     harness.assert_ran(result, reverse_proxy)
     assert result.stdout.strip() == "ok"
@@ -135,3 +139,71 @@ def test_pi_with_its_openrouter_base_url_at_the_proxy(pi_version, reverse_proxy,
     (session_file,) = pi_session_files(home, cwd)
     if pi_version == "0.87.1":  # pi names its session in x-session-id: that is the session
         assert header(req, "x-session-id") == body["session_id"] == read_jsonl(session_file)[0]["id"]
+
+
+# --------------------------------------------------------------------------- Claude Code and Codex
+@pytest.fixture
+def kept_host_proxy():
+    """The harder case only, to keep the real-client runs few: the Host header names the proxy."""
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["keep_host_header=true"],
+                  extra_args=REVERSE) as p:
+        yield p
+
+
+def test_claude_code_with_anthropic_base_url_at_the_proxy(claude, kept_host_proxy, dirs):
+    home, work = dirs
+    proxy = kept_host_proxy
+    # the README's line: ANTHROPIC_BASE_URL=http://127.0.0.1:8080/api (Claude appends /v1/messages)
+    env = ac.claude_env(proxy, home, NO_PROXY_NO_CA, base_url=f"http://127.0.0.1:{proxy.port}/api")
+    harness.assert_ran(ac.run_claude(["-p", "hi"], env, work), proxy)
+    records = [r for r in proxy.requests() if r["api"] == "anthropic-messages"]
+    assert records and all(r["path"].split("?")[0] == "/api/v1/messages" for r in records)
+    (session_file,) = ac.claude_session_files(home, work)
+    uuid = ac.claude_session_id(session_file)
+    for r in records:
+        assert header(r, "host") == f"127.0.0.1:{proxy.port}"
+        assert (r["scheme"], r["port"]) == ("https", 443)
+        assert r["session_ids"]["session"]["agent"] == "claude", (r["comment"], r["session_ids"])
+        assert json.loads(r["body"])["session_id"] == uuid
+
+
+def test_codex_with_base_url_at_the_proxy(codex, kept_host_proxy, dirs):
+    home, work = dirs
+    proxy = kept_host_proxy
+    # the README's config.toml: base_url = "http://127.0.0.1:8080/api/v1" (Codex appends /responses)
+    env = ac.codex_env(proxy, home, NO_PROXY_NO_CA, base_url=f"http://127.0.0.1:{proxy.port}/api/v1")
+    harness.assert_ran(ac.run_codex_exec("hi", env, work), proxy)
+    records = [r for r in proxy.requests() if r["api"] == "openai-responses"]
+    assert records and all(r["path"] == "/api/v1/responses" for r in records)
+    (rollout,) = ac.codex_session_files(home)
+    uuid = ac.codex_session_id(rollout)
+    for r in records:
+        assert header(r, "host") == f"127.0.0.1:{proxy.port}"
+        assert r["session_ids"]["session"]["agent"] == "codex", (r["comment"], r["session_ids"])
+        assert json.loads(r["body"])["session_id"] == uuid
+
+
+# --------------------------------------------------------------------------- several gateways
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_reverse_port_per_gateway_beside_the_regular_proxy():
+    """The README's line: --mode regular --mode reverse:https://openrouter.ai@A --mode reverse:https://opencode.ai@B."""
+    a, b = _free_port(), _free_port()
+    modes = ["--mode", "regular", "--mode", f"reverse:https://openrouter.ai@{a}",
+             "--mode", f"reverse:https://opencode.ai@{b}"]
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], extra_args=modes) as proxy:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        assert post(a, "/api/v1/chat/completions", body)[0] == 200
+        assert post(b, "/zen/v1/messages", body)[0] == 200
+        openrouter, opencode = proxy.requests()
+        assert not proxy.blocked_connects()
+    label = openrouter["session_ids"]["session"]["label"]
+    assert (openrouter["host"], json.loads(openrouter["body"])["session_id"]) == ("openrouter.ai", label)
+    assert (opencode["host"], opencode["path"]) == ("opencode.ai", "/zen/v1/messages")
+    assert header(opencode, "x-opencode-session") == opencode["session_ids"]["session"]["label"]
