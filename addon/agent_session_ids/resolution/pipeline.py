@@ -16,6 +16,7 @@ No mitmproxy here; the file system is reached through the store adapters it is g
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class Pipeline:
     def set_roots(self, environ: Mapping[str, str], extra_homes: Iterable[str] = ()) -> None:
         """The stores searched without a process: the proxy user's own, plus extra homes."""
         self.roots = store_roots(agents.PROFILES, environ, extra_homes)
-        self.ids = IdIndex(agents.PROFILES, lambda p: self.roots.get(p.name, []))
+        self._process_roots: dict[str, list[str]] = {}  # stores seen from agents' own environments
+        self.ids = IdIndex(agents.PROFILES, lambda p: self.roots.get(p.name, []) + self._process_roots.get(p.name, []))
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -105,9 +107,11 @@ class Pipeline:
         if proc is not None:
             current = self._recheck(proc)
             if current is not proc:
-                # the program changed on this connection (exec, chdir, fork): forget what it was on
-                self.resolver.forget(proc.key)
-                self.stores.forget([proc.key])
+                if current is None or dataclasses.replace(current, shared=proc.shared) != proc:
+                    # the program changed on this connection (exec, chdir): forget what it was on;
+                    # a fork that only shares the socket for a while keeps the parent's session
+                    self.resolver.forget(proc.key)
+                    self.stores.forget([proc.key])
                 proc = current
         session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
         if now - self._last_prune > PRUNE_EVERY_S:
@@ -123,10 +127,14 @@ class Pipeline:
         if agent is not None:  # 3: the process is seen and is an agent
             assert proc is not None
             first_user = conv.first_user if conv else None
+            by_id: list[SessionFile] = []
+            if hint:
+                # by file name first: a date tree (Codex) is then never read in full for a named session
+                self._add_process_roots(agent, proc)
+                by_id = self.files_by_id(agent.name, hint)
             files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
-                                           fresh=bool(conv and conv.fresh))
-            if hint and not any(f.id == hint for f in files):
-                files = files + self.files_by_id(agent.name, hint)
+                                           fresh=bool(conv and conv.fresh), found_by_id=bool(by_id))
+            files = files + [f for f in by_id if f.path not in {g.path for g in files}]
             if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
                 # a database store without a session header: the newest session of this cwd
                 hint, where = files[0].id, "the agent's database (newest session of this cwd)"
@@ -148,12 +156,22 @@ class Pipeline:
             return self.resolver.by_conversation_alone(name, conv, files, now, why, known_agent=profile is not None)
         return self.resolver.fallback(name, None, ev.connection_id, f"the request names no session; {why}")
 
+    def _add_process_roots(self, agent: AgentProfile, proc: Process) -> None:
+        if agent.store is None:
+            return
+        known = self._process_roots.setdefault(agent.name, [])
+        for root in agents.root_paths(agent.store, proc.environ):
+            if root not in known and root not in self.roots.get(agent.name, ()):
+                known.append(root)
+                del known[:-16]  # a few distinct agent homes at most
+
     def files_by_id(self, agent_name: str | None, session_id: str) -> list[SessionFile]:
         out: list[SessionFile] = []
         for hit in self.ids.lookup(agent_name, session_id):
             profile = agents.by_name(hit.agent)
             if profile is not None:
-                out.extend(self.stores.by_id(profile, hit.folder, session_id, self.roots.get(hit.agent, [])))
+                roots = self.roots.get(hit.agent, []) + self._process_roots.get(hit.agent, [])
+                out.extend(self.stores.by_id(profile, hit.folder, session_id, roots))
         return out
 
     # -- upkeep ------------------------------------------------------------------------------

@@ -52,8 +52,9 @@ class Stores:
         return folders
 
     def candidates(self, profile: AgentProfile, process: Process, hint: str | None, first_user: str | None,
-                   paths: list[str], fresh: bool = False) -> list[SessionFile]:
-        """The files with the hinted id, the request's first user turn, or one of `paths`."""
+                   paths: list[str], fresh: bool = False, found_by_id: bool = False) -> list[SessionFile]:
+        """The files with the hinted id, the request's first user turn, or one of `paths`.
+        found_by_id: the hinted file was found by its name already, so a date tree is not searched."""
         fmt = profile.store.format if profile.store else None
         out: list[SessionFile] = []
         ids = [hint] if hint else []
@@ -61,7 +62,7 @@ class Stores:
         for folder in self.folders(profile, process):
             if folder.kind == "per_cwd":
                 out.extend(self.jsonl.candidates(folder.path, fmt, ids, fps, paths, folder.cwd_filter, fresh=fresh))
-            elif folder.kind == "date_tree":
+            elif folder.kind == "date_tree" and not found_by_id:
                 for i, day in enumerate(self._day_dirs(folder.path)):
                     out.extend(self.jsonl.candidates(day, fmt, ids, fps, paths, folder.cwd_filter,
                                                      relist=i < RECENT_DAYS, fresh=fresh))
