@@ -26,6 +26,7 @@ Config keys (all optional but `proxy`):
   retries       (default 0)
   pause         seconds between requests (0)
   duration      with requests=0: keep sending until this many seconds have passed
+  stop_file     with requests=0: keep sending until this file exists (instead of `duration`)
   timeout       client timeout per request (30)
   mode          "normal"; "exit-after-send" (send one request on plain HTTP, exit at once);
                 "exec" (one request, then exec `exec_argv` with the socket as fd FAKE_SOCK_FD);
@@ -178,9 +179,18 @@ def run_normal(cfg: dict) -> int:
     connection = cfg.get("connection", "keep")
     retries = int(cfg.get("retries", 0))
     tolerate = bool(cfg.get("tolerate"))
+    stop_file = cfg.get("stop_file")
     start = time.monotonic()
     seq = ok = failed = 0
-    while (seq < n) if n else (time.monotonic() - start < duration):
+
+    def more() -> bool:
+        if n:
+            return seq < n
+        if stop_file:
+            return not os.path.exists(stop_file)
+        return time.monotonic() - start < duration
+
+    while more():
         url = targets[seq % len(targets)]
         keep = connection == "keep" or (connection == "mixed" and seq % 2 == 0)
         if cfg.get("fresh"):

@@ -973,10 +973,7 @@ def test_no_secret_in_anything_the_addon_writes(home, tmp_path):
         records = standin_records(proxy)
         output = proxy.output()
         state_file = Path(proxy.confdir) / "agent-session-ids" / "state.json"
-        for _ in range(50):  # state writes are batched, at most one a second
-            if state_file.exists():
-                break
-            time.sleep(0.1)
+        _wait_for(state_file.exists, timeout=120)  # state writes are batched, at most one a second
         state_text = state_file.read_text() if state_file.exists() else ""
     assert len(records) == 14
     assert state_text, "the state file was not written"
@@ -1011,7 +1008,6 @@ def _run_in_own_netns(argv: list[str], wait_for: str, timeout: float = 30) -> st
                              stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for(lambda: wait_for in out_path.read_text(errors="replace") or p.poll() is not None, timeout)
-        time.sleep(0.3)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -1031,14 +1027,27 @@ def _exposure_warnings(text: str) -> list[str]:
                                                                                 "all interfaces", "exposed"))]
 
 
+# Loaded after the addon: its `running` hook runs after the addon's, so once its line is printed,
+# whatever the addon says at start-up has been printed too.
+RUNNING_MARKER = "trust-test: every script is running"
+MARKER_SCRIPT = f"""import logging
+
+def running():
+    logging.getLogger(__name__).warning("{RUNNING_MARKER}")
+"""
+
+
 @pytest.mark.parametrize("listen", [["--listen-host", "0.0.0.0"], ["--set", "listen_host=0.0.0.0"]])
 def test_listening_beyond_loopback_without_proxyauth_prints_a_warning(tmp_path, listen):
     mitmdump = harness._mitmdump_binary()
-    base = [mitmdump, "-p", "0", "--set", f"confdir={tmp_path / 'conf'}", "-s", ADDON]
-    exposed = _run_in_own_netns(base + listen, "listening at")
-    assert "listening at" in exposed, exposed
-    guarded = _run_in_own_netns(base + listen + ["--set", "proxyauth=user:pass"], "listening at")
-    local = _run_in_own_netns(base + ["--listen-host", "127.0.0.1"], "listening at")
+    marker = tmp_path / "marker.py"
+    marker.write_text(MARKER_SCRIPT)
+    base = [mitmdump, "-p", "0", "--set", f"confdir={tmp_path / 'conf'}", "-s", ADDON, "-s", str(marker)]
+    exposed = _run_in_own_netns(base + listen, RUNNING_MARKER)
+    assert "listening at" in exposed and RUNNING_MARKER in exposed, exposed
+    guarded = _run_in_own_netns(base + listen + ["--set", "proxyauth=user:pass"], RUNNING_MARKER)
+    local = _run_in_own_netns(base + ["--listen-host", "127.0.0.1"], RUNNING_MARKER)
+    assert RUNNING_MARKER in guarded and RUNNING_MARKER in local, (guarded, local)
     assert not _exposure_warnings(guarded), guarded
     assert not _exposure_warnings(local), local
     assert _exposure_warnings(exposed), (
@@ -1105,10 +1114,7 @@ def test_temp_files_left_by_a_kill_9_are_cleaned_up_at_the_next_start(home, tmp_
     cwd.mkdir()
     with start_proxy(confdir=confdir) as proxy:
         run_agent(proxy, home, cwd, tag="t", first_user="a new session", n_assistant=0, requests=1)
-        for _ in range(50):  # state writes are batched, at most one a second
-            if (folder / "state.json").exists():
-                break
-            time.sleep(0.1)
-        assert (folder / "state.json").exists()
+        # state writes are batched, at most one a second
+        assert _wait_for((folder / "state.json").exists, timeout=120)
         assert not stale.exists(), "a stale .state-* temp file survived a restart"
     FIGURES["faults injected"] += 1
