@@ -30,8 +30,10 @@ from .rules import Rule, RuleError, default_rules_dir, load_rules_dir, rules_sig
 logger = logging.getLogger("agent_session_ids")
 
 DEFAULT_RULES = default_rules_dir()
-LOOKUP_TIMEOUT_S = 0.5
-RESOLVE_TIMEOUT_S = 0.5
+# Waits for the adapters; past them the request goes on, resolved without the process or unchanged.
+# Generous: a loaded 2-core machine must not turn into requests with no session.
+LOOKUP_TIMEOUT_S = 1.0
+RESOLVE_TIMEOUT_S = 2.0
 RULES_POLL_S = 1.0
 STATE_SAVE_DELAY_S = 1.0
 STATE_LOAD_WAIT_S = 5.0
@@ -364,9 +366,12 @@ class SessionIds:
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
             if self._inline_ok(proc) and self._lock.acquire(blocking=False):
                 # warm and local: a few syscalls on local files, cheaper than a thread hop
+                stores = self.pipeline.stores
+                stores.jsonl.inline = True
                 try:
                     session, proc = self.pipeline.resolve(evidence, seen, time.time())
                 finally:
+                    stores.jsonl.inline = False
                     self._lock.release()
             else:
                 session, proc = await asyncio.wait_for(
@@ -375,6 +380,8 @@ class SessionIds:
                     RESOLVE_TIMEOUT_S,
                 )
             self._schedule_catch_up()
+            if self.pipeline.prune_due(time.time()):
+                self._worker.submit(self._locked, self.pipeline.prune, time.time())
             self._remember_process(flow.client_conn.id, proc, seen)
             if not again:
                 self._count(session, proc)

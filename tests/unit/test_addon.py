@@ -212,3 +212,35 @@ def test_never_weaker_than_the_client_a_fallback_leaves_its_field_alone(tmp_path
     f = run(with_addon(tmp_path, go))
     assert f.request.content == body
     assert "the client sent its own session in body prompt_cache_key; kept" in f.comment
+
+
+def test_two_passes_agree_the_header_set_first_is_set_again_from_the_body(tmp_path):
+    """A body that may stream gets its headers in requestheaders, from what the headers say; when
+    it did not stream, request sees the body. The header the first pass set is the addon's own,
+    not the client's: the second pass sets it again, so headers and body name one session."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "two passes"}]}).encode()
+
+    async def go(addon, tctx):
+        f = flow(host="opencode.ai", path="/zen/v1/chat/completions", body=body)
+        f.request.headers["content-length"] = str(len(body))
+        await addon.requestheaders(f)
+        first = f.request.headers.get("x-opencode-session")
+        await addon.request(f)
+        return f, first
+
+    async def main():
+        from typing import Optional
+
+        addon = SessionIds()
+        with taddons.context(addon) as tctx:
+            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # the proxy server's
+            tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES, stream_large_bodies="10")
+            return await go(addon, tctx)
+
+    f, first = run(main())
+    meta = f.metadata["session_ids"]
+    assert first and first.startswith("connection-")  # the first pass had no conversation
+    sid = meta["session"]["id"]
+    assert sid.startswith("ephemeral-")  # the second decided from the conversation
+    assert f.request.headers["x-opencode-session"] == sid[-30:]
+    assert {c["target"]: c["after"] for c in meta["changes"]}["header x-opencode-session"] == sid[-30:]

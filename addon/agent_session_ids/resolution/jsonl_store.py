@@ -34,6 +34,7 @@ CHUNK = 1 << 20
 INDEX_WAIT_S = 0.3  # a request that continues a session waits this long at most for the folder's index
 INDEX_STEP_S = 0.01  # otherwise, indexing goes on in steps this long, between requests
 TAIL_BUDGET = 4 << 20  # bytes of a file's tail read per request; the rest is read between requests
+INLINE_TAIL_BUDGET = 256 << 10  # ... when the request is resolved on the event loop
 NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for its latest name
 WAIT_RECHECK_S = 1.0  # a folder's files that had no user turn yet are looked at again at most this often
 WAIT_RECHECK_FILES = 16  # ... and only the newest of them (a session being written is a new one)
@@ -183,6 +184,9 @@ class JsonlStore:
         self._dirs: OrderedDict[str, _DirState] = OrderedDict()  # least recently used first
         self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
         self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
+        # set while a request is resolved on the event loop: every read is then a small step,
+        # and what is left (a long tail, a backward name scan) is done between requests
+        self.inline = False
 
     def candidates(
         self,
@@ -209,7 +213,8 @@ class JsonlStore:
             if d.order:
                 # a continued session's file may be any file: look for it (newest first) a while;
                 # a new session's file is among the newest, which the first step reads
-                self._index(d, fmt, missing, INDEX_WAIT_S if missing and not fresh else INDEX_STEP_S)
+                wait = INDEX_WAIT_S if missing and not fresh and not self.inline else INDEX_STEP_S
+                self._index(d, fmt, missing, wait)
                 if d.order:
                     self._unindexed[folder] = (d, fmt)
             if missing and d.waiting:
@@ -412,7 +417,7 @@ class JsonlStore:
             f.mtime = st.st_mtime
             if st.st_size == f.size:
                 return True
-            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None:
+            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None and not self.inline:
                 self._latest_name(fd, f, fmt, st.st_size)
             f.size = st.st_size
             self._scan(fd, f, fmt)
@@ -425,7 +430,7 @@ class JsonlStore:
     def _scan(self, fd: int, f: _FileState, fmt: RecordFormat) -> None:
         """Count assistant turns and find name records from f.offset on, a chunk at a time: markers
         are counted with bytes.count, and only lines holding a name marker are parsed."""
-        end = min(f.size, f.offset + TAIL_BUDGET)
+        end = min(f.size, f.offset + (INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET))
         pos = f.offset
         while pos < end:
             data = os.pread(fd, min(CHUNK, end - pos), pos)

@@ -113,11 +113,15 @@ class Pipeline:
                     self.resolver.forget(proc.key)
                     self.stores.forget([proc.key])
                 proc = current
-        session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
+        return self._decide(ev, proc, seen.unreadable if proc is None else None, now), proc
+
+    def prune_due(self, now: float) -> bool:
+        """Is it time for prune()? (it opens /proc for every known process: the caller runs it
+        off the event loop)"""
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
-            self.prune(now)
-        return session, proc
+            return True
+        return False
 
     def _decide(self, ev: Evidence, proc: Process | None, unreadable: str | None, now: float) -> Session:
         agent = agents.recognise(proc) if proc is not None and not proc.shared else None

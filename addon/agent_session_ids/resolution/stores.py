@@ -67,7 +67,7 @@ class Stores:
                     out.extend(self.jsonl.candidates(day, fmt, ids, fps, paths, folder.cwd_filter,
                                                      relist=i < RECENT_DAYS, fresh=fresh))
             elif folder.kind == "sqlite" and not hint:
-                row = newest_opencode_session(folder.path, process)
+                row = newest_opencode_session(folder.path, process, wait_s=0.0 if self.jsonl.inline else 0.05)
                 if row is not None:
                     out.append(row)
         spec = profile.store
@@ -222,15 +222,17 @@ def read_gemini_slug(process: Process) -> str | None:
     return slug if isinstance(slug, str) and "/" not in slug else None
 
 
-def newest_opencode_session(data_dir: str, process: Process) -> SessionFile | None:
+def newest_opencode_session(data_dir: str, process: Process, wait_s: float = 0.05) -> SessionFile | None:
     """opencode >= 1.2: the newest session of this cwd in its SQLite database (read-only)."""
     env = process.environ
     db = env.get("OPENCODE_DB") or "opencode.db"
     db = db if os.path.isabs(db) else os.path.join(data_dir, db)
     if not os.path.isfile(db):
+        if wait_s <= 0:
+            return None  # the legacy JSON files are many small files: never on the event loop
         return _newest_opencode_json_session(data_dir, process)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=wait_s)
         try:
             # opencode records $PWD, which can differ from the real cwd (a symlinked path)
             dirs = tuple(dict.fromkeys(d for d in (process.cwd, env.get("PWD")) if d))
