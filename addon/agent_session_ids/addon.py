@@ -271,13 +271,16 @@ class SessionIds:
 
     @command.command("sessionids.sessions")
     def cmd_sessions(self) -> str:
-        """The sessions seen so far: agent, ID, name, cwd, pid, requests."""
+        """The sessions seen so far: agent, ID, name, cwd, pid, requests, and what decided."""
         if not self._live:
             return "no sessions yet"
         lines = [f"{'AGENT':<8} {'REQS':>5}  {'PID':>7}  {'ID':<38} {'NAME':<24} CWD"]
         for s in sorted(self._live.values(), key=lambda s: -s["last"]):
             lines.append(f"{s['agent']:<8} {s['requests']:>5}  {s['pid'] or '-':>7}  {s['id']:<38} "
                          f"{(s['name'] or '-')[:24]:<24} {s['cwd'] or '-'}")
+            lines.append(f"{'':<8} decided by {s.get('source') or '?'}")
+            if s.get("unreadable") and s.get("unreadable") not in (s.get("source") or ""):
+                lines.append(f"{'':<8} process not read: {s['unreadable']}")
         return "\n".join(lines)
 
     @command.command("sessionids.explain")
@@ -384,7 +387,7 @@ class SessionIds:
                 self._worker.submit(self._locked, self.pipeline.prune, time.time())
             self._remember_process(flow.client_conn.id, proc, seen)
             if not again:
-                self._count(session, proc)
+                self._count(session, proc, seen.unreadable)
             self._apply(flow, rules, session, proc, body_text, body_problem, members, ours,
                         None if proc is not None else seen.unreadable)
             if self.pipeline.resolver.dirty and not self._save_pending:
@@ -447,14 +450,14 @@ class SessionIds:
             changes = [c for c in _first_pass_changes(flow) if c["target"] not in {x["target"] for x in changes}] + changes
         display.annotate(flow, session, proc, rules, changes, skipped, unreadable)
 
-    def _count(self, session: Session, proc: Process | None) -> None:
+    def _count(self, session: Session, proc: Process | None, unreadable: str | None = None) -> None:
         live = self._live.get(session.id)
         if live is None:
             if len(self._live) >= MAX_LIVE_SESSIONS:
                 del self._live[min(self._live, key=lambda k: self._live[k]["last"])]
             live = self._live[session.id] = {"agent": session.agent, "id": session.id, "requests": 0}
         live.update(name=session.name, pid=proc.pid if proc else None, cwd=proc.cwd if proc else None,
-                    last=time.time())
+                    last=time.time(), source=session.source, unreadable=None if proc else unreadable)
         live["requests"] += 1
 
     # -- the worker thread: resolver, store and state live here --------------------------------
