@@ -24,6 +24,11 @@ What was checked with these versions (see ``/tmp/clients_facts.md`` of the sessi
   ``thread-id``, ``x-client-request-id``, ``x-codex-turn-metadata``, body ``prompt_cache_key``,
   ``client_metadata.session_id``), all the rollout file's uuid. Its shell tool is
   ``exec_command`` with ``{"cmd": ...}``.
+- Claude Code 2.1.332 and Codex 0.171.0, the newest, send the same (see the docstring of
+  tests/e2e/test_beyond_process.py for user agents and OpenCode Zen); Claude 2.1.332 sends no
+  title-generation request in ``-p`` mode. Both versions of each are tested (``CLAUDE_VERSIONS``,
+  ``CODEX_VERSIONS``); ``use_claude``/``use_codex`` select the one ``run_claude`` & co. run.
+- ``*_for_other_user`` commands run from copies another user can read (``harness.OtherUser``).
 """
 
 from __future__ import annotations

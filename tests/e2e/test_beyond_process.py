@@ -338,10 +338,10 @@ def test_pi_to_opper_as_another_user_one_trace_per_session_across_continue(proxy
 
 @pytest.mark.parametrize("version", PI_WITH_OWN_ID)
 @pytest.mark.parametrize("who", ["same-user", "other-user"])
-def test_pi_session_id_flag_reaches_the_gateway_exactly(who, version, proxy, base, other, gateway):
+def test_pi_session_id_flag_reaches_the_gateway_exactly(who, version, proxy, base, gateway, request):
     """``pi --session-id feature-x``: the gateway gets exactly ``feature-x``, process seen or not."""
     prompt = f"feature x {who} {version}"
-    if who == "same-user":
+    if who == "same-user":  # needs no root
         home, work = base / f"same-{version}" / "home", base / f"same-{version}" / "work"
         work.mkdir(parents=True)
         env = harness.agent_env(proxy, home, pi_version=None)
@@ -349,6 +349,7 @@ def test_pi_session_id_flag_reaches_the_gateway_exactly(who, version, proxy, bas
         def run(args):
             harness.assert_ran(harness.run_pi(version, args, env, work), proxy)
     else:
+        other = request.getfixturevalue("other")
         home, work = case_dirs(other, f"pi{version}-feature-x")
 
         def run(args):
