@@ -63,7 +63,6 @@ bind-mounted home would be); the others have a HOME of their own the proxy does 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
