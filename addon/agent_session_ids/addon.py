@@ -21,6 +21,7 @@ from . import check, contentview, display
 from .matching import RuleSet
 from .resolution import agents, process, state, visibility
 from .resolution.conversation import from_body
+from .resolution.jsonl_store import dotted
 from .resolution.model import Process, Session
 from .resolution.pipeline import Evidence, Pipeline, Seen
 from .resolution.resolver import Resolver
@@ -90,12 +91,8 @@ def _client_field_sent(headers, body: dict | None, fields, ours: dict[str, str])
             value = headers.get(key)
             if value and ours.get(key) != value:
                 return f"header {key}"
-        elif body is not None:
-            value: object = body
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            if value not in (None, ""):
-                return f"body {key}"
+        elif dotted(body, key) not in (None, ""):
+            return f"body {key}"
     return None
 
 

@@ -154,7 +154,8 @@ def clean_name(name: str) -> str | None:
     return name[:500] or None
 
 
-def _get(record: dict, path: str) -> object:
+def dotted(record: object, path: str) -> object:
+    """The value at a dotted path of nested JSON objects, or None."""
     value: object = record
     for part in path.split("."):
         if not isinstance(value, dict):
@@ -165,7 +166,7 @@ def _get(record: dict, path: str) -> object:
 
 def _matches(record: dict, conditions) -> bool:
     for path, want in conditions.items():
-        value = _get(record, path)
+        value = dotted(record, path)
         if want is ANY:
             if value is None:
                 return False
@@ -378,16 +379,16 @@ class JsonlStore:
                 if record is None:
                     continue
                 if f.header_id is None and _matches(record, fmt.header):
-                    sid = _get(record, fmt.id)
+                    sid = dotted(record, fmt.id)
                     if isinstance(sid, str) and _SAFE_ID.match(sid):
                         f.header_id = sid.lower() if _ID_AT_END.fullmatch(sid) else sid
-                    f.created = _parse_time(_get(record, fmt.created)) if fmt.created else None
-                    cwd = _get(record, fmt.cwd) if fmt.cwd else None
+                    f.created = _parse_time(dotted(record, fmt.created)) if fmt.created else None
+                    cwd = dotted(record, fmt.cwd) if fmt.cwd else None
                     f.cwd = cwd if isinstance(cwd, str) else None
-                    parent = _get(record, fmt.parent) if fmt.parent else None
+                    parent = dotted(record, fmt.parent) if fmt.parent else None
                     f.parent = parent if isinstance(parent, str) else None
                 if _matches(record, fmt.user):
-                    f.first_user = fingerprint(text_of(_get(record, fmt.user_content)))
+                    f.first_user = fingerprint(text_of(dotted(record, fmt.user_content)))
                     f.head_done = True
                     break
             if not f.head_done and st.st_size >= HEAD_LIMIT:
@@ -468,7 +469,7 @@ class JsonlStore:
             if base + stop > f.name_at and stop - start <= MAX_LINE:
                 record = _loads(block[start:stop])
                 if record is not None and _matches(record, fmt.name):
-                    name = _get(record, fmt.name_field) if fmt.name_field else None
+                    name = dotted(record, fmt.name_field) if fmt.name_field else None
                     if isinstance(name, str):
                         f.name = clean_name(name)
             at = block.find(fmt.name_marker, stop)
@@ -522,7 +523,7 @@ class JsonlStore:
                         found = (record, offset)
                 offset += len(line) + 1
             if found is not None:
-                name = _get(found[0], fmt.name_field) if fmt.name_field else None
+                name = dotted(found[0], fmt.name_field) if fmt.name_field else None
                 if isinstance(name, str):
                     f.name, f.name_at = clean_name(name), found[1]
                 return

@@ -25,6 +25,7 @@ from . import agents, process as process_io
 from .agents import AgentProfile, safe_id
 from .conversation import Conversation
 from .id_index import IdIndex, store_roots
+from .jsonl_store import dotted
 from .model import Process, Session, SessionFile
 from .resolver import Resolver
 from .stores import Stores
@@ -67,19 +68,10 @@ def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None
         if target == "header":
             value = safe_id(ev.headers.get(key))
         else:
-            value = safe_id(_dotted(ev.body, key))
+            value = safe_id(dotted(ev.body, key))
         if value:
             return value, f"{target} {key}"
     return None, ""
-
-
-def _dotted(body: Mapping[str, object] | None, path: str) -> object:
-    value: object = body
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
 
 
 class Pipeline:
