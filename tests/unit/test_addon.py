@@ -244,3 +244,20 @@ def test_two_passes_agree_the_header_set_first_is_set_again_from_the_body(tmp_pa
     assert sid.startswith("ephemeral-")  # the second decided from the conversation
     assert f.request.headers["x-opencode-session"] == sid[-30:]
     assert {c["target"]: c["after"] for c in meta["changes"]}["header x-opencode-session"] == sid[-30:]
+
+
+def test_a_replayed_flow_is_sent_as_recorded_and_touches_no_live_state(tmp_path):
+    """A replay's old address pair may now belong to another process: no lookup is started for it,
+    nothing is counted or bound, and its request goes out as it was recorded (issue 9, defect 5)."""
+    async def go(addon, tctx):
+        f = flow()
+        f.is_replay = "request"
+        before = f.request.get_state()
+        await addon.requestheaders(f)
+        await addon.request(f)
+        return f, before, dict(addon._lookups), dict(addon._live), dict(addon.pipeline.resolver.on)
+
+    f, before, lookups, live, on = run(with_addon(tmp_path, go))
+    assert f.request.get_state() == before
+    assert "session_ids" not in f.metadata
+    assert lookups == {} and live == {} and on == {}
