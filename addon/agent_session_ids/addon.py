@@ -18,6 +18,7 @@ from mitmproxy.utils import human
 from mitmproxy import flow as mitmflow
 
 from . import check, contentview, display
+from .usage import recorder as usage
 from .matching import RuleSet
 from .resolution import agents, process, state, visibility
 from .resolution.conversation import from_body
@@ -120,6 +121,7 @@ class SessionIds:
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
+        self.usage = usage.Recorder(self._warn_once)  # the usage ledger (usage/recorder.py)
 
     # -- options -----------------------------------------------------------------------------
 
@@ -150,9 +152,22 @@ class SessionIds:
             "Send a hash of a session's name instead of its name: labels read <hash>-<8 chars of the ID>, "
             "and {session.name} is the hash.",
         )
+        loader.add_option(
+            "session_usage", bool, True,
+            "Read usage, cache hits and cost from the gateways' answers to rewritten requests: shown in the "
+            "flow comment and sessionids.sessions, appended to the ledger (session_usage_file). SSE answers "
+            "to such requests are then streamed through as they come. Off: answers are left alone.",
+        )
+        loader.add_option(
+            "session_usage_file", str, "",
+            "The usage ledger, one JSON line per answered request that a rule rewrote; read it with "
+            "python -m agent_session_ids.report. Empty: <confdir>/agent-session-ids/usage.jsonl.",
+        )
         contentview.register()
 
     def configure(self, updated: set[str]) -> None:
+        if updated & {"session_usage", "session_usage_file", "confdir"}:
+            self.usage.configure(ctx.options.session_usage, ctx.options.session_usage_file, ctx.options.confdir)
         if "session_rules" in updated:
             try:
                 rules, signature = self._load_rules(ctx.options.session_rules)
@@ -201,6 +216,7 @@ class SessionIds:
 
     def done(self) -> None:
         contentview.unregister()
+        self.usage.done()  # the summary per session, then the ledger is flushed
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -278,6 +294,8 @@ class SessionIds:
             lines.append(f"{'':<8} decided by {s.get('source') or '?'}")
             if s.get("unreadable") and s.get("unreadable") not in (s.get("source") or ""):
                 lines.append(f"{'':<8} process not read: {s['unreadable']}")
+        if self.usage.sessions:
+            lines += ["", "Usage per session (answers read this run):", *self.usage.table()]
         return "\n".join(lines)
 
     @command.command("sessionids.explain")
@@ -387,6 +405,7 @@ class SessionIds:
                 self._count(session, proc, seen.unreadable)
             self._apply(flow, rules, session, proc, body_text, body_problem, members, ours,
                         None if proc is not None else seen.unreadable)
+            usage.note_request(flow, members)  # the model asked for, for the ledger
             if self.pipeline.resolver.dirty and not self._save_pending:
                 # batch state writes: at most one a second, off the request path
                 self._save_pending = True
@@ -456,6 +475,17 @@ class SessionIds:
         live.update(name=session.name, pid=proc.pid if proc else None, cwd=proc.cwd if proc else None,
                     last=time.time(), source=session.source, unreadable=None if proc else unreadable)
         live["requests"] += 1
+
+    # -- answers: usage, cache hits and cost (usage/recorder.py; never raises) -------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.usage.responseheaders(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.usage.response(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.usage.error(flow)
 
     # -- the worker thread: resolver, store and state live here --------------------------------
 

@@ -80,6 +80,28 @@ def summary(meta: dict) -> list[Line]:
         for reason in skipped:
             lines.append([("text", "  - "), ("error", str(reason))])
 
+    usage = meta.get("usage")
+    if isinstance(usage, dict):
+        from .display import usage_text
+
+        title("Usage of this turn")
+        lines.append([("text", "  "), ("Token_Literal_String", usage_text(usage))])
+        flip = usage.get("provider_flip")
+        lines += _pairs([(k, v) for k, v in (
+            ("status", usage.get("status")),
+            ("streamed", "yes" if usage.get("stream") else "no"),
+            ("model asked", usage.get("model")),
+            ("served model", usage.get("served_model")),
+            ("provider", usage.get("provider")),
+            ("input tokens", usage.get("input_tokens")),
+            ("cache reads", usage.get("cache_read_tokens")),
+            ("cache writes", usage.get("cache_write_tokens")),
+            ("output tokens", usage.get("output_tokens")),
+            ("cost (USD)", usage.get("cost")),
+            ("provider flip", f"{flip.get('from')} → {flip.get('to')} after {flip.get('idle_s')} s idle"
+             if isinstance(flip, dict) else None),
+        ) if v is not None])
+
     rules = meta.get("rules") or []
     title(f"Matched rules ({len(rules)})")
     for r in rules:

@@ -70,6 +70,39 @@ def annotate_failure(flow, rules, reason: str) -> None:
     }
 
 
+def usage_text(figures: dict) -> str:
+    """One turn's figures for the comment: ``12.3k in · 250 out · cache 92% · $0.0041 · Anthropic``."""
+    from .usage.totals import duration, money, percent, tokens
+
+    parts = []
+    if figures.get("input_tokens") is not None:
+        parts.append(f"{tokens(figures['input_tokens'])} in")
+    if figures.get("output_tokens") is not None:
+        parts.append(f"{tokens(figures['output_tokens'])} out")
+    if figures.get("cache_hit_ratio") is not None:
+        parts.append(f"cache {percent(figures['cache_hit_ratio'])}")
+    if figures.get("cost") is not None:
+        parts.append(money(figures["cost"]))
+    if figures.get("provider"):
+        parts.append(_safe(figures["provider"], 60))
+    flip = figures.get("provider_flip")
+    if flip:
+        parts.append(f"provider flip {_safe(flip['from'], 60)} → {_safe(flip['to'], 60)} "
+                     f"after {duration(flip.get('idle_s'))} idle")
+    if not parts:
+        parts.append(f"no usage in the answer (HTTP {figures.get('status', '?')})")
+    return " · ".join(parts)
+
+
+def annotate_usage(flow, figures: dict) -> None:
+    """Add one answered turn's figures to the comment and to metadata["session_ids"]["usage"]."""
+    meta = flow.metadata.get(METADATA_KEY)
+    if not isinstance(meta, dict) or "usage" in meta:
+        return
+    meta["usage"] = figures
+    flow.comment = f"{flow.comment} · {usage_text(figures)}" if flow.comment else usage_text(figures)
+
+
 def _rule(rule) -> dict:
     return {"name": rule.name, "file": f"{rule.file}:{rule.line}", "match": rule.match.to_filter_expression()}
 
@@ -101,4 +134,6 @@ def explain(flow) -> str:
         lines.append(f"set       {change['target']}: {change['before']!r} -> {change['after']!r}")
     for reason in meta.get("skipped", []):
         lines.append(f"skipped   {reason}")
+    if isinstance(meta.get("usage"), dict):
+        lines.append(f"usage     {usage_text(meta['usage'])}")
     return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""The usage ledger: one JSON line per answered request that a rule rewrote.
+
+Writing is append-only, one ``write()`` of one whole line at a time, on a thread of its own (a
+slow or dead disk never holds up a flow). A ``kill -9`` therefore leaves at most one partial last
+line; the next writer starts on a fresh line, and the reader skips any line that is not whole
+JSON. Past ``max_bytes`` the file is rotated: ``usage.jsonl`` becomes ``usage.jsonl.1``, the older
+ones move up, and the oldest beyond ``keep`` is removed. Files are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+
+MAX_BYTES = 32 << 20  # per file: about 90,000 turns
+KEEP = 3  # rotated files kept beside the current one
+MAX_PENDING = 10_000  # lines queued for the writer; past it, lines are dropped (and it is said)
+
+
+def timestamp(epoch: float) -> str:
+    """``2026-11-21T10:00:00.123Z``: the ledger's ``ts``."""
+    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_ts(value) -> float | None:
+    """Epoch seconds of a ledger ``ts``; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def encode(record: dict) -> bytes:
+    """One ledger line. JSON never holds a raw newline, so a line is always one record."""
+    return (json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False) + "\n").encode("utf-8")
+
+
+class Ledger:
+    """Appends records to ``path`` from a writer thread. ``on_error(key, message)`` is told about
+    any failure (the record is then lost; the flow never is)."""
+
+    def __init__(self, path: str, max_bytes: int = MAX_BYTES, keep: int = KEEP,
+                 on_error: Callable[[str, str], None] | None = None) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.on_error = on_error or (lambda key, message: None)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._fd: int | None = None
+        self.written = 0
+        self.dropped = 0
+
+    # -- the caller's side (the event loop) --------------------------------------------------------
+
+    def append(self, record: dict) -> bool:
+        try:
+            line = encode(record)
+        except (TypeError, ValueError) as e:
+            self.on_error("ledger-encode", f"a usage record could not be written as JSON: {e}")
+            return False
+        with self._lock:
+            if self._pending >= MAX_PENDING:
+                self.dropped += 1
+                self.on_error("ledger-full", f"the usage ledger {self.path} falls behind; records are dropped")
+                return False
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="session-ids-ledger", daemon=True)
+                self._thread.start()
+        self._queue.put(line)
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most ``timeout``), then stop."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+        else:
+            self._close_fd()
+
+    # -- the writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            line = self._queue.get()
+            if line is None:
+                self._close_fd()
+                return
+            try:
+                self._write(line)
+                self.written += 1
+            except OSError as e:
+                self.on_error(f"ledger-{e.errno}", f"cannot write the usage ledger {self.path}: {e}")
+                self._close_fd()
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _open(self) -> int:
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            if os.fstat(fd).st_size > 0 and not _ends_with_newline(self.path):
+                os.write(fd, b"\n")  # a partial last line (a kill -9) stays alone on its line
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _write(self, line: bytes) -> None:
+        if self._fd is not None and _replaced(self._fd, self.path):
+            self._close_fd()  # rotated or removed by someone else: follow the name
+        if self._fd is None:
+            self._fd = self._open()
+        size = os.fstat(self._fd).st_size
+        if size and size + len(line) > self.max_bytes:
+            self._rotate()
+            self._fd = self._open()
+        view = memoryview(line)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        for n in range(self.keep, 0, -1):
+            older = f"{self.path}.{n}"
+            if n == self.keep:
+                try:
+                    os.unlink(older)
+                except FileNotFoundError:
+                    pass
+            newer = f"{self.path}.{n - 1}" if n > 1 else self.path
+            try:
+                os.replace(newer, older)
+            except FileNotFoundError:
+                pass
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _replaced(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def files(path: str, keep: int = KEEP) -> list[str]:
+    """The ledger's files that exist, oldest first."""
+    names = [f"{path}.{n}" for n in range(max(keep, 9), 0, -1)] + [path]
+    return [name for name in names if os.path.isfile(name)]
+
+
+class Reading:
+    """Records read from a ledger, and how many lines were skipped (partial or not JSON)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def records(self, path: str, since: float | None = None) -> Iterator[dict]:
+        for name in files(path):
+            with open(name, "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):  # the partial last line of a killed writer
+                        if line.strip():
+                            self.skipped += 1
+                        continue
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        self.skipped += 1
+                        continue
+                    if not isinstance(record, dict):
+                        self.skipped += 1
+                        continue
+                    ts = parse_ts(record.get("ts"))
+                    if ts is None:
+                        self.skipped += 1
+                        continue
+                    if since is not None and ts < since:
+                        continue
+                    record["_epoch"] = ts
+                    yield record
+
+
+def read(path: str, since: float | None = None) -> tuple[list[dict], int]:
+    """(records in file order, number of lines skipped)."""
+    reading = Reading()
+    records = list(reading.records(path, since))
+    return records, reading.skipped

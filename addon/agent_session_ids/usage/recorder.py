@@ -1,0 +1,236 @@
+"""The proxy's side of the usage ledger: what the addon's hooks hand over to.
+
+- ``responseheaders``: an SSE answer to a request a rule rewrote gets a StreamObserver as its
+  ``stream`` callable, so it reaches the client chunk by chunk while its usage is read;
+- ``response`` (and ``error``, for a stream cut short): the figures are read (from the observer,
+  or from the answer mitmproxy holds, and from its headers), one ledger line is queued, the flow's
+  comment and metadata get the turn's figures, the session's live totals are updated, and a
+  provider flip is said once in the log.
+
+Fail open: any failure here is logged once and the answer passes on unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from .. import display
+from ..matching import gateway_host
+from . import ledger as ledger_mod
+from .observer import StreamObserver, TailObserver, Unsupported
+from .parse import Usage, from_headers, from_json, from_sse
+from .totals import FlipWatch, Totals, duration, hit_ratio, table
+
+logger = logging.getLogger("agent_session_ids")
+
+MAX_SESSIONS = 1000  # live totals kept; the oldest is dropped past it
+MAX_OPEN_STREAMS = 10_000  # observers of answers still streaming
+MAX_JSON_BYTES = 64 << 20  # a held answer larger than this is not parsed
+SUMMARY_SESSIONS = 20  # sessions in the summary on exit (one screen)
+
+
+def is_sse(response) -> bool:
+    return response.headers.get("content-type", "").lower().startswith("text/event-stream")
+
+
+def _session_meta(flow) -> dict | None:
+    """The session a rule resolved for this flow (metadata written by display.annotate)."""
+    meta = flow.metadata.get(display.METADATA_KEY)
+    if isinstance(meta, dict) and isinstance(meta.get("session"), dict):
+        return meta
+    return None
+
+
+def note_request(flow, body: dict | None) -> None:
+    """Keep the model the request asked for (its JSON body's ``model``), for the ledger."""
+    meta = flow.metadata.get(display.METADATA_KEY)
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(meta, dict) and isinstance(model, str) and model and len(model) <= 200:
+        meta["model"] = model
+
+
+class Recorder:
+    def __init__(self, warn: Callable[[str, str], None]) -> None:
+        self.warn = warn  # (key, message): logged once per key
+        self.enabled = False
+        self.path: str | None = None
+        self.ledger: ledger_mod.Ledger | None = None
+        self._streams: dict[str, StreamObserver] = {}
+        self.sessions: dict[str, Totals] = {}
+        self.flips = FlipWatch()
+
+    # -- options ----------------------------------------------------------------------------------
+
+    def configure(self, enabled: bool, path: str, confdir: str) -> None:
+        path = os.path.expanduser(path) if path else os.path.join(
+            os.path.expanduser(confdir), "agent-session-ids", "usage.jsonl")
+        if not enabled:
+            self.close()
+            self.enabled, self.path = False, None
+            return
+        self.enabled = True
+        if path != self.path:
+            self.close()
+            self.path = path
+            self.ledger = ledger_mod.Ledger(path, on_error=self.warn)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def done(self) -> None:
+        """The summary per session (one screen), then the ledger is written out. Never raises."""
+        try:
+            if self.sessions:
+                logger.info("agent-session-ids: usage this run\n" + "\n".join(self.summary()))
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"agent-session-ids: no usage summary: {e!r}")
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"agent-session-ids: could not write out the usage ledger: {e!r}")
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def responseheaders(self, flow) -> None:
+        try:
+            if not self.enabled or flow.is_replay or _session_meta(flow) is None:
+                return
+            response = flow.response
+            sse = is_sse(response)
+            if not sse and not response.stream:
+                return  # a JSON answer: mitmproxy holds it as it would anyway; read in `response`
+            inner = response.stream if callable(response.stream) else None
+            kind = StreamObserver if sse else TailObserver
+            try:
+                observer = kind(response.headers.get("content-encoding"), inner)
+            except Unsupported as e:
+                self.warn(f"usage-encoding-{e}", f"usage of streamed answers with content-encoding {e} is not read")
+                return
+            if len(self._streams) >= MAX_OPEN_STREAMS:
+                self._streams.pop(next(iter(self._streams)))
+            response.stream = observer
+            self._streams[flow.id] = observer
+        except Exception as e:  # noqa: BLE001 - fail open
+            self.warn(f"usage-headers-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
+
+    def response(self, flow) -> None:
+        observer = self._streams.pop(flow.id, None)
+        try:
+            if not self.enabled or flow.is_replay or flow.response is None:
+                return
+            meta = _session_meta(flow)
+            if meta is not None:
+                self._record(flow, meta, observer)
+        except Exception as e:  # noqa: BLE001 - fail open
+            self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
+
+    def error(self, flow) -> None:
+        """A stream cut short: record what it said before it broke."""
+        if flow.id in self._streams:
+            self.response(flow)
+
+    # -- the figures --------------------------------------------------------------------------------
+
+    def _figures(self, flow, observer: StreamObserver | None) -> Usage:
+        response = flow.response
+        if observer is not None:
+            usage = observer.result()
+            if observer.failure:
+                self.warn(f"usage-read-{observer.failure[:40]}",
+                          f"the usage of a streamed answer could not be read: {observer.failure}")
+        elif response.raw_content is None:
+            self.warn("usage-late-stream", "an answer was streamed by mitmproxy (stream_large_bodies) once it had "
+                                           "started; its usage is not read")
+            usage = Usage()
+        else:
+            usage = self._held(response)
+        # Opper: the cost, served model and provider in headers win (a stream has no cost header)
+        return usage.update(from_headers(response.headers))
+
+    def _held(self, response) -> Usage:
+        """An answer mitmproxy held whole (a JSON answer, or one an addon set)."""
+        if not response.raw_content or len(response.raw_content) > MAX_JSON_BYTES:
+            return Usage()
+        try:
+            content = response.get_content(strict=True) or b""
+        except ValueError as e:
+            self.warn("usage-decode", f"an answer's content-encoding could not be decoded ({e}); its usage is not read")
+            return Usage()
+        if is_sse(response):
+            return from_sse(content)
+        if not content.lstrip()[:1] == b"{":
+            return Usage()
+        try:
+            return from_json(json.loads(content))
+        except (ValueError, RecursionError):
+            return Usage()
+
+    def _record(self, flow, meta: dict, observer: StreamObserver | None) -> None:
+        usage = self._figures(flow, observer)
+        session = meta["session"]
+        changes = meta.get("changes") or []
+        rules = meta.get("rules") or []
+        record: dict = {"ts": ledger_mod.timestamp(flow.request.timestamp_start or time.time()),
+                        "session": session.get("id")}
+        for key, value in (("label", session.get("label")), ("agent", session.get("agent")),
+                           ("rule", changes[0].get("rule") if changes else (rules[0].get("name") if rules else None)),
+                           ("host", gateway_host(flow)), ("model", meta.get("model"))):
+            if value is not None:
+                record[key] = value
+        known = usage.known()
+        for key in ("served_model", "provider"):
+            if key in known:
+                record[key] = known.pop(key)
+        record["status"] = flow.response.status_code
+        record["stream"] = is_sse(flow.response)
+        record.update(known)
+        if self.ledger is not None:
+            self.ledger.append(record)
+        epoch = flow.request.timestamp_start or time.time()
+        flip = self.flips.see(str(record["session"]), record.get("provider"), epoch)
+        self._add(record, epoch, flip)
+        if flip is not None:
+            logger.warning(f"agent-session-ids: session {record.get('label') or record['session']} was served by "
+                           f"{flip['to']}, its previous turn by {flip['from']} ({duration(flip['idle_s'])} before): "
+                           f"a provider flip loses the prompt cache")
+        figures = {k: v for k, v in record.items() if k not in ("ts", "session", "label", "agent", "rule", "host")}
+        ratio = hit_ratio(record)
+        if ratio is not None:
+            figures["cache_hit_ratio"] = round(ratio, 4)
+        if flip is not None:
+            figures["provider_flip"] = flip
+        display.annotate_usage(flow, figures)
+
+    # -- live totals ----------------------------------------------------------------------------------
+
+    def _add(self, record: dict, epoch: float, flip: dict | None) -> None:
+        key = str(record["session"])
+        totals = self.sessions.pop(key, None)  # re-inserted: the dict stays in order of last use
+        if totals is None:
+            totals = Totals(key)
+            if len(self.sessions) >= MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
+        self.sessions[key] = totals
+        totals.add(record, epoch)
+        if flip is not None:
+            totals.flips.append({**flip, "when": time.strftime("%H:%M:%S", time.localtime(epoch))})
+            del totals.flips[:-5]  # the latest few
+
+    def table(self) -> list[str]:
+        """Per session: requests, tokens, cache-hit ratio, cost, providers (newest first)."""
+        return table(list(reversed(self.sessions.values())))
+
+    def summary(self) -> list[str]:
+        groups = list(reversed(self.sessions.values()))
+        lines = table(groups[:SUMMARY_SESSIONS])
+        if len(groups) > SUMMARY_SESSIONS:
+            lines.append(f"... and {len(groups) - SUMMARY_SESSIONS} more sessions")
+        if self.path:
+            lines.append(f"ledger: {self.path} (python -m agent_session_ids.report)")
+        return lines

@@ -1,0 +1,159 @@
+"""Sums of ledger records per group, and provider flips: shared by the report (from the ledger)
+and the live view in the proxy (sessionids.sessions, the summary on exit)."""
+
+from __future__ import annotations
+
+TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
+
+
+class Totals:
+    """One group's figures. A sum stays None until some record knows that figure."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.label: str | None = None
+        self.agent: str | None = None
+        self.requests = 0
+        self.sums: dict[str, int | None] = dict.fromkeys(TOKENS)
+        self.cost: float | None = None
+        self.cost_requests = 0  # requests whose cost the gateway reported
+        self._hit_read = 0  # cache reads and input, over requests that gave both
+        self._hit_input = 0
+        self.providers: dict[str, int] = {}
+        self.models: dict[str, int] = {}
+        self.first: float | None = None
+        self.last: float | None = None
+        self.flips: list[dict] = []
+        self.turns: list[tuple[float, float | None, str | None]] = []  # (epoch, hit ratio, provider)
+
+    def add(self, record: dict, epoch: float, keep_turns: bool = False) -> None:
+        self.requests += 1
+        self.label = record.get("label") or self.label
+        self.agent = record.get("agent") or self.agent
+        for key in TOKENS:
+            value = record.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.sums[key] = (self.sums[key] or 0) + value
+        cost = record.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            self.cost = (self.cost or 0.0) + cost
+            self.cost_requests += 1
+        ratio = hit_ratio(record)
+        if ratio is not None:
+            self._hit_read += record["cache_read_tokens"]
+            self._hit_input += record["input_tokens"]
+        provider = record.get("provider")
+        if isinstance(provider, str):
+            self.providers[provider] = self.providers.get(provider, 0) + 1
+        model = record.get("model") or record.get("served_model")
+        if isinstance(model, str):
+            self.models[model] = self.models.get(model, 0) + 1
+        self.first = epoch if self.first is None else min(self.first, epoch)
+        self.last = epoch if self.last is None else max(self.last, epoch)
+        if keep_turns:
+            self.turns.append((epoch, ratio, provider if isinstance(provider, str) else None))
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        return self._hit_read / self._hit_input if self._hit_input else None
+
+    def as_dict(self) -> dict:
+        return {
+            "requests": self.requests,
+            **self.sums,
+            "cost": round(self.cost, 10) if self.cost is not None else None,
+            "cost_requests": self.cost_requests,
+            "cache_hit_ratio": round(self.cache_hit_ratio, 4) if self.cache_hit_ratio is not None else None,
+            "providers": dict(self.providers),
+        }
+
+
+def hit_ratio(record: dict) -> float | None:
+    """One turn's cache reads ÷ input, when the answer gave both."""
+    read, total = record.get("cache_read_tokens"), record.get("input_tokens")
+    if isinstance(read, int) and isinstance(total, int) and total > 0:
+        return min(1.0, read / total)
+    return None
+
+
+class FlipWatch:
+    """Which provider served each session's previous turn: a turn served by another one is a flip,
+    with the idle gap since that previous turn (start to start)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._last: dict[str, tuple[str, float]] = {}  # session -> (provider, epoch of its turn)
+
+    def see(self, session: str, provider: str | None, epoch: float) -> dict | None:
+        if not provider:
+            return None
+        before = self._last.get(session)
+        self._last.pop(session, None)
+        if len(self._last) >= self.limit:
+            del self._last[next(iter(self._last))]
+        self._last[session] = (provider, epoch)
+        if before is None or before[0] == provider:
+            return None
+        return {"from": before[0], "to": provider, "idle_s": round(max(0.0, epoch - before[1]), 3)}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+def tokens(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10_000:
+        return str(value)
+    if value < 1_000_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value / 1_000_000:.2f}M"
+
+
+def percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.0f}%"
+
+
+def money(cost: float | None) -> str:
+    if cost is None:
+        return "-"
+    if cost < 1:
+        return f"${cost:.4f}"
+    return f"${cost:,.2f}"
+
+
+def providers_text(providers: dict[str, int]) -> str:
+    if not providers:
+        return "-"
+    return ", ".join(f"{name} ({n})" if len(providers) > 1 else name
+                     for name, n in sorted(providers.items(), key=lambda kv: -kv[1]))
+
+
+def table(groups: list[Totals], title: str = "SESSION", width: int = 30) -> list[str]:
+    """The text table of the report, of sessionids.sessions and of the summary on exit."""
+    lines = [f"{title:<{width}} {'AGENT':<8} {'REQS':>5} {'INPUT':>8} {'CACHED':>8} {'HIT':>4} "
+             f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"]
+    for g in groups:
+        name = g.label or g.key if title == "SESSION" else g.key
+        name = name if len(name) <= width else name[: width - 1] + "…"
+        cost = money(g.cost)
+        if g.cost is not None and g.cost_requests < g.requests:
+            cost += "*"
+        lines.append(f"{name:<{width}} {(g.agent or '-')[:8]:<8} {g.requests:>5} "
+                     f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
+                     f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
+                     f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}")
+        for flip in g.flips:
+            lines.append(f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
+                         f"after {duration(flip['idle_s'])} idle")
+    return lines
