@@ -27,7 +27,7 @@ from .resolution.model import Process, Session
 from .resolution.pipeline import Evidence, Pipeline, Seen
 from .resolution.resolver import Resolver
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
-from .rules import Rule, RuleError, default_rules_dir, load_rules_dir, rules_signature
+from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
 
@@ -60,13 +60,14 @@ def _may_stream(flow: http.HTTPFlow) -> bool:
 
 def _evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -> dict[str, str]:
     """The request headers the resolution reads (lower-case names), less those this addon set."""
-    names = set(agents.EVIDENCE_HEADERS)
-    names.update(key for r in rules for target, key in r.client_fields if target == "header")
+    fields = {f.key: f for r in rules for f in r.client_fields if f.target == "header"}
     out = {}
-    for name in names:
+    for name in set(agents.EVIDENCE_HEADERS) | set(fields):
         value = request_headers.get(name)
         if value is not None and ours.get(name) != value:
-            out[name] = value
+            value = fields[name].header_value(value) if name in fields else value  # a JSON header: its member
+            if value is not None:
+                out[name] = value
     return out
 
 
@@ -87,11 +88,12 @@ def _first_pass_changes(flow) -> list[dict]:
 
 def _client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
     """The first of a gateway's honoured client fields the request carries, in words."""
-    for target, key in fields:
+    for field in fields:
+        target, key = field
         if target == "header":
             value = headers.get(key)
-            if value and ours.get(key) != value:
-                return f"header {key}"
+            if value and ours.get(key) != value and field.header_value(value):
+                return field.describe
         elif dotted(body, key) not in (None, ""):
             return f"body {key}"
     return None
@@ -132,6 +134,12 @@ class SessionIds:
             "Defaults to the rules/ folder shipped with agent-session-ids. Edits are picked up live.",
         )
         loader.add_option(
+            "session_enable", str, "",
+            "Rules that ship off (self-hosted gateways: litellm-session, bifrost-session) to switch on, "
+            "separated by commas, each as name or name@host (the gateway's host, matched instead of the "
+            "rule's own; give a name several times for several hosts).",
+        )
+        loader.add_option(
             "session_state_file", str, "",
             "File that keeps the session IDs minted for sessions whose first request came before their "
             "session file, so they survive a proxy restart. Empty: <confdir>/agent-session-ids/state.json.",
@@ -168,7 +176,7 @@ class SessionIds:
     def configure(self, updated: set[str]) -> None:
         if updated & {"session_usage", "session_usage_file", "confdir"}:
             self.usage.configure(ctx.options.session_usage, ctx.options.session_usage_file, ctx.options.confdir)
-        if "session_rules" in updated:
+        if "session_rules" in updated or "session_enable" in updated:
             try:
                 rules, signature = self._load_rules(ctx.options.session_rules)
             except RuleError as e:
@@ -231,7 +239,7 @@ class SessionIds:
     @staticmethod
     def _load_rules(folder: str) -> tuple[list[Rule], tuple]:
         signature = rules_signature(folder)
-        return load_rules_dir(folder), signature
+        return active_rules(load_rules_dir(folder), ctx.options.session_enable), signature
 
     def _swap_rules(self, rules: list[Rule], signature: tuple) -> None:
         # One assignment: a flow in flight keeps the RuleSet it started with.
@@ -440,10 +448,18 @@ class SessionIds:
                     continue
             for action in rule.actions:
                 value = render(action, fields)
+                if not value:  # an empty value says nothing (a session with no name): not set
+                    continue
                 if action.target == "header":
                     # a header this addon set in the first pass is no client's: set it again
                     mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
-                    old, changed = set_header(headers, action.key, value, mode)
+                    try:
+                        old, changed = set_header(headers, action.key, value, mode, action.json_key, action.max_entries)
+                    except RewriteError as e:  # a JSON header of the client's that cannot take the member
+                        skipped.append(f"{action.describe}: {e}")
+                        continue
+                    if action.json_key:
+                        value = headers.get(action.key)  # what is sent: the client's object, the member merged in
                 elif new_body is None:
                     self._warn_once(f"body-{rule.name}-{body_problem}", f"rule {rule.name}: {action.describe} not set: {body_problem}")
                     skipped.append(f"{action.describe}: {body_problem}")

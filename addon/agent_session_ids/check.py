@@ -19,7 +19,9 @@ def check_folder(path: str) -> tuple[bool, str]:
     except RuleError as e:
         return False, str(e)
     hosts = ", ".join(RuleSet(rules).hosts) or "no hosts"
-    return True, f"ok: {len(rules)} rules in {path} for {hosts}"
+    off = [r.name for r in rules if not r.enabled]
+    off_note = f" ({len(off)} off until session_enable names them: {', '.join(off)})" if off else ""
+    return True, f"ok: {len(rules)} rules in {path}{off_note} for {hosts}"
 
 
 def main(argv: list[str] | None = None) -> int:

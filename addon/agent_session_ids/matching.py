@@ -23,7 +23,7 @@ def gateway_host(flow) -> str:
 
 class RuleSet:
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules = tuple(rules)
+        self.rules = tuple(r for r in rules if r.enabled)  # a rule that ships off is not used
         self._exact: dict[str, list[Rule]] = {}
         self._suffix: list[tuple[str, Rule]] = []  # ("." + domain, rule) for "*.domain"
         self._any_host: list[Rule] = []

@@ -139,10 +139,39 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
     raise AssertionError("unreachable")
 
 
-def set_header(headers, name: str, value: str, if_present: str) -> tuple[str | None, bool]:
-    """Set a header on a mitmproxy Headers object; returns (previous_value, changed)."""
+def set_header(headers, name: str, value: str, if_present: str, json_key: str | None = None,
+               max_entries: int | None = None) -> tuple[str | None, bool]:
+    """Set a header on a mitmproxy Headers object; returns (previous_value, changed).
+
+    With json_key, the header holds a JSON object and the value is set as its member json_key:
+    merged into the object the client sent, whose other bytes stay as they were. Raises
+    RewriteError when the client's header holds no JSON object, or holds max_entries members
+    already; the header is then left as the client sent it."""
     old = headers.get(name)
+    if json_key is not None:
+        new, changed = merge_member(old, json_key, value, if_present, max_entries, name)
+        if changed:
+            headers[name] = new
+        return old, changed
     if old is not None and (if_present == "keep" or old == value):
         return old, False
     headers[name] = value
     return old, True
+
+
+def merge_member(text: str | None, key: str, value: str, if_present: str, max_entries: int | None = None,
+                 what: str = "header") -> tuple[str, bool]:
+    """A JSON object's text with the string member `key` set to `value`; (new_text, changed).
+    No text (or blank) is an empty object. Only the member's bytes change."""
+    if text is None or not text.strip(" \t"):
+        return json.dumps({key: value}), True
+    try:
+        doc = _DECODER.decode(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise RewriteError(f"the client's {what} is not a JSON object; kept as sent")
+    if key not in doc and max_entries is not None and len(doc) >= max_entries:
+        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept as sent")
+    new, _, changed = set_field(text, (key,), value, if_present, doc)
+    return new, changed

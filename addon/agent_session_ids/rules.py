@@ -12,10 +12,16 @@ A rule file holds a list of rules. Each rule says which flows it matches and wha
 
 Everything is validated when the file is loaded. Errors carry the file and line, and say how to fix
 them, so that a bad rule stops start-up with one clear line instead of a traceback.
+
+A rule with `enabled: false` is loaded and checked but not used until it is switched on, by the
+`session_enable` option (see `active_rules`), which can also give it the hosts it matches: that is
+how rules for self-hosted gateways ship.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -34,10 +40,10 @@ FIELDS: dict[str, str] = {
     "agent.name": "the agent that sent the request (pi, ...), or the process name for other programs",
 }
 
-RULE_KEYS = {"name", "match", "set", "fallback", "client_fields"}
-CLIENT_FIELD_KEYS = {"header", "body"}
+RULE_KEYS = {"name", "match", "set", "fallback", "client_fields", "enabled"}
+CLIENT_FIELD_KEYS = {"header", "body", "json_key"}
 MATCH_KEYS = {"host", "path", "method", "filter"}
-SET_KEYS = {"header", "body", "value", "max_length", "keep", "if_present"}
+SET_KEYS = {"header", "body", "value", "max_length", "keep", "if_present", "json_key", "max_entries"}
 _FIELD_RE = re.compile(r"\{([^{}]*)\}")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -51,7 +57,8 @@ class RuleError(ValueError):
         self.file = file
         self.line = line
         self.message = message
-        super().__init__(f"{file}:{line}: {message}")
+        # line 0: the whole file or folder, or an option (session_enable)
+        super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,11 @@ class SetAction:
     max_length: int | None
     keep: Literal["first", "last"]  # which end survives max_length
     if_present: Literal["keep", "replace"]
+    # a header whose value is a small JSON object: the value is set as this member of it, merged
+    # into the object the client sent (never replacing it), and not added to one that already has
+    # max_entries members
+    json_key: str | None = None
+    max_entries: int | None = None
 
     @property
     def body_path(self) -> tuple[str, ...]:
@@ -121,6 +133,43 @@ class SetAction:
 
 
 @dataclass(frozen=True)
+class ClientField:
+    """A field in which a gateway honours a session id the client sent itself.
+
+    Unpacks as the pair (target, key), target "header" (key: the lower-case name) or "body" (key:
+    the dotted path). json_key: the header's value is a JSON object, and the id is this member."""
+
+    target: Literal["header", "body"]
+    key: str
+    json_key: str | None = None
+
+    def __iter__(self):
+        return iter((self.target, self.key))
+
+    @property
+    def describe(self) -> str:
+        return f"{self.target} {self.key}" + (f" ({self.json_key})" if self.json_key else "")
+
+    def header_value(self, raw: str | None) -> str | None:
+        """The id this field holds in a header value as sent (None: it holds none)."""
+        if raw is None or self.json_key is None:
+            return raw
+        member = json_object(raw).get(self.json_key)
+        if isinstance(member, bool) or not isinstance(member, (str, int)):
+            return None
+        return str(member)
+
+
+def json_object(text: str) -> dict:
+    """The JSON object a header value holds; {} when it holds none."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     file: str
@@ -128,10 +177,10 @@ class Rule:
     match: Match
     actions: tuple[SetAction, ...]
     fallback: bool  # may this rule use a fallback ID when no agent session was found?
-    # the fields in which the gateway honours a session id the client sent itself, as
-    # ("header", lower-case name) or ("body", dotted path): such an id is the session, and a
-    # weaker one (a fallback) is never written over it
-    client_fields: tuple[tuple[str, str], ...] = ()
+    # the fields in which the gateway honours a session id the client sent itself: such an id is
+    # the session, and a weaker one (a fallback) is never written over it
+    client_fields: tuple[ClientField, ...] = ()
+    enabled: bool = True  # off: loaded and checked, but used only once session_enable names it
 
     @property
     def sets_body(self) -> bool:
@@ -259,30 +308,44 @@ class _Reader:
         if not isinstance(set_node, yaml.SequenceNode) or not set_node.value:
             raise self.fail(set_node, "'set' must be a non-empty list of entries such as '- header: x-name' with a 'value'")
         actions = tuple(self.action(item) for item in set_node.value)
-        targets = [(a.target, a.key.lower() if a.target == "header" else a.key) for a in actions]
+        targets = [(a.target, a.key.lower() if a.target == "header" else a.key, a.json_key) for a in actions]
         for i, t in enumerate(targets):
             if t in targets[:i]:
-                raise self.fail(set_node.value[i], f"rule '{name}' sets {actions[i].describe} twice; keep one entry")
+                what = actions[i].describe + (f" member '{t[2]}'" if t[2] is not None else "")
+                raise self.fail(set_node.value[i], f"rule '{name}' sets {what} twice; keep one entry")
         fallback = self.boolean(m["fallback"][1], "'fallback'") if "fallback" in m else True
         client_fields = self.client_fields(m["client_fields"][1]) if "client_fields" in m else ()
-        return Rule(name, self.file, node.start_mark.line + 1, match, actions, fallback, client_fields)
+        enabled = self.boolean(m["enabled"][1], "'enabled'") if "enabled" in m else True
+        return Rule(name, self.file, node.start_mark.line + 1, match, actions, fallback, client_fields, enabled)
 
-    def client_fields(self, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+    def client_fields(self, node: yaml.Node) -> tuple[ClientField, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail(node, "'client_fields' must be a non-empty list of entries such as '- header: x-session-id' or '- body: session_id'")
         out = []
         for item in node.value:
             m = self.mapping(item, "a 'client_fields' entry", CLIENT_FIELD_KEYS)
-            if len(m) != 1:
+            targets = [k for k in ("header", "body") if k in m]
+            if len(targets) != 1:
                 raise self.fail(item, "a 'client_fields' entry needs exactly one of 'header: <name>' or 'body: <dotted.json.path>'")
-            (target, (_, key_node)), = m.items()
+            target = targets[0]
+            key_node = m[target][1]
             key = self.string(key_node, f"'{target}'")
             if target == "header" and not _HEADER_NAME_RE.match(key):
                 raise self.fail(key_node, f"{key!r} is not a valid header name; use letters, digits and '-'")
             if target == "body" and not _BODY_KEY_RE.match(key):
                 raise self.fail(key_node, f"{key!r} is not a body path; write dotted JSON keys such as session_id")
-            out.append((target, key.lower() if target == "header" else key))
+            json_key = self.json_key(m, target)
+            out.append(ClientField(target, key.lower() if target == "header" else key, json_key))  # type: ignore[arg-type]
         return tuple(out)
+
+    def json_key(self, m: dict[str, tuple[yaml.Node, yaml.Node]], target: str) -> str | None:
+        if "json_key" not in m:
+            return None
+        key_node, value_node = m["json_key"]
+        if target != "header":
+            raise self.fail(key_node, "'json_key' names a member of a JSON object in a header; use it with 'header', "
+                                      "or write the body path with dots")
+        return self.string(value_node, "'json_key'")
 
     def match(self, node: yaml.Node) -> Match:
         m = self.mapping(node, "'match'", MATCH_KEYS)
@@ -340,7 +403,15 @@ class _Reader:
                 raise self.fail(m["max_length"][1], "'max_length' must be at least 1")
         keep = self.choice(m["keep"][1], "'keep'", ("first", "last")) if "keep" in m else "first"
         if_present = self.choice(m["if_present"][1], "'if_present'", ("keep", "replace")) if "if_present" in m else "keep"
-        return SetAction(target, key, value, max_length, keep, if_present)  # type: ignore[arg-type]
+        json_key = self.json_key(m, target)
+        max_entries = None
+        if "max_entries" in m:
+            if json_key is None:
+                raise self.fail(m["max_entries"][0], "'max_entries' caps the members of a JSON header; use it with 'json_key'")
+            max_entries = self.integer(m["max_entries"][1], "'max_entries'")
+            if max_entries < 1:
+                raise self.fail(m["max_entries"][1], "'max_entries' must be at least 1")
+        return SetAction(target, key, value, max_length, keep, if_present, json_key, max_entries)  # type: ignore[arg-type]
 
 
 def parse_rules(text: str, file: str) -> list[Rule]:
@@ -354,6 +425,46 @@ def parse_rules(text: str, file: str) -> list[Rule]:
     except yaml.YAMLError as e:
         raise RuleError(file, 1, f"YAML error: {e}") from None
     return _Reader(file).document(root)
+
+
+ENABLE_OPTION = "session_enable"
+
+
+def active_rules(rules: list[Rule], enable: str = "") -> list[Rule]:
+    """The rules in use: those not `enabled: false`, and those the session_enable option names.
+
+    `enable` is a comma-separated list of rule names, each optionally followed by `@host`: the rule
+    is switched on, and matches that host instead of its own (a name given several times collects
+    its hosts). A rule that names no host of its own (a self-hosted gateway's) needs one here.
+    Raises RuleError."""
+    by_name = {rule.name: rule for rule in rules}
+    hosts: dict[str, list[str]] = {}
+    for entry in (e.strip() for e in enable.split(",")):
+        if not entry:
+            continue
+        name, _, host = (part.strip() for part in entry.partition("@"))
+        if name not in by_name:
+            off = sorted(r.name for r in rules if not r.enabled)
+            raise RuleError(ENABLE_OPTION, 0, f"no rule is named {name!r}; the rules that ship off are: "
+                                              f"{', '.join(off) or 'none'} (write name or name@host, separated by commas)")
+        names = hosts.setdefault(name, [])
+        if host:
+            host = host.lower()
+            if not _HOST_RE.match(host):
+                raise RuleError(ENABLE_OPTION, 0, f"{host!r} (for {name}) is not a host name; write it like "
+                                                  f"{name}@llm.example.com (no scheme, port or path)")
+            names.append(host)
+    out = []
+    for rule in rules:
+        if rule.name in hosts:
+            new_hosts = tuple(hosts[rule.name]) or rule.match.hosts
+            if not new_hosts:
+                raise RuleError(ENABLE_OPTION, 0, f"rule {rule.name} ({rule.file}:{rule.line}) names no host: give the "
+                                                  f"gateway's, as {ENABLE_OPTION}={rule.name}@<host>")
+            rule = dataclasses.replace(rule, enabled=True, match=dataclasses.replace(rule.match, hosts=new_hosts))
+        if rule.enabled:
+            out.append(rule)
+    return out
 
 
 def rules_signature(path: str | os.PathLike[str]) -> tuple:

@@ -17,6 +17,7 @@ import pytest
 
 import harness
 from harness import Mitmdump, header
+from agent_session_ids.rules import active_rules, load_rules_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +145,8 @@ def test_commands_through_mitmwebs_command_api(tmp_path):
         assert session["id"] in sessions and sessions.splitlines()[1].split()[1] == "1"
         explained = web.command("sessionids.explain", f"~comment {session['id']}")
         assert "decided by fallback:" in explained and "opencode-session" in explained
-        assert web.command("sessionids.reload").startswith("reloaded 3 rules")
+        on = len(active_rules(load_rules_dir(ROOT / "rules")))  # the shipped rules that are on
+        assert web.command("sessionids.reload").startswith(f"reloaded {on} rules")
         bad = tmp_path / "bad"
         bad.mkdir()
         (bad / "b.yaml").write_text("rules: [\n")

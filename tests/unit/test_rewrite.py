@@ -104,3 +104,35 @@ def test_the_edit_changes_only_the_field_it_sets(body, indent, ensure_ascii, val
     # the original text survives byte for byte around the insertion
     close = raw.rindex("}")
     assert new.startswith(raw[:close]) and new.endswith(raw[close:])
+
+
+# -- a header whose value is a small JSON object (cf-aig-metadata) -----------------------------
+
+
+def test_a_json_member_is_merged_into_the_clients_header_never_over_it():
+    from mitmproxy.http import Headers
+
+    from agent_session_ids.rewrite import set_header
+
+    def merged(sent: str | None, if_present="keep", max_entries=5):
+        headers = Headers(**({"cf_aig_metadata": sent} if sent is not None else {}))
+        old, changed = set_header(headers, "cf-aig-metadata", "s-1", if_present, "session", max_entries)
+        assert old == sent
+        return headers.get("cf-aig-metadata"), changed
+
+    assert merged(None) == ('{"session": "s-1"}', True)
+    assert merged("  ") == ('{"session": "s-1"}', True)
+    # the client's entries and their bytes stay; the member goes after them
+    assert merged('{"team": "AI", "user": 12345, "test":true}') == (
+        '{"team": "AI", "user": 12345, "test":true,"session":"s-1"}', True)
+    assert merged("{}") == ('{"session":"s-1"}', True)
+    # the client's own session is kept, or only its value's bytes replaced
+    assert merged('{"session": "mine", "a": 1}') == ('{"session": "mine", "a": 1}', False)
+    assert merged('{"session": "mine", "a": 1}', "replace") == ('{"session": "s-1", "a": 1}', True)
+    # five entries: the gateway keeps no more, so none is added; not an object: kept as sent
+    for sent, why in (('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already"), ("not json", "not a JSON object"),
+                      ('["session"]', "not a JSON object"), ('{"a":1} {"b":2}', "not a JSON object")):
+        with pytest.raises(RewriteError, match=why):
+            merged(sent)
+    assert merged('{"a":1,"b":2,"c":3,"d":4,"session":"x"}', "replace")[0] == '{"a":1,"b":2,"c":3,"d":4,"session":"s-1"}'
+    assert merged('{"a":1,"b":2,"c":3,"d":4,"e":5}', max_entries=None)[1] is True

@@ -19,7 +19,7 @@ from mitmproxy.test import taddons
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
 from agent_session_ids.resolution.model import Session
-from agent_session_ids.rules import RuleError, parse_rules
+from agent_session_ids.rules import RuleError, load_rules_dir, parse_rules
 
 from test_addon import flow, run
 from test_rules import GOOD
@@ -129,7 +129,7 @@ def test_commands_list_sessions_explain_flows_and_check_folders(tmp_path):
     explained = addon.cmd_explain(f)
     assert f"session   {session_id}" in explained and "set       body.session_id: None ->" in explained
     assert "openrouter-session-id" in explained and "~d '^openrouter\\.ai$'" in explained
-    assert addon.cmd_check(DEFAULT_RULES).startswith("ok: 3 rules")
+    assert addon.cmd_check(DEFAULT_RULES).startswith(f"ok: {len(load_rules_dir(DEFAULT_RULES))} rules")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.yaml").write_text(GOOD.replace("host:", "hots:"))
@@ -199,7 +199,7 @@ def test_check_command_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "addon")}
     ok = subprocess.run([sys.executable, "-m", "agent_session_ids.check", str(ROOT / "rules")],
                         capture_output=True, text=True, env=env)
-    assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 rules")
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {len(load_rules_dir(ROOT / 'rules'))} rules")
     (tmp_path / "x.yaml").write_text("rules:\n  - name: x\n")
     bad = subprocess.run([sys.executable, "-m", "agent_session_ids.check", str(tmp_path)],
                          capture_output=True, text=True, env=env)
@@ -215,6 +215,9 @@ VALID = [
     GOOD + "        max_length: 30\n        keep: last\n        if_present: replace\n",
     GOOD.replace("    match:", "    fallback: false\n    match:"),
     GOOD.replace("header: x-a", "body: metadata.session_id"),
+    GOOD.replace("    match:", "    enabled: false\n    match:"),
+    GOOD + "        json_key: session\n        max_entries: 5\n",
+    GOOD + "    client_fields:\n      - header: X-Meta\n        json_key: session\n      - body: a.b\n",
     "rules: []\n",
     "{}\n",
 ]
@@ -237,6 +240,15 @@ INVALID = [
     "rule:\n  - {}\n",
     "rules: {}\n",
     GOOD.replace("    set:\n", "    set: []\n    x:\n"),
+    GOOD.replace("    match:", "    enabled: maybe\n    match:"),
+    GOOD + "        max_entries: 5\n",
+    GOOD + "        json_key: session\n        max_entries: 0\n",
+    GOOD + "        json_key: ''\n",
+    GOOD.replace("header: x-a", "body: a") + "        json_key: session\n",
+    GOOD + "    client_fields:\n      - body: a\n        json_key: session\n",
+    GOOD + "    client_fields:\n      - json_key: session\n",
+    GOOD + "    client_fields:\n      - header: x-a\n        body: a\n",
+    GOOD + "    client_fields:\n      - header: x-a\n        keep: last\n",
 ]
 
 
