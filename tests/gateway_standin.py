@@ -60,6 +60,22 @@ Other directives in the last user message:
 - ``[[delay: <seconds>]]`` -- wait this long (max 30 s) before answering each request of the
   turn (the proxy keeps serving other flows meanwhile).
 
+Usage figures (issue 11)
+------------------------
+``[[usage: in=<n> cached=<n> write=<n> out=<n> cost=<usd> provider=<name>]]`` in the last user
+message makes every answer of the turn carry exactly these figures (each key optional; a key not
+given is left out of the answer), in the answer's own format: OpenAI chat ``usage.prompt_tokens``,
+``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens``, ``usage.cost`` and a top-level
+``provider`` (OpenRouter's additions); Anthropic ``input_tokens`` (= in - cached - write),
+``cache_read_input_tokens``, ``cache_creation_input_tokens``, with ``usage.cost`` in the last
+``message_delta``; Responses ``usage.input_tokens``, ``input_tokens_details.cached_tokens``. On
+``api.opper.ai`` the provider is the ``x-opper-served-provider`` header, and the cost the
+``x-opper-cost`` header (not streamed) or the last event's ``usage.cost`` (streamed). Each answer
+is logged too: ``{"kind": "answer", "n", "flow_id", "status", "headers", "body_b64"}``.
+
+``StreamingStandin`` runs the same answers as a real upstream HTTP server, sending an SSE answer
+event by event and holding all but the first until the test releases it (see its doc).
+
 Tool-call ids are ``call_standin_<k>`` (OpenAI chat), ``toolu_standin_<k>`` (Anthropic),
 ``call_standin_<k>`` / ``fc_standin_<k>`` (Responses).
 
@@ -98,6 +114,8 @@ logger = logging.getLogger(__name__)
 _BASH_RE = re.compile(r"\[\[bash(?:\*(\d+))?:\s*(.*?)\]\]", re.DOTALL)
 _REPLY_RE = re.compile(r"\[\[reply:\s*(.*?)\]\]", re.DOTALL)
 _DELAY_RE = re.compile(r"\[\[delay:\s*([0-9.]+)\s*\]\]")
+_USAGE_RE = re.compile(r"\[\[usage:\s*(.*?)\]\]", re.DOTALL)
+_USAGE_KEYS = {"in": int, "cached": int, "write": int, "out": int, "cost": float, "provider": str}
 
 _lock = threading.Lock()
 
@@ -240,6 +258,74 @@ def decide(api: str, body: dict) -> tuple[str | None, str, float]:
     return command, final, seconds
 
 
+def usage_figures(api: str, body: dict) -> dict | None:
+    """The ``[[usage: ...]]`` figures of the last user message (None without the directive)."""
+    match = _USAGE_RE.search(conversation_state(api, body)[0])
+    if not match:
+        return None
+    figures: dict = {}
+    for part in match.group(1).split():
+        key, _, value = part.partition("=")
+        if key in _USAGE_KEYS and value:
+            figures[key] = _USAGE_KEYS[key](value)
+    return figures
+
+
+def _chat_usage(figures: dict | None, in_tok: int) -> dict:
+    if figures is None:
+        return {"prompt_tokens": in_tok, "completion_tokens": 5, "total_tokens": in_tok + 5}
+    usage: dict = {}
+    if "in" in figures:
+        usage["prompt_tokens"] = figures["in"]
+    if "out" in figures:
+        usage["completion_tokens"] = figures["out"]
+    if "in" in figures and "out" in figures:
+        usage["total_tokens"] = figures["in"] + figures["out"]
+    details = {k: figures[f] for k, f in (("cached_tokens", "cached"), ("cache_write_tokens", "write")) if f in figures}
+    if details:
+        usage["prompt_tokens_details"] = details
+    if "cost" in figures:
+        usage["cost"] = figures["cost"]
+    return usage
+
+
+def _anthropic_usage(figures: dict | None, in_tok: int) -> dict:
+    if figures is None:
+        return {"input_tokens": in_tok, "output_tokens": 5,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    usage: dict = {}
+    if "in" in figures:
+        usage["input_tokens"] = figures["in"] - figures.get("cached", 0) - figures.get("write", 0)
+    if "write" in figures:
+        usage["cache_creation_input_tokens"] = figures["write"]
+    if "cached" in figures:
+        usage["cache_read_input_tokens"] = figures["cached"]
+    if "out" in figures:
+        usage["output_tokens"] = figures["out"]
+    return usage
+
+
+def _responses_usage(figures: dict | None, in_tok: int) -> dict:
+    if figures is None:
+        return {"input_tokens": in_tok, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": in_tok + 5}
+    usage: dict = {}
+    if "in" in figures:
+        usage["input_tokens"] = figures["in"]
+    if "cached" in figures:
+        usage["input_tokens_details"] = {"cached_tokens": figures["cached"]}
+    if "out" in figures:
+        usage["output_tokens"] = figures["out"]
+    if "cost" in figures:
+        usage["cost"] = figures["cost"]
+    return usage
+
+
+def _provider(figures: dict | None) -> dict:
+    return {"provider": figures["provider"]} if figures and "provider" in figures else {}
+
+
 def _sse(events: list[tuple[str | None, dict | str]]) -> bytes:
     out = []
     for name, data in events:
@@ -265,10 +351,12 @@ def _json_response(obj: Any, status: int = 200) -> http.Response:
 # --------------------------------------------------------------------------- answers
 
 
-def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+                figures: dict | None = None):
     model = body.get("model", "standin-model")
     cid, created = f"chatcmpl-standin-{n}", int(time.time())
-    usage = {"prompt_tokens": in_tok, "completion_tokens": 5, "total_tokens": in_tok + 5}
+    usage = _chat_usage(figures, in_tok)
+    extra = _provider(figures)
     tool = shell_tool(body) or "bash"
     args = json.dumps(shell_args(tool, command)) if command is not None else None
     call_id = f"call_standin_{k}"
@@ -286,15 +374,15 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
         else:
             message = {"role": "assistant", "content": text}
         return _json_response({
-            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "id": cid, **extra, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         })
 
     def chunk(delta: dict, finish_reason=None, **extra) -> tuple[None, dict]:
         return None, {
-            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra,
+            "id": cid, **_provider(figures), "object": "chat.completion.chunk", "created": created,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra,
         }
 
     events = [chunk({"role": "assistant", "content": ""})]
@@ -306,13 +394,14 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
     else:
         events.append(chunk({"content": text}))
     events.append(chunk({}, finish))
-    events.append((None, {"id": cid, "object": "chat.completion.chunk", "created": created,
+    events.append((None, {"id": cid, **extra, "object": "chat.completion.chunk", "created": created,
                           "model": model, "choices": [], "usage": usage}))
     events.append((None, "[DONE]"))
     return _sse_response(_sse(events))
 
 
-def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+                       figures: dict | None = None):
     model = body.get("model", "standin-model")
     mid = f"msg_standin_{n}"
     stop = "tool_use" if command is not None else "end_turn"
@@ -323,12 +412,13 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
                  "input": shell_args(tool, command)}
     else:
         block = {"type": "text", "text": text}
-    usage = {"input_tokens": in_tok, "output_tokens": 5,
-             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    usage = _anthropic_usage(figures, in_tok)
+    extra = _provider(figures)
+    cost = {"cost": figures["cost"]} if figures and "cost" in figures else {}
     if not body.get("stream"):
         return _json_response({
-            "id": mid, "type": "message", "role": "assistant", "model": model,
-            "content": [block], "stop_reason": stop, "stop_sequence": None, "usage": usage,
+            "id": mid, "type": "message", "role": "assistant", "model": model, **extra,
+            "content": [block], "stop_reason": stop, "stop_sequence": None, "usage": {**usage, **cost},
         })
     start_block = (
         {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
@@ -340,7 +430,7 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
     )
     events = [
         ("message_start", {"type": "message_start", "message": {
-            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "id": mid, "type": "message", "role": "assistant", "model": model, **extra, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}),
         ("content_block_start", {"type": "content_block_start", "index": 0,
                                  "content_block": start_block}),
@@ -349,18 +439,19 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta",
                            "delta": {"stop_reason": stop, "stop_sequence": None},
-                           "usage": {"output_tokens": 5}}),
+                           "usage": {"output_tokens": usage.get("output_tokens", 5), **cost}
+                           if figures is None or "out" in figures else cost}),
         ("message_stop", {"type": "message_stop"}),
     ]
     return _sse_response(_sse(events))
 
 
-def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int):
+def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+                     figures: dict | None = None):
     model = body.get("model", "standin-model")
     rid, created = f"resp_standin_{n}", int(time.time())
-    usage = {"input_tokens": in_tok, "input_tokens_details": {"cached_tokens": 0},
-             "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
-             "total_tokens": in_tok + 5}
+    usage = _responses_usage(figures, in_tok)
+    extra = _provider(figures)
     if command is not None:
         tool = shell_tool(body) or "bash"
         args = json.dumps(shell_args(tool, command))
@@ -373,7 +464,7 @@ def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok:
 
     def response_obj(status: str, output: list, use) -> dict:
         return {"id": rid, "object": "response", "created_at": created, "status": status,
-                "model": model, "output": output, "usage": use,
+                "model": model, **extra, "output": output, "usage": use,
                 "error": None, "incomplete_details": None}
 
     if not body.get("stream"):
@@ -417,6 +508,24 @@ ANSWERERS = {
     "anthropic-messages": anthropic_messages,
     "openai-responses": openai_responses,
 }
+
+
+def answer_for(api: str, body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+           host: str = "") -> http.Response:
+    """The answer, with the ``[[usage: ...]]`` figures where the gateway puts them (Opper: headers)."""
+    figures = usage_figures(api, body)
+    if figures is None or host != "api.opper.ai":
+        return ANSWERERS[api](body, command, text, n, in_tok, k, figures=figures)
+    streamed = bool(body.get("stream"))
+    in_body = {key: v for key, v in figures.items() if key != "provider" and (key != "cost" or streamed)}
+    response = ANSWERERS[api](body, command, text, n, in_tok, k, figures=in_body)
+    response.headers["x-opper-served-model"] = str(body.get("model", "standin-model"))
+    if "provider" in figures:
+        response.headers["x-opper-served-provider"] = figures["provider"]
+    if "cost" in figures and not streamed:
+        response.headers["x-opper-cost"] = repr(figures["cost"])
+    response.headers["x-opper-trace-id"] = "standin-trace"
+    return response
 
 
 # --------------------------------------------------------------------------- addon
@@ -498,7 +607,7 @@ class GatewayStandin:
         if api in ANSWERERS and req.method == "POST":
             in_tok = max(1, len(content) // 4)
             k = conversation_state(api, body)[1]
-            flow.response = ANSWERERS[api](body, command, final, n, in_tok, k)
+            flow.response = answer_for(api, body, command, final, n, in_tok, k, req.pretty_host)
         elif req.method == "GET" and req.path.split("?", 1)[0].rstrip("/").endswith("/models"):
             flow.response = _json_response({"object": "list", "data": []})
         else:
@@ -507,6 +616,15 @@ class GatewayStandin:
             )
 
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Log the answer as the client gets it (the stand-in's own, or an error)."""
+        if flow.response is None or not flow.response.headers.get("X-Standin"):
+            return
+        self._log({"kind": "answer", "time": time.time(), "flow_id": flow.id,
+                   "status": flow.response.status_code,
+                   "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in flow.response.headers.fields],
+                   "body_b64": base64.b64encode(flow.response.raw_content or b"").decode("ascii")})
+
     def server_connect(self, data) -> None:
         """Never let mitmproxy reach the network (see "Network guard" above)."""
         address = getattr(data.server, "address", None)
@@ -514,6 +632,115 @@ class GatewayStandin:
         self._log({"kind": "blocked_connect", "time": time.time(), "address": where})
         logger.warning("stand-in: blocked upstream connection to %s", where)
         data.server.error = "gateway stand-in: upstream connections are disabled"
+
+
+class StreamingStandin:
+    """The stand-in's answers from a real upstream HTTP/1.1 server on 127.0.0.1, streamed: an SSE
+    answer goes out one event per chunk (``Transfer-Encoding: chunked``), optionally gzip-encoded
+    (then the compressed bytes, in a few chunks). The first chunk is sent at once; the rest waits
+    until ``release`` is set, or ``hold_timeout`` passes. So a test can see whether a proxy passes
+    the first chunk on before the answer ends: its client reads that chunk, then sets ``release``.
+
+        server = StreamingStandin().start()      # server.port
+        server.release.clear()                   # before each request
+        ...                                      # after it: server.sent[-1]
+        server.stop()
+
+    ``sent`` lists one dict per answer: ``body`` (the bytes sent, as on the wire less the
+    chunking), ``first`` (the first chunk), ``released`` (True when ``release`` let the rest go,
+    False when the hold timed out), ``path``, ``api``.
+    """
+
+    def __init__(self, hold_timeout: float = 60.0, encoding: str | None = None, host: str = "openrouter.ai") -> None:
+        self.hold_timeout = hold_timeout
+        self.encoding = encoding
+        self.host = host
+        self.release = threading.Event()
+        self.sent: list[dict] = []
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> "StreamingStandin":
+        import http.server
+        import socketserver
+
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                standin._answer(self, raw)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self.release.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _answer(self, handler, raw: bytes) -> None:
+        import gzip as gzip_mod
+
+        path = handler.path
+        path = "/" + path.split("://", 1)[1].split("/", 1)[1] if "://" in path else path
+        api = api_of(path)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        command, final, _ = decide(api, body) if api in ANSWERERS else (None, "ok", 0.0)
+        n = len(self.sent) + 1
+        response = answer_for(api, body, command, final, n, max(1, len(raw) // 4),
+                          conversation_state(api, body)[1], self.host)
+        data = response.content or b""
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            pieces = [e + b"\n\n" for e in data.split(b"\n\n") if e]
+        else:
+            pieces = [data]
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.fields
+                   if k.lower() not in (b"content-length",)]
+        if self.encoding == "gzip":
+            data = gzip_mod.compress(data)
+            third = max(1, len(data) // 3)
+            pieces = [data[:third], data[third:2 * third], data[2 * third:]]
+            headers.append(("Content-Encoding", "gzip"))
+        record = {"path": path, "api": api, "body": data, "first": pieces[0], "released": None}
+        self.sent.append(record)
+        handler.send_response(response.status_code)
+        for name, value in headers:
+            handler.send_header(name, value)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(piece: bytes) -> None:
+            if piece:
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                handler.wfile.flush()
+
+        chunk(pieces[0])
+        record["released"] = self.release.wait(self.hold_timeout)
+        for piece in pieces[1:]:
+            chunk(piece)
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
 
 
 addons = [GatewayStandin()]

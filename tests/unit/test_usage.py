@@ -570,13 +570,12 @@ def test_a_streamed_answer_passes_chunk_by_chunk_and_lands_in_the_ledger(tmp_pat
         f = _flow()
         await addon.request(f)
         _answer(f, b"")
-        f.response.stream = False
+        f.response.stream, f.response.raw_content = False, None  # as from upstream: headers only
         addon.responseheaders(f)
         stream = f.response.stream
         assert callable(stream)
         out = [stream(OPENROUTER_CHAT_SSE[i:i + 40]) for i in range(0, len(OPENROUTER_CHAT_SSE), 40)] + [stream(b"")]
         assert b"".join(out) == OPENROUTER_CHAT_SSE
-        f.response.content = None
         addon.response(f)
         return f
 
@@ -618,7 +617,7 @@ def test_flows_no_rule_rewrote_are_left_alone(tmp_path):
         f.request.host = "example.com"
         await addon.request(f)
         _answer(f, OPENAI_CHAT_SSE)
-        f.response.stream = False
+        f.response.stream, f.response.raw_content = False, None
         addon.responseheaders(f)
         assert f.response.stream is False
         addon.response(f)
@@ -633,7 +632,7 @@ def test_usage_off_leaves_answers_alone(tmp_path):
         f = _flow()
         await addon.request(f)
         _answer(f, OPENAI_CHAT_SSE)
-        f.response.stream = False
+        f.response.stream, f.response.raw_content = False, None
         addon.responseheaders(f)
         assert f.response.stream is False
         addon.response(f)

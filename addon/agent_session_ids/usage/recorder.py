@@ -102,6 +102,8 @@ class Recorder:
             if not self.enabled or flow.is_replay or _session_meta(flow) is None:
                 return
             response = flow.response
+            if response.raw_content is not None:
+                return  # an answer an addon set whole (mitmproxy emulates this hook): read in `response`
             sse = is_sse(response)
             if not sse and not response.stream:
                 return  # a JSON answer: mitmproxy holds it as it would anyway; read in `response`
