@@ -1,5 +1,10 @@
-"""Every case of session resolution, with a real pi (0.73.1 and 0.87.1) through a real mitmdump
-running the addon, and the gateway stand-in recording what arrived."""
+"""Every case of session resolution, with a real pi (0.73.1, 0.87.1 and 1.6.0) through a real
+mitmdump running the addon, and the gateway stand-in recording what arrived.
+
+The tests branch on what each pi does, not on its version (see harness.pi_sends_session_id & co.):
+0.73.1 names no session; 0.87.1 names it in every request (``x-session-id`` toward OpenRouter,
+``x-opencode-session`` toward OpenCode) but writes its file with the first answer; 1.6.0 names it
+too and writes its file, ``--name`` included, before its first request."""
 
 from __future__ import annotations
 
@@ -92,8 +97,10 @@ def test_new_sessions_first_request_carries_the_id_of_its_later_requests(pi_vers
     assert len(new) == 2 and len(set(new)) == 1, new
     # the naive heuristic (the newest file at the first request) would have sent the previous session
     assert new[0] != previous[0] and new[0] != file_uuid(previous_file)
-    if pi_version == "0.87.1":
-        assert new[0] == file_uuid(new_file)  # pi named its session in x-session-id
+    if harness.pi_sends_session_id(pi_version):  # pi named its session in x-session-id
+        assert new[0] == file_uuid(new_file)
+        new_records = [r for r in proxy.requests() if first_user_text(r).startswith("new session")]
+        assert [header(r, "x-session-id") for r in new_records] == new
     else:
         assert new[0].startswith("ephemeral-")
         assert state_bound(proxy, file_uuid(new_file)) == new[0]
@@ -121,6 +128,8 @@ def test_continue_carries_the_continued_sessions_id_from_its_first_request(pi_ve
     records = proxy.requests()
     resumed = [session_id(r) for r in records[3:]]
     assert resumed == [original, original]
+    if harness.pi_sends_session_id(pi_version):  # one ID, equal to pi's own
+        assert original == file_uuid(pi_session_files(home, cwd)[0])
     # -c continues the newest file: the one just resumed
     pi(pi_version, proxy, home, cwd, OPENROUTER + ["-c", "-p", "continued with -c"])
     assert session_id(proxy.requests()[-1]) == original
@@ -169,7 +178,10 @@ def test_no_session_gets_one_id_for_the_process_that_no_file_shares(pi_version, 
     files = pi_session_files(home, cwd)
     assert len(files) == 1  # --no-session wrote nothing
     assert throwaway[0] not in {file_uuid(files[0]), session_id(proxy.requests()[0])}
-    if pi_version == "0.73.1":
+    if harness.pi_sends_session_id(pi_version):  # pi names even a session it does not keep
+        sent = [header(r, "x-session-id") for r in proxy.requests() if first_user_text(r).startswith("throwaway")]
+        assert sent == throwaway
+    else:
         assert throwaway[0].startswith("ephemeral-")
 
 
@@ -217,7 +229,7 @@ def test_name_set_mid_session_is_used_from_the_next_request(pi_version, proxy, h
 
 def test_name_given_at_start_applies_once_pi_has_written_it(pi_version, proxy, home, tmp_path):
     cwd = workdir(tmp_path)
-    if pi_version == "0.87.1":
+    if harness.pi_has_name_flag(pi_version):
         pi(pi_version, proxy, home, cwd, OPENROUTER + ["--name", "My Feature", "-p", "named at start [[bash: echo n]]"])
     else:  # 0.73.1 has no --name; naming before the first message is the same thing
         rpc(pi_version, proxy, home, cwd, [
@@ -226,8 +238,14 @@ def test_name_given_at_start_applies_once_pi_has_written_it(pi_version, proxy, h
         ])
     first, second = (session_id(r) for r in proxy.requests())
     stable = proxy.requests()[0]["session_ids"]["session"]["id"]
-    assert first == stable  # the name is only in pi's memory at the first request
-    assert second == "my-feature-" + stable.replace("-", "")[-8:]
+    named = "my-feature-" + stable.replace("-", "")[-8:]
+    if harness.pi_writes_file_at_start(pi_version):  # the file, name included, is there at once
+        assert first == named
+        assert stable == file_uuid(pi_session_files(home, cwd)[0])
+    else:
+        assert first == stable  # the name is only in pi's memory at the first request
+    assert second == named
+    assert proxy.requests()[1]["session_ids"]["session"]["name"] == "My Feature"
 
 
 def test_a_session_keeps_its_first_id_across_a_proxy_restart(pi_version, proxy, home, tmp_path):
@@ -241,8 +259,14 @@ def test_a_session_keeps_its_first_id_across_a_proxy_restart(pi_version, proxy, 
     pi(pi_version, proxy, home, one_shot, OPENROUTER + ["-c", "-p", "after restart too"])
     after = [session_id(r) for r in proxy.requests()[3:]]
     assert after == [before[0], before[2]]
+    if harness.pi_sends_session_id(pi_version):  # pi's own ids, which need no state to survive
+        assert after == [file_uuid(pi_session_files(home, d)[0]) for d in (cwd, one_shot)]
     state = Path(proxy.confdir) / "agent-session-ids" / "state.json"
-    assert oct(state.stat().st_mode & 0o777) == "0o600"
+    if not harness.pi_writes_file_at_start(pi_version):
+        # a first request came before its file: the addon kept what it decided then
+        assert state.exists()
+    if state.exists():  # pi 1.6.0: every request named a file that was there, nothing to keep
+        assert oct(state.stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_program_that_is_not_an_agent_gets_a_per_process_fallback(proxy, tmp_path):
@@ -275,12 +299,14 @@ def test_pi_to_opencode_and_opper(pi_version, proxy, home, tmp_path):
     pi(pi_version, proxy, home, cwd, ["--provider", "opencode", "--model", "claude-sonnet-4-5", "-p",
                                       "zen task [[bash: echo z]]"])
     zen = proxy.requests()
+    assert {r["path"].split("?")[0] for r in zen} == {harness.pi_opencode_messages_path(pi_version)}
     values = [header(r, "x-opencode-session") for r in zen]
     assert len(values) == 2 and len(set(values)) == 1
     assert all(header(r, "x-opencode-client") == "pi" for r in zen)
     assert all("session_id" not in {k.lower() for k, _ in r["headers"]} for r in zen)
-    if pi_version == "0.87.1":  # pi sent its own header: kept as it was
+    if harness.pi_sends_session_id(pi_version):  # pi sent its own header: kept as it was
         assert values[0] == file_uuid(pi_session_files(home, cwd)[0])
+        assert zen[0]["session_ids"]["session"]["id"] == values[0]
     else:  # ours: the last 30 chars of the stable ID
         assert values[0] == zen[0]["session_ids"]["session"]["id"][-30:] and len(values[0]) == 30
 
@@ -292,6 +318,12 @@ def test_pi_to_opencode_and_opper(pi_version, proxy, home, tmp_path):
     assert len(traces) == 3 and len(set(traces)) == 1
     assert all(header(r, "x-opper-parent-span-id") == traces[0] for r in opper)
     assert traces[0] != values[0]
+    if harness.pi_writes_file_at_start(pi_version):
+        # the file is there from the first request: its trace is Opper's, uuid5 of the file's path
+        from agent_session_ids.resolution import ids
+
+        (opper_file,) = [p for p in pi_session_files(home, cwd) if file_uuid(p) != values[0]]
+        assert traces[0] == ids.trace_uuid(str(opper_file))
 
 
 def test_a_bad_rule_file_stops_start_up_with_one_line(tmp_path):
