@@ -137,7 +137,7 @@ def test_pi_with_its_openrouter_base_url_at_the_proxy(pi_version, reverse_proxy,
     body = json.loads(req["body"])
     assert body["session_id"] == session["label"]
     (session_file,) = pi_session_files(home, cwd)
-    if pi_version == "0.87.1":  # pi names its session in x-session-id: that is the session
+    if harness.pi_sends_session_id(pi_version):  # pi names its session in x-session-id: that is the session
         assert header(req, "x-session-id") == body["session_id"] == read_jsonl(session_file)[0]["id"]
 
 
