@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -41,6 +42,7 @@ def name_hash(name: str) -> str:
     return "n" + hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every request of a session: the same key each time
 def trace_uuid(key: str) -> str:
     """uuid5 in Opper's namespace; the key is the session file's absolute path where there is one."""
     return str(uuid.uuid5(OPPER_NAMESPACE, key))
