@@ -58,13 +58,20 @@ def _may_stream(flow: http.HTTPFlow) -> bool:
         return True
 
 
+_EVIDENCE_NAMES = frozenset(agents.EVIDENCE_HEADERS)
+
+
 def _evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -> dict[str, str]:
     """The request headers the resolution reads (lower-case names), less those this addon set."""
     fields = {f.key: f for r in rules for f in r.client_fields if f.target == "header"}
-    out = {}
-    for name in set(agents.EVIDENCE_HEADERS) | set(fields):
-        value = request_headers.get(name)
-        if value is not None and ours.get(name) != value:
+    out: dict[str, str] = {}
+    # one pass over the request's raw headers (Headers.get scans them all for every name asked)
+    for raw_name, raw_value in request_headers.fields:
+        name = raw_name.decode("latin-1").lower()
+        if (name in _EVIDENCE_NAMES or name in fields) and name not in out:
+            value = raw_value.decode("utf-8", "surrogateescape")  # as mitmproxy's Headers decode them
+            if ours.get(name) == value:
+                continue
             value = fields[name].header_value(value) if name in fields else value  # a JSON header: its member
             if value is not None:
                 out[name] = value
