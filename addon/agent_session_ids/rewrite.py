@@ -107,9 +107,10 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
             new = encoded
             for inner in reversed(path[1:]):
                 new = "{" + json.dumps(inner) + ":" + new + "}"
-            close = len(text.rstrip(" \t\n\r")) - 1
+            close = _closing_brace(text)
             sep = "," if top else ""
-            return text[:close] + sep + json.dumps(path[0]) + ":" + new + text[close:], None, True
+            # one join: each '+' would copy the whole body again
+            return "".join((text[:close], sep, json.dumps(path[0]), ":", new, text[close:])), None, True
         if len(path) == 1 and (if_present == "keep" or top[path[0]] == value):
             return text, top[path[0]], False
     pos = _WS.match(text).end()
@@ -125,18 +126,26 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
                 new = "{" + json.dumps(inner) + ":" + new + "}"
             close = end - 1  # the '}'
             sep = "," if members else ""
-            return text[:close] + sep + json.dumps(key) + ":" + new + text[close:], None, True
+            return "".join((text[:close], sep, json.dumps(key), ":", new, text[close:])), None, True
         m = same[0]
         if last:
             if if_present == "keep":
                 return text, m.value, False
             if m.value == value:
                 return text, m.value, False
-            return text[: m.start] + encoded + text[m.end:], m.value, True
+            return "".join((text[: m.start], encoded, text[m.end:])), m.value, True
         if not isinstance(m.value, dict):
             raise RewriteError(f"the body's '{key}' is not an object, so '{'.'.join(path)}' cannot be set")
         pos = m.start
     raise AssertionError("unreachable")
+
+
+def _closing_brace(text: str) -> int:
+    """Where the top-level object's '}' is: the last character that is no JSON white space."""
+    i = len(text) - 1
+    while i > 0 and text[i] in " \t\n\r":
+        i -= 1
+    return i
 
 
 def set_header(headers, name: str, value: str, if_present: str, json_key: str | None = None,
