@@ -1,7 +1,8 @@
 """The usage ledger: one JSON line per answered request that a rule rewrote.
 
-Writing is append-only, one ``write()`` of one whole line at a time, on a thread of its own (a
-slow or dead disk never holds up a flow). A ``kill -9`` therefore leaves at most one partial last
+Writing is append-only, one ``write()`` of whole lines at a time (those queued in the last
+``LINGER`` seconds), on a thread of its own: a slow or dead disk never holds up a flow, and a busy
+proxy wakes the writer a few times a second, not once per answer. A ``kill -9`` therefore leaves at most one partial last
 line; the next writer starts on a fresh line, and the reader skips any line that is not whole
 JSON. Past ``max_bytes`` the file is rotated: ``usage.jsonl`` becomes ``usage.jsonl.1``, the older
 ones move up, and the oldest beyond ``keep`` is removed. Files are created with mode 0600.
@@ -13,12 +14,15 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 MAX_BYTES = 32 << 20  # per file: about 90,000 turns
 KEEP = 3  # rotated files kept beside the current one
 MAX_PENDING = 10_000  # lines queued for the writer; past it, lines are dropped (and it is said)
+MAX_BATCH = 1000  # whole lines written with one write()
+LINGER = 0.2  # seconds the writer waits for more lines before it writes (a kill -9 loses at most these)
 
 
 def timestamp(epoch: float) -> str:
@@ -96,20 +100,30 @@ class Ledger:
     # -- the writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            line = self._queue.get()
-            if line is None:
-                self._close_fd()
-                return
-            try:
-                self._write(line)
-                self.written += 1
-            except OSError as e:
-                self.on_error(f"ledger-{e.errno}", f"cannot write the usage ledger {self.path}: {e}")
-                self._close_fd()
-            finally:
-                with self._lock:
-                    self._pending -= 1
+        stop = False
+        while not stop:
+            lines = [self._queue.get()]
+            if lines[0] is not None:
+                time.sleep(LINGER)  # let a busy proxy's lines gather: one wake-up and write for many
+            while len(lines) < MAX_BATCH:  # what queued meanwhile goes in the same write
+                try:
+                    lines.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in lines:
+                stop = True
+                lines = lines[: lines.index(None)]
+            if lines:
+                try:
+                    self._write(lines)
+                    self.written += len(lines)
+                except OSError as e:
+                    self.on_error(f"ledger-{e.errno}", f"cannot write the usage ledger {self.path}: {e}")
+                    self._close_fd()
+                finally:
+                    with self._lock:
+                        self._pending -= len(lines)
+        self._close_fd()
 
     def _open(self) -> int:
         folder = os.path.dirname(self.path)
@@ -124,16 +138,26 @@ class Ledger:
             raise
         return fd
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, lines: list[bytes]) -> None:
         if self._fd is not None and _replaced(self._fd, self.path):
             self._close_fd()  # rotated or removed by someone else: follow the name
         if self._fd is None:
             self._fd = self._open()
         size = os.fstat(self._fd).st_size
-        if size and size + len(line) > self.max_bytes:
-            self._rotate()
-            self._fd = self._open()
-        view = memoryview(line)
+        batch: list[bytes] = []
+        for line in lines:
+            if size and size + len(line) > self.max_bytes:  # the file is full: rotate between lines
+                self._write_all(b"".join(batch))
+                batch = []
+                self._rotate()
+                self._fd = self._open()
+                size = os.fstat(self._fd).st_size
+            batch.append(line)
+            size += len(line)
+        self._write_all(b"".join(batch))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]

@@ -114,92 +114,75 @@ def decoder_for(encoding: str | None):
 
 
 class SseReader:
-    """Splits decoded SSE text into events and hands each event's data to an EventState."""
+    """Splits decoded SSE text into events and hands each event's data to an EventState.
+
+    Fast on the long middle of a stream: complete events are looked at a block at a time (what
+    arrived since the last event boundary), and a block with none of the usage markers in it is
+    dropped with a few C-level searches, never split into lines."""
 
     def __init__(self) -> None:
         self.state = EventState()
-        self._line = bytearray()  # the unfinished line
-        self._line_cut = False  # ...whose head was dropped
-        self._line_is_data = False
-        self._data = bytearray()  # the current event's data
-        self._data_cut = False
-        self._has_data = False
+        self._pending = bytearray()  # the unfinished event, after the last boundary
+        self._cut = False  # ...whose head was dropped (longer than MAX_EVENT)
+        self._seps: tuple[bytes, ...] = (b"\n\n", b"\r\n\r\n")  # one, once the stream's line end is known
+
+    @staticmethod
+    def _last_end(data: bytes, seps: tuple[bytes, ...]) -> int:
+        """Where the last event boundary in ``data`` ends; -1 if there is none."""
+        end = -1
+        for sep in seps:
+            i = data.rfind(sep)
+            if i >= 0 and i + len(sep) > end:
+                end = i + len(sep)
+        return end
 
     def feed(self, text: bytes) -> None:
-        line = self._line
-        start = 0
-        if line:
-            nl = text.find(b"\n")
-            if nl < 0:
-                self._grow_line(text)
-                return
-            line += text[:nl]
-            self._end_line(bytes(line), self._line_cut)
-            line.clear()
-            self._line_cut = False
-            start = nl + 1
-        find = text.find
-        while True:
-            nl = find(b"\n", start)
-            if nl < 0:
-                break
-            self._end_line(text[start:nl], False)
-            start = nl + 1
-        if start < len(text):
-            self._grow_line(text[start:])
-
-    def _grow_line(self, part: bytes) -> None:
-        line = self._line
-        line += part
-        if len(line) > MAX_EVENT:
-            if not self._line_cut:
-                self._line_is_data = line.startswith(b"data:")
-            del line[: len(line) - TAIL]
-            self._line_cut = True
-
-    def _end_line(self, line: bytes, cut: bool) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if cut:
-            if self._line_is_data:
-                self._add_data(line, cut=True)
+        pending = self._pending
+        if len(self._seps) > 1 and b"\n" in text:  # the first line end says which the stream uses
+            crlf = b"\r\n" in text or (pending.endswith(b"\r") and text.startswith(b"\n"))
+            self._seps = (b"\r\n\r\n",) if crlf else (b"\n\n",)
+        end = self._last_end(text, self._seps)
+        if end < 0 and pending:  # a boundary across the edge of two chunks
+            edge = bytes(pending[-3:])
+            end = self._last_end(edge + text[:3], self._seps)
+            end = end - len(edge) if end > 0 else -1
+        if end <= 0:  # no event ends in this chunk
+            pending += text
+            self._bound()
             return
-        if not line:
-            self._dispatch()
-            return
-        if line.startswith(b"data:"):
-            value = line[5:]
-            self._add_data(value[1:] if value.startswith(b" ") else value, cut=False)
+        block = bytes(pending) + text[:end] if pending else text[:end]
+        pending.clear()
+        pending += text[end:]
+        cut, self._cut = self._cut, False
+        self._bound()
+        if cut or self.state.wants(block):
+            self._events(block, cut)
 
-    def _add_data(self, value: bytes, cut: bool) -> None:
-        data = self._data
-        if self._has_data:
-            data += b"\n"
-        data += value
-        self._has_data = True
-        if cut:
-            self._data_cut = True
-        if len(data) > MAX_EVENT:
-            del data[: len(data) - TAIL]
-            self._data_cut = True
+    def _bound(self) -> None:
+        pending = self._pending
+        if len(pending) > MAX_EVENT:
+            del pending[: len(pending) - TAIL]
+            self._cut = True
 
-    def _dispatch(self) -> None:
-        if not self._has_data:
-            return
-        data = bytes(self._data)
-        self._data.clear()
-        self._has_data = False
-        if self._data_cut:
-            self._data_cut = False
-            self.state.usage.update(usage_in_tail(data))
-        else:
-            self.state.feed(data)
+    def _events(self, block: bytes, first_cut: bool) -> None:
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        for i, event in enumerate(block.split(b"\n\n")):
+            if not event:
+                continue
+            if i == 0 and first_cut:  # only the tail of a long event: find its usage object
+                self.state.usage.update(usage_in_tail(event))
+                continue
+            data = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                self.state.feed(b"\n".join(d[1:] if d.startswith(b" ") else d for d in data))
 
     def finish(self) -> None:
-        if self._line:
-            self._end_line(bytes(self._line), self._line_cut)
-            self._line.clear()
-        self._dispatch()
+        if self._pending:
+            block, cut = bytes(self._pending), self._cut
+            self._pending.clear()
+            self._cut = False
+            self._events(block, cut)
 
 
 class StreamObserver:

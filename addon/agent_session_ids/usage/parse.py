@@ -218,16 +218,18 @@ class EventState:
         self.events = 0
 
     def wants(self, data: bytes) -> bool:
-        """Is this event's data worth parsing? Text deltas, most of a stream, are not."""
+        """Is this event's data (or a block of events) worth parsing? Text deltas, most of a
+        stream, are not: a few C-level searches say so."""
         if not self.model_seen:
             return True
+        n = data.count(b'"usage"')  # every event that carries usage names it: one scan rules out the rest
+        if not n:
+            return False
         if b"message_start" in data or b"message_delta" in data:
             return True
-        if b'"response.' in data:
-            return any(m in data for m in self.FINAL)
-        if b'"usage"' in data:
-            return b'"usage":null' not in data and b'"usage": null' not in data
-        return False
+        if b'"response.' in data and any(m in data for m in self.FINAL):
+            return True
+        return n > data.count(b'"usage":null') + data.count(b'"usage": null')
 
     def feed(self, data: bytes | str) -> None:
         """One event's data (its ``data:`` lines joined)."""
