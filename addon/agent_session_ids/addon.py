@@ -326,6 +326,7 @@ class SessionIds:
 
     def client_disconnected(self, client) -> None:
         self._lookups.pop(client.id, None)
+        self.pipeline.forget_connection(client.id)
 
     def _start_lookup(self, client) -> asyncio.Future:
         # Once per connection, off the event loop; requests on it await the result.

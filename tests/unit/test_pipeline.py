@@ -134,3 +134,83 @@ def test_the_agent_is_recognised_from_the_request_signs():
 def test_requested_id_prefers_the_agents_own_field():
     e = ev({"x-claude-code-session-id": "0199aaaa-0000-7000-8000-000000000123", "x-session-id": "other"})
     assert requested_id(agents.CLAUDE, e) == ("0199aaaa-0000-7000-8000-000000000123", "header x-claude-code-session-id")
+
+
+def _append(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_memo_never_changes_a_decision(home, seed):
+    """Two pipelines over the same store, one with the memo and one without, see the same random
+    mix of requests (two processes, hints or none, continued or new conversations) and store
+    changes (answers appended, names, new files, forks): every decision is the same."""
+    import random
+
+    rng = random.Random(seed)
+    cwd = "/work/memo"
+    procs = [Process(pid=100 + i, start_ticks=i, started_at=1000.0, boot_id="b", uid=0, cwd=cwd, comm="pi",
+                     exe="/usr/bin/node", environ={"HOME": str(home)}) for i in range(2)]
+    with_memo, without = pipeline(home), pipeline(home)
+    without.memo = False
+    files = [write_pi_session(home, cwd, "0199aaaa-0000-7000-8000-000000000000", first="q0")]
+    firsts = ["q0"]
+    now = 2000.0
+    hits = 0
+    minted: dict[str, str] = {}
+    for step in range(200):
+        now += 1.0
+        op = rng.random()
+        if op < 0.1:
+            _append(rng.choice(files), {"type": "message", "message": {"role": "assistant", "content": "a"}})
+        elif op < 0.14:
+            _append(rng.choice(files), {"type": "session_info", "name": f"name {step}"})
+        elif op < 0.18:
+            i = len(files)
+            parent = rng.choice(files)
+            first = rng.choice(firsts + [f"q{i}"])
+            path = write_pi_session(home, cwd, f"0199aaaa-0000-7000-8000-{i:012d}", first=first,
+                                    stamp=f"2026-11-29T10-00-{i:02d}-000Z")
+            if rng.random() < 0.5:  # a fork of another file
+                lines = path.read_text().splitlines()
+                header = json.loads(lines[0])
+                header["parentSession"] = str(parent)
+                path.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+            files.append(path)
+            firsts.append(first)
+        p = rng.randrange(2)
+        headers = {}
+        if rng.random() < 0.2:
+            headers["x-session-id"] = json.loads(rng.choice(files).read_text().splitlines()[0])["id"]
+        # mostly the same conversation again on the same connection, as agents do
+        first = firsts[p % len(firsts)] if rng.random() < 0.7 else rng.choice(firsts)
+        e = ev(headers, first=first, answers=rng.randrange(3), conn=f"c{p}")
+        before = dict(with_memo._memos)
+        a, _ = with_memo.resolve(e, Seen(procs[p]), now)
+        b, _ = without.resolve(e, Seen(procs[p]), now)
+        hits += before.get(f"c{p}") is not None and with_memo._memos.get(f"c{p}") is not None \
+            and before[f"c{p}"].session is a
+        # minted IDs are random: the two pipelines' must correspond one to one
+        for x, y in ((a.id, b.id), (a.label, b.label), (a.trace_uuid, b.trace_uuid)):
+            assert minted.setdefault(x, y) == y, (step, a, b)
+        assert (a.file, a.name, a.fallback) == (b.file, b.name, b.fallback), step
+    assert hits >= 1  # the memo was used, not only checked
+
+
+def test_the_memo_serves_a_continued_conversation_and_sees_a_new_name(home, monkeypatch):
+    cwd = "/work/memo"
+    path = write_pi_session(home, cwd, "0199aaaa-0000-7000-8000-0000000000aa", first="go on")
+    proc = Process(pid=7, start_ticks=1, started_at=1000.0, boot_id="b", uid=0, cwd=cwd, comm="pi",
+                   exe="/usr/bin/node", environ={"HOME": str(home)})
+    p = pipeline(home)
+    decisions = []
+    monkeypatch.setattr(p, "_decide", lambda *a, _d=p._decide: decisions.append(1) or _d(*a))
+    for turn in range(1, 6):  # pi appends each answer to the file: the memo must still serve
+        s, _ = p.resolve(ev(first="go on", answers=turn), Seen(proc), 2000.0 + turn)
+        assert s.file == str(path) and s.label == s.id
+        _append(path, {"type": "message", "message": {"role": "assistant", "content": "a"}})
+    assert len(decisions) == 3  # decided, settled on the process binding, confirmed; then the memo
+    _append(path, {"type": "session_info", "name": "Renamed"})
+    s, _ = p.resolve(ev(first="go on", answers=6), Seen(proc), 2010.0)
+    assert s.name == "Renamed" and s.label == "renamed-000000aa" and len(decisions) == 4

@@ -31,6 +31,21 @@ from .resolver import Resolver
 from .stores import Stores
 
 PRUNE_EVERY_S = 60.0
+MAX_MEMOS = 4096  # connections whose last answer is remembered (dropped when they close)
+# top-level body members that can name a session: a memo must see them unchanged
+_BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}))
+
+
+@dataclass(frozen=True)
+class _Memo:
+    """A connection's last answer, and what it was decided from."""
+
+    key: tuple
+    stamp: tuple
+    session: Session
+    # decided twice in a row from the same request and store: the resolver is at a fixed point
+    # (the first decision of a process may still move, e.g. to a fork, at its next request)
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,8 @@ class Pipeline:
     def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = (),
                  recheck=process_io.recheck) -> None:
         self._recheck = recheck  # is the connection's process still the one looked up? (I/O)
+        self.memo = True  # off: every request is decided afresh (the tests compare both)
+        self._memos: dict[str, _Memo] = {}  # connection id -> its last answer
         self.resolver = Resolver()
         self.stores = Stores()
         self._last_prune = 0.0
@@ -105,7 +122,93 @@ class Pipeline:
                     self.resolver.forget(proc.key)
                     self.stores.forget([proc.key])
                 proc = current
-        return self._decide(ev, proc, seen.unreadable if proc is None else None, now), proc
+        key = self._memo_key(ev, proc) if self.memo else None
+        if key is not None:
+            memo = self._memos.get(ev.connection_id)
+            # the common case: the same connection continues the same conversation, and nothing
+            # in the store it was decided from changed: the decision would be the same again
+            if memo is not None and memo.key == key and memo.confirmed:
+                stamp = self._stamp(memo.session, proc)
+                if stamp == memo.stamp:
+                    return memo.session, proc
+                if stamp is not None and stamp[1:] == memo.stamp[1:] and self._same_name(memo.session):
+                    # only the session file grew (an answer appended): its name is still the same
+                    self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True)
+                    return memo.session, proc
+        session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
+        if key is not None:
+            stamp = self._stamp(session, proc) if self._settled(ev, proc) else None
+            if stamp is not None:
+                last = self._memos.pop(ev.connection_id, None)
+                if len(self._memos) >= MAX_MEMOS:
+                    del self._memos[next(iter(self._memos))]
+                confirmed = last is not None and last.key == key and last.session == session
+                self._memos[ev.connection_id] = _Memo(key, stamp, session, confirmed)
+            else:
+                self._memos.pop(ev.connection_id, None)
+        return session, proc
+
+    def _settled(self, ev: Evidence, proc: Process | None) -> bool:
+        """Is the process on the session of this very conversation? Only then does the decision
+        rest on the request, the session file and its folder alone (otherwise other files'
+        turn counts take part)."""
+        if proc is None:
+            return True
+        on = self.resolver.on.get(proc.key)
+        return on is not None and on.pending is None and ev.conversation is not None \
+            and on.first_user == ev.conversation.first_user
+
+    def forget_connection(self, connection_id: str) -> None:
+        self._memos.pop(connection_id, None)
+
+    @staticmethod
+    def _memo_key(ev: Evidence, proc: Process | None) -> tuple | None:
+        """Everything of the request and the process that the decision reads, but the store."""
+        conv = ev.conversation
+        if conv is None or conv.first_user is None:
+            return None
+        body = ev.body or {}
+        return (proc.key if proc else None, proc.cwd if proc else None, proc.exe if proc else None,
+                proc.shared if proc else None, tuple(sorted(ev.headers.items())), conv.first_user, conv.fresh,
+                ev.client_fields, tuple(repr(body.get(k)) for k in _BODY_HINT_KEYS),
+                tuple(repr(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
+
+    def _same_name(self, session: Session) -> bool:
+        """Read what was appended to the session's file: is its name unchanged?"""
+        profile = agents.by_name(session.agent)
+        if profile is None or profile.store is None or profile.store.format is None or session.file is None:
+            return False
+        found = self.stores.jsonl.candidates(os.path.dirname(session.file), profile.store.format,
+                                             paths=[session.file], relist=False)
+        return len(found) == 1 and found[0].name == session.name
+
+    def _stamp(self, session: Session, proc: Process | None) -> tuple | None:
+        """What of the store the decision came from: the session file's size and time (first),
+        and the times of the folders where a new session file would appear. None: not worth a
+        memo (no file yet, a fallback, names kept outside the file, a date tree)."""
+        if session.file is None or session.fallback:
+            return None
+        if proc is not None:
+            folders = self.stores._folders.get(proc.key)
+            if folders is None or any(f.kind != "per_cwd" for f in folders):
+                return None
+            paths = [f.path for f in folders]
+        else:
+            paths = [os.path.dirname(session.file)]
+        profile = agents.by_name(session.agent)
+        if profile is not None and profile.store is not None and profile.store.name_index:
+            return None
+        try:
+            st = os.stat(session.file)
+            stamp: list = [(st.st_size, st.st_mtime_ns, st.st_ino)]
+        except OSError:
+            return None
+        for path in paths:
+            try:
+                stamp.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
 
     def prune_due(self, now: float) -> bool:
         """Is it time for prune()? (it opens /proc for every known process: the caller runs it
