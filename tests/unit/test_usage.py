@@ -291,6 +291,22 @@ def test_brotli_stream():
     assert obs.result().cost == 0.01702
 
 
+def test_zstd_stream():
+    try:
+        try:
+            from compression import zstd  # type: ignore[import-not-found]
+        except ImportError:
+            from backports import zstd  # type: ignore[import-not-found,no-redef]
+        wire = zstd.compress(RESPONSES_SSE)
+    except ImportError:  # mitmproxy 11
+        import zstandard
+
+        wire = zstandard.ZstdCompressor().compress(RESPONSES_SSE)
+    obs = observer.StreamObserver("zstd")
+    assert feed(obs, wire, 13) == wire
+    assert obs.result() == parse.from_sse(RESPONSES_SSE)
+
+
 def test_an_unknown_encoding_is_refused_up_front():
     with pytest.raises(observer.Unsupported):
         observer.StreamObserver("compress")
@@ -688,3 +704,59 @@ def test_a_failure_in_the_usage_path_is_logged_once_and_the_answer_passes(tmp_pa
     with caplog.at_level("WARNING"):
         asyncio.run(_with_addon(tmp_path, go))
     assert len([r for r in caplog.records if "boom" in r.message]) == 1
+
+
+def test_a_stream_cut_short_is_recorded_with_what_it_said(tmp_path):
+    async def go(addon):
+        f = _flow()
+        await addon.request(f)
+        _answer(f, b"")
+        f.response.stream, f.response.raw_content = False, None
+        addon.responseheaders(f)
+        half = ANTHROPIC_SSE[: ANTHROPIC_SSE.index(b"event: content_block_delta")]
+        assert f.response.stream(half) is half
+        from mitmproxy import flow as mflow
+
+        f.error = mflow.Error("server disconnected")
+        addon.error(f)
+        addon.error(f)  # said once
+        return f
+
+    asyncio.run(_with_addon(tmp_path, go))
+    (line,) = _read(tmp_path)
+    assert (line["input_tokens"], line["cache_read_tokens"], line["stream"]) == (18969, 18432, True)
+    assert line["output_tokens"] == 1  # what message_start said; the final count never came
+
+
+def test_an_sse_answer_an_addon_set_whole_is_read_in_response(tmp_path):
+    async def go(addon):
+        f = _flow("/api/v1/responses")
+        await addon.request(f)
+        _answer(f, RESPONSES_SSE)  # as the gateway stand-in does: mitmproxy emulates responseheaders
+        addon.responseheaders(f)
+        assert not f.response.stream
+        addon.response(f)
+        return f
+
+    f = asyncio.run(_with_addon(tmp_path, go))
+    (line,) = _read(tmp_path)
+    assert (line["input_tokens"], line["cache_read_tokens"], line["output_tokens"]) == (48213, 47104, 512)
+    assert "cache 98%" in f.comment
+
+
+def test_the_session_ids_view_and_explain_show_the_turns_figures():
+    from agent_session_ids import contentview, display
+
+    usage = {"model": "anthropic/claude-sonnet-4", "served_model": "anthropic/claude-4-sonnet-20250522",
+             "provider": "Google", "status": 200, "stream": True, "input_tokens": 12000, "cache_read_tokens": 11040,
+             "output_tokens": 240, "cost": 0.0041, "cache_hit_ratio": 0.92,
+             "provider_flip": {"from": "Anthropic", "to": "Google", "idle_s": 680.0}}
+    meta = {"session": {"id": "s", "label": "l", "trace_uuid": "t", "name": "", "agent": "pi", "file": None,
+                        "source": "x", "fallback": False}, "rules": [], "changes": [], "skipped": [], "usage": usage}
+    text = contentview.to_text(contentview.summary(meta))
+    line = "12.0k in · 240 out · cache 92% · $0.0041 · Google · provider flip Anthropic → Google after 11m 20s idle"
+    assert "Usage of this turn" in text and line in text
+    assert "cache reads:" in text and "11040" in text and "cache writes" not in text  # unknown: not shown
+    f = tflow.tflow()
+    f.metadata["session_ids"] = meta
+    assert f"usage     {line}" in display.explain(f)

@@ -96,7 +96,7 @@ def text(groups: list[Totals], by: str, skipped: int = 0) -> str:
         return "no usage recorded" + (f" ({skipped} unreadable lines skipped)" if skipped else "")
     title = {"session": "SESSION", "day": "DAY", "model": "MODEL"}[by]
     lines = table(groups, title)
-    total = Totals("total")
+    total = Totals("TOTAL")
     for g in groups:
         total.requests += g.requests
         for k, v in g.sums.items():
@@ -164,7 +164,7 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px}h2{font-size:15px;margin:22px 0 4px}
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child,td.l{text-align:left}th{background:#f4f4f4}
+td:first-child,th:first-child,td.l,th.l{text-align:left}th{background:#f4f4f4}
 .grid{stroke:#e3e3e3}.axis{font-size:10px;fill:#777}.hit{fill:none;stroke:#2a7ae2;stroke-width:1.5}
 .dot{fill:#2a7ae2}.flip{stroke:#d33;stroke-width:1.5;stroke-dasharray:3 2}.warn{color:#b00}.meta{color:#666}
 """
@@ -184,8 +184,8 @@ def as_html(groups: list[Totals], by: str, since: float | None = None) -> str:
             f"<td class=l>{esc(providers_text(g.providers))}</td><td>{len(g.flips) or ''}</td></tr>")
     body = [f"<h1>Agent session usage</h1><p class=meta>{esc(span)}, by {esc(by)}; "
             f"{sum(g.requests for g in groups)} requests. Made {esc(when(time.time()))}.</p>",
-            "<table><tr><th>" + esc(by) + "</th><th>agent</th><th>requests</th><th>input</th><th>cached</th>"
-            "<th>hit</th><th>cache write</th><th>output</th><th>cost</th><th>providers</th><th>flips</th></tr>",
+            "<table><tr><th>" + esc(by) + "</th><th class=l>agent</th><th>requests</th><th>input</th><th>cached</th>"
+            "<th>hit</th><th>cache write</th><th>output</th><th>cost</th><th class=l>providers</th><th>flips</th></tr>",
             *rows, "</table>"]
     if by == "session":
         for g in groups:
