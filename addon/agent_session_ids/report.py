@@ -2,7 +2,7 @@
 
 import sys
 
-from .usage.report import main
+from .usage.report import run as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -142,6 +142,9 @@ class Recorder:
     def _figures(self, flow, observer: StreamObserver | None) -> Usage:
         response = flow.response
         if observer is not None:
+            if response.stream is not observer and not observer.bytes:
+                self.warn("usage-stream-replaced", "another addon replaced the stream callable of an answer after "
+                                                   "this one; its usage is not read")
             usage = observer.result()
             if observer.failure:
                 self.warn(f"usage-read-{observer.failure[:40]}",
