@@ -3,8 +3,8 @@
 
 Usage (from the repository root, with the Python that has mitmproxy and pyyaml)::
 
-    python tests/benchmarks/bench.py --quick                 # about a minute, for development
-    python tests/benchmarks/bench.py --json bench.json       # the full run, about 10 minutes
+    python tests/benchmarks/bench.py --quick                 # about two minutes, for development
+    python tests/benchmarks/bench.py --json bench.json       # the full run, about 15 minutes
     python tests/benchmarks/bench.py --phases base,newconn --clients 8 --seconds 5
     python tests/benchmarks/bench.py --quick --profile /tmp/prof   # + py-spy profiles (see below)
 
@@ -45,6 +45,26 @@ Phases (``--phases``, default all)
 - ``memory``: ``--mem-requests`` (100,000) requests across ``--mem-sessions`` (10,000) distinct
   sessions (the ``files`` folder's files; each request continues another one), by waves of
   fresh client processes (so ended processes must be forgotten), addon proxy only.
+
+Store variants (issue 13): each measured as ``base`` is (8 KB and 200 KB bodies, the same figures),
+with ``--variant-seconds`` / ``--variant-lat-seconds`` per run (quick: 0.75 s each):
+
+- ``headeronly``: ``--header-files`` (2,000) pi files that hold only their session line,
+  created over the last two hours around a ``--header-mb`` (50) MB named session (name at its
+  end), which the clients continue: the store a user tried in issue 13.
+- ``nomatch``: 10 files as in ``base``, but the clients' first user turn is in none of them (a
+  session whose file is not written, or ``--no-session``): the addon mints ``ephemeral-...``
+  per process, and the probe checks that prefix.
+- ``unseen``: the clients run as another user (uid 65534 through ``setpriv``; needs root, else it
+  is skipped with the reason), so the addon cannot read their processes and resolves from the
+  request alone. Their store (10 files, in a 0755 temp folder owned by that user, with copies
+  of this file and the proxies' CA certificates) is given to the addon proxy with
+  ``--set session_store_homes=<its HOME>`` (as the README says for a store the proxy's user does
+  not own), so the addon resolves on the store, as it would for that user's own processes. Two
+  sub-variants: ``unseen_hdr``, requests carrying ``x-session-id: <the file's uuid>`` as pi
+  0.86+ sends (the file is found by that id: the session_id must be its label), and
+  ``unseen_nohdr``, requests that name no session (found by their conversation: the same label).
+  The clients run ``/usr/bin/python3`` when this Python is not usable by that user.
 
 What the numbers mean
 ---------------------
@@ -172,6 +192,7 @@ TOOLS = [
 ]
 
 _PLACEHOLDER = "@@BENCH-FIRST-USER@@"
+NOMATCH_SESSION = 1_000_000  # first_text() of a session no store holds
 
 
 def body_template(target: int, seed: int = 7) -> tuple[bytes, bytes]:
@@ -279,7 +300,7 @@ class Entries:
 
 def write_session(folder: Path, cwd: Path, i: int, created: float, name: str | None,
                   big_bytes: int = 0, extra_turns: int = 0) -> dict:
-    rng = random.Random(i * 7919 + int(created))
+    rng = random.Random(f"{cwd}:{i}:{int(created)}")  # distinct ids across stores (one HOME holds several)
     sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     path = folder / f"{_iso(created).replace(':', '-').replace('.', '-')}_{sid}.jsonl"
     e = Entries(rng, created)
@@ -324,6 +345,26 @@ def make_store(home: Path, cwd: Path, n_files: int, newest_name: str, big_bytes:
                                       big_bytes=big_bytes if i == 0 else 0, extra_turns=i % 3))
     return {"cwd": str(cwd), "folder": str(folder), "sessions": sessions,
             "newest_bytes": os.path.getsize(sessions[0]["path"])}
+
+
+def make_headeronly_store(home: Path, cwd: Path, n_header: int, big_bytes: int, name: str) -> dict:
+    """n_header pi files holding only their session line, spread over the last two hours, and one
+    big named session (created an hour ago) that the clients continue: sessions[0]."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    folder = pi_folder(home, cwd)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    big = write_session(folder, cwd, 0, now - 3600, name, big_bytes=big_bytes, extra_turns=2)
+    rng = random.Random(f"{cwd}:header-only")
+    for k in range(n_header):
+        created = now - 7200 + (k + 0.5) * (7000 / max(1, n_header))
+        sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        path = folder / f"{_iso(created).replace(':', '-').replace('.', '-')}_{sid}.jsonl"
+        path.write_text(_dumps({"type": "session", "version": 3, "id": sid, "timestamp": _iso(created),
+                                "cwd": str(cwd)}) + "\n", encoding="utf-8")
+        os.utime(path, (created, created))
+    return {"cwd": str(cwd), "folder": str(folder), "sessions": [big], "files": n_header + 1,
+            "newest_bytes": os.path.getsize(big["path"])}
 
 
 # --------------------------------------------------------------------------- client worker
@@ -371,8 +412,11 @@ class Client:
         c = self.conns[port] = self.new_conn(port, ca)
         return c, True
 
-    def post(self, c: http.client.HTTPSConnection, body: bytes, probe: bool = False):
+    def post(self, c: http.client.HTTPSConnection, body: bytes, probe: bool = False,
+             extra: dict | None = None):
         headers = dict(self.HEADERS)
+        if extra:
+            headers.update(extra)
         if probe:
             headers["x-bench-probe"] = "1"
         c.request("POST", CHAT_PATH, body=body, headers=headers)
@@ -430,15 +474,16 @@ def worker_main() -> None:
                 body = make_body(template(cmd.get("body", "8k")), first_text(cmd.get("session", 0)))
                 t0 = time.perf_counter()
                 c, _ = client.conn(port, ca)
-                r, _ = client.post(c, body, probe=True)
+                r, _ = client.post(c, body, probe=True, extra=cmd.get("headers"))
                 ms = (time.perf_counter() - t0) * 1000
                 info = r.getheader("x-bench-info")
                 res = {"ms": ms, "info": json.loads(base64.b64decode(info)) if info else None}
             elif op == "warm":
                 body = make_body(template(cmd["body"]), first_text(cmd.get("session", 0)))
+                extra = cmd.get("headers")
                 c, fresh = client.conn(port, ca)
                 if fresh:
-                    client.post(c, body)
+                    client.post(c, body, extra=extra)
                 while time.time() < cmd["start_at"]:
                     time.sleep(0.002)
                 end = cmd["start_at"] + cmd["seconds"]
@@ -448,7 +493,7 @@ def worker_main() -> None:
                 perf = time.perf_counter
                 while time.time() < end:
                     t0 = perf()
-                    client.post(c, body)
+                    client.post(c, body, extra=extra)
                     lat.append(round((perf() - t0) * 1000, 4))
                     k += 1
                     _append_answer(append, os.getpid() * 1000000 + k)
@@ -462,7 +507,7 @@ def worker_main() -> None:
                     t0 = perf()
                     c = client.new_conn(port, ca)
                     t1 = perf()
-                    client.post(c, body)
+                    client.post(c, body, extra=cmd.get("headers"))
                     t2 = perf()
                     c.close()
                     rows.append([round((t2 - t0) * 1000, 4), round((t1 - t0) * 1000, 4), round((t2 - t1) * 1000, 4)])
@@ -497,20 +542,31 @@ def log(msg: str) -> None:
 
 
 class Workers:
-    """A pool of client processes running as 'pi' in a given cwd, HOME."""
+    """A pool of client processes running as 'pi' in a given cwd, HOME. `runas` (the ``unseen``
+    variant): {"python", "script", "ca_map"}: run as uid/gid 65534 through setpriv, that Python
+    and that copy of this file, with the CA certificates replaced by copies that user can read."""
 
-    def __init__(self, n: int, cwd: str, home: str) -> None:
+    def __init__(self, n: int, cwd: str, home: str, runas: dict | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["HOME"] = home
         env["PYTHONUNBUFFERED"] = "1"
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+        self.ca_map: dict[str, str] = {}
+        if runas:
+            argv = [*NOBODY, runas["python"], runas["script"], "--worker"]
+            self.ca_map = runas["ca_map"]
+            for key in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
+                env.pop(key, None)
         self.procs = [
-            subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=cwd, env=env,
+            subprocess.Popen(argv, cwd=cwd, env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
             for _ in range(n)
         ]
 
     def send(self, cmds: list[dict]) -> list[dict]:
         for p, c in zip(self.procs, cmds):
+            if self.ca_map and c.get("ca") in self.ca_map:
+                c = {**c, "ca": self.ca_map[c["ca"]]}
             p.stdin.write(json.dumps(c) + "\n")
             p.stdin.flush()
         out = []
@@ -540,6 +596,22 @@ class Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def python_for_nobody() -> str | None:
+    """A Python that uid 65534 can run (as tests/e2e/test_trust.py finds one)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            r = subprocess.run([*NOBODY, python, "-c", "import ssl, ctypes"], capture_output=True, cwd="/",
+                               timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0:
+            return python
+    return None
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -583,6 +655,7 @@ class Bench:
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.A = self.B = None
         self.extra: list[subprocess.Popen] = []
+        self.nobody_root: Path | None = None  # the ``unseen`` variant's 0755 folder (another user's)
         self.pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
     # -- proxies
@@ -592,7 +665,9 @@ class Bench:
 
         _addon_process_module()  # the same version of the code as the proxies load now
         no_log = {"STANDIN_LOG": ""}
-        self.A = harness.Mitmdump(scripts=[ADDON, PROBE, STANDIN], env=no_log).start()
+        # the ``unseen`` clients' store is another user's: the addon reads it as the README says
+        sets = [f"session_store_homes={self.nobody_root / 'home'}"] if self.nobody_root else []
+        self.A = harness.Mitmdump(scripts=[ADDON, PROBE, STANDIN], env=no_log, sets=sets).start()
         self.B = harness.Mitmdump(scripts=[PROBE, STANDIN], env=no_log).start()
         self.names = {id(self.A): "addon", id(self.B): "plain"}
         log(f"proxies: addon pid {self.A.pid} port {self.A.port}; plain pid {self.B.pid} port {self.B.port}")
@@ -602,10 +677,12 @@ class Bench:
         for p in (self.A, self.B):
             if p is not None:
                 p.cleanup()
+        roots = [self.root] + ([self.nobody_root] if self.nobody_root else [])
         if not self.args.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
+            for root in roots:
+                shutil.rmtree(root, ignore_errors=True)
         else:
-            log(f"kept {self.root}")
+            log(f"kept {', '.join(map(str, roots))}")
 
     def rss(self) -> dict:
         return {"addon": proc_status(self.A.pid), "plain": proc_status(self.B.pid)}
@@ -622,29 +699,54 @@ class Bench:
             log(f"WARNING {where}: addon rewrote {c['rewritten']}/{c['responses']} requests; errors: {c['errors']}")
         return c
 
+    @staticmethod
+    def client_kw(store: dict) -> dict:
+        """What the store's clients send: which first user turn, which extra headers."""
+        kw = {"session": store.get("client_session", 0)}
+        if store.get("headers"):
+            kw["headers"] = store["headers"]
+        return kw
+
+    @staticmethod
+    def expected(store: dict) -> str:
+        """The session_id the stand-in must get, as text (a prefix ends with '…')."""
+        if "expect_prefix" in store:
+            return store["expect_prefix"] + "…"
+        return store.get("expect") or store["sessions"][0]["label"]
+
+    @staticmethod
+    def resolved_ok(store: dict, got: str | None) -> bool:
+        if "expect_prefix" in store:
+            return isinstance(got, str) and got.startswith(store["expect_prefix"])
+        return got == (store.get("expect") or store["sessions"][0]["label"])
+
     def probe(self, workers: Workers, store: dict, body: str = "8k") -> dict:
         """First requests on a fresh worker: cold cost on A vs B; checks the resolution."""
-        want = store["sessions"][0]["label"]
+        want = self.expected(store)
+        kw = self.client_kw(store)
         out = {}
         for name, proxy in (("addon", self.A), ("plain", self.B)):
-            first = workers.send([self.cmd(proxy, cmd="probe", body=body)])[0]
-            second = workers.send([self.cmd(proxy, cmd="probe", body=body)])[0]
+            first = workers.send([self.cmd(proxy, cmd="probe", body=body, **kw)])[0]
+            second = workers.send([self.cmd(proxy, cmd="probe", body=body, **kw)])[0]
             out[name] = {"first_ms": first["ms"], "second_ms": second["ms"], "first": first["info"],
                          "second": second["info"]}
         a = out["addon"]
-        ok_first = (a["first"] or {}).get("session_id") == want
+        ok_first = self.resolved_ok(store, (a["first"] or {}).get("session_id"))
         out["expected"] = want
         out["resolved_first"] = ok_first
         out["cold_added_ms"] = a["first_ms"] - out["plain"]["first_ms"]
         # until the addon resolves it (a cold store may take the worker longer than the 0.5 s limit)
         t0, tries, last = time.time(), 1, a["second"]
-        ok = (last or {}).get("session_id") == want
+        ok = self.resolved_ok(store, (last or {}).get("session_id"))
         while not ok and time.time() - t0 < 120:
             time.sleep(0.2)
             tries += 1
-            last = workers.send([self.cmd(self.A, cmd="probe", body=body)])[0]["info"]
-            ok = (last or {}).get("session_id") == want
+            last = workers.send([self.cmd(self.A, cmd="probe", body=body, **kw)])[0]["info"]
+            ok = self.resolved_ok(store, (last or {}).get("session_id"))
         out["resolved"] = ok
+        out["got"] = (last or {}).get("session_id")
+        # the same again on the same connection (a minted ID must not change between requests)
+        out["stable"] = (a["first"] or {}).get("session_id") == (a["second"] or {}).get("session_id")
         out["failed_before_resolved"] = 0 if ok_first else tries
         out["seconds_until_resolved"] = 0.0 if ok_first else round(time.time() - t0 + a["first_ms"] / 1000, 2)
         if not ok_first:
@@ -682,14 +784,15 @@ class Bench:
         return summary
 
     def warm_runs(self, workers: Workers, body: str, seconds: float, rounds: int, n: int | None = None,
-                  append: str | None = None) -> dict:
+                  append: str | None = None, kw: dict | None = None) -> dict:
+        kw = kw or {}
         n = n or len(workers.procs)
         per = {"addon": [], "plain": []}
         for r in range(rounds):
             for name, proxy in (("addon", self.A), ("plain", self.B)):
                 start_at = time.time() + 0.15
                 res = workers.send([self.cmd(proxy, cmd="warm", body=body, seconds=seconds, start_at=start_at,
-                                             append=append)] * n)
+                                             append=append, **kw)] * n)
                 per[name].append({"n": sum(x["n"] for x in res), "lat": [v for x in res for v in x["lat"]]})
         counters = self.check_counters(f"warm {body}")
         na, nb = sum(x["n"] for x in per["addon"]), sum(x["n"] for x in per["plain"])
@@ -706,52 +809,65 @@ class Bench:
         }
 
     # -- phases
-    def warm_phase(self, key: str, store: dict, bodies: list[str]) -> dict:
+    def warm_phase(self, key: str, store: dict, bodies: list[str], seconds: float | None = None,
+                   lat_seconds: float | None = None) -> dict:
+        """The store's clients: `store` may also say which first user turn they send
+        (client_session), extra headers, which file they append to (append; None: none), another
+        HOME and user (home, runas), and what the addon must give (expect, expect_prefix)."""
         a = self.args
-        workers = Workers(a.clients, store["cwd"], str(self.home))
+        seconds = seconds or a.seconds
+        lat_seconds = lat_seconds or a.lat_seconds
+        kw = self.client_kw(store)
+        workers = Workers(a.clients, store["cwd"], store.get("home", str(self.home)), runas=store.get("runas"))
         try:
             workers.all({"cmd": "prepare", "bodies": bodies})
-            out = {"files": len(store["sessions"]), "newest_bytes": store["newest_bytes"],
-                   "probe": self.probe(workers, store)}
-            append = store["sessions"][0]["path"]
+            out = {"files": store.get("files", len(store["sessions"])), "newest_bytes": store["newest_bytes"],
+                   "seconds": seconds, "lat_seconds": lat_seconds, "probe": self.probe(workers, store)}
+            append = store["append"] if "append" in store else store["sessions"][0]["path"]
             # one warm-up request per worker and proxy, then the measured rounds
             for proxy in (self.A, self.B):
-                workers.all(self.cmd(proxy, cmd="warm", body=bodies[0], seconds=0.05, start_at=0, append=append))
+                workers.all(self.cmd(proxy, cmd="warm", body=bodies[0], seconds=0.05, start_at=0, append=append,
+                                     **kw))
             self.check_counters("warm-up")
             for body in bodies:
                 log(f"{key}: throughput, {a.clients} clients, {body} bodies")
-                out[f"load_{body}"] = self.warm_runs(workers, body, a.seconds, a.rounds, append=append)
+                out[f"load_{body}"] = self.warm_runs(workers, body, seconds, a.rounds, append=append, kw=kw)
                 log(f"{key}: latency, 1 client, {body} bodies")
-                out[f"lat_{body}"] = self.warm_runs(workers, body, a.lat_seconds, a.rounds, n=1, append=append)
+                out[f"lat_{body}"] = self.warm_runs(workers, body, lat_seconds, a.rounds, n=1, append=append,
+                                                    kw=kw)
                 if a.profile:
                     out[f"profile_{body}"] = self.profile_round(
                         f"{key}-warm-{body}",
                         lambda s, body=body: workers.send([self.cmd(self.A, cmd="warm", body=body, seconds=s,
-                                                                    start_at=time.time() + 0.1, append=append)]
+                                                                    start_at=time.time() + 0.1, append=append,
+                                                                    **kw)]
                                                           * len(workers.procs)))
                     self.check_counters("profile")
             out["rss"] = self.rss()
-            out["newest_bytes_after"] = os.path.getsize(append)
+            out["newest_bytes_after"] = os.path.getsize(append) if append else None
         finally:
             workers.close()
-        if a.profile and key != "base":
+        if a.profile and key != "base" and not store.get("runas"):
             out["profile_cold"] = self.cold_profile(key, store)
         return out
 
     def cold_profile(self, key: str, store: dict) -> dict | None:
         """py-spy over the first request on a fresh copy of the store (a new cwd, so a new folder)."""
         cwd = Path(store["cwd"] + "-cold")
-        big = store["newest_bytes"] if store["newest_bytes"] > (1 << 20) else 0
-        copy = make_store(self.home, cwd, len(store["sessions"]), store["sessions"][0]["name"], big_bytes=big)
+        if "make" in store:
+            copy = store["make"](cwd)
+        else:
+            big = store["newest_bytes"] if store["newest_bytes"] > (1 << 20) else 0
+            copy = make_store(self.home, cwd, len(store["sessions"]), store["sessions"][0]["name"], big_bytes=big)
         workers = Workers(1, str(cwd), str(self.home))
         try:
             workers.all({"cmd": "prepare", "bodies": ["8k"]})
             holder = {}
             summary = self.profile_round(f"{key}-cold", lambda s: holder.update(
-                first=workers.send([self.cmd(self.A, cmd="probe", body="8k")])[0]))
+                first=workers.send([self.cmd(self.A, cmd="probe", body="8k", **self.client_kw(copy))])[0]))
             first = holder.get("first", {})
             log(f"{key}: cold request under py-spy: {first.get('ms', 0):.0f} ms, "
-                f"resolved: {(first.get('info') or {}).get('session_id') == copy['sessions'][0]['label']}")
+                f"resolved: {self.resolved_ok(copy, (first.get('info') or {}).get('session_id'))}")
             self.check_counters("cold profile")
             return summary
         finally:
@@ -851,11 +967,49 @@ class Bench:
             p.wait()
         self.extra = []
 
+    # -- store variants (issue 13)
+    def unseen_setup(self) -> str | None:
+        """Before the proxies start: the other user's 0755 folder. Returns why the variant is skipped."""
+        if os.getuid() != 0:
+            return "needs root, to run the clients as another user (uid 65534)"
+        if shutil.which("setpriv") is None:
+            return "setpriv not found"
+        python = python_for_nobody()
+        if python is None:
+            return "no Python that uid 65534 can run"
+        root = Path(tempfile.mkdtemp(prefix="asi-bench-nobody-"))
+        root.chmod(0o755)  # a copy that user can read, wherever the checkout is
+        self.nobody_root, self.nobody_python = root, python
+        return None
+
+    def unseen_store(self, name: str) -> dict:
+        """10 files in that user's HOME, with copies of this file and the CA certificates; all its."""
+        root = self.nobody_root
+        home, cwd = root / "home", root / "work"
+        store = make_store(home, cwd, 10, name)
+        script = root / "bench.py"
+        shutil.copy(Path(__file__).resolve(), script)
+        ca_map = {}
+        for label, proxy in (("addon", self.A), ("plain", self.B)):
+            dest = root / f"ca-{label}.pem"
+            shutil.copy(proxy.ca_cert, dest)
+            ca_map[str(proxy.ca_cert)] = str(dest)
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, 65534, 65534, follow_symlinks=False)
+        for path in (script, *map(Path, ca_map.values())):
+            path.chmod(0o644)
+        store.update(home=str(home), runas={"python": self.nobody_python, "script": str(script), "ca_map": ca_map})
+        return store
+
     def run(self) -> dict:
         a = self.args
         phases = a.phases.split(",")
-        self.start()
         R = self.results["phases"]
+        unseen_skip = self.unseen_setup() if "unseen" in phases else None
+        if unseen_skip:
+            print(f"unseen variant skipped: {unseen_skip}", flush=True)
+            R["unseen"] = {"skipped": unseen_skip}
+        self.start()
         need_files = "files" in phases or "memory" in phases
         t = time.time()
         stores = {"base": make_store(self.home, self.root / "work-base", 10, "Refactor the auth flow")}
@@ -864,14 +1018,37 @@ class Bench:
         if "big" in phases:
             stores["big"] = make_store(self.home, self.root / "work-big", 10, "The long migration",
                                        big_bytes=int(a.big_mb * (1 << 20)))
+        if "headeronly" in phases:
+            name, size = "Ship the new importer", int(a.header_mb * (1 << 20))
+            maker = lambda cwd: {**make_headeronly_store(self.home, cwd, a.header_files, size, name),  # noqa: E731
+                                 "make": maker}
+            stores["headeronly"] = maker(self.root / "work-headeronly")
+        if "nomatch" in phases:
+            # the clients continue a conversation whose first user turn is in no file of the folder
+            maker = lambda cwd: {**make_store(self.home, cwd, 10, "Tidy the logging"),  # noqa: E731
+                                 "client_session": NOMATCH_SESSION, "append": None,
+                                 "expect_prefix": "ephemeral-", "make": maker}
+            stores["nomatch"] = maker(self.root / "work-nomatch")
+        if "unseen" in phases and self.nobody_root:
+            stores["unseen"] = self.unseen_store("Review the parser change")
         log(f"stores written in {time.time() - t:.1f}s under {self.root}")
-        jobs = {"base": lambda: self.warm_phase("base", stores["base"], ["8k", "200k"]),
-                "files": lambda: self.warm_phase("files", stores["files"], ["8k"]),
-                "big": lambda: self.warm_phase("big", stores["big"], ["8k"]),
-                "newconn": lambda: self.newconn_phase(stores["base"]),
-                "memory": lambda: self.memory_phase(stores["files"])}
-        for key, job in jobs.items():
-            if key not in phases:
+        variant = dict(seconds=a.variant_seconds, lat_seconds=a.variant_lat_seconds)
+        both = ["8k", "200k"]
+        jobs = [("base", "base", lambda: self.warm_phase("base", stores["base"], both)),
+                ("files", "files", lambda: self.warm_phase("files", stores["files"], ["8k"])),
+                ("big", "big", lambda: self.warm_phase("big", stores["big"], ["8k"])),
+                ("headeronly", "headeronly",
+                 lambda: self.warm_phase("headeronly", stores["headeronly"], both, **variant)),
+                ("nomatch", "nomatch", lambda: self.warm_phase("nomatch", stores["nomatch"], both, **variant)),
+                # pi 0.86+ names its session in x-session-id; older pi names none
+                ("unseen", "unseen_hdr", lambda: self.warm_phase(
+                    "unseen_hdr", {**stores["unseen"], "headers": {"x-session-id": stores["unseen"]["sessions"][0]["id"]}},
+                    both, **variant)),
+                ("unseen", "unseen_nohdr", lambda: self.warm_phase("unseen_nohdr", stores["unseen"], both, **variant)),
+                ("newconn", "newconn", lambda: self.newconn_phase(stores["base"])),
+                ("memory", "memory", lambda: self.memory_phase(stores["files"]))]
+        for phase, key, job in jobs:
+            if phase not in phases or (phase == "unseen" and unseen_skip):
                 continue
             try:
                 R[key] = job()
@@ -1041,6 +1218,14 @@ def report(res: dict) -> None:
         print(f"phase {key} FAILED: {err}")
 
 
+VARIANTS = {  # the store variants of issue 13: results key -> title in the table
+    "headeronly": "{hdr} hdr-only + {mb} MB",
+    "nomatch": "10 files, none matches",
+    "unseen_hdr": "other user, x-session-id",
+    "unseen_nohdr": "other user, no header",
+}
+
+
 def _report(res: dict) -> None:
     P = res["phases"]
     f2 = lambda v: "—" if v is None or v != v else f"{v:.2f}"  # noqa: E731
@@ -1049,16 +1234,19 @@ def _report(res: dict) -> None:
     print(f"addon sources {res.get('addon_sources')}, "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, clients {cfg['clients']}, "
           f"rounds {cfg['rounds']} x {cfg['seconds']}s (throughput), {cfg['lat_seconds']}s (latency)")
-    print("\nWarm connections")
+    print("\nWarm connections" + (f" (store variants: {cfg.get('variant_seconds')} s throughput, "
+                                    f"{cfg.get('variant_lat_seconds')} s latency per run)"
+                                    if any(k in P for k in VARIANTS) else ""))
     head = (f"{'variant':<26}{'body':>5}{'rps A':>8}{'rps B':>8}{'ratio':>14}"
             f"{'A p50':>8}{'+p50':>7}{'+p99':>7}{'rewritten':>11}")
     print(head)
     print("-" * len(head))
-    for key, title in (("base", "10 files, newest 1 KB"), ("files", "{files} files"), ("big", "newest {mb} MB")):
+    for key, title in (("base", "10 files, newest 1 KB"), ("files", "{files} files"), ("big", "newest {mb} MB"),
+                       *VARIANTS.items()):
         ph = P.get(key)
-        if not ph:
+        if not ph or "load_8k" not in ph:
             continue
-        title = title.format(files=ph["files"], mb=round(ph["newest_bytes"] / (1 << 20)))
+        title = title.format(files=ph["files"], hdr=ph["files"] - 1, mb=round(ph["newest_bytes"] / (1 << 20)))
         for body in ("8k", "200k"):
             load, lat = ph.get(f"load_{body}"), ph.get(f"lat_{body}")
             if not load:
@@ -1071,13 +1259,17 @@ def _report(res: dict) -> None:
     print("  (rps: requests/s with the clients; ratio A/B (per-round min-max); A p50, +p50, +p99: one client, ms)")
     print("  under load (clients):  " + "; ".join(
         f"{k}/{b}: +p50 {f2(P[k][f'load_{b}']['added_p50'])} +p99 {f2(P[k][f'load_{b}']['added_p99'])} ms"
-        for k in ("base", "files", "big") if k in P for b in ("8k", "200k") if f"load_{b}" in P[k]))
+        for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k") if f"load_{b}" in P[k]))
+    if "skipped" in P.get("unseen", {}):
+        print(f"  other user's clients: skipped ({P['unseen']['skipped']})")
     print("\nCold first request on a new store (A minus B, ms; resolved in time?)")
-    for key in ("base", "files", "big"):
-        if key in P:
+    for key in ("base", "files", "big", *VARIANTS):
+        if key in P and "probe" in P[key]:
             pr = P[key]["probe"]
-            print(f"  {key:<7} files {P[key]['files']:>6}, newest {P[key]['newest_bytes'] / 1024:>10.0f} KB: "
+            print(f"  {key:<12} files {P[key]['files']:>6}, newest {P[key]['newest_bytes'] / 1024:>8.0f} KB: "
                   f"+{pr['cold_added_ms']:8.1f} ms, resolved on first request: {pr['resolved_first']}"
+                  + (f" ({pr.get('got')}, want {pr['expected']}{'' if pr.get('stable') else ', CHANGED on the 2nd'})"
+                     if key in VARIANTS else "")
                   + ("" if pr["resolved_first"] else
                      f" ({(pr['addon']['first'] or {}).get('error')}; {pr['failed_before_resolved']} requests "
                      f"unresolved, resolved after {pr['seconds_until_resolved']} s)"))
@@ -1106,10 +1298,10 @@ def _report(res: dict) -> None:
               f"rewritten {m['counters']['rewritten']}/{m['counters']['responses']}")
     r = res.get("rss_end", {})
     print(f"\nPeak RSS (VmHWM): addon {r.get('addon', {}).get('VmHWM')} MiB, plain {r.get('plain', {}).get('VmHWM')} MiB")
-    for key in ("base", "files", "big", "newconn"):
+    for key in ("base", "files", "big", *VARIANTS, "newconn"):
         if key in P and "rss" in P[key]:
             x = P[key]["rss"]
-            print(f"  after {key:<8}: addon {x['addon'].get('VmHWM')} MiB, plain {x['plain'].get('VmHWM')} MiB")
+            print(f"  after {key:<12}: addon {x['addon'].get('VmHWM')} MiB, plain {x['plain'].get('VmHWM')} MiB")
     sys.stdout.flush()
 
 
@@ -1119,7 +1311,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small scale, about a minute")
+    ap.add_argument("--quick", action="store_true", help="small scale, about two minutes")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, help="per throughput run (default 2.5, quick 1)")
     ap.add_argument("--lat-seconds", type=float, help="per single-client latency run (default 2, quick 1)")
@@ -1131,7 +1323,12 @@ def main() -> None:
     ap.add_argument("--mem-requests", type=int, help="default 100000, quick 3000")
     ap.add_argument("--mem-sessions", type=int, help="default 10000, quick = --files")
     ap.add_argument("--mem-waves", type=int, help="fresh client waves after the first 1%% (default 9, quick 3)")
-    ap.add_argument("--phases", default="base,files,big,newconn,memory")
+    ap.add_argument("--header-files", type=int, default=2000, help="headeronly: files holding only their session line")
+    ap.add_argument("--header-mb", type=float, default=50, help="headeronly: size of the named session")
+    ap.add_argument("--variant-seconds", type=float, help="store variants: per throughput run (default --seconds, quick 0.75)")
+    ap.add_argument("--variant-lat-seconds", type=float,
+                    help="store variants: per latency run (default --lat-seconds, quick 0.75)")
+    ap.add_argument("--phases", default="base,files,big,headeronly,nomatch,unseen,newconn,memory")
     ap.add_argument("--profile", metavar="DIR", help="extra py-spy round per phase (not in the figures)")
     ap.add_argument("--profile-seconds", type=float, default=4.0)
     ap.add_argument("--json", metavar="FILE")
@@ -1146,6 +1343,10 @@ def main() -> None:
             setattr(args, k, qv if q else fv)
     if args.mem_sessions is None:
         args.mem_sessions = args.files if q else 10000
+    if args.variant_seconds is None:
+        args.variant_seconds = 0.75 if q else args.seconds
+    if args.variant_lat_seconds is None:
+        args.variant_lat_seconds = 0.75 if q else args.lat_seconds
     bench = Bench(args)
     t0 = time.time()
     interrupted = False
