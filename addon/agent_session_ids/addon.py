@@ -398,7 +398,17 @@ class SessionIds:
             ours = _headers_set_before(flow) if again else {}
             evidence = Evidence(_evidence_headers(flow.request.headers, rules, ours), members, conversation,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
-            if self._inline_ok(proc) and self._lock.acquire(blocking=False):
+            unseen = None
+            if proc is None and self._lock.acquire(blocking=False):
+                try:  # the request of a process that cannot be read, continuing its session
+                    self.pipeline.stores.jsonl.inline = True
+                    unseen = self.pipeline.unseen_from_memo(evidence, seen)
+                finally:
+                    self.pipeline.stores.jsonl.inline = False
+                    self._lock.release()
+            if unseen is not None:
+                session = unseen
+            elif self._inline_ok(proc) and self._lock.acquire(blocking=False):
                 # warm and local: a few syscalls on local files, cheaper than a thread hop
                 stores = self.pipeline.stores
                 stores.jsonl.inline = True

@@ -214,3 +214,16 @@ def test_the_memo_serves_a_continued_conversation_and_sees_a_new_name(home, monk
     _append(path, {"type": "session_info", "name": "Renamed"})
     s, _ = p.resolve(ev(first="go on", answers=6), Seen(proc), 2010.0)
     assert s.name == "Renamed" and s.label == "renamed-000000aa" and len(decisions) == 4
+
+
+def test_a_request_of_an_unseen_process_is_served_from_the_memo(home):
+    path = write_pi_session(home, "/w", "feature-y", first="hello")
+    p = pipeline(home)
+    e = ev({"x-session-id": "feature-y"}, answers=1)
+    assert p.unseen_from_memo(e, UNREADABLE) is None  # nothing decided yet
+    first, _ = p.resolve(e, UNREADABLE, 1000.0)
+    again, _ = p.resolve(e, UNREADABLE, 1001.0)  # confirmed
+    assert first == again and first.file == str(path)
+    assert p.unseen_from_memo(e, UNREADABLE) == first
+    # another id named on the connection: not the memo's
+    assert p.unseen_from_memo(ev({"x-session-id": "feature-z"}, answers=1), UNREADABLE) is None

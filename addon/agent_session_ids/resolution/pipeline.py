@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from . import agents, process as process_io
+from . import agents, mounts, process as process_io
 from .agents import AgentProfile, safe_id
 from .conversation import Conversation
 from .id_index import IdIndex, store_roots
@@ -124,17 +124,9 @@ class Pipeline:
                 proc = current
         key = self._memo_key(ev, proc) if self.memo else None
         if key is not None:
-            memo = self._memos.get(ev.connection_id)
-            # the common case: the same connection continues the same conversation, and nothing
-            # in the store it was decided from changed: the decision would be the same again
-            if memo is not None and memo.key == key and memo.confirmed:
-                stamp = self._stamp(memo.session, proc)
-                if stamp == memo.stamp:
-                    return memo.session, proc
-                if stamp is not None and stamp[1:] == memo.stamp[1:] and self._same_name(memo.session):
-                    # only the session file grew (an answer appended): its name is still the same
-                    self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True)
-                    return memo.session, proc
+            served = self._from_memo(ev, proc, key)
+            if served is not None:
+                return served, proc
         session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
         if key is not None:
             stamp = self._stamp(session, proc) if self._settled(ev, proc) else None
@@ -147,6 +139,32 @@ class Pipeline:
             else:
                 self._memos.pop(ev.connection_id, None)
         return session, proc
+
+    def unseen_from_memo(self, ev: Evidence, seen: Seen) -> Session | None:
+        """For a request whose process cannot be read: its session from the memo, or None. A few
+        stats: cheap enough for the event loop, where the rest of the resolution is not."""
+        if seen.process is not None or not self.memo:
+            return None
+        memo = self._memos.get(ev.connection_id)
+        if memo is None or not memo.session.file or not mounts.is_local(memo.session.file):
+            return None  # a network mount must never hang the event loop
+        key = self._memo_key(ev, None)
+        return self._from_memo(ev, None, key) if key is not None else None
+
+    def _from_memo(self, ev: Evidence, proc: Process | None, key: tuple) -> Session | None:
+        memo = self._memos.get(ev.connection_id)
+        # the common case: the same connection continues the same conversation, and nothing in
+        # the store it was decided from changed: the decision would be the same again
+        if memo is None or memo.key != key or not memo.confirmed:
+            return None
+        stamp = self._stamp(memo.session, proc)
+        if stamp == memo.stamp:
+            return memo.session
+        if stamp is not None and stamp[1:] == memo.stamp[1:] and self._same_name(memo.session):
+            # only the session file grew (an answer appended): its name is still the same
+            self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True)
+            return memo.session
+        return None
 
     def _settled(self, ev: Evidence, proc: Process | None) -> bool:
         """Is the process on the session of this very conversation? Only then does the decision
