@@ -56,6 +56,7 @@ class Session:
     name: str | None = None
     file: str | None = None
     fallback: bool = False
+    named_by_request: bool = False  # the id the request itself names decided
 
     def fields(self, privacy: bool = False) -> dict[str, str]:
         """The template fields that rule values can use. With privacy, a hash stands for the name."""

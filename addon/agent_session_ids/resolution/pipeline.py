@@ -129,7 +129,7 @@ class Pipeline:
                 return served, proc
         session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
         if key is not None:
-            stamp = self._stamp(session, proc) if self._settled(ev, proc) else None
+            stamp = self._stamp(session, proc) if self._settled(ev, proc, session) else None
             if stamp is not None:
                 last = self._memos.pop(ev.connection_id, None)
                 if len(self._memos) >= MAX_MEMOS:
@@ -166,12 +166,13 @@ class Pipeline:
             return memo.session
         return None
 
-    def _settled(self, ev: Evidence, proc: Process | None) -> bool:
-        """Is the process on the session of this very conversation? Only then does the decision
-        rest on the request, the session file and its folder alone (otherwise other files'
-        turn counts take part)."""
+    def _settled(self, ev: Evidence, proc: Process | None, session: Session) -> bool:
+        """Does the decision rest on the request, the session file and its folder alone? So it
+        does when the request names the session, or when the process is on the session of this
+        very conversation; not when other files' turn counts take part (a conversation matched
+        across the stores)."""
         if proc is None:
-            return True
+            return session.named_by_request
         on = self.resolver.on.get(proc.key)
         return on is not None and on.pending is None and ev.conversation is not None \
             and on.first_user == ev.conversation.first_user

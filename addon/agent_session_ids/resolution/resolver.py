@@ -141,8 +141,10 @@ class Resolver:
         source = f"request {hint_source}"
         if f is not None:
             trace = b.trace_uuid if b else ids.trace_uuid(f.path)
-            return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path)
-        return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)")
+            return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path,
+                           named_by_request=True)
+        return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)",
+                       named_by_request=True)
 
     def by_conversation_alone(self, agent: str, conversation: Conversation, files: Sequence[SessionFile],
                               now: float, why: str, known_agent: bool = True) -> Session:
