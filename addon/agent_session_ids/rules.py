@@ -324,16 +324,7 @@ class _Reader:
         out = []
         for item in node.value:
             m = self.mapping(item, "a 'client_fields' entry", CLIENT_FIELD_KEYS)
-            targets = [k for k in ("header", "body") if k in m]
-            if len(targets) != 1:
-                raise self.fail(item, "a 'client_fields' entry needs exactly one of 'header: <name>' or 'body: <dotted.json.path>'")
-            target = targets[0]
-            key_node = m[target][1]
-            key = self.string(key_node, f"'{target}'")
-            if target == "header" and not _HEADER_NAME_RE.match(key):
-                raise self.fail(key_node, f"{key!r} is not a valid header name; use letters, digits and '-'")
-            if target == "body" and not _BODY_KEY_RE.match(key):
-                raise self.fail(key_node, f"{key!r} is not a body path; write dotted JSON keys such as session_id")
+            target, key = self.target(m, item, "a 'client_fields' entry", "session_id")
             json_key = self.json_key(m, target)
             out.append(ClientField(target, key.lower() if target == "header" else key, json_key))  # type: ignore[arg-type]
         return tuple(out)
@@ -380,18 +371,23 @@ class _Reader:
                 raise self.fail(m["filter"][1], f"'filter' is not a mitmproxy filter expression ({e}); check it in mitmweb's search box") from None
         return Match(tuple(hosts), path, methods, flt, filter_source)
 
-    def action(self, node: yaml.Node) -> SetAction:
-        m = self.mapping(node, "a 'set' entry", SET_KEYS)
+    def target(self, m: dict, node: yaml.Node, what: str, body_example: str) -> tuple[str, str]:
+        """The one 'header: <name>' or 'body: <dotted.path>' of an entry, checked."""
         targets = [k for k in ("header", "body") if k in m]
         if len(targets) != 1:
-            raise self.fail(node, "a 'set' entry needs exactly one of 'header: <name>' or 'body: <dotted.json.path>'")
+            raise self.fail(node, f"{what} needs exactly one of 'header: <name>' or 'body: <dotted.json.path>'")
         target = targets[0]
         key_node = m[target][1]
         key = self.string(key_node, f"'{target}'")
         if target == "header" and not _HEADER_NAME_RE.match(key):
             raise self.fail(key_node, f"{key!r} is not a valid header name; use letters, digits and '-'")
         if target == "body" and not _BODY_KEY_RE.match(key):
-            raise self.fail(key_node, f"{key!r} is not a body path; write dotted JSON keys such as session_id or metadata.session_id")
+            raise self.fail(key_node, f"{key!r} is not a body path; write dotted JSON keys such as {body_example}")
+        return target, key
+
+    def action(self, node: yaml.Node) -> SetAction:
+        m = self.mapping(node, "a 'set' entry", SET_KEYS)
+        target, key = self.target(m, node, "a 'set' entry", "session_id or metadata.session_id")
         if "value" not in m:
             raise self.fail(node, "a 'set' entry needs 'value', for example value: \"{session.label}\"")
         value_node = m["value"][1]

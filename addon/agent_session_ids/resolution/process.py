@@ -246,6 +246,16 @@ _recent_pids: list[int] = []  # processes that owned client sockets lately: look
 _recent_lock = threading.Lock()  # lookups run on several executor threads
 
 
+def _fd_if_owned(pid: int, uid: int, target: str) -> int | None:
+    """The fd by which process `pid`, if it is user `uid`'s, holds `target`."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != uid:
+            return None
+    except OSError:
+        return None
+    return _fd_of(pid, target)
+
+
 def _fd_of(pid: int, target: str) -> int | None:
     """The number of a descriptor of process `pid` that is `target` (socket:[inode]), or None."""
     fd_dir = f"/proc/{pid}/fd"
@@ -331,12 +341,7 @@ def _holders(inode: int, uid: int) -> dict[int, int]:
         for pid in pids:
             if pid in seen:
                 continue
-            try:
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
-            except OSError:
-                continue
-            fd = _fd_of(pid, target)
+            fd = _fd_if_owned(pid, uid, target)
             if fd is not None:
                 holder = pid
                 break
@@ -461,12 +466,7 @@ def _holders_now(inode: int, uid: int, entry: tuple[int, dict[int, int]] | None,
         for pid in entries:
             if pid in found or not 0 < (pid - mark) % pid_max <= span:
                 continue
-            try:
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
-            except OSError:
-                continue
-            fd = _fd_of(pid, target)
+            fd = _fd_if_owned(pid, uid, target)
             if fd is not None:
                 found[pid] = fd
     return found
