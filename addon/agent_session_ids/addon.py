@@ -9,9 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.utils import human
@@ -20,25 +18,22 @@ from mitmproxy import flow as mitmflow
 from . import check, contentview, display
 from .usage import recorder as usage
 from .matching import RuleSet
-from .resolution import agents, process, state, visibility
+from .resolution import agents, visibility
 from .resolution.conversation import from_body
 from .resolution.jsonl_store import dotted
 from .resolution.model import Process, Session
-from .resolution.pipeline import Evidence, Pipeline, Seen
-from .resolution.resolver import Resolver
+from .resolution.engine import Engine
+from .resolution.pipeline import Evidence, Seen
 from .rewrite import RewriteError, parse_body, render, set_field, set_header
 from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
 
 DEFAULT_RULES = default_rules_dir()
-# Waits for the adapters; past them the request goes on, resolved without the process or unchanged.
-# Generous: a loaded 2-core machine must not turn into requests with no session.
+# The process lookup's wait; past it the request is resolved without the process. Generous: a
+# loaded 2-core machine must not lose the process of a request.
 LOOKUP_TIMEOUT_S = 1.0
-RESOLVE_TIMEOUT_S = 2.0
 RULES_POLL_S = 1.0
-STATE_SAVE_DELAY_S = 1.0
-STATE_LOAD_WAIT_S = 5.0
 MAX_LIVE_SESSIONS = 1000
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
@@ -118,15 +113,10 @@ def _is_loopback(host: str) -> bool:
 class SessionIds:
     def __init__(self) -> None:
         self.rules = RuleSet([])
-        self.pipeline = Pipeline()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")  # owns resolver + store
-        self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
         self._warned: set[str] = set()
+        self.engine = Engine(self._warn_once)  # runs the resolution: inline or on its worker thread
+        self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
         self._running = False
-        self._state_path: str | None = None
-        self._catching_up = False
-        self._save_pending = False
-        self._lock = threading.Lock()  # resolver, stores and state: the worker, or inline when free
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
@@ -201,19 +191,12 @@ class SessionIds:
                 raise exceptions.OptionsError(
                     f"session_store_homes: {bad[0]!r} is not an absolute path; give folders such as "
                     f"/srv/agent-home, separated by '{os.pathsep}'")
-            homes = [os.path.expanduser(h) for h in homes]
-            self._worker.submit(self._locked, self.pipeline.set_roots, os.environ, homes)
+            self.engine.set_homes(os.path.expanduser(h) for h in homes)
         if "session_state_file" in updated or "confdir" in updated:
             path = ctx.options.session_state_file or os.path.join(
                 os.path.expanduser(ctx.options.confdir), "agent-session-ids", "state.json"
             )
-            if path != self._state_path:
-                self._state_path = path
-                loading = self._worker.submit(self._locked, self._load_state, path)
-                try:
-                    loading.result(timeout=STATE_LOAD_WAIT_S)
-                except TimeoutError:  # a slow disk: requests resolve meanwhile, bindings join when read
-                    self._warn_once("state-slow", f"reading the session state {path} goes on in the background")
+            self.engine.use_state_file(path)
 
     def running(self) -> None:
         self._running = True
@@ -226,8 +209,7 @@ class SessionIds:
             )
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_rules())
-        # list the stores by file name now, so that the first requests find their files by id
-        self._worker.submit(self._locked, self._warm)
+        self.engine.start()
 
     def done(self) -> None:
         contentview.unregister()
@@ -235,11 +217,7 @@ class SessionIds:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
-        try:
-            self._worker.submit(self._save_state).result(timeout=2)
-        except Exception as e:  # noqa: BLE001 - shutting down: say why, never raise
-            logger.warning(f"agent-session-ids: could not save state: {e}")
-        self._worker.shutdown(wait=False)
+        self.engine.stop()
 
     # -- rules: load, swap, watch -----------------------------------------------------------------
 
@@ -326,7 +304,7 @@ class SessionIds:
 
     def client_disconnected(self, client) -> None:
         self._lookups.pop(client.id, None)
-        self.pipeline.forget_connection(client.id)
+        self.engine.forget_connection(client.id)
 
     def _start_lookup(self, client) -> asyncio.Future:
         # Once per connection, off the event loop; requests on it await the result.
@@ -398,45 +376,13 @@ class SessionIds:
             ours = _headers_set_before(flow) if again else {}
             evidence = Evidence(_evidence_headers(flow.request.headers, rules, ours), members, conversation,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
-            unseen = None
-            if proc is None and self._lock.acquire(blocking=False):
-                try:  # the request of a process that cannot be read, continuing its session
-                    self.pipeline.stores.jsonl.inline = True
-                    unseen = self.pipeline.unseen_from_memo(evidence, seen)
-                finally:
-                    self.pipeline.stores.jsonl.inline = False
-                    self._lock.release()
-            if unseen is not None:
-                session = unseen
-            elif self._inline_ok(proc) and self._lock.acquire(blocking=False):
-                # warm and local: a few syscalls on local files, cheaper than a thread hop
-                stores = self.pipeline.stores
-                stores.jsonl.inline = True
-                try:
-                    session, proc = self.pipeline.resolve(evidence, seen, time.time())
-                finally:
-                    stores.jsonl.inline = False
-                    self._lock.release()
-            else:
-                session, proc = await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(
-                        self._worker, self._locked, self.pipeline.resolve, evidence, seen, time.time()),
-                    RESOLVE_TIMEOUT_S,
-                )
-            self._schedule_catch_up()
-            if self.pipeline.prune_due(time.time()):
-                self._worker.submit(self._locked, self.pipeline.prune, time.time())
+            session, proc = await self.engine.resolve(evidence, seen)
             self._remember_process(flow.client_conn.id, proc, seen)
             if not again:
                 self._count(session, proc, seen.unreadable)
             self._apply(flow, rules, session, proc, body_text, body_problem, members, ours,
                         None if proc is not None else seen.unreadable)
             usage.note_request(flow, members)  # the model asked for, for the ledger
-            if self.pipeline.resolver.dirty and not self._save_pending:
-                # batch state writes: at most one a second, off the request path
-                self._save_pending = True
-                asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
-                                                      self._save_state)
         except Exception as e:  # noqa: BLE001 - fail open
             reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
@@ -521,20 +467,11 @@ class SessionIds:
     def error(self, flow: http.HTTPFlow) -> None:
         self.usage.error(flow)
 
-    # -- the worker thread: resolver, store and state live here --------------------------------
+    # -- glue ---------------------------------------------------------------------------------
 
-    def _inline_ok(self, proc: Process | None) -> bool:
-        """May this request's resolution run on the event loop? Only when everything it reads is
-        known, on local filesystems (a dead network mount must never hang the proxy), and no
-        folder is still being indexed."""
-        stores = self.pipeline.stores
-        if proc is None or stores.jsonl.behind:
-            return False
-        return stores.warm_and_local(proc.key)
-
-    def _locked(self, fn, *args):
-        with self._lock:
-            return fn(*args)
+    @property
+    def pipeline(self):
+        return self.engine.pipeline
 
     def _remember_process(self, client_id: str, proc: Process | None, seen: Seen) -> None:
         if proc is seen.process:
@@ -544,52 +481,6 @@ class SessionIds:
             replaced = asyncio.get_running_loop().create_future()
             replaced.set_result((proc, seen.unreadable if proc is None else None))
             self._lookups[client_id] = replaced
-
-    def _warm(self) -> None:
-        try:
-            self.pipeline.ids.warm()
-        except Exception as e:  # noqa: BLE001
-            self._warn_once("warm", f"listing the session stores failed: {e!r}")
-        self._schedule_catch_up()
-
-    def _schedule_catch_up(self) -> None:
-        if self.pipeline.stores.jsonl.behind and not self._catching_up:
-            self._catching_up = True
-            self._worker.submit(self._locked, self._catch_up)
-
-    def _catch_up(self) -> None:
-        """Read large files' tails one budget at a time, queued between requests on the worker."""
-        try:
-            more = self.pipeline.stores.jsonl.catch_up()
-        except Exception as e:  # noqa: BLE001
-            self._warn_once("catch-up", f"reading a session file failed: {e!r}")
-            more = False
-        if more:
-            self._worker.submit(self._locked, self._catch_up)
-        else:
-            self._catching_up = False
-
-    def _load_state(self, path: str) -> None:
-        """Load the saved bindings. A state file that cannot be used never stops the proxy: it is
-        set aside (kept as <file>.bad), said once, and a fresh one replaces it."""
-        try:
-            state.remove_stale_temp_files(path)
-            self.pipeline.resolver.load_state(state.load(path))
-            self.pipeline.prune(time.time())
-        except Exception as e:  # noqa: BLE001 - StateError, or anything a damaged file provokes
-            self.pipeline.resolver = Resolver()
-            aside = state.set_aside(path)
-            kept = f"; it was kept as {aside}" if aside else ""
-            self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
-                                          f"starting with an empty state{kept}")
-
-    def _save_state(self) -> None:
-        self._save_pending = False
-        if self._state_path and self.pipeline.resolver.dirty:
-            try:
-                state.save(self._state_path, self.pipeline.resolver.export_state())
-            except OSError as e:
-                self._warn_once("state-save", f"cannot save the session state to {self._state_path}: {e}")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
