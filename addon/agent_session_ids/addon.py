@@ -20,11 +20,11 @@ from .usage import recorder as usage
 from .matching import RuleSet
 from .resolution import agents, visibility
 from .resolution.conversation import from_body
-from .resolution.jsonl_store import dotted
 from .resolution.model import Process, Session
 from .resolution.engine import Engine
 from .resolution.pipeline import Evidence, Seen
-from .rewrite import RewriteError, parse_body, render, set_field, set_header
+from .apply import apply_rules
+from .rewrite import RewriteError, parse_body
 from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
@@ -35,7 +35,6 @@ DEFAULT_RULES = default_rules_dir()
 LOOKUP_TIMEOUT_S = 1.0
 RULES_POLL_S = 1.0
 MAX_LIVE_SESSIONS = 1000
-SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
 
 def _may_stream(flow: http.HTTPFlow) -> bool:
@@ -86,19 +85,6 @@ def _headers_set_before(flow) -> dict[str, str]:
 def _first_pass_changes(flow) -> list[dict]:
     meta = flow.metadata.get(display.METADATA_KEY)
     return list(meta.get("changes", [])) if isinstance(meta, dict) else []
-
-
-def _client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
-    """The first of a gateway's honoured client fields the request carries, in words."""
-    for field in fields:
-        target, key = field
-        if target == "header":
-            value = headers.get(key)
-            if value and ours.get(key) != value and field.header_value(value):
-                return field.describe
-        elif dotted(body, key) not in (None, ""):
-            return f"body {key}"
-    return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -393,58 +379,17 @@ class SessionIds:
 
     def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None, ours=None,
                unreadable: str | None = None) -> None:
-        fields = session.fields(privacy=ctx.options.session_privacy)
-        changes: list[dict] = []
-        skipped: list[str] = []
-        new_body = body_text
-        headers = flow.request.headers
         ours = ours or {}
-        for rule in rules:
-            if session.fallback and not (rule.fallback and ctx.options.session_fallback):
-                skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
-                               else "fallback IDs are off (session_fallback)")
-                continue
-            if session.fallback:
-                sent = _client_field_sent(flow.request.headers, top, rule.client_fields, ours)
-                if sent:
-                    # never weaker than the client: its own session id stays as it is
-                    skipped.append(f"rule {rule.name}: the client sent its own session in {sent}; kept")
-                    continue
-            for action in rule.actions:
-                value = render(action, fields)
-                if not value:  # an empty value says nothing (a session with no name): not set
-                    continue
-                if action.target == "header":
-                    # a header this addon set in the first pass is no client's: set it again
-                    mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
-                    try:
-                        old, changed = set_header(headers, action.key, value, mode, action.json_key, action.max_entries)
-                    except RewriteError as e:  # a JSON header of the client's that cannot take the member
-                        skipped.append(f"{action.describe}: {e}")
-                        continue
-                    if action.json_key:
-                        value = headers.get(action.key)  # what is sent: the client's object, the member merged in
-                elif new_body is None:
-                    self._warn_once(f"body-{rule.name}-{body_problem}", f"rule {rule.name}: {action.describe} not set: {body_problem}")
-                    skipped.append(f"{action.describe}: {body_problem}")
-                    continue
-                else:
-                    try:
-                        new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present,
-                                                           top if new_body is body_text else None)
-                    except RewriteError as e:
-                        self._warn_once(f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}")
-                        skipped.append(f"{action.describe}: {e}")
-                        continue
-                if changed:
-                    if action.target == "header" and action.key.lower() in SECRET_HEADERS:
-                        old, value = "<redacted>" if old is not None else None, "<redacted>"
-                    changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
-        if new_body is not None and new_body != body_text:
-            flow.request.content = new_body.encode("utf-8")  # re-encodes, fixes content-length
+        outcome = apply_rules(rules, session, flow.request.headers, body_text, body_problem, top, ours,
+                              privacy=ctx.options.session_privacy, fallback_ids=ctx.options.session_fallback)
+        for key, message in outcome.warnings:
+            self._warn_once(key, message)
+        if outcome.body is not None:
+            flow.request.content = outcome.body.encode("utf-8")  # re-encodes, fixes content-length
+        changes = outcome.changes
         if ours:  # the first pass's header changes still hold
             changes = [c for c in _first_pass_changes(flow) if c["target"] not in {x["target"] for x in changes}] + changes
-        display.annotate(flow, session, proc, rules, changes, skipped, unreadable)
+        display.annotate(flow, session, proc, rules, changes, outcome.skipped, unreadable)
 
     def _count(self, session: Session, proc: Process | None, unreadable: str | None = None) -> None:
         live = self._live.get(session.id)

@@ -1,0 +1,90 @@
+"""Applying the matched rules to one request, for a resolved session: what is set, what is
+skipped and why. No mitmproxy here: headers are any mapping with get and item assignment
+(mitmproxy's Headers in the addon), the body is text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .resolution.jsonl_store import dotted
+from .resolution.model import Session
+from .rewrite import RewriteError, render, set_field, set_header
+from .rules import Rule
+
+SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
+
+
+@dataclass
+class Outcome:
+    body: str | None = None  # the new body text; None: the body stays as it is
+    changes: list[dict] = field(default_factory=list)  # {"rule", "target", "before", "after"}
+    skipped: list[str] = field(default_factory=list)  # what was not set, and why
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (key, message): to log once
+
+
+def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
+    """The first of a gateway's honoured client fields the request carries, in words."""
+    for client_field in fields:
+        target, key = client_field
+        if target == "header":
+            value = headers.get(key)
+            if value and ours.get(key) != value and client_field.header_value(value):
+                return client_field.describe
+        elif dotted(body, key) not in (None, ""):
+            return f"body {key}"
+    return None
+
+
+def apply_rules(rules: list[Rule], session: Session, headers, body_text: str | None, body_problem: str | None,
+                top: dict | None, ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
+    """Set each rule's fields for `session`. Headers are set in place; the new body is returned.
+    `ours`: headers an earlier pass of this addon set (lower-case name -> value), no client's."""
+    fields = session.fields(privacy=privacy)
+    out = Outcome()
+    new_body = body_text
+    for rule in rules:
+        if session.fallback and not (rule.fallback and fallback_ids):
+            out.skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
+                               else "fallback IDs are off (session_fallback)")
+            continue
+        if session.fallback:
+            sent = client_field_sent(headers, top, rule.client_fields, ours)
+            if sent:
+                # never weaker than the client: its own session id stays as it is
+                out.skipped.append(f"rule {rule.name}: the client sent its own session in {sent}; kept")
+                continue
+        for action in rule.actions:
+            value = render(action, fields)
+            if not value:  # an empty value says nothing (a session with no name): not set
+                continue
+            if action.target == "header":
+                # a header this addon set in the first pass is no client's: set it again
+                mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
+                try:
+                    old, changed = set_header(headers, action.key, value, mode, action.json_key, action.max_entries)
+                except RewriteError as e:  # a JSON header of the client's that cannot take the member
+                    out.skipped.append(f"{action.describe}: {e}")
+                    continue
+                if action.json_key:
+                    value = headers.get(action.key)  # what is sent: the client's object, the member merged in
+            elif new_body is None:
+                out.warnings.append((f"body-{rule.name}-{body_problem}",
+                                     f"rule {rule.name}: {action.describe} not set: {body_problem}"))
+                out.skipped.append(f"{action.describe}: {body_problem}")
+                continue
+            else:
+                try:
+                    new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present,
+                                                       top if new_body is body_text else None)
+                except RewriteError as e:
+                    out.warnings.append((f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}"))
+                    out.skipped.append(f"{action.describe}: {e}")
+                    continue
+            if changed:
+                if action.target == "header" and action.key.lower() in SECRET_HEADERS:
+                    old, value = "<redacted>" if old is not None else None, "<redacted>"
+                out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
+    if new_body is not None and new_body != body_text:
+        out.body = new_body
+    return out
