@@ -120,32 +120,28 @@ class Usage:
 # -- the shapes -----------------------------------------------------------------------------------
 
 
-def _openai_usage(usage) -> Usage:
-    """A chat completions ``usage`` object (OpenAI, OpenRouter, Opper)."""
+def _usage_object(usage, input_key: str, output_key: str, details_key: str) -> Usage:
+    """A ``usage`` object of the OpenAI shapes, whose names differ by API."""
     out = Usage()
     if not isinstance(usage, dict):
         return out
-    out.input_tokens = _count(usage.get("prompt_tokens"))
-    out.output_tokens = _count(usage.get("completion_tokens"))
-    details = usage.get("prompt_tokens_details")
+    out.input_tokens = _count(usage.get(input_key))
+    out.output_tokens = _count(usage.get(output_key))
+    details = usage.get(details_key)
     out.cache_read_tokens = _count(_get(details, "cached_tokens"))
     out.cache_write_tokens = _count(_get(details, "cache_write_tokens"))
     out.cost = _money(usage.get("cost"))
     return out
+
+
+def _openai_usage(usage) -> Usage:
+    """A chat completions ``usage`` object (OpenAI, OpenRouter, Opper)."""
+    return _usage_object(usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
 
 
 def _responses_usage(usage) -> Usage:
     """A Responses API ``usage`` object."""
-    out = Usage()
-    if not isinstance(usage, dict):
-        return out
-    out.input_tokens = _count(usage.get("input_tokens"))
-    out.output_tokens = _count(usage.get("output_tokens"))
-    details = usage.get("input_tokens_details")
-    out.cache_read_tokens = _count(_get(details, "cached_tokens"))
-    out.cache_write_tokens = _count(_get(details, "cache_write_tokens"))
-    out.cost = _money(usage.get("cost"))
-    return out
+    return _usage_object(usage, "input_tokens", "output_tokens", "input_tokens_details")
 
 
 class AnthropicCounts:
