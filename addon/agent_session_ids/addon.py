@@ -19,12 +19,12 @@ from . import check, contentview, display
 from .usage import recorder as usage
 from .matching import RuleSet
 from .resolution import agents, visibility
-from .resolution.conversation import from_body
 from .resolution.model import Process, Session
 from .resolution.engine import Engine
 from .resolution.pipeline import Evidence, Seen
 from .apply import apply_rules
-from .rewrite import RewriteError, parse_body
+from .body import Body, Resumes, read_body
+from .rewrite import RewriteError
 from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_dir, rules_signature
 
 logger = logging.getLogger("agent_session_ids")
@@ -107,6 +107,7 @@ class SessionIds:
         self._rules_signature: tuple = ()
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
         self.usage = usage.Recorder(self._warn_once)  # the usage ledger (usage/recorder.py)
+        self._bodies = Resumes()  # per connection: where its last body's conversation ended
 
     # -- options -----------------------------------------------------------------------------
 
@@ -290,6 +291,7 @@ class SessionIds:
 
     def client_disconnected(self, client) -> None:
         self._lookups.pop(client.id, None)
+        self._bodies.forget(client.id)
         self.engine.forget_connection(client.id)
 
     def _start_lookup(self, client) -> asyncio.Future:
@@ -345,28 +347,29 @@ class SessionIds:
         try:
             seen = await self._process_of(flow.client_conn)
             proc = seen.process
-            body_text = None
-            members: dict | None = None
+            body: Body | None = None
             body_problem = None
             if streamed or flow.request.raw_content is None:
                 body_problem = "the body is streamed"
             elif flow.request.raw_content:
                 try:
-                    content = flow.request.get_content(strict=True)
-                    body_text, members = parse_body(content or b"")
+                    content = flow.request.get_content(strict=True) or b""
+                    body = read_body(content, self._bodies.get(flow.client_conn.id))
+                    self._bodies.put(flow.client_conn.id, body.resume)
                 except (RewriteError, ValueError) as e:  # or an undecodable content-encoding
                     body_problem = str(e) if isinstance(e, RewriteError) else f"the body cannot be decoded ({e})"
             else:
                 body_problem = "the body is empty"
-            conversation = from_body(members) if members else None
+            members = body.members if body is not None else None
             ours = _headers_set_before(flow) if again else {}
-            evidence = Evidence(_evidence_headers(flow.request.headers, rules, ours), members, conversation,
+            evidence = Evidence(_evidence_headers(flow.request.headers, rules, ours), members,
+                                body.conversation if body is not None else None,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
             session, proc = await self.engine.resolve(evidence, seen)
             self._remember_process(flow.client_conn.id, proc, seen)
             if not again:
                 self._count(session, proc, seen.unreadable)
-            self._apply(flow, rules, session, proc, body_text, body_problem, members, ours,
+            self._apply(flow, rules, session, proc, body, body_problem, ours,
                         None if proc is not None else seen.unreadable)
             usage.note_request(flow, members)  # the model asked for, for the ledger
         except Exception as e:  # noqa: BLE001 - fail open
@@ -377,15 +380,15 @@ class SessionIds:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _apply(self, flow, rules, session: Session, proc, body_text, body_problem, top=None, ours=None,
+    def _apply(self, flow, rules, session: Session, proc, body: Body | None, body_problem, ours=None,
                unreadable: str | None = None) -> None:
         ours = ours or {}
-        outcome = apply_rules(rules, session, flow.request.headers, body_text, body_problem, top, ours,
+        outcome = apply_rules(rules, session, flow.request.headers, body, body_problem, ours,
                               privacy=ctx.options.session_privacy, fallback_ids=ctx.options.session_fallback)
         for key, message in outcome.warnings:
             self._warn_once(key, message)
         if outcome.body is not None:
-            flow.request.content = outcome.body.encode("utf-8")  # re-encodes, fixes content-length
+            flow.request.content = outcome.body  # re-encodes, fixes content-length
         changes = outcome.changes
         if ours:  # the first pass's header changes still hold
             changes = [c for c in _first_pass_changes(flow) if c["target"] not in {x["target"] for x in changes}] + changes

@@ -1,12 +1,15 @@
 """Applying the matched rules to one request, for a resolved session: what is set, what is
 skipped and why. No mitmproxy here: headers are any mapping with get and item assignment
-(mitmproxy's Headers in the addon), the body is text.
+(mitmproxy's Headers in the addon), the body as body.read_body read it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
+from .body import Body, Elided
 from .resolution.jsonl_store import dotted
 from .resolution.model import Session
 from .rewrite import RewriteError, render, set_field, set_header
@@ -17,7 +20,7 @@ SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key"
 
 @dataclass
 class Outcome:
-    body: str | None = None  # the new body text; None: the body stays as it is
+    body: bytes | None = None  # the new body; None: the body stays as it is
     changes: list[dict] = field(default_factory=list)  # {"rule", "target", "before", "after"}
     skipped: list[str] = field(default_factory=list)  # what was not set, and why
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (key, message): to log once
@@ -36,13 +39,27 @@ def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) 
     return None
 
 
-def apply_rules(rules: list[Rule], session: Session, headers, body_text: str | None, body_problem: str | None,
-                top: dict | None, ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
+def _insert(raw: bytes, path: tuple[str, ...], value: str, empty: bool) -> bytes:
+    """`raw` with a member that it does not have (path[0]) added before its closing brace, one copy."""
+    new = json.dumps(value)
+    for inner in reversed(path[1:]):
+        new = "{" + json.dumps(inner) + ":" + new + "}"
+    close = len(raw) - 1
+    while raw[close] in b" \t\n\r":
+        close -= 1
+    view = memoryview(raw)
+    return b"".join((view[:close], ("" if empty else ",").encode() + json.dumps(path[0]).encode() + b":"
+                     + new.encode("utf-8", "surrogatepass"), view[close:]))
+
+
+def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None, body_problem: str | None,
+                ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
     """Set each rule's fields for `session`. Headers are set in place; the new body is returned.
     `ours`: headers an earlier pass of this addon set (lower-case name -> value), no client's."""
     fields = session.fields(privacy=privacy)
     out = Outcome()
-    new_body = body_text
+    top = body.members if body is not None else None
+    new_body = body.raw if body is not None else None
     for rule in rules:
         if session.fallback and not (rule.fallback and fallback_ids):
             out.skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
@@ -73,10 +90,17 @@ def apply_rules(rules: list[Rule], session: Session, headers, body_text: str | N
                                      f"rule {rule.name}: {action.describe} not set: {body_problem}"))
                 out.skipped.append(f"{action.describe}: {body_problem}")
                 continue
+            elif new_body is body.raw and action.body_path[0] not in top:
+                # the common case: a member the body does not have, added to its bytes
+                new_body, old, changed = _insert(new_body, action.body_path, value, not top), None, True
             else:
                 try:
-                    new_body, old, changed = set_field(new_body, action.body_path, value, action.if_present,
-                                                       top if new_body is body_text else None)
+                    text = body.decoded() if new_body is body.raw else new_body.decode("utf-8")
+                    parsed = top if new_body is body.raw and not isinstance(top.get(action.body_path[0]), Elided) \
+                        else None
+                    new_text, old, changed = set_field(text, action.body_path, value, action.if_present, parsed)
+                    if changed:
+                        new_body = new_text.encode("utf-8", "surrogatepass")
                 except RewriteError as e:
                     out.warnings.append((f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}"))
                     out.skipped.append(f"{action.describe}: {e}")
@@ -85,6 +109,6 @@ def apply_rules(rules: list[Rule], session: Session, headers, body_text: str | N
                 if action.target == "header" and action.key.lower() in SECRET_HEADERS:
                     old, value = "<redacted>" if old is not None else None, "<redacted>"
                 out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
-    if new_body is not None and new_body != body_text:
+    if body is not None and new_body is not body.raw:
         out.body = new_body
     return out

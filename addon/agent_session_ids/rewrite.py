@@ -73,27 +73,6 @@ def scan_object(text: str, pos: int) -> tuple[list[Member], int]:
         raise RewriteError("the body is not valid JSON") from None
 
 
-def parse_body(raw: bytes) -> tuple[str, dict[str, object]]:
-    """The body's text and its top-level members (later duplicates win, as JSON.parse does)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RewriteError("the body is not UTF-8 text") from None
-    try:
-        doc = _DECODER.decode(text)  # one pass in C: validates, and gives the conversation
-    except json.JSONDecodeError as e:
-        if not text.lstrip(" \t\n\r").startswith("{"):
-            raise RewriteError("the body is not a JSON object") from None
-        if e.msg == "Extra data":
-            raise RewriteError("the body has data after its JSON object") from None
-        raise RewriteError("the body is not valid JSON") from None
-    except (ValueError, RecursionError):
-        raise RewriteError("the body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise RewriteError("the body is not a JSON object")
-    return text, doc
-
-
 def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
               top: dict | None = None) -> tuple[str, object, bool]:
     """Set the string `value` at a dotted `path` of the JSON object in `text`.

@@ -19,7 +19,8 @@ from agent_session_ids.resolution import ids, state
 from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
-from agent_session_ids.rewrite import RewriteError, parse_body, render, set_field
+from agent_session_ids.body import read_body
+from agent_session_ids.rewrite import RewriteError, render, set_field
 from agent_session_ids.rules import SetAction, parse_template
 
 # --------------------------------------------------------------------------- JSON text generators
@@ -66,11 +67,12 @@ def action(target="body", key="session_id", value="{session.label}", max_length=
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), body=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "session_id"), values,
+@given(data=st.data(), body=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("session_id", "messages", "input", "contents")), values,
                                             max_size=5), value=st.text(max_size=40))
 def test_any_json_text_gets_only_the_inserted_member(data, body, value):
     text = data.draw(WS) + data.draw(json_text(body)) + data.draw(WS)
-    parsed_text, members = parse_body(text.encode("utf-8", "surrogatepass"))
+    body_read = read_body(text.encode("utf-8", "surrogatepass"))
+    parsed_text, members = body_read.decoded(), body_read.members
     assert members == json.loads(text)
     new, old, changed = set_field(parsed_text, ("session_id",), value, "keep")
     assert changed and old is None
@@ -153,12 +155,12 @@ def test_duplicate_keys_elsewhere_survive_and_a_duplicated_target_is_refused():
 def test_very_deep_nesting_is_refused_not_crashed(depth):
     raw = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
     with pytest.raises(RewriteError):
-        parse_body(raw)
+        read_body(raw)
 
 
 def test_numbers_survive_byte_for_byte():
     raw = '{"big":123456789012345678901234567890123,"inf":1e400,"negz":-0.0,"e":1E+2,"f":0.10000000000000000555}'
-    new, _, _ = set_field(parse_body(raw.encode())[0], ("session_id",), "s", "keep")
+    new, _, _ = set_field(read_body(raw.encode()).decoded(), ("session_id",), "s", "keep")
     assert new == raw[:-1] + ',"session_id":"s"}'
 
 

@@ -54,32 +54,51 @@ def fingerprint(text: str) -> str | None:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
 
 
+class Tally:
+    """Counts a conversation's messages one at a time (a body read element by element)."""
+
+    __slots__ = ("gemini", "first_user", "n_user", "n_assistant")
+
+    def __init__(self, gemini: bool = False) -> None:
+        self.gemini = gemini  # Gemini's contents: role user / model, with parts
+        self.first_user: str | None = None
+        self.n_user = self.n_assistant = 0
+
+    def copy(self) -> Tally:
+        other = Tally(self.gemini)
+        other.first_user, other.n_user, other.n_assistant = self.first_user, self.n_user, self.n_assistant
+        return other
+
+    def add(self, message: object) -> None:
+        if not isinstance(message, dict):
+            return
+        role = message.get("role")
+        if self.gemini:
+            role = "assistant" if role == "model" else role
+            content = message.get("parts")
+        else:
+            content = message.get("content")
+        if role == "user":
+            if self.n_user == 0:
+                self.first_user = fingerprint(text_of(content))
+            self.n_user += 1
+        elif role == "assistant":
+            self.n_assistant += 1
+        elif not self.gemini and message.get("type") in ("function_call", "reasoning") and "role" not in message:
+            # Responses API: an earlier assistant turn that only called a tool
+            self.n_assistant += 1
+
+    def conversation(self) -> Conversation | None:
+        return Conversation(self.first_user, self.n_user, self.n_assistant) if self.n_user else None
+
+
 def from_body(body: dict) -> Conversation | None:
     """Read the conversation from a parsed request body; None if it carries none."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        messages = body.get("input")
-        if not isinstance(messages, list):
-            messages = body.get("contents")  # Gemini: role user / model, with parts
-            if not isinstance(messages, list):
-                return None
-            messages = [{"role": "assistant" if m.get("role") == "model" else m.get("role"),
-                         "content": m.get("parts")} for m in messages if isinstance(m, dict)]
-    first_user = None
-    n_user = n_assistant = 0
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        if role == "user":
-            if n_user == 0:
-                first_user = fingerprint(text_of(message.get("content")))
-            n_user += 1
-        elif role == "assistant":
-            n_assistant += 1
-        elif message.get("type") in ("function_call", "reasoning") and "role" not in message:
-            # Responses API: an earlier assistant turn that only called a tool
-            n_assistant += 1
-    if n_user == 0:
-        return None
-    return Conversation(first_user, n_user, n_assistant)
+    for key in ("messages", "input", "contents"):
+        messages = body.get(key)
+        if isinstance(messages, list):
+            tally = Tally(gemini=key == "contents")
+            for message in messages:
+                tally.add(message)
+            return tally.conversation()
+    return None

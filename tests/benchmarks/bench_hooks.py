@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""The addon's own cost per request, in this process: its mitmproxy hooks called on real flows.
+
+Usage (from the repository root)::
+
+    python tests/benchmarks/bench_hooks.py                  # µs per request, 8 KB and 200 KB bodies
+    python tests/benchmarks/bench_hooks.py --profile 200k   # + the top of cProfile for one size
+
+It prints numbers and asserts nothing. Each request is a new flow on one kept-alive connection
+of a process that looks like pi (comm "pi", cwd the store's folder) continuing the newest session
+of a 10-file pi store written by ``bench.py``: the hooks requestheaders, request,
+responseheaders and response run as mitmproxy would call them, with an OpenRouter-shaped JSON
+answer that carries usage. "flow only" is the same loop without the addon (building the flow
+and its answer), subtracted from the figures. Where ``bench.py`` measures whole proxies, this
+isolates the addon's share, to find what to cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent)]
+
+from mitmproxy import http  # noqa: E402
+from mitmproxy.test import taddons, tflow  # noqa: E402
+
+import bench  # noqa: E402
+from agent_session_ids.addon import SessionIds  # noqa: E402
+from agent_session_ids.resolution.model import Process  # noqa: E402
+
+ANSWER = json.dumps({
+    "id": "gen-1", "provider": "Anthropic", "model": bench.MODEL, "object": "chat.completion",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+    "usage": {"prompt_tokens": 2400, "completion_tokens": 5, "total_tokens": 2405, "cost": 0.0012,
+              "prompt_tokens_details": {"cached_tokens": 2048}},
+}).encode()
+
+
+def new_flow(client, body: bytes) -> http.HTTPFlow:
+    f = tflow.tflow(client_conn=client)
+    f.request = http.Request.make("POST", "https://openrouter.ai/api/v1/chat/completions", body,
+                                  {"content-type": "application/json", "authorization": "Bearer x",
+                                   "user-agent": "OpenAI/JS 5.0"})
+    f.live = True  # as a flow in a running proxy (tflow's are not)
+    return f
+
+
+async def run(addon: SessionIds | None, client, body: bytes, n: int, append: str | None) -> float:
+    answer_headers = {"content-type": "application/json"}
+    t0 = time.perf_counter()
+    for k in range(n):
+        f = new_flow(client, body)
+        if addon is not None:
+            await addon.requestheaders(f)
+            await addon.request(f)
+        f.response = http.Response.make(200, ANSWER, answer_headers)
+        if addon is not None:
+            addon.responseheaders(f)
+            addon.response(f)
+        if append and k % 10 == 0:
+            bench._append_answer(append, k)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def main_async(args) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="asi-hooks-"))
+    home, cwd = tmp / "home", tmp / "project"
+    store = bench.make_store(home, cwd, 10, "Fix the proxy")
+    os.environ["HOME"] = str(home)
+    addon = SessionIds()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, session_rules=str(ROOT / "rules"), session_state_file=str(tmp / "state.json"), session_usage_file=str(tmp / "usage.jsonl"),
+                       session_usage=not args.no_usage)
+        addon.running()
+        me = os.getpid()
+        proc = Process(pid=me, start_ticks=1, started_at=time.time(), boot_id="b", uid=os.getuid(),
+                       cwd=str(cwd), comm="pi", exe="/usr/bin/node", cmdline=("pi",),
+                       environ={"HOME": str(home)})
+        addon.engine.pipeline._recheck = lambda p: p  # the process stays the one looked up
+        client = tflow.tclient_conn()
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result((proc, None))
+        addon._lookups[client.id] = fut
+        first = bench.first_text(0)
+        for size in args.sizes:
+            body = bench.make_body(bench.body_template(bench.BODY_SIZES[size]), first)
+            await run(addon, client, body, 50, None)  # warm: the store read, the memo confirmed
+            probe = new_flow(client, body)
+            await addon.request(probe)
+            sid = json.loads(probe.request.content).get("session_id")
+            assert sid == store["sessions"][0]["label"], (sid, store["sessions"][0]["label"])
+            base = await run(None, client, body, args.n, None)
+            if args.profile == size:
+                prof = cProfile.Profile()
+                prof.enable()
+            with_addon = await run(addon, client, body, args.n, store["sessions"][0]["path"])
+            if args.profile == size:
+                prof.disable()
+            print(f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
+                  f"the addon {with_addon - base:6.1f} µs per request")
+            if args.profile == size:
+                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+        addon.done()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["8k", "200k"], choices=list(bench.BODY_SIZES))
+    p.add_argument("-n", type=int, default=2000)
+    p.add_argument("--profile", choices=list(bench.BODY_SIZES))
+    p.add_argument("--sort", default="tottime")
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--no-usage", action="store_true", help="with session_usage off (answers left alone)")
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
