@@ -37,17 +37,16 @@ RULES_POLL_S = 1.0
 MAX_LIVE_SESSIONS = 1000
 
 
-def _may_stream(flow: http.HTTPFlow) -> bool:
+def _may_stream(flow: http.HTTPFlow, limit: int | None) -> bool:
     """Will mitmproxy forward this body before `request` runs? It streams a body past
-    stream_large_bodies, and may decide so only mid-body when the length is not known."""
+    stream_large_bodies (`limit`), and may decide so only mid-body when the length is not known."""
     if flow.request.stream:
         return True
-    limit = getattr(ctx.options, "stream_large_bodies", None)
     if not limit:
         return False
     length = flow.request.headers.get("content-length")
     try:
-        return length is None or int(length) > human.parse_size(limit)
+        return length is None or int(length) > limit
     except ValueError:
         return True
 
@@ -108,6 +107,8 @@ class SessionIds:
         self._live: dict[str, dict] = {}  # session id -> what sessionids.sessions lists
         self.usage = usage.Recorder(self._warn_once)  # the usage ledger (usage/recorder.py)
         self._bodies = Resumes()  # per connection: where its last body's conversation ended
+        # options read at every request, kept here: each ctx.options read deep-copies the value
+        self._privacy, self._fallback, self._stream_limit = False, True, None
 
     # -- options -----------------------------------------------------------------------------
 
@@ -158,6 +159,16 @@ class SessionIds:
         contentview.register()
 
     def configure(self, updated: set[str]) -> None:
+        if "session_privacy" in updated:
+            self._privacy = ctx.options.session_privacy
+        if "session_fallback" in updated:
+            self._fallback = ctx.options.session_fallback
+        if "stream_large_bodies" in updated:
+            limit = getattr(ctx.options, "stream_large_bodies", None)
+            try:
+                self._stream_limit = human.parse_size(limit) if limit else None
+            except ValueError:
+                self._stream_limit = None  # mitmproxy's own check says why
         if updated & {"session_usage", "session_usage_file", "confdir"}:
             self.usage.configure(ctx.options.session_usage, ctx.options.session_usage_file, ctx.options.confdir)
         if "session_rules" in updated or "session_enable" in updated:
@@ -319,7 +330,7 @@ class SessionIds:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed body is forwarded before `request` runs: set headers now, from what the
         # headers and the process say (the conversation is not available).
-        if flow.response or flow.error or flow.is_replay or not _may_stream(flow):
+        if flow.response or flow.error or flow.is_replay or not _may_stream(flow, self._stream_limit):
             return
         await self._handle(flow, streamed=True)
 
@@ -384,7 +395,7 @@ class SessionIds:
                unreadable: str | None = None) -> None:
         ours = ours or {}
         outcome = apply_rules(rules, session, flow.request.headers, body, body_problem, ours,
-                              privacy=ctx.options.session_privacy, fallback_ids=ctx.options.session_fallback)
+                              privacy=self._privacy, fallback_ids=self._fallback)
         for key, message in outcome.warnings:
             self._warn_once(key, message)
         if outcome.body is not None:

@@ -49,6 +49,8 @@ class Resume:
     empty: bool
     head: dict  # the members before the list, and the list itself (Elided)
     tally: Tally
+    tail: str = ""  # the text after the list's ']' (often the same again: tools, options)
+    tail_members: dict | None = None  # what it read as
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def _scan(text: str, raw: bytes) -> Body:
     if not text.startswith("{", pos):
         raise BodyError("the body is not a JSON object")
     members: dict[str, object] = {}
-    lists: dict[str, tuple[Tally, int, bool]] = {}  # key -> (tally, end of its last element, empty)
+    lists: dict[str, tuple[Tally, int, bool, int]] = {}  # key -> (tally, end of last element, empty, end of ']')
     duplicates = False
     pos = _WS.match(text, pos + 1).end()
     while not text.startswith("}", pos):
@@ -105,7 +107,7 @@ def _scan(text: str, raw: bytes) -> Body:
             tally = Tally(gemini=key == "contents")
             pos, last_end, empty, n = _elements(text, pos + 1, tally, need_comma=False, last_end=pos + 1)
             members[key] = Elided(n)
-            lists[key] = (tally, last_end, empty)
+            lists[key] = (tally, last_end, empty, pos)
         else:
             members[key], pos = _DECODER.raw_decode(text, pos)
         pos = _WS.match(text, pos).end()
@@ -114,14 +116,15 @@ def _scan(text: str, raw: bytes) -> Body:
     chosen = _chosen(members)
     if chosen is None:
         return Body(text, raw, members, None, None)
-    tally, last_end, empty = lists[chosen]
+    tally, last_end, empty, list_end = lists[chosen]
     resume = None
     if len(lists) == 1 and not duplicates:
         # the members up to the list come with the bytes; those after it are read each time
         keys = list(members)
-        head = {k: members[k] for k in keys[: keys.index(chosen) + 1]}
+        split = keys.index(chosen) + 1
+        head = {k: members[k] for k in keys[:split]}
         at = last_end if len(raw) == len(text) else len(text[:last_end].encode("utf-8"))
-        resume = Resume(raw, at, chosen, empty, head, tally)
+        resume = Resume(raw, at, chosen, empty, head, tally, text[list_end:], {k: members[k] for k in keys[split:]})
     return Body(text, raw, members, tally.conversation(), resume)
 
 
@@ -171,28 +174,39 @@ def _resume(raw: bytes, last: Resume) -> Body | None:
     tally = last.tally.copy()
     try:
         pos, last_end, empty, n = _elements(rest, 0, tally, need_comma=not last.empty, last_end=0)
-        head = dict(last.head)
-        head[last.key] = Elided(head[last.key].length + n)  # type: ignore[union-attr]
-        members = dict(head)
-        while True:
-            pos = _WS.match(rest, pos).end()
-            if rest.startswith("}", pos):
-                break
-            if not rest.startswith(",", pos):
+        tail = rest[pos:]
+        if last.tail_members is not None and tail == last.tail:
+            tail_members = last.tail_members  # the same members after the list as last time: read already
+        else:
+            tail_members = _tail(tail, last.head)
+            if tail_members is None:
                 return None
-            key, pos = _key(rest, _WS.match(rest, pos + 1).end())
-            if key in CONVERSATION_KEYS or key in last.head:
-                return None  # a second conversation list, or a duplicate member: read it whole
-            value, pos = _DECODER.raw_decode(rest, pos)
-            members[key] = value
-        if _WS.match(rest, pos + 1).end() != len(rest):
-            return None
     except (ValueError, RecursionError, RewriteError):
         return None  # read whole, for the error message
+    head = dict(last.head)
+    head[last.key] = Elided(head[last.key].length + n)  # type: ignore[union-attr]
     # no new element: last_end is 0, and the list still ends where it did
     at = last.at + (last_end if len(rest) == len(raw) - last.at else len(rest[:last_end].encode("utf-8")))
-    resume = Resume(raw, at, last.key, empty and last.empty, head, tally)
-    return Body(None, raw, members, tally.conversation(), resume, resumed=True)
+    resume = Resume(raw, at, last.key, empty and last.empty, head, tally, tail, tail_members)
+    return Body(None, raw, {**head, **tail_members}, tally.conversation(), resume, resumed=True)
+
+
+def _tail(text: str, head: dict) -> dict | None:
+    """The members in `text`, what follows the list's ']' up to the end of the body; None when
+    they name a member again (read whole, so that the later one wins where it should)."""
+    members: dict[str, object] = {}
+    pos = 0
+    while True:
+        pos = _WS.match(text, pos).end()
+        if text.startswith("}", pos):
+            break
+        if not text.startswith(",", pos):
+            return None
+        key, pos = _key(text, _WS.match(text, pos + 1).end())
+        if key in CONVERSATION_KEYS or key in head or key in members:
+            return None
+        members[key], pos = _DECODER.raw_decode(text, pos)
+    return members if _WS.match(text, pos + 1).end() == len(text) else None
 
 
 class Resumes:

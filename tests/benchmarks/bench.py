@@ -614,6 +614,13 @@ def python_for_nobody() -> str | None:
     return None
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far, all its threads."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status(pid: int) -> dict[str, int]:
     out = {}
     try:
@@ -667,6 +674,7 @@ class Bench:
         no_log = {"STANDIN_LOG": ""}
         # the ``unseen`` clients' store is another user's: the addon reads it as the README says
         sets = [f"session_store_homes={self.nobody_root / 'home'}"] if self.nobody_root else []
+        sets += self.args.addon_set or []
         self.A = harness.Mitmdump(scripts=[ADDON, PROBE, STANDIN], env=no_log, sets=sets).start()
         self.B = harness.Mitmdump(scripts=[PROBE, STANDIN], env=no_log).start()
         self.names = {id(self.A): "addon", id(self.B): "plain"}
@@ -788,11 +796,18 @@ class Bench:
         kw = kw or {}
         n = n or len(workers.procs)
         per = {"addon": [], "plain": []}
+        cpu = {"addon": 0.0, "plain": 0.0}  # the proxy process's CPU seconds (all its threads) in the runs
+        gc_runs = {"addon": [0, 0, 0], "plain": [0, 0, 0]}  # its garbage collections, per generation
         for r in range(rounds):
             for name, proxy in (("addon", self.A), ("plain", self.B)):
+                gc_before = fetch_counters(proxy).get("gc") or [0, 0, 0]
                 start_at = time.time() + 0.15
+                before = proc_cpu(proxy.pid)
                 res = workers.send([self.cmd(proxy, cmd="warm", body=body, seconds=seconds, start_at=start_at,
                                              append=append, **kw)] * n)
+                cpu[name] += proc_cpu(proxy.pid) - before
+                gc_runs[name] = [x + b - a for x, a, b in zip(gc_runs[name], gc_before,
+                                                              fetch_counters(proxy).get("gc") or [0, 0, 0])]
                 per[name].append({"n": sum(x["n"] for x in res), "lat": [v for x in res for v in x["lat"]]})
         counters = self.check_counters(f"warm {body}")
         na, nb = sum(x["n"] for x in per["addon"]), sum(x["n"] for x in per["plain"])
@@ -805,6 +820,9 @@ class Bench:
             "ratio": na / nb if nb else float("nan"), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "p50_addon": pct(la, 50), "p50_plain": pct(lb, 50), "p99_addon": pct(la, 99), "p99_plain": pct(lb, 99),
             "added_p50": pct(la, 50) - pct(lb, 50), "added_p99": pct(la, 99) - pct(lb, 99),
+            "cpu_us_addon": 1e6 * cpu["addon"] / na if na else None,
+            "cpu_us_plain": 1e6 * cpu["plain"] / nb if nb else None,
+            "gc_addon": gc_runs["addon"], "gc_plain": gc_runs["plain"],
             "counters": counters,
         }
 
@@ -1260,6 +1278,11 @@ def _report(res: dict) -> None:
     print("  under load (clients):  " + "; ".join(
         f"{k}/{b}: +p50 {f2(P[k][f'load_{b}']['added_p50'])} +p99 {f2(P[k][f'load_{b}']['added_p99'])} ms"
         for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k") if f"load_{b}" in P[k]))
+    print("  proxy CPU per request under load (A / B, µs; all its threads):  " + "; ".join(
+        f"{k}/{b}: {P[k][f'load_{b}']['cpu_us_addon']:.0f} / {P[k][f'load_{b}']['cpu_us_plain']:.0f} "
+        f"(full GCs {P[k][f'load_{b}']['gc_addon'][2]} / {P[k][f'load_{b}']['gc_plain'][2]})"
+        for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k")
+        if P[k].get(f"load_{b}", {}).get("cpu_us_addon") is not None))
     if "skipped" in P.get("unseen", {}):
         print(f"  other user's clients: skipped ({P['unseen']['skipped']})")
     print("\nCold first request on a new store (A minus B, ms; resolved in time?)")
@@ -1329,6 +1352,8 @@ def main() -> None:
     ap.add_argument("--variant-lat-seconds", type=float,
                     help="store variants: per latency run (default --lat-seconds, quick 0.75)")
     ap.add_argument("--phases", default="base,files,big,headeronly,nomatch,unseen,newconn,memory")
+    ap.add_argument("--addon-set", action="append", metavar="OPTION=VALUE",
+                    help="an option for the addon proxy (e.g. session_usage=false), as mitmdump --set")
     ap.add_argument("--profile", metavar="DIR", help="extra py-spy round per phase (not in the figures)")
     ap.add_argument("--profile-seconds", type=float, default=4.0)
     ap.add_argument("--json", metavar="FILE")

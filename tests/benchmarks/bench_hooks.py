@@ -8,7 +8,8 @@ Usage (from the repository root)::
 
 It prints numbers and asserts nothing. Each request is a new flow on one kept-alive connection
 of a process that looks like pi (comm "pi", cwd the store's folder) continuing the newest session
-of a 10-file pi store written by ``bench.py``: the hooks requestheaders, request,
+of a 10-file pi store written by ``bench.py`` (one answer appended to its file after each
+request, as pi does): the hooks requestheaders, request,
 responseheaders and response run as mitmproxy would call them, with an OpenRouter-shaped JSON
 answer that carries usage. "flow only" is the same loop without the addon (building the flow
 and its answer), subtracted from the figures. Where ``bench.py`` measures whole proxies, this
@@ -67,7 +68,7 @@ async def run(addon: SessionIds | None, client, body: bytes, n: int, append: str
         if addon is not None:
             addon.responseheaders(f)
             addon.response(f)
-        if append and k % 10 == 0:
+        if append:  # as pi does after each answer
             bench._append_answer(append, k)
     return (time.perf_counter() - t0) / n * 1e6
 
@@ -103,7 +104,7 @@ async def main_async(args) -> None:
             if args.profile == size:
                 prof = cProfile.Profile()
                 prof.enable()
-            with_addon = await run(addon, client, body, args.n, store["sessions"][0]["path"])
+            with_addon = await run(addon, client, body, args.n, None if args.no_append else store["sessions"][0]["path"])
             if args.profile == size:
                 prof.disable()
             print(f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
@@ -121,6 +122,7 @@ def main() -> None:
     p.add_argument("--sort", default="tottime")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--no-usage", action="store_true", help="with session_usage off (answers left alone)")
+    p.add_argument("--no-append", action="store_true", help="the session file does not grow between requests")
     asyncio.run(main_async(p.parse_args()))
 
 

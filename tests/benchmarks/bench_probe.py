@@ -7,7 +7,8 @@ counter increments.
   ``rewritten`` (a rule changed something), ``annotated_unchanged``, ``failed`` (the addon gave
   up, e.g. resolution took too long; the reasons are counted in ``errors``) and ``untouched``
   (no metadata: the plain proxy, or a flow no rule matched).
-- ``GET /__bench/counters`` (any host) answers those counters as JSON; ``?reset=1`` zeroes them.
+- ``GET /__bench/counters`` (any host) answers those counters as JSON, with the garbage
+  collections so far per generation (``gc``); ``?reset=1`` zeroes the counters.
 - A request with the header ``x-bench-probe`` gets a response header ``x-bench-info``: base64 of
   JSON {"session_id": <the body's session_id as it reached the stand-in>, "comment": flow.comment,
   "session": metadata session part}.
@@ -16,6 +17,7 @@ counter increments.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 
 from mitmproxy import http
@@ -30,7 +32,8 @@ class BenchProbe:
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.request.path.startswith("/__bench/counters"):
-            body = json.dumps({**self.counts, "errors": self.errors}).encode()
+            gc_runs = [g["collections"] for g in gc.get_stats()]  # garbage collections so far, per generation
+            body = json.dumps({**self.counts, "errors": self.errors, "gc": gc_runs}).encode()
             if "reset=1" in flow.request.path:
                 self.counts = dict.fromkeys(_KEYS, 0)
                 self.errors = {}

@@ -82,20 +82,21 @@ def _parse_time(value: object) -> float | None:
         return None
 
 
-def _open_regular(path: str) -> int | None:
-    """An fd of a regular file, never blocking (FIFOs, devices and sockets give None)."""
+def _open_regular(path: str) -> tuple[int, os.stat_result] | tuple[None, None]:
+    """An fd of a regular file and its stat, never blocking (FIFOs, devices and sockets give None)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None, None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            return None
+            return None, None
     except OSError:
         os.close(fd)
-        return None
-    return fd
+        return None, None
+    return fd, st
 
 
 def _lines(fd: int, offset: int, limit: int, skipping: bool):
@@ -364,11 +365,10 @@ class JsonlStore:
 
     def _read_head(self, f: _FileState, fmt: RecordFormat) -> bool:
         """Read the header and the first user turn; False if the file is gone or not regular."""
-        fd = _open_regular(f.path)
+        fd, st = _open_regular(f.path)
         if fd is None:
             return False
         try:
-            st = os.fstat(fd)
             if st.st_size == f.head_size:
                 return True  # nothing new since the last try
             f.head_size = st.st_size
@@ -407,11 +407,10 @@ class JsonlStore:
         At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
         catch_up() to finish between requests. The latest name of a large file is found at once by
         reading backwards from its end."""
-        fd = _open_regular(f.path)
+        fd, st = _open_regular(f.path)
         if fd is None:
             return False
         try:
-            st = os.fstat(fd)
             if st.st_size < f.offset:
                 # truncated or replaced: start over
                 f.offset, f.n_assistant, f.name, f.skipping, f.size, f.name_at = 0, 0, None, False, -1, -1
@@ -491,7 +490,7 @@ class JsonlStore:
         if not self._behind:
             return False
         path, (f, fmt) = next(iter(self._behind.items()))
-        fd = _open_regular(path)
+        fd, _ = _open_regular(path)
         if fd is None:
             self._behind.pop(path, None)
             return bool(self._behind)

@@ -10,6 +10,7 @@ REREAD_S = 30.0
 
 _mounts: list[tuple[str, str]] = []  # (mount point, fs type), longest first
 _read_at = -REREAD_S
+_folder_types: dict[str, str | None] = {}  # folder -> its fs type, for the mount table read at _read_at
 
 
 def _unescape(field: str) -> str:
@@ -30,11 +31,23 @@ def _load() -> None:
         mounts = []
     mounts.sort(key=lambda m: len(m[0]), reverse=True)
     _mounts, _read_at = mounts, time.monotonic()
+    _folder_types.clear()
 
 
 def fs_type(path: str) -> str | None:
     if time.monotonic() - _read_at > REREAD_S:
         _load()
+    try:
+        return _folder_types[path]  # asked for the same few folders at every request
+    except KeyError:
+        pass
+    if len(_folder_types) >= 4096:
+        _folder_types.clear()
+    kind = _folder_types[path] = _mount_type(path)
+    return kind
+
+
+def _mount_type(path: str) -> str | None:
     for point, kind in _mounts:
         if path == point or path.startswith(point.rstrip("/") + "/"):
             return kind

@@ -11,6 +11,7 @@ ones move up, and the oldest beyond ``keep`` is removed. Files are created with 
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import threading
@@ -25,10 +26,22 @@ MAX_BATCH = 1000  # whole lines written with one write()
 LINGER = 0.2  # seconds the writer waits for more lines before it writes (a kill -9 loses at most these)
 
 
+_second: tuple[float, str] = (-1.0, "")  # the last whole second formatted, and its text
+
+
 def timestamp(epoch: float) -> str:
     """``2026-11-21T10:00:00.123Z``: the ledger's ``ts``."""
-    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _second
+    frac, whole = math.modf(epoch)  # rounded as datetime.fromtimestamp rounds
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    if us < 0:  # before 1970: no cache
+        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if whole != _second[0]:  # strftime once a second, not once a request
+        _second = (whole, datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_second[1]}{us // 1000:03d}Z"
 
 
 def parse_ts(value) -> float | None:

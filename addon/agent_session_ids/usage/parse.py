@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 #: The ledger's figure fields, in the order they are written.
 FIGURES = ("served_model", "provider", "input_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -96,10 +96,10 @@ class Usage:
 
     def update(self, other: "Usage") -> "Usage":
         """Take every figure ``other`` knows (later answers' parts win)."""
-        for f in fields(self):
-            value = getattr(other, f.name)
+        for name in FIGURES:
+            value = getattr(other, name)
             if value is not None:
-                setattr(self, f.name, value)
+                setattr(self, name, value)
         return self
 
     def known(self) -> dict:
@@ -194,8 +194,24 @@ def from_json(obj) -> Usage:
     return out.update(_openai_usage(usage))
 
 
+_OPPER_HEADERS = {b"x-opper-served-model": "served_model", b"x-opper-served-provider": "provider",
+                  b"x-opper-cost": "cost"}
+
+
 def from_headers(headers) -> Usage:
-    """Figures in response headers (Opper). ``headers`` is any case-insensitive mapping."""
+    """Figures in response headers (Opper). ``headers``: a case-insensitive mapping, or mitmproxy's
+    Headers, whose raw fields are then read in one pass (most answers have none of these)."""
+    fields = getattr(headers, "fields", None)
+    if fields is not None:
+        found = {}
+        for name, value in fields:
+            if name[:8].lower() == b"x-opper-" and name.lower() in _OPPER_HEADERS:
+                key = _OPPER_HEADERS[name.lower()]  # several: joined, as Headers.get does
+                text = value.decode("utf-8", "surrogateescape")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+        get = found.get
+        return Usage(served_model=_name(get("served_model")), provider=_name(get("provider")),
+                     cost=_money(get("cost"))) if found else Usage()
     return Usage(served_model=_name(headers.get("x-opper-served-model")),
                  provider=_name(headers.get("x-opper-served-provider")),
                  cost=_money(headers.get("x-opper-cost")))

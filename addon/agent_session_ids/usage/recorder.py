@@ -34,7 +34,10 @@ SUMMARY_SESSIONS = 20  # sessions in the summary on exit (one screen)
 
 
 def is_sse(response) -> bool:
-    return response.headers.get("content-type", "").lower().startswith("text/event-stream")
+    for name, value in response.headers.fields:  # one pass; Headers.get scans them all too, per name
+        if name.lower() == b"content-type":
+            return value.lstrip()[:17].lower() == b"text/event-stream"
+    return False
 
 
 def _session_meta(flow) -> dict | None:
