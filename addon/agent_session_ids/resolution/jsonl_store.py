@@ -242,6 +242,19 @@ class JsonlStore:
             out.append(self._snapshot(f))
         return out
 
+    def name_now(self, path: str, fmt: RecordFormat) -> tuple[bool, str | None]:
+        """A known file's latest name, after reading what was appended to it: (known, name).
+        (False, None) when the file was never read or is gone. The memo's check, at every request
+        whose session file grew: no listing, no snapshot."""
+        d = self._dirs.get(os.path.dirname(path))
+        f = d.files.get(path) if d is not None else None
+        if f is None:
+            return False, None
+        if not self._refresh_tail(f, fmt):
+            self._forget(d, path)
+            return False, None
+        return True, f.name
+
     # -- folder ------------------------------------------------------------------------------
 
     def _refresh_dir(self, folder: str, fmt: RecordFormat) -> _DirState | None:

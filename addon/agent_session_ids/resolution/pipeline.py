@@ -36,6 +36,10 @@ MAX_MEMOS = 4096  # connections whose last answer is remembered (dropped when th
 _BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}))
 
 
+def _typed(value: object) -> tuple:
+    return type(value), value
+
+
 @dataclass(frozen=True)
 class _Memo:
     """A connection's last answer, and what it was decided from."""
@@ -187,19 +191,19 @@ class Pipeline:
         if conv is None or conv.first_user is None:
             return None
         body = ev.body or {}
+        # compared with ==, never hashed: the headers dict as it is; a value with its type (True != 1)
         return (proc.key if proc else None, proc.cwd if proc else None, proc.exe if proc else None,
-                proc.shared if proc else None, tuple(sorted(ev.headers.items())), conv.first_user, conv.fresh,
-                ev.client_fields, tuple(repr(body.get(k)) for k in _BODY_HINT_KEYS),
-                tuple(repr(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
+                proc.shared if proc else None, ev.headers, conv.first_user, conv.fresh, ev.client_fields,
+                tuple(_typed(body.get(k)) for k in _BODY_HINT_KEYS),
+                tuple(_typed(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
 
     def _same_name(self, session: Session) -> bool:
         """Read what was appended to the session's file: is its name unchanged?"""
         profile = agents.by_name(session.agent)
         if profile is None or profile.store is None or profile.store.format is None or session.file is None:
             return False
-        found = self.stores.jsonl.candidates(os.path.dirname(session.file), profile.store.format,
-                                             paths=[session.file], relist=False)
-        return len(found) == 1 and found[0].name == session.name
+        known, name = self.stores.jsonl.name_now(session.file, profile.store.format)
+        return known and name == session.name
 
     def _stamp(self, session: Session, proc: Process | None) -> tuple | None:
         """What of the store the decision came from: the session file's size and time (first),

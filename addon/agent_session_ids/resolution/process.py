@@ -518,16 +518,41 @@ def read_process(pid: int) -> Process | None:
     )
 
 
+_COMM_FDS_MAX = 64
+_comm_fds: collections.OrderedDict[str, int] = collections.OrderedDict()  # process key -> fd of its comm
+_comm_lock = threading.Lock()
+
+
+def _comm_now(process: Process) -> str:
+    """The process's name now. Its /proc comm file is kept open (a few recent processes): one
+    pread per request. An fd of an ended process fails to read, and is not kept; one of a pid
+    used again is under another key (its start time differs)."""
+    key = process.key
+    with _comm_lock:
+        fd = _comm_fds.pop(key, None)
+    if fd is None:
+        fd = os.open(f"/proc/{process.pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        comm = os.pread(fd, 64, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        os.close(fd)
+        raise
+    with _comm_lock:
+        if key in _comm_fds:  # another thread kept one meanwhile
+            os.close(fd)
+        else:
+            _comm_fds[key] = fd
+            while len(_comm_fds) > _COMM_FDS_MAX:
+                os.close(_comm_fds.popitem(last=False)[1])
+    return comm
+
+
 def _recheck_program(process: Process) -> Process | None:
     """The same snapshot if the process still runs the same program in the same folder; a fresh
     one if it exec'd into another program or changed folder; None if it is gone."""
     base = f"/proc/{process.pid}"
     try:
-        fd = os.open(f"{base}/comm", os.O_RDONLY | os.O_CLOEXEC)  # 3 syscalls, not open()'s 6
-        try:
-            comm = os.read(fd, 64).decode("utf-8", "replace").strip()
-        finally:
-            os.close(fd)
+        comm = _comm_now(process)
         if comm == process.comm and os.readlink(f"{base}/exe") == process.exe \
                 and os.readlink(f"{base}/cwd") == process.cwd:
             return process
