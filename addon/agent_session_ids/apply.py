@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
 import json
 
 from .body import Body, Elided
 from .resolution.jsonl_store import dotted
 from .resolution.model import Session
 from .rewrite import RewriteError, render, set_field, set_header
-from .rules import Rule
+from .rules import Rule, SetAction
 
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
@@ -52,11 +53,16 @@ def _insert(raw: bytes, path: tuple[str, ...], value: str, empty: bool) -> bytes
                      + new.encode("utf-8", "surrogatepass"), view[close:]))
 
 
+@functools.lru_cache(maxsize=512)
+def _rendered(action: SetAction, session: Session, privacy: bool) -> str:
+    """What an action sets for a session: the same at each request of the session (both frozen)."""
+    return render(action, session.fields(privacy=privacy))
+
+
 def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None, body_problem: str | None,
                 ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
     """Set each rule's fields for `session`. Headers are set in place; the new body is returned.
     `ours`: headers an earlier pass of this addon set (lower-case name -> value), no client's."""
-    fields = session.fields(privacy=privacy)
     out = Outcome()
     top = body.members if body is not None else None
     new_body = body.raw if body is not None else None
@@ -72,7 +78,7 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
                 out.skipped.append(f"rule {rule.name}: the client sent its own session in {sent}; kept")
                 continue
         for action in rule.actions:
-            value = render(action, fields)
+            value = _rendered(action, session, privacy)
             if not value:  # an empty value says nothing (a session with no name): not set
                 continue
             if action.target == "header":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 
+from .usage.totals import duration, money, percent, tokens
+
 MARK_REWRITTEN = ":label:"
 MARK_SKIPPED = ":warning:"
 METADATA_KEY = "session_ids"
@@ -72,8 +74,6 @@ def annotate_failure(flow, rules, reason: str) -> None:
 
 def usage_text(figures: dict) -> str:
     """One turn's figures for the comment: ``12.3k in · 250 out · cache 92% · $0.0041 · Anthropic``."""
-    from .usage.totals import duration, money, percent, tokens
-
     parts = []
     if figures.get("input_tokens") is not None:
         parts.append(f"{tokens(figures['input_tokens'])} in")
@@ -100,7 +100,8 @@ def annotate_usage(flow, figures: dict) -> None:
     if not isinstance(meta, dict) or "usage" in meta:
         return
     meta["usage"] = figures
-    flow.comment = f"{flow.comment} · {usage_text(figures)}" if flow.comment else usage_text(figures)
+    text = usage_text(figures)
+    flow.comment = f"{flow.comment} · {text}" if flow.comment else text
 
 
 def _rule(rule) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -23,8 +24,8 @@ class Process:
     shared: bool = False  # other processes hold the same socket (a fork)
     inode: int = field(default=0, compare=False)  # the client socket it was found by (0: not known)
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # read several times per request: made once per snapshot
         return f"{self.boot_id}:{self.pid}:{self.start_ticks}"
 
 
