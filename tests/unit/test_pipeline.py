@@ -198,6 +198,56 @@ def test_the_memo_never_changes_a_decision(home, seed):
     assert hits >= 1  # the memo was used, not only checked
 
 
+# (with seed 9 every first turn soon has two files: the memo rightly never applies, and the check
+# that it was used would fail)
+@pytest.mark.parametrize("seed", [s for s in range(13) if s != 9])
+def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
+    """The same for requests whose process cannot be read, that name no session (three
+    connections): the conversation alone decides, across cwd folders. The store changes under
+    them: answers and names appended, new files with a first turn seen before (in the same
+    folder or in another one), new sessions' first requests. Every decision is the same with and
+    without the memo."""
+    import random
+
+    rng = random.Random(seed)
+    cwds = ["/work/a", "/work/b"]
+    with_memo, without = pipeline(home), pipeline(home)
+    without.memo = False
+    files = [write_pi_session(home, cwds[0], "0199bbbb-0000-7000-8000-000000000000", first="q0", answers=2)]
+    firsts = ["q0"]
+    # odd seeds: the files are older than a new session's window, so first requests mint IDs that
+    # later requests of other connections with the same first turn then get (the bindings change)
+    now = 2000.0 if seed % 2 == 0 else 1795946400.0 + 700  # the files' header: 2026-11-29T10:00:00Z
+    hits = 0
+    minted: dict[str, str] = {}
+    for step in range(300):
+        now += rng.choice((1.0, 60.0, 400.0))  # a minted first turn's window (600 s) ends now and then
+        op = rng.random()
+        if op < 0.1:
+            _append(rng.choice(files), {"type": "message", "message": {"role": "assistant", "content": "a"}})
+        elif op < 0.14:
+            _append(rng.choice(files), {"type": "session_info", "name": f"name {step}"})
+        elif op < 0.2:
+            i = len(files)
+            first = rng.choice(firsts) if rng.random() < 0.3 else f"q{i}"  # a turn seen before, or a new one
+            files.append(write_pi_session(home, rng.choice(cwds), f"0199bbbb-0000-7000-8000-{i:012d}", first=first,
+                                          answers=rng.randrange(3), stamp=f"2026-11-29T10-00-{i:02d}-000Z"))
+            firsts.append(first)
+        c = rng.randrange(3)
+        first = firsts[c % len(firsts)] if rng.random() < 0.9 else rng.choice(firsts + ["new turn"])
+        answers = 0 if rng.random() < 0.03 else rng.randrange(1, 4)  # now and then a first request
+        e = ev(first=first, answers=answers, conn=f"c{c}")
+        before = dict(with_memo._memos)
+        served = with_memo.unseen_from_memo(e, UNREADABLE)
+        a = served or with_memo.resolve(e, UNREADABLE, now)[0]
+        b, _ = without.resolve(e, UNREADABLE, now)
+        hits += served is not None and before.get(f"c{c}") is not None
+        for x, y in ((a.id, b.id), (a.label, b.label), (a.trace_uuid, b.trace_uuid)):
+            assert minted.setdefault(x, y) == y, (step, a, b)
+        assert (a.file, a.name, a.fallback) == (b.file, b.name, b.fallback), step
+    assert hits >= 1  # the memo was used, not only checked
+
+
 def test_the_memo_serves_a_continued_conversation_and_sees_a_new_name(home, monkeypatch):
     cwd = "/work/memo"
     path = write_pi_session(home, cwd, "0199aaaa-0000-7000-8000-0000000000aa", first="go on")

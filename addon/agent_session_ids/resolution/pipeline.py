@@ -50,6 +50,7 @@ class _Memo:
     # decided twice in a row from the same request and store: the resolver is at a fixed point
     # (the first decision of a process may still move, e.g. to a fork, at its next request)
     confirmed: bool = False
+    basis: tuple[str, ...] | None = None  # decided by the conversation alone: the folders searched
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class Pipeline:
         self._recheck = recheck  # is the connection's process still the one looked up? (I/O)
         self.memo = True  # off: every request is decided afresh (the tests compare both)
         self._memos: dict[str, _Memo] = {}  # connection id -> its last answer
+        # what the last decision by conversation alone rested on (the folders searched), when it
+        # will be the same while they are: one fitting file, continued, nothing pending for it
+        self._conversation_basis: tuple[str, ...] | None = None
         self.resolver = Resolver()
         self.stores = Stores()
         self._last_prune = 0.0
@@ -131,15 +135,17 @@ class Pipeline:
             served = self._from_memo(ev, proc, key)
             if served is not None:
                 return served, proc
+        self._conversation_basis = None
         session = self._decide(ev, proc, seen.unreadable if proc is None else None, now)
         if key is not None:
-            stamp = self._stamp(session, proc) if self._settled(ev, proc, session) else None
+            basis = self._conversation_basis if proc is None and not session.named_by_request else None
+            stamp = self._stamp(session, proc, basis) if self._settled(ev, proc, session) else None
             if stamp is not None:
                 last = self._memos.pop(ev.connection_id, None)
                 if len(self._memos) >= MAX_MEMOS:
                     del self._memos[next(iter(self._memos))]
                 confirmed = last is not None and last.key == key and last.session == session
-                self._memos[ev.connection_id] = _Memo(key, stamp, session, confirmed)
+                self._memos[ev.connection_id] = _Memo(key, stamp, session, confirmed, basis)
             else:
                 self._memos.pop(ev.connection_id, None)
         return session, proc
@@ -150,7 +156,8 @@ class Pipeline:
         if seen.process is not None or not self.memo:
             return None
         memo = self._memos.get(ev.connection_id)
-        if memo is None or not memo.session.file or not mounts.is_local(memo.session.file):
+        if memo is None or not memo.session.file or not mounts.is_local(memo.session.file) \
+                or not all(mounts.is_local(path) for path in memo.basis or ()):
             return None  # a network mount must never hang the event loop
         key = self._memo_key(ev, None)
         return self._from_memo(ev, None, key) if key is not None else None
@@ -161,22 +168,23 @@ class Pipeline:
         # the store it was decided from changed: the decision would be the same again
         if memo is None or memo.key != key or not memo.confirmed:
             return None
-        stamp = self._stamp(memo.session, proc)
+        stamp = self._stamp(memo.session, proc, memo.basis)
         if stamp == memo.stamp:
             return memo.session
         if stamp is not None and stamp[1:] == memo.stamp[1:] and self._same_name(memo.session):
             # only the session file grew (an answer appended): its name is still the same
-            self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True)
+            self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True, memo.basis)
             return memo.session
         return None
 
     def _settled(self, ev: Evidence, proc: Process | None, session: Session) -> bool:
-        """Does the decision rest on the request, the session file and its folder alone? So it
-        does when the request names the session, or when the process is on the session of this
-        very conversation; not when other files' turn counts take part (a conversation matched
-        across the stores)."""
+        """Does the decision rest on the request, the session file and folders whose mtimes show
+        any change? So it does when the request names the session, when the process is on the
+        session of this very conversation, and when the conversation alone found one file that
+        it continues (its basis: every folder searched); not when other files' turn counts take
+        part."""
         if proc is None:
-            return session.named_by_request
+            return session.named_by_request or self._conversation_basis is not None
         on = self.resolver.on.get(proc.key)
         return on is not None and on.pending is None and ev.conversation is not None \
             and on.first_user == ev.conversation.first_user
@@ -205,7 +213,7 @@ class Pipeline:
         known, name = self.stores.jsonl.name_now(session.file, profile.store.format)
         return known and name == session.name
 
-    def _stamp(self, session: Session, proc: Process | None) -> tuple | None:
+    def _stamp(self, session: Session, proc: Process | None, memo_basis: tuple[str, ...] | None = None) -> tuple | None:
         """What of the store the decision came from: the session file's size and time (first),
         and the times of the folders where a new session file would appear. None: not worth a
         memo (no file yet, a fallback, names kept outside the file, a date tree)."""
@@ -216,6 +224,10 @@ class Pipeline:
             if folders is None or any(f.kind != "per_cwd" for f in folders):
                 return None
             paths = [f.path for f in folders]
+        elif memo_basis is not None:
+            # decided by the conversation across the stores: every folder it searched, and the
+            # bindings (another connection's new session with the same first turn changes them)
+            paths = list(memo_basis) + [os.path.dirname(session.file)]
         else:
             paths = [os.path.dirname(session.file)]
         profile = agents.by_name(session.agent)
@@ -231,6 +243,8 @@ class Pipeline:
                 stamp.append(os.stat(path).st_mtime_ns)
             except OSError:
                 stamp.append(None)
+        if memo_basis is not None:
+            stamp.append(self.resolver.generation)
         return tuple(stamp)
 
     def prune_due(self, now: float) -> bool:
@@ -275,7 +289,12 @@ class Pipeline:
         if conv is not None and conv.first_user is not None:  # 4: the conversation, across the stores
             profiles = [profile] if profile is not None and profile.store is not None else agents.PROFILES
             files = self.stores.by_conversation(self.roots, profiles, conv.first_user, conv.fresh)
-            return self.resolver.by_conversation_alone(name, conv, files, now, why, known_agent=profile is not None)
+            session = self.resolver.by_conversation_alone(name, conv, files, now, why, known_agent=profile is not None)
+            fitting = [f for f in files if f.first_user == conv.first_user]
+            if self.stores.searched is not None and not conv.fresh and len(fitting) == 1 \
+                    and session.file == fitting[0].path and f"conv:{conv.first_user}" not in self.resolver.pending:
+                self._conversation_basis = tuple(self.stores.searched)
+            return session
         return self.resolver.fallback(name, None, ev.connection_id, f"the request names no session; {why}")
 
     def _add_process_roots(self, agent: AgentProfile, proc: Process) -> None:

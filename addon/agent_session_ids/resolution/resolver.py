@@ -79,7 +79,18 @@ class Resolver:
         self.pending: dict[str, Pending] = {}  # process key -> Pending
         self.on: dict[str, OnProcess] = {}  # process key -> OnProcess
         self._by_first_user: dict[str, set[str]] = {}  # first-turn fingerprint -> pending keys
+        self.generation = 0  # counts the changes to bound and pending (a memo's check)
         self.dirty = False  # bound/pending changed since the last export
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        if value:
+            self.generation += 1
+        self._dirty = value
 
     # -- what the caller should snapshot -------------------------------------------------------
 
@@ -416,7 +427,8 @@ class Resolver:
             except (TypeError, ValueError):
                 continue
             self._add_pending(str(k), p)
-        self.dirty = False
+        self.generation += 1
+        self._dirty = False
 
 
 def _seen_of(item) -> float:

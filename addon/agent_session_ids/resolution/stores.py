@@ -94,6 +94,8 @@ class Stores:
             out = [dataclasses.replace(f, name=names[f.id]) if names.get(f.id) else f for f in out]
         return out
 
+    searched: list[str] | None = None  # what the last by_conversation read (see there)
+
     def by_conversation(self, roots: dict[str, list[str]], profiles, first_user: str, fresh: bool,
                         budget_s: float = CONVERSATION_BUDGET_S) -> list[SessionFile]:
         """Files whose first user turn is this one, in every cwd folder of the stores the proxy can
@@ -101,6 +103,10 @@ class Stores:
         folders not read in time are indexed between requests."""
         deadline = time.monotonic() + budget_s
         out: list[SessionFile] = []
+        # what the search read, for a memo: every root and folder (a new file or folder changes its
+        # mtime); None when that cannot tell (out of time, or a date tree, whose new days it misses)
+        searched: list[str] | None = []
+        self.searched = None
         for profile in profiles:
             spec = profile.store
             if spec is None or spec.format is None or spec.kind not in ("per_cwd", "date_tree"):
@@ -108,13 +114,19 @@ class Stores:
             for root in roots.get(profile.name, ()):
                 if spec.kind == "date_tree":
                     folders = self._day_dirs(root)[:RECENT_DAYS * 4]
+                    if os.path.isdir(root):
+                        searched = None
                 else:
                     folders = [os.path.join(f, spec.subdir) if spec.subdir else f for f in self._cwd_dirs(root)]
+                    if searched is not None:
+                        searched.append(root)
+                        searched.extend(folders)
                 for folder in folders:
                     found = self.jsonl.candidates(folder, spec.format, first_users=[first_user], fresh=True)
                     out.extend(dataclasses.replace(f, agent=profile.name) for f in found)
                     if time.monotonic() > deadline:
                         return out
+        self.searched = searched
         return out
 
     def _cwd_dirs(self, root: str) -> list[str]:
