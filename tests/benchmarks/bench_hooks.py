@@ -114,7 +114,11 @@ async def main_async(args) -> None:
             print(f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
                   f"the addon {with_addon - base:6.1f} µs per request")
             if args.profile == size:
-                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+                stats = pstats.Stats(prof).sort_stats(args.sort)
+                if args.callees:
+                    stats.print_callees(args.callees)
+                else:
+                    stats.print_stats(args.top)
         addon.done()
 
 
@@ -135,6 +139,7 @@ def main() -> None:
     p.add_argument("--profile", choices=list(bench.BODY_SIZES))
     p.add_argument("--sort", default="tottime")
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--callees", metavar="REGEX", help="with --profile: what these functions called")
     p.add_argument("--no-usage", action="store_true", help="with session_usage off (answers left alone)")
     p.add_argument("--no-append", action="store_true", help="the session file does not grow between requests")
     asyncio.run(main_async(p.parse_args()))
