@@ -39,6 +39,7 @@ NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for i
 WAIT_RECHECK_S = 1.0  # a folder's files that had no user turn yet are looked at again at most this often
 WAIT_RECHECK_FILES = 16  # ... and only the newest of them (a session being written is a new one)
 MAX_FOLDERS = 512  # folders kept in memory; the least recently used is forgotten first
+MAX_KEPT_FDS = 32  # session files kept open for the memo's check (one pread per request)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _FileState:
     n_assistant: int = 0
     name: str | None = None
     name_at: int = -1  # where the latest name record ends (names before it are older)
+    ino: int = 0  # the inode the tail was read from (another one: the file was replaced)
 
 
 @dataclass
@@ -184,6 +186,7 @@ class JsonlStore:
 
     def __init__(self) -> None:
         self._dirs: OrderedDict[str, _DirState] = OrderedDict()  # least recently used first
+        self._kept: OrderedDict[str, tuple[int, int]] = OrderedDict()  # path -> (fd, inode): memo'd files
         self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
         self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
         # set while a request is resolved on the event loop: every read is then a small step,
@@ -242,18 +245,49 @@ class JsonlStore:
             out.append(self._snapshot(f))
         return out
 
-    def name_now(self, path: str, fmt: RecordFormat) -> tuple[bool, str | None]:
+    def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None) -> tuple[bool, str | None]:
         """A known file's latest name, after reading what was appended to it: (known, name).
         (False, None) when the file was never read or is gone. The memo's check, at every request
-        whose session file grew: no listing, no snapshot."""
+        whose session file grew: no listing, no snapshot. With `st`, the file's stat just taken by
+        its path: the file is then read through an fd kept open for it (one pread)."""
         d = self._dirs.get(os.path.dirname(path))
         f = d.files.get(path) if d is not None else None
         if f is None:
             return False, None
-        if not self._refresh_tail(f, fmt):
+        if st is None or not stat.S_ISREG(st.st_mode):
+            known = self._refresh_tail(f, fmt)
+        else:
+            fd = self._kept_fd(path, st.st_ino)
+            known = fd is not None and self._read_tail(fd, f, fmt, st)
+        if not known:
             self._forget(d, path)
+            self._close_kept(path)
             return False, None
         return True, f.name
+
+    def _kept_fd(self, path: str, ino: int) -> int | None:
+        """An fd of the file that is at `path` now (inode `ino`), kept open for the next time."""
+        kept = self._kept.pop(path, None)
+        if kept is not None and kept[1] != ino:  # replaced since: the old one is no longer the file
+            os.close(kept[0])
+            kept = None
+        if kept is None:
+            fd, st = _open_regular(path)
+            if fd is None:
+                return None
+            if st.st_ino != ino:  # replaced just now
+                os.close(fd)
+                return None
+            kept = (fd, ino)
+        self._kept[path] = kept
+        while len(self._kept) > MAX_KEPT_FDS:
+            os.close(self._kept.popitem(last=False)[1][0])
+        return kept[0]
+
+    def _close_kept(self, path: str) -> None:
+        kept = self._kept.pop(path, None)
+        if kept is not None:
+            os.close(kept[0])
 
     # -- folder ------------------------------------------------------------------------------
 
@@ -359,6 +393,7 @@ class JsonlStore:
         self._unindexed.pop(folder, None)
         for path in d.files:
             self._behind.pop(path, None)
+            self._close_kept(path)
 
     @staticmethod
     def _forget(d: _DirState, path: str) -> None:
@@ -424,9 +459,16 @@ class JsonlStore:
         if fd is None:
             return False
         try:
-            if st.st_size < f.offset:
+            return self._read_tail(fd, f, fmt, st)
+        finally:
+            os.close(fd)
+
+    def _read_tail(self, fd: int, f: _FileState, fmt: RecordFormat, st: os.stat_result) -> bool:
+        try:
+            if st.st_size < f.offset or (f.ino and st.st_ino != f.ino):
                 # truncated or replaced: start over
                 f.offset, f.n_assistant, f.name, f.skipping, f.size, f.name_at = 0, 0, None, False, -1, -1
+            f.ino = st.st_ino
             f.mtime = st.st_mtime
             if st.st_size == f.size:
                 return True
@@ -437,8 +479,6 @@ class JsonlStore:
             return True
         except OSError:
             return False
-        finally:
-            os.close(fd)
 
     def _scan(self, fd: int, f: _FileState, fmt: RecordFormat) -> None:
         """Count assistant turns and find name records from f.offset on, a chunk at a time: markers

@@ -106,6 +106,7 @@ class Pipeline:
         # what the last decision by conversation alone rested on (the folders searched), when it
         # will be the same while they are: one fitting file, continued, nothing pending for it
         self._conversation_basis: tuple[str, ...] | None = None
+        self._file_stat: os.stat_result | None = None  # the session file's, as _stamp last saw it
         self.resolver = Resolver()
         self.stores = Stores()
         self._last_prune = 0.0
@@ -210,7 +211,8 @@ class Pipeline:
         profile = agents.by_name(session.agent)
         if profile is None or profile.store is None or profile.store.format is None or session.file is None:
             return False
-        known, name = self.stores.jsonl.name_now(session.file, profile.store.format)
+        # the stat _stamp just took of the file by its path: read through the fd kept for it
+        known, name = self.stores.jsonl.name_now(session.file, profile.store.format, self._file_stat)
         return known and name == session.name
 
     def _stamp(self, session: Session, proc: Process | None, memo_basis: tuple[str, ...] | None = None) -> tuple | None:
@@ -234,7 +236,7 @@ class Pipeline:
         if profile is not None and profile.store is not None and profile.store.name_index:
             return None
         try:
-            st = os.stat(session.file)
+            st = self._file_stat = os.stat(session.file)
             stamp: list = [(st.st_size, st.st_mtime_ns, st.st_ino)]
         except OSError:
             return None
