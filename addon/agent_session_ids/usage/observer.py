@@ -19,6 +19,11 @@ from .parse import EventState, Usage, usage_in_tail
 MAX_EVENT = 1 << 20  # bytes of one event's data (or one line) kept whole
 TAIL = 256 << 10  # bytes kept of a longer one
 PIECE = 256 << 10  # decompressed bytes handled at a time, where the decoder allows a bound
+MAX_DECODED = 256 << 20  # decoded bytes of one answer read for its usage; past it the reading stops
+
+
+class TooLarge(Exception):
+    """An answer decodes to more than MAX_DECODED bytes (a compression bomb, or just huge)."""
 
 
 class Unsupported(Exception):
@@ -53,10 +58,26 @@ class _Brotli:
         import brotli  # a mitmproxy dependency
 
         self._d = brotli.Decompressor()
+        try:  # brotli 1.2 bounds each call's output; 1.1 (mitmproxy 11) does not
+            self._d.process(b"", output_buffer_limit=PIECE)
+            self._bounded = True
+        except TypeError:
+            self._bounded = False
 
     def __call__(self, data: bytes) -> Iterator[bytes]:
+        if not self._bounded:  # a chunk's whole output at once, as mitmproxy itself decodes
+            if data:
+                yield self._d.process(data)
+            return
         if data:
-            yield self._d.process(data)
+            out = self._d.process(data, output_buffer_limit=PIECE)
+            if out:
+                yield out
+        while True:  # what it holds back past the bound (a piece may reach about twice PIECE)
+            out = self._d.process(b"", output_buffer_limit=PIECE)
+            if not out:
+                return
+            yield out
 
     def flush(self) -> bytes:
         return b""
@@ -78,7 +99,7 @@ class _Zstd:
             self._bounded = False
 
     def __call__(self, data: bytes) -> Iterator[bytes]:
-        if not self._bounded:
+        if not self._bounded:  # zstandard: a chunk's whole output at once
             if data:
                 yield self._d.decompress(data)
             return
@@ -92,6 +113,23 @@ class _Zstd:
 
     def flush(self) -> bytes:
         return b""
+
+
+def decode_bounded(encoding: str | None, data: bytes, limit: int) -> bytes:
+    """`data` decoded, in bounded pieces; raises TooLarge past `limit` decoded bytes (a bomb),
+    Unsupported for an encoding without a decoder, and the decoder's error for a corrupt body."""
+    decode = decoder_for(encoding)
+    if decode is None:
+        return data
+    out = bytearray()
+    for piece in decode(data):
+        out += piece
+        if len(out) > limit:
+            raise TooLarge(f"more than {limit >> 20} MiB decoded")
+    out += decode.flush()
+    if len(out) > limit:
+        raise TooLarge(f"more than {limit >> 20} MiB decoded")
+    return bytes(out)
 
 
 def decoder_for(encoding: str | None):
@@ -195,6 +233,7 @@ class StreamObserver:
         self.failure: str | None = None
         self.finished = False
         self.bytes = 0
+        self.decoded = 0  # bytes the decoder gave (MAX_DECODED at most are read)
 
     def __call__(self, chunk: bytes):
         out = self.inner(chunk) if self.inner is not None else chunk
@@ -220,7 +259,13 @@ class StreamObserver:
             self.reader.feed(chunk)
         else:
             for piece in self.decode(chunk):
+                self._count(piece)
                 self.reader.feed(piece)
+
+    def _count(self, piece: bytes) -> None:
+        self.decoded += len(piece)
+        if self.decoded > MAX_DECODED:
+            raise TooLarge(f"the answer decodes to more than {MAX_DECODED >> 20} MiB")
 
     def result(self) -> Usage:
         """What the stream said so far (all of it once ``finished``)."""
@@ -252,6 +297,7 @@ class TailObserver(StreamObserver):
             self._keep(chunk)
         else:
             for piece in self.decode(chunk):
+                self._count(piece)
                 self._keep(piece)
 
     def _keep(self, piece: bytes) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from .. import display
 from ..matching import gateway_host
 from . import ledger as ledger_mod
-from .observer import StreamObserver, TailObserver, Unsupported
+from .observer import StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
 from .totals import FlipWatch, Totals, duration, hit_ratio, table
 
@@ -165,10 +165,16 @@ class Recorder:
         """An answer mitmproxy held whole (a JSON answer, or one an addon set)."""
         if not response.raw_content or len(response.raw_content) > MAX_JSON_BYTES:
             return Usage()
-        try:
-            content = response.get_content(strict=True) or b""
-        except ValueError as e:
-            self.warn("usage-decode", f"an answer's content-encoding could not be decoded ({e}); its usage is not read")
+        try:  # decoded in bounded pieces: a compressed bomb stops at MAX_JSON_BYTES
+            content = decode_bounded(response.headers.get("content-encoding"), response.raw_content, MAX_JSON_BYTES)
+        except TooLarge as e:
+            self.warn("usage-too-large", f"an answer is too large to read its usage ({e})")
+            return Usage()
+        except Unsupported as e:
+            self.warn(f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
+            return Usage()
+        except Exception as e:  # noqa: BLE001 - a corrupt body: the decoders raise their own errors
+            self.warn("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not read")
             return Usage()
         if is_sse(response):
             return from_sse(content)
