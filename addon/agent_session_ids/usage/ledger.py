@@ -57,9 +57,13 @@ def parse_ts(value) -> float | None:
     return moment.timestamp()
 
 
+# made once: json.dumps with any option builds a new encoder at every call
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+
+
 def encode(record: dict) -> bytes:
     """One ledger line. JSON never holds a raw newline, so a line is always one record."""
-    return (json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False) + "\n").encode("utf-8")
+    return (_ENCODER.encode(record) + "\n").encode("utf-8")
 
 
 class Ledger:

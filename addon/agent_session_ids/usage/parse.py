@@ -82,7 +82,7 @@ def _get(obj, *path):
     return obj
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """One answer's figures; None = the answer did not say."""
 
