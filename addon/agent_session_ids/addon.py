@@ -16,12 +16,13 @@ from mitmproxy.utils import human
 from mitmproxy import flow as mitmflow
 
 from . import check, contentview, display
+from .connections import Connections
 from .usage import recorder as usage
 from .matching import RuleSet
-from .resolution import agents, visibility
+from .resolution import agents
 from .resolution.model import Process, Session
 from .resolution.engine import Engine
-from .resolution.pipeline import Evidence, Seen
+from .resolution.pipeline import Evidence
 from .apply import apply_rules
 from .body import Body, Resumes, read_body
 from .rewrite import RewriteError
@@ -30,9 +31,6 @@ from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_
 logger = logging.getLogger("agent_session_ids")
 
 DEFAULT_RULES = default_rules_dir()
-# The process lookup's wait; past it the request is resolved without the process. Generous: a
-# loaded 2-core machine must not lose the process of a request.
-LOOKUP_TIMEOUT_S = 1.0
 RULES_POLL_S = 1.0
 MAX_LIVE_SESSIONS = 1000
 
@@ -100,7 +98,7 @@ class SessionIds:
         self.rules = RuleSet([])
         self._warned: set[str] = set()
         self.engine = Engine(self._warn_once)  # runs the resolution: inline or on its worker thread
-        self._lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
+        self.connections = Connections(self._warn_once)  # the process behind each connection
         self._running = False
         self._watcher: asyncio.Task | None = None
         self._rules_signature: tuple = ()
@@ -298,32 +296,12 @@ class SessionIds:
 
     def client_connected(self, client) -> None:
         if self.rules.rules:
-            self._start_lookup(client)
+            self.connections.connected(client)
 
     def client_disconnected(self, client) -> None:
-        self._lookups.pop(client.id, None)
+        self.connections.disconnected(client.id)
         self._bodies.forget(client.id)
         self.engine.forget_connection(client.id)
-
-    def _start_lookup(self, client) -> asyncio.Future:
-        # Once per connection, off the event loop; requests on it await the result.
-        future = self._lookups[client.id] = asyncio.get_running_loop().run_in_executor(
-            None, visibility.lookup, client.peername, client.sockname
-        )
-        return future
-
-    async def _process_of(self, client) -> Seen:
-        future = self._lookups.get(client.id) or self._start_lookup(client)
-        try:
-            if future.done():
-                return Seen(*future.result())  # the usual case: looked up when the client connected
-            return Seen(*await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S))
-        except asyncio.TimeoutError:
-            self._warn_once("lookup-timeout", "the process lookup took too long; resolving without it")
-            return Seen(None, "the process lookup took too long")
-        except Exception as e:  # noqa: BLE001
-            self._warn_once(f"lookup-{type(e).__name__}", f"the process lookup failed: {e!r}; resolving without it")
-            return Seen(None, f"the process lookup failed ({type(e).__name__})")
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -356,7 +334,7 @@ class SessionIds:
 
     async def _rewrite(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool, again: bool = False) -> None:
         try:
-            seen = await self._process_of(flow.client_conn)
+            seen = await self.connections.process_of(flow.client_conn)
             proc = seen.process
             body: Body | None = None
             body_problem = None
@@ -377,7 +355,7 @@ class SessionIds:
                                 body.conversation if body is not None else None,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
             session, proc = await self.engine.resolve(evidence, seen)
-            self._remember_process(flow.client_conn.id, proc, seen)
+            self.connections.remember(flow.client_conn.id, proc, seen)
             if not again:
                 self._count(session, proc, seen.unreadable)
             self._apply(flow, rules, session, proc, body, body_problem, ours,
@@ -431,15 +409,6 @@ class SessionIds:
     @property
     def pipeline(self):
         return self.engine.pipeline
-
-    def _remember_process(self, client_id: str, proc: Process | None, seen: Seen) -> None:
-        if proc is seen.process:
-            return
-        future = self._lookups.get(client_id)
-        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
-            replaced = asyncio.get_running_loop().create_future()
-            replaced.set_result((proc, seen.unreadable if proc is None else None))
-            self._lookups[client_id] = replaced
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

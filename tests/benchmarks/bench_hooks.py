@@ -92,7 +92,7 @@ async def main_async(args) -> None:
         client = tflow.tclient_conn()
         fut = asyncio.get_running_loop().create_future()
         fut.set_result((proc, None))
-        addon._lookups[client.id] = fut
+        addon.connections.lookups[client.id] = fut
         first = bench.first_text(0)
         for size in args.sizes:
             body = bench.make_body(bench.body_template(bench.BODY_SIZES[size]), first)
