@@ -141,6 +141,22 @@ def _append(path, record):
         f.write(json.dumps(record) + "\n")
 
 
+def _grow(rng, files, op: float, step: int) -> None:
+    """One of the files gets an answer (op < 0.1) or a name."""
+    if op < 0.1:
+        _append(rng.choice(files), {"type": "message", "message": {"role": "assistant", "content": "a"}})
+    else:
+        _append(rng.choice(files), {"type": "session_info", "name": f"name {step}"})
+
+
+def _same_decision(a, b, minted: dict[str, str], step: int) -> None:
+    """The same decision with and without the memo. Minted IDs are random: the two pipelines'
+    must correspond one to one."""
+    for x, y in ((a.id, b.id), (a.label, b.label), (a.trace_uuid, b.trace_uuid)):
+        assert minted.setdefault(x, y) == y, (step, a, b)
+    assert (a.file, a.name, a.fallback) == (b.file, b.name, b.fallback), step
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_the_memo_never_changes_a_decision(home, seed):
     """Two pipelines over the same store, one with the memo and one without, see the same random
@@ -162,10 +178,8 @@ def test_the_memo_never_changes_a_decision(home, seed):
     for step in range(200):
         now += 1.0
         op = rng.random()
-        if op < 0.1:
-            _append(rng.choice(files), {"type": "message", "message": {"role": "assistant", "content": "a"}})
-        elif op < 0.14:
-            _append(rng.choice(files), {"type": "session_info", "name": f"name {step}"})
+        if op < 0.14:
+            _grow(rng, files, op, step)
         elif op < 0.18:
             i = len(files)
             parent = rng.choice(files)
@@ -191,10 +205,7 @@ def test_the_memo_never_changes_a_decision(home, seed):
         b, _ = without.resolve(e, Seen(procs[p]), now)
         hits += before.get(f"c{p}") is not None and with_memo._memos.get(f"c{p}") is not None \
             and before[f"c{p}"].session is a
-        # minted IDs are random: the two pipelines' must correspond one to one
-        for x, y in ((a.id, b.id), (a.label, b.label), (a.trace_uuid, b.trace_uuid)):
-            assert minted.setdefault(x, y) == y, (step, a, b)
-        assert (a.file, a.name, a.fallback) == (b.file, b.name, b.fallback), step
+        _same_decision(a, b, minted, step)
     assert hits >= 1  # the memo was used, not only checked
 
 
@@ -223,10 +234,8 @@ def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
     for step in range(300):
         now += rng.choice((1.0, 60.0, 400.0))  # a minted first turn's window (600 s) ends now and then
         op = rng.random()
-        if op < 0.1:
-            _append(rng.choice(files), {"type": "message", "message": {"role": "assistant", "content": "a"}})
-        elif op < 0.14:
-            _append(rng.choice(files), {"type": "session_info", "name": f"name {step}"})
+        if op < 0.14:
+            _grow(rng, files, op, step)
         elif op < 0.2:
             i = len(files)
             first = rng.choice(firsts) if rng.random() < 0.3 else f"q{i}"  # a turn seen before, or a new one
@@ -242,9 +251,7 @@ def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
         a = served or with_memo.resolve(e, UNREADABLE, now)[0]
         b, _ = without.resolve(e, UNREADABLE, now)
         hits += served is not None and before.get(f"c{c}") is not None
-        for x, y in ((a.id, b.id), (a.label, b.label), (a.trace_uuid, b.trace_uuid)):
-            assert minted.setdefault(x, y) == y, (step, a, b)
-        assert (a.file, a.name, a.fallback) == (b.file, b.name, b.fallback), step
+        _same_decision(a, b, minted, step)
     assert hits >= 1  # the memo was used, not only checked
 
 
