@@ -46,7 +46,8 @@ FAKE_AGENT = str(TESTS / "fake_agent.py")
 OPENROUTER = "https://openrouter.ai/api/v1/chat/completions"
 OPENCODE = "https://opencode.ai/zen/v1/chat/completions"
 OPPER = "https://api.opper.ai/v3/compat/chat/completions"
-NO_RULE_HOSTS = ["example.com", "api.openai.com"]
+# requests no rule matches: a host no rule names, and a rule's host (openai-session) on a path it does not name
+UNMATCHED_HOSTS = ["example.com", "api.openai.com"]
 CLIENT_TIMEOUT = 30.0
 KILLS = 5  # kill -9s of the proxy in the crash test
 KILLS_WITH_STATE = 3  # ... of which this many find a state file to read back
@@ -242,7 +243,7 @@ def _check_inserted(record, odd, host, path, h2=False) -> str:
 
 def test_corpus_to_hosts_no_rule_matches_arrives_byte_identical(proxy):
     path = "/v1/odd/%7Epath?q=1&key=" + SECRETS["url_key"]
-    for host in NO_RULE_HOSTS:
+    for host in UNMATCHED_HOSTS:
         sent = _send_corpus_h1(proxy, host, path)
         records = [r for r in standin_records(proxy) if r["host"] == host]
         for name, (odd, status) in sent.items():
