@@ -46,7 +46,7 @@ FAKE_AGENT = str(TESTS / "fake_agent.py")
 OPENROUTER = "https://openrouter.ai/api/v1/chat/completions"
 OPENCODE = "https://opencode.ai/zen/v1/chat/completions"
 OPPER = "https://api.opper.ai/v3/compat/chat/completions"
-# requests no rule matches: a host no rule names, and a rule's host (openai-session) on a path it does not name
+# requests no rule matches: a host no rule names, and a rule's host (openai-prompt-cache-key) on a path it does not name
 UNMATCHED_HOSTS = ["example.com", "api.openai.com"]
 CLIENT_TIMEOUT = 30.0
 KILLS = 5  # kill -9s of the proxy in the crash test
