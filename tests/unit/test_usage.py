@@ -224,6 +224,21 @@ def test_opper_headers_and_stream_cost():
     assert (u.cost, u.input_tokens, u.output_tokens) == (0.000043, 13, 6)
 
 
+def test_opencode_zen_cost_json_and_every_stream_shape():
+    """Zen's billed cost: top-level in a held answer, and one more event at a stream's end (a
+    chat chunk with no choices, or an `event: ping`); a string of USD, "0" under a subscription."""
+    assert parse.from_json({**OPENAI_CHAT_JSON, "cost": "0.00123456"}).cost == 0.00123456
+    chat = OPENAI_CHAT_SSE.replace(b"data: [DONE]", sse((None, {"choices": [], "cost": "0.0042"})) + b"data: [DONE]")
+    got = parse.from_sse(chat)
+    assert got.cost == 0.0042 and got.input_tokens == 2006  # the usage chunk's figures stay
+    for shape in (ANTHROPIC_SSE, RESPONSES_SSE):
+        got = parse.from_sse(shape + sse(("ping", {"type": "ping", "cost": "0"})))
+        assert got.cost == 0.0 and got.input_tokens == parse.from_sse(shape).input_tokens
+    # streamed through the observer too: the last event is read though it names no usage
+    obs = observer.StreamObserver(None)
+    assert feed(obs, chat, 7) == chat and obs.result().cost == 0.0042
+
+
 @pytest.mark.parametrize("bad", [True, -1, 1.5, "12", None, float("nan")])
 def test_odd_numbers_are_not_believed(bad):
     u = parse.from_json({"object": "chat.completion", "model": "m",

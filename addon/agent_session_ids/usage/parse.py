@@ -28,6 +28,13 @@ Each format, as its gateway documents it:
   ``x-opper-served-provider``; a streamed call has no cost header, its ``usage.cost`` arrives in
   the stream's last usage event (``message_delta`` in the Anthropic shape).
 
+- OpenCode Zen and Go (``opencode.ai/zen``): the cost billed for the request (USD, a string
+  such as ``"0.00123456"``; ``"0"`` when a subscription pays) as a top-level ``cost`` of a
+  non-streamed answer, and in one extra event at the end of a stream: ``{"choices": [], "cost":
+  ...}`` for chat completions, ``event: ping`` ``{"type": "ping", "cost": ...}`` for Anthropic
+  and Responses (anomalyco/opencode ``packages/console/app/src/routes/zen/util/handler.ts``,
+  ``calculateOccurredCost``, and ``provider/provider.ts``, ``buildCostChunk``, @0098e63).
+
 A figure the answer does not give stays None: it is never guessed and never written as 0.
 """
 
@@ -173,8 +180,10 @@ class AnthropicCounts:
 
 
 def _top(obj: dict) -> Usage:
-    """What any shape may say at its top: the model that served it, and (OpenRouter) the provider."""
-    return Usage(served_model=_name(obj.get("model")), provider=_name(obj.get("provider")))
+    """What any shape may say at its top: the model that served it, (OpenRouter) the provider,
+    and (OpenCode Zen) the cost."""
+    return Usage(served_model=_name(obj.get("model")), provider=_name(obj.get("provider")),
+                 cost=_money(obj.get("cost")))
 
 
 def from_json(obj) -> Usage:
@@ -236,7 +245,7 @@ class EventState:
             return True
         n = data.count(b'"usage"')  # every event that carries usage names it: one scan rules out the rest
         if not n:
-            return False
+            return b'"cost":' in data  # OpenCode Zen's last event: the cost alone
         if b"message_start" in data or b"message_delta" in data:
             return True
         if b'"response.' in data and any(m in data for m in self.FINAL):
@@ -278,8 +287,11 @@ class EventState:
                 if kind in ("response.completed", "response.incomplete", "response.failed"):
                     self.usage.update(_responses_usage(response.get("usage")))
             return
+        if kind == "ping":  # OpenCode Zen's last event (Anthropic, Responses): the cost
+            self.usage.update(Usage(cost=_money(obj.get("cost"))))
+            return
         if kind is not None and kind not in ("message",):
-            return  # content_block_*, ping, error and other typed events carry no usage
+            return  # content_block_*, error and other typed events carry no usage
         # chat completions chunk (OpenAI, OpenRouter, Opper)
         self._model(obj)
         if isinstance(obj.get("usage"), dict):
