@@ -224,6 +224,16 @@ def test_opper_headers_and_stream_cost():
     assert (u.cost, u.input_tokens, u.output_tokens) == (0.000043, 13, 6)
 
 
+def test_fireworks_headers_give_the_prompt_and_cached_tokens():
+    from mitmproxy.http import Headers
+
+    for headers in (Headers([(b"Fireworks-Prompt-Tokens", b"5200"), (b"fireworks-cached-prompt-tokens", b"4096")]),
+                    {"fireworks-prompt-tokens": "5200", "fireworks-cached-prompt-tokens": "4096"}):
+        got = parse.from_headers(headers)
+        assert (got.input_tokens, got.cache_read_tokens, got.cache_hit_ratio) == (5200, 4096, 4096 / 5200)
+    assert parse.from_headers(Headers([(b"fireworks-prompt-tokens", b"lots")])).input_tokens is None
+
+
 def test_opencode_zen_cost_json_and_every_stream_shape():
     """Zen's billed cost: top-level in a held answer, and one more event at a stream's end (a
     chat chunk with no choices, or an `event: ping`); a string of USD, "0" under a subscription."""

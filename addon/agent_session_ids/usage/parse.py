@@ -28,6 +28,8 @@ Each format, as its gateway documents it:
   ``x-opper-served-provider``; a streamed call has no cost header, its ``usage.cost`` arrives in
   the stream's last usage event (``message_delta`` in the Anthropic shape).
 
+- Fireworks: the ``fireworks-prompt-tokens`` and ``fireworks-cached-prompt-tokens`` response
+  headers (docs.fireworks.ai/guides/prompt-caching).
 - OpenCode Zen and Go (``opencode.ai/zen``): the cost billed for the request (USD, a string
   such as ``"0.00123456"``; ``"0"`` when a subscription pays) as a top-level ``cost`` of a
   non-streamed answer, and in one extra event at the end of a stream: ``{"choices": [], "cost":
@@ -203,27 +205,42 @@ def from_json(obj) -> Usage:
     return out.update(_openai_usage(usage))
 
 
-_OPPER_HEADERS = {b"x-opper-served-model": "served_model", b"x-opper-served-provider": "provider",
-                  b"x-opper-cost": "cost"}
+def _count_text(value: str | None) -> int | None:
+    try:
+        return _count(int(value.strip())) if value is not None else None
+    except ValueError:
+        return None
+
+
+# response headers that carry figures -> (Usage field, how it is read)
+USAGE_HEADERS = {
+    "x-opper-served-model": ("served_model", _name),
+    "x-opper-served-provider": ("provider", _name),
+    "x-opper-cost": ("cost", _money),
+    "fireworks-prompt-tokens": ("input_tokens", _count_text),  # cached ones included
+    "fireworks-cached-prompt-tokens": ("cache_read_tokens", _count_text),
+}
+_USAGE_HEADER_NAMES = {name.encode(): name for name in USAGE_HEADERS}
 
 
 def from_headers(headers) -> Usage:
-    """Figures in response headers (Opper). ``headers``: a case-insensitive mapping, or mitmproxy's
-    Headers, whose raw fields are then read in one pass (most answers have none of these)."""
+    """Figures in response headers (Opper, Fireworks). ``headers``: a case-insensitive mapping, or
+    mitmproxy's Headers, whose raw fields are then read in one pass (most answers have none)."""
     fields = getattr(headers, "fields", None)
-    if fields is not None:
+    if fields is None:
+        found = {name: headers.get(name) for name in USAGE_HEADERS if headers.get(name) is not None}
+    else:
         found = {}
-        for name, value in fields:
-            if name[:8].lower() == b"x-opper-" and name.lower() in _OPPER_HEADERS:
-                key = _OPPER_HEADERS[name.lower()]  # several: joined, as Headers.get does
-                text = value.decode("utf-8", "surrogateescape")
-                found[key] = f"{found[key]}, {text}" if key in found else text
-        get = found.get
-        return Usage(served_model=_name(get("served_model")), provider=_name(get("provider")),
-                     cost=_money(get("cost"))) if found else Usage()
-    return Usage(served_model=_name(headers.get("x-opper-served-model")),
-                 provider=_name(headers.get("x-opper-served-provider")),
-                 cost=_money(headers.get("x-opper-cost")))
+        for raw_name, raw_value in fields:
+            name = _USAGE_HEADER_NAMES.get(raw_name.lower())
+            if name is not None:  # several: joined, as Headers.get does
+                text = raw_value.decode("utf-8", "surrogateescape")
+                found[name] = f"{found[name]}, {text}" if name in found else text
+    out = Usage()
+    for name, text in found.items():
+        field, read = USAGE_HEADERS[name]
+        setattr(out, field, read(text))
+    return out
 
 
 class EventState:
