@@ -41,11 +41,28 @@ def claude_folder(home: Path, cwd: Path) -> Path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("agent", ["claude", "pi"])
-def test_an_idle_proxy_stays_idle_after_a_request_to_a_folder_of_header_only_files(tmp_path, agent):
+@pytest.mark.parametrize("case", ["claude", "pi", "pi-partial-line", "pi-partial-line-past-budget"])
+def test_an_idle_proxy_stays_idle_after_a_request_to_a_folder_of_header_only_files(tmp_path, case):
+    """Every way a store can be left "behind": header-only files, and (issue 17) a session file
+    whose last line has no newline, as a pi that crashed mid-write leaves it, named by the request
+    (`x-session-id`), small or past the tail budget read per request."""
     home, cwd = tmp_path / "home", tmp_path / "work"
     cwd.mkdir(parents=True)
-    if agent == "claude":
+    agent = case.split("-")[0]
+    headers = {}
+    if case.startswith("pi-partial-line"):
+        folder = home / ".pi" / "agent" / "sessions" / ("--" + str(cwd).lstrip("/").replace("/", "-") + "--")
+        folder.mkdir(parents=True)
+        sid = "0199cccc-0000-7000-8000-000000000001"
+        lines = [{"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z",
+                  "cwd": str(cwd)},
+                 {"type": "message", "id": "u1", "message": {"role": "user", "content": "a question"}}]
+        turn = json.dumps({"type": "message", "message": {"role": "assistant", "content": "x" * 1000}}) + "\n"
+        filler = turn * ((5 << 20) // len(turn)) if case.endswith("past-budget") else ""
+        (folder / f"2026-11-29T10-00-00-000Z_{sid}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in lines) + filler + '{"type":"message","id":"a2","partial')
+        headers = {"x-session-id": sid}
+    elif agent == "claude":
         folder = claude_folder(home, cwd)
         folder.mkdir(parents=True)
         (folder / "0199aaaa-0000-7000-8000-000000000001.jsonl").write_text("".join(
@@ -60,7 +77,8 @@ def test_an_idle_proxy_stays_idle_after_a_request_to_a_folder_of_header_only_fil
                  "cwd": str(cwd)}) + "\n")
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0"]) as proxy:
         cfg = {"proxy": proxy.proxy_url, "ca": str(proxy.ca_cert), "name": agent, "tag": "idle",
-               "first_user": "a question no file holds", "n_assistant": 1, "requests": 2}
+               "first_user": "a question no file holds", "n_assistant": 1, "requests": 2,
+               "headers": headers}
         env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
         env["HOME"] = str(home)
         run = subprocess.run([sys.executable, FAKE_AGENT, json.dumps(cfg)], cwd=cwd, env=env,
@@ -71,6 +89,8 @@ def test_an_idle_proxy_stays_idle_after_a_request_to_a_folder_of_header_only_fil
         # the request was resolved by the process path: the agent and its cwd were seen
         meta = records[-1]["session_ids"]
         assert meta["session"]["agent"] == agent and meta["process"]["cwd"] == str(cwd), meta
+        if headers:  # the session file named by the request was the one read
+            assert meta["session"]["file"].endswith(headers["x-session-id"] + ".jsonl"), meta
         before = cpu_seconds(proxy.pid)
         start = time.monotonic()
         while time.monotonic() - start < IDLE_S:

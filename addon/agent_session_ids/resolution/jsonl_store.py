@@ -485,14 +485,19 @@ class JsonlStore:
         are counted with bytes.count, and only lines holding a name marker are parsed."""
         end = min(f.size, f.offset + (INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET))
         pos = f.offset
+        at_end = False  # nothing more to read until the file grows: not behind
         while pos < end:
             data = os.pread(fd, min(CHUNK, end - pos), pos)
             if not data:
+                at_end = True  # shorter than its stat said
                 break
             nl = data.rfind(b"\n")
             if nl < 0:
                 if len(data) < CHUNK:
-                    break  # the last line is still being written, or the budget ends mid-line
+                    # the last line is still being written (or was left so by a crash), or the
+                    # budget ends mid-line: only the budget leaves the file behind
+                    at_end = pos + len(data) >= f.size
+                    break
                 f.n_assistant += _count_turns(data, fmt)  # part of a line longer than a chunk
                 f.skipping = True
                 pos += len(data)
@@ -507,7 +512,7 @@ class JsonlStore:
                 self._names_in(f, fmt, block, pos)
             pos += len(block)
         f.offset = pos
-        if f.offset < f.size:
+        if f.offset < f.size and not at_end:
             self._behind[f.path] = (f, fmt)
         else:
             self._behind.pop(f.path, None)
