@@ -117,7 +117,14 @@ def corpus() -> list[Odd]:
         Odd("client-session-id", b'{"session_id":"client-chose-this","messages":[]}', on_rule="untouched"),
         Odd("nested-session-id", b'{"meta":{"session_id":"inner"},"messages":[]}'),
         Odd("lone-surrogate-escape", b'{"s":"\\ud800","messages":[]}'),
-        Odd("nan-infinity", b'{"a":NaN,"b":-Infinity,"messages":[]}', on_rule="either"),
+        # not JSON (RFC 8259 has no NaN or Infinity): passed as sent (issue 17, 6)
+        Odd("nan-infinity", b'{"a":NaN,"b":-Infinity,"messages":[]}', on_rule="untouched"),
+        Odd("nan-only", b'{"t":NaN,"messages":[{"role":"user","content":"n"}]}', on_rule="untouched"),
+        Odd("infinity-in-list", b'{"messages":[{"role":"user","content":"i"}],"w":[1,Infinity]}',
+            on_rule="untouched"),
+        Odd("nan-in-message", b'{"messages":[{"role":"user","content":"m","score":NaN}]}', on_rule="untouched"),
+        # a lone surrogate in the model: the ledger keeps the answer (issue 17, 7)
+        Odd("lone-surrogate-model", b'{"model":"\\ud800x","messages":[{"role":"user","content":"s"}]}'),
         # 5000 digits: Python's int() refuses more than 4300 by default; fail open is acceptable
         Odd("int-5000-digits", b'{"n":' + b"7" * 5000 + b',"messages":[]}', on_rule="either"),
         Odd("array", b'[{"model":"m"}]', on_rule="untouched"),
@@ -146,6 +153,13 @@ def corpus() -> list[Odd]:
         out.append(Odd(f"{enc}-not-json", b"plain text body", encoding=enc, content_type="text/plain",
                        on_rule="untouched"))
     out.append(Odd("gzip-chunked", base, encoding="gzip", chunked=True))
+    # compressed streams cut short: never taken for whole ones, nor "repaired" (issue 17, 5)
+    for enc, cut in (("gzip", 6), ("gzip", 1), ("deflate", 4), ("br", 3), ("zstd", 3)):
+        out.append(Odd(f"{enc}-cut-{cut}", base, encoding=enc, wire_body=encode(base, enc)[:-cut],
+                       on_rule="untouched"))
+    # two gzip members, as gzip.decompress reads them
+    out.append(Odd("gzip-two-members", base, encoding="gzip",
+                   wire_body=gzip.compress(base[:20], mtime=0) + gzip.compress(base[20:], mtime=0), on_rule="either"))
     return out
 
 

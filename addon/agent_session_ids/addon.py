@@ -24,7 +24,8 @@ from .resolution.model import Process, Session
 from .resolution.engine import Engine
 from .resolution.pipeline import Evidence
 from .apply import apply_rules
-from .body import Body, Resumes, read_body
+from .body import Body, Resumes, decode_content, read_body
+from .decoding import DECODING
 from .rewrite import RewriteError
 from .rules import Rule, RuleError, active_rules, default_rules_dir, load_rules_dir, rules_signature
 
@@ -342,11 +343,15 @@ class SessionIds:
                 body_problem = "the body is streamed"
             elif flow.request.raw_content:
                 try:
-                    content = flow.request.get_content(strict=True) or b""
+                    content = flow.request.raw_content
+                    encoding = flow.request.headers.get("content-encoding")
+                    if encoding:  # decoded in bounded pieces, off the event loop: a bomb holds no flow
+                        content = await asyncio.get_running_loop().run_in_executor(
+                            DECODING, decode_content, content, encoding)
                     body = read_body(content, self._bodies.get(flow.client_conn.id))
                     self._bodies.put(flow.client_conn.id, body.resume)
-                except (RewriteError, ValueError) as e:  # or an undecodable content-encoding
-                    body_problem = str(e) if isinstance(e, RewriteError) else f"the body cannot be decoded ({e})"
+                except RewriteError as e:
+                    body_problem = str(e)
             else:
                 body_problem = "the body is empty"
             members = body.members if body is not None else None
@@ -398,11 +403,11 @@ class SessionIds:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.usage.responseheaders(flow)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.usage.response(flow)
+    def response(self, flow: http.HTTPFlow):
+        return self.usage.response(flow)  # a coroutine while a compressed answer is decoded
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.usage.error(flow)
+    def error(self, flow: http.HTTPFlow):
+        return self.usage.error(flow)
 
     # -- glue ---------------------------------------------------------------------------------
 

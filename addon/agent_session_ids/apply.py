@@ -13,7 +13,7 @@ import json
 from .body import Body, Elided
 from .resolution.jsonl_store import dotted
 from .resolution.model import Session
-from .rewrite import RewriteError, render, set_field, set_header
+from .rewrite import RewriteError, blank, render, set_field, set_header
 from .rules import Rule, SetAction
 
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
@@ -33,9 +33,9 @@ def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) 
         target, key = client_field
         if target == "header":
             value = headers.get(key)
-            if value and ours.get(key) != value and client_field.header_value(value):
+            if not blank(value) and ours.get(key) != value and client_field.header_value(value):
                 return client_field.describe
-        elif dotted(body, key) not in (None, ""):
+        elif not blank(dotted(body, key)):
             return f"body {key}"
     return None
 

@@ -10,17 +10,17 @@ inside the list, after an element). No mitmproxy here.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 
+from . import decoding
+from .jsontext import DECODER as _DECODER
+from .jsontext import WS as _WS
 from .resolution.conversation import Conversation, Tally
 from .rewrite import RewriteError
 
-_DECODER = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
 # the members a conversation list can be in, in the order from_body prefers them
 CONVERSATION_KEYS = ("messages", "input", "contents")
+MAX_DECODED = 64 << 20  # a compressed body that decodes to more passes as sent
 
 
 class BodyError(RewriteError):
@@ -64,6 +64,21 @@ class Body:
 
     def decoded(self) -> str:
         return self.text if self.text is not None else self.raw.decode("utf-8")
+
+
+def decode_content(raw: bytes, encoding: str | None) -> bytes:
+    """A request body's bytes under its content-encoding, decoded in bounded pieces, whole.
+    Raises BodyError: past MAX_DECODED (a bomb), cut short, corrupt, or of an unknown encoding."""
+    try:
+        return decoding.decode_bounded(encoding, raw, MAX_DECODED, whole=True)
+    except decoding.TooLarge:
+        raise BodyError(f"the body decodes to more than {MAX_DECODED >> 20} MiB") from None
+    except decoding.Truncated as e:
+        raise BodyError(f"the body cannot be decoded: {e}") from None
+    except decoding.Unsupported as e:
+        raise BodyError(f"the body's content-encoding {e} cannot be decoded") from None
+    except Exception as e:  # noqa: BLE001 - each decoder raises its own error for a corrupt stream
+        raise BodyError(f"the body cannot be decoded ({type(e).__name__}: {e})") from None
 
 
 def read_body(raw: bytes, last: Resume | None = None) -> Body:

@@ -11,12 +11,17 @@ import json
 import re
 from dataclasses import dataclass
 
+from .jsontext import DECODER as _DECODER
+from .jsontext import WS as _WS
 from .rules import SetAction
 
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]+")
 _BODY_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
+
+
+def blank(value: object) -> bool:
+    """An empty client field (null, "", white space) says no session: it is filled, not kept."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 class RewriteError(Exception):
@@ -90,7 +95,7 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
             sep = "," if top else ""
             # one join: each '+' would copy the whole body again
             return "".join((text[:close], sep, json.dumps(path[0]), ":", new, text[close:])), None, True
-        if len(path) == 1 and (if_present == "keep" or top[path[0]] == value):
+        if len(path) == 1 and ((if_present == "keep" and not blank(top[path[0]])) or top[path[0]] == value):
             return text, top[path[0]], False
     pos = _WS.match(text).end()
     for depth, key in enumerate(path):
@@ -108,7 +113,7 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
             return "".join((text[:close], sep, json.dumps(key), ":", new, text[close:])), None, True
         m = same[0]
         if last:
-            if if_present == "keep":
+            if if_present == "keep" and not blank(m.value):
                 return text, m.value, False
             if m.value == value:
                 return text, m.value, False
@@ -141,7 +146,7 @@ def set_header(headers, name: str, value: str, if_present: str, json_key: str | 
         if changed:
             headers[name] = new
         return old, changed
-    if old is not None and (if_present == "keep" or old == value):
+    if old is not None and ((if_present == "keep" and not blank(old)) or old == value):
         return old, False
     headers[name] = value
     return old, True

@@ -21,7 +21,6 @@ how rules for self-hosted gateways ship.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from . import jsontext
 
 # Template fields a value may use, with what they mean (also the README's list).
 FIELDS: dict[str, str] = {
@@ -163,7 +164,7 @@ class ClientField:
 def json_object(text: str) -> dict:
     """The JSON object a header value holds; {} when it holds none."""
     try:
-        doc = json.loads(text)
+        doc = jsontext.loads(text)
     except (ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}

@@ -20,7 +20,7 @@ from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
 from agent_session_ids.body import read_body
-from agent_session_ids.rewrite import RewriteError, render, set_field
+from agent_session_ids.rewrite import RewriteError, blank, render, set_field
 from agent_session_ids.rules import SetAction, parse_template
 
 # --------------------------------------------------------------------------- JSON text generators
@@ -94,7 +94,8 @@ def test_an_existing_session_id_is_kept_or_only_its_value_replaced(data, before,
     text = data.draw(json_text(obj))
     new, old, changed = set_field(text, ("session_id",), value, if_present)
     assert old == existing
-    if if_present == "keep" or existing == value:
+    # an empty client field (null, "", white space) is no field: "keep" fills it (issue 17, 8)
+    if (if_present == "keep" and not blank(existing)) or existing == value:
         assert new == text and not changed
         return
     assert changed

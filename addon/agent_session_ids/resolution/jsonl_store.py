@@ -24,6 +24,7 @@ import re
 
 from .agents import ANY, RecordFormat
 from .conversation import fingerprint, text_of
+from .files import open_regular
 from .model import SessionFile
 
 _ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
@@ -82,23 +83,6 @@ def _parse_time(value: object) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _open_regular(path: str) -> tuple[int, os.stat_result] | tuple[None, None]:
-    """An fd of a regular file and its stat, never blocking (FIFOs, devices and sockets give None)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None, None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return None, None
-    except OSError:
-        os.close(fd)
-        return None, None
-    return fd, st
 
 
 def _lines(fd: int, offset: int, limit: int, skipping: bool):
@@ -272,7 +256,7 @@ class JsonlStore:
             os.close(kept[0])
             kept = None
         if kept is None:
-            fd, st = _open_regular(path)
+            fd, st = open_regular(path)
             if fd is None:
                 return None
             if st.st_ino != ino:  # replaced just now
@@ -413,7 +397,7 @@ class JsonlStore:
 
     def _read_head(self, f: _FileState, fmt: RecordFormat) -> bool:
         """Read the header and the first user turn; False if the file is gone or not regular."""
-        fd, st = _open_regular(f.path)
+        fd, st = open_regular(f.path)
         if fd is None:
             return False
         try:
@@ -455,7 +439,7 @@ class JsonlStore:
         At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
         catch_up() to finish between requests. The latest name of a large file is found at once by
         reading backwards from its end."""
-        fd, st = _open_regular(f.path)
+        fd, st = open_regular(f.path)
         if fd is None:
             return False
         try:
@@ -548,7 +532,7 @@ class JsonlStore:
         if not self._behind:
             return False
         path, (f, fmt) = next(iter(self._behind.items()))
-        fd, _ = _open_regular(path)
+        fd, _ = open_regular(path)
         if fd is None:
             self._behind.pop(path, None)
             return bool(self._behind)

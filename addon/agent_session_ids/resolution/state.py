@@ -7,6 +7,8 @@ import os
 import tempfile
 import time
 
+from .files import read_regular
+
 
 class StateError(ValueError):
     """The state file exists but cannot be used (truncated, another version, the wrong shape)."""
@@ -14,13 +16,12 @@ class StateError(ValueError):
 
 def load(path: str) -> dict:
     """The saved state; {} if there is none. Raises StateError if there is one that is unusable."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(64 << 20)
-    except FileNotFoundError:
-        return {}
+    try:  # non-blocking and regular files only: a FIFO at the path must not hang the proxy
+        raw = read_regular(path, 64 << 20)
     except OSError as e:
         raise StateError(f"cannot read it: {e.strerror or e}") from None
+    if raw is None:
+        return {}
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):

@@ -13,6 +13,7 @@ import sqlite3
 import time
 
 from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
+from .files import read_regular
 from .jsonl_store import JsonlStore, _parse_time, clean_name
 from . import mounts
 from .model import Process, SessionFile
@@ -154,9 +155,10 @@ class Stores:
         if size < offset:
             offset, names = 0, {}
         if size > offset:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(min(size - offset, 16 << 20))
+            try:
+                data = read_regular(path, min(size - offset, 16 << 20), offset) or b""
+            except OSError:
+                return names
             end = data.rfind(b"\n") + 1
             for line in data[:end].splitlines():
                 try:
@@ -214,8 +216,7 @@ def read_setting_session_dir(spec, environ) -> str | None:
     file, _, key = spec.custom_dir_setting.partition(":")
     agent_dir = os.path.dirname(root_paths(spec, environ)[0].rstrip("/"))
     try:
-        with open(os.path.join(agent_dir, file), "rb") as f:
-            data = json.loads(f.read(1 << 20))
+        data = json.loads(read_regular(os.path.join(agent_dir, file), 1 << 20) or b"null")
     except (OSError, ValueError):
         return None
     value = data.get(key) if isinstance(data, dict) else None
@@ -226,8 +227,7 @@ def read_gemini_slug(process: Process) -> str | None:
     """Gemini CLI's folder name for a project: ~/.gemini/projects.json {"projects": {path: slug}}."""
     home = expand(process.environ.get("GEMINI_CLI_HOME") or "~", process.environ)
     try:
-        with open(os.path.join(home, ".gemini", "projects.json"), "rb") as f:
-            data = json.loads(f.read(4 << 20))
+        data = json.loads(read_regular(os.path.join(home, ".gemini", "projects.json"), 4 << 20) or b"null")
     except (OSError, ValueError):
         return None
     slug = data.get("projects", {}).get(process.cwd) if isinstance(data, dict) else None
@@ -274,8 +274,7 @@ def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFil
             if not name.endswith(".json"):
                 continue
             try:
-                with open(os.path.join(folder, name), "rb") as f:
-                    data = json.loads(f.read(1 << 20))
+                data = json.loads(read_regular(os.path.join(folder, name), 1 << 20) or b"null")
             except (OSError, ValueError):
                 continue
             if not isinstance(data, dict) or data.get("directory") != process.cwd:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,9 +63,22 @@ def parse_ts(value) -> float | None:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD: what UTF-8 (the ledger, a saved flow) can hold."""
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def encode(record: dict) -> bytes:
-    """One ledger line. JSON never holds a raw newline, so a line is always one record."""
-    return (_ENCODER.encode(record) + "\n").encode("utf-8")
+    """One ledger line. JSON never holds a raw newline, so a line is always one record. A lone
+    surrogate (a client's `"\\ud800"`, which UTF-8 cannot hold) becomes U+FFFD."""
+    text = _ENCODER.encode(record) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return safe_text(text).encode("utf-8")
 
 
 class Ledger:
@@ -146,8 +161,12 @@ class Ledger:
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        # non-blocking, and only a regular file: a FIFO at the path must not hang the writer
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.path} is not a regular file")
+            os.set_blocking(fd, True)
             if os.fstat(fd).st_size > 0 and not _ends_with_newline(self.path):
                 os.write(fd, b"\n")  # a partial last line (a kill -9) stays alone on its line
         except OSError:

@@ -11,144 +11,21 @@ wrong in the reading stops the reading, never the stream.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable, Iterator
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 
+from ..decoding import DECODING, PIECE, TooLarge, Unsupported, decode_bounded, decoder_for
 from .parse import EventState, Usage, usage_in_tail
+
+__all__ = ["PIECE", "TooLarge", "Unsupported", "decode_bounded", "decoder_for", "DECODING",
+           "SseReader", "StreamObserver", "TailObserver"]
 
 MAX_EVENT = 1 << 20  # bytes of one event's data (or one line) kept whole
 TAIL = 256 << 10  # bytes kept of a longer one
-PIECE = 256 << 10  # decompressed bytes handled at a time, where the decoder allows a bound
 MAX_DECODED = 256 << 20  # decoded bytes of one answer read for its usage; past it the reading stops
-
-
-class TooLarge(Exception):
-    """An answer decodes to more than MAX_DECODED bytes (a compression bomb, or just huge)."""
-
-
-class Unsupported(Exception):
-    """A content-encoding this module cannot decode incrementally."""
-
-
-class _Zlib:
-    def __init__(self, wbits: int) -> None:
-        self._d = zlib.decompressobj(wbits)
-        self._raw = wbits == zlib.MAX_WBITS  # deflate: zlib-wrapped, or raw as some servers send
-        self._started = False
-
-    def __call__(self, data: bytes) -> Iterator[bytes]:
-        if self._raw and not self._started and data:
-            self._started = True
-            try:
-                zlib.decompressobj(zlib.MAX_WBITS).decompress(data[:2])
-            except zlib.error:
-                self._d = zlib.decompressobj(-zlib.MAX_WBITS)
-        while data:
-            out = self._d.decompress(data, PIECE)
-            if out:
-                yield out
-            data = self._d.unconsumed_tail
-
-    def flush(self) -> bytes:
-        return self._d.flush()
-
-
-class _Brotli:
-    def __init__(self) -> None:
-        import brotli  # a mitmproxy dependency
-
-        self._d = brotli.Decompressor()
-        try:  # brotli 1.2 bounds each call's output; 1.1 (mitmproxy 11) does not
-            self._d.process(b"", output_buffer_limit=PIECE)
-            self._bounded = True
-        except TypeError:
-            self._bounded = False
-
-    def __call__(self, data: bytes) -> Iterator[bytes]:
-        if not self._bounded:  # a chunk's whole output at once, as mitmproxy itself decodes
-            if data:
-                yield self._d.process(data)
-            return
-        if data:
-            out = self._d.process(data, output_buffer_limit=PIECE)
-            if out:
-                yield out
-        while True:  # what it holds back past the bound (a piece may reach about twice PIECE)
-            out = self._d.process(b"", output_buffer_limit=PIECE)
-            if not out:
-                return
-            yield out
-
-    def flush(self) -> bytes:
-        return b""
-
-
-class _Zstd:
-    def __init__(self) -> None:
-        try:  # mitmproxy 12: the standard library's (3.14) or its backport
-            try:
-                from compression import zstd  # type: ignore[import-not-found]
-            except ImportError:
-                from backports import zstd  # type: ignore[import-not-found,no-redef]
-            self._d = zstd.ZstdDecompressor()
-            self._bounded = True
-        except ImportError:  # mitmproxy 11: zstandard
-            import zstandard
-
-            self._d = zstandard.ZstdDecompressor().decompressobj()
-            self._bounded = False
-
-    def __call__(self, data: bytes) -> Iterator[bytes]:
-        if not self._bounded:  # zstandard: a chunk's whole output at once
-            if data:
-                yield self._d.decompress(data)
-            return
-        while True:
-            out = self._d.decompress(data, PIECE)
-            data = b""
-            if out:
-                yield out
-            if self._d.needs_input or self._d.eof:
-                return
-
-    def flush(self) -> bytes:
-        return b""
-
-
-def decode_bounded(encoding: str | None, data: bytes, limit: int) -> bytes:
-    """`data` decoded, in bounded pieces; raises TooLarge past `limit` decoded bytes (a bomb),
-    Unsupported for an encoding without a decoder, and the decoder's error for a corrupt body."""
-    decode = decoder_for(encoding)
-    if decode is None:
-        return data
-    out = bytearray()
-    for piece in decode(data):
-        out += piece
-        if len(out) > limit:
-            raise TooLarge(f"more than {limit >> 20} MiB decoded")
-    out += decode.flush()
-    if len(out) > limit:
-        raise TooLarge(f"more than {limit >> 20} MiB decoded")
-    return bytes(out)
-
-
-def decoder_for(encoding: str | None):
-    """A callable that turns encoded chunks into decoded pieces; None for no encoding."""
-    name = (encoding or "").strip().lower()
-    if name in ("", "identity"):
-        return None
-    if name in ("gzip", "x-gzip"):
-        return _Zlib(16 + zlib.MAX_WBITS)
-    if name == "deflate":
-        return _Zlib(zlib.MAX_WBITS)
-    try:
-        if name == "br":
-            return _Brotli()
-        if name == "zstd":
-            return _Zstd()
-    except ImportError as e:
-        raise Unsupported(f"{name} (no decoder: {e})") from None
-    raise Unsupported(name)
+SETTLE_S = 5.0  # how long a finished answer's record waits for its decoding at most
 
 
 class SseReader:
@@ -224,7 +101,9 @@ class SseReader:
 
 
 class StreamObserver:
-    """The ``flow.response.stream`` callable (see the module doc)."""
+    """The ``flow.response.stream`` callable (see the module doc). A compressed stream's chunks
+    are decoded and read on DECODING, one chunk after another; `settled()` says when all of them
+    were read."""
 
     def __init__(self, encoding: str | None, inner: Callable | None = None) -> None:
         self.inner = inner if callable(inner) else None
@@ -234,16 +113,58 @@ class StreamObserver:
         self.finished = False
         self.bytes = 0
         self.decoded = 0  # bytes the decoder gave (MAX_DECODED at most are read)
+        self._queue: deque[bytes] = deque()  # compressed chunks not read yet
+        self._lock = threading.Lock()
+        self._reading = False  # a DECODING task reads the queue
+        self._waiters: list[Future] = []
 
     def __call__(self, chunk: bytes):
         out = self.inner(chunk) if self.inner is not None else chunk
         if self.failure is None and not self.finished:
-            try:
-                self._see(chunk)
-            except Exception as e:  # noqa: BLE001 - the reading stops, the stream goes on
-                self.failure = f"{type(e).__name__}: {e}"
-                self.reader = SseReader()  # drop what was kept
+            self.bytes += len(chunk)
+            if self.decode is None:
+                self._safely(chunk)  # plain bytes: read at once, as cheap as their own size
+            else:
+                self._enqueue(chunk)
         return out
+
+    def _safely(self, chunk: bytes) -> None:
+        try:
+            self._see(chunk)
+        except Exception as e:  # noqa: BLE001 - the reading stops, the stream goes on
+            self.failure = f"{type(e).__name__}: {e}"
+            self.reader = SseReader()  # drop what was kept
+
+    def _enqueue(self, chunk: bytes) -> None:
+        with self._lock:
+            self._queue.append(chunk)
+            if self._reading:
+                return
+            self._reading = True
+        DECODING.submit(self._read_queue)
+
+    def _read_queue(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue or self.failure is not None or self.finished:
+                    self._queue.clear()
+                    self._reading = False
+                    waiters, self._waiters = self._waiters, []
+                    break
+                chunk = self._queue.popleft()
+            self._safely(chunk)
+        for waiter in waiters:
+            waiter.set_result(None)
+
+    def settled(self) -> Future:
+        """Done when every chunk so far has been read."""
+        done: Future = Future()
+        with self._lock:
+            if self._reading:
+                self._waiters.append(done)
+                return done
+        done.set_result(None)
+        return done
 
     def _see(self, chunk: bytes) -> None:
         if not chunk:  # mitmproxy's end-of-message call
@@ -254,7 +175,6 @@ class StreamObserver:
             self.reader.finish()
             self.finished = True
             return
-        self.bytes += len(chunk)
         if self.decode is None:
             self.reader.feed(chunk)
         else:
@@ -267,8 +187,16 @@ class StreamObserver:
         if self.decoded > MAX_DECODED:
             raise TooLarge(f"the answer decodes to more than {MAX_DECODED >> 20} MiB")
 
-    def result(self) -> Usage:
-        """What the stream said so far (all of it once ``finished``)."""
+    def result(self, timeout: float = SETTLE_S) -> Usage:
+        """What the stream said so far (all of it once ``finished``), after its chunks were read."""
+        try:
+            self.settled().result(timeout)
+        except TimeoutError:
+            self.failure = f"its decoding took more than {timeout:g} s"
+            return Usage()
+        return self._usage()
+
+    def _usage(self) -> Usage:
         if not self.finished and self.failure is None:
             try:
                 self.reader.finish()
@@ -292,7 +220,6 @@ class TailObserver(StreamObserver):
                 self._keep(self.decode.flush())
             self.finished = True
             return
-        self.bytes += len(chunk)
         if self.decode is None:
             self._keep(chunk)
         else:
@@ -307,7 +234,7 @@ class TailObserver(StreamObserver):
             del kept[: len(kept) - TAIL]
             self._whole = False
 
-    def result(self) -> Usage:
+    def _usage(self) -> Usage:
         import json
 
         from .parse import from_json

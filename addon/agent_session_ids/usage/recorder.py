@@ -12,6 +12,7 @@ Fail open: any failure here is logged once and the answer passes on unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from .. import display
 from ..matching import gateway_host
 from . import ledger as ledger_mod
-from .observer import StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
+from .observer import DECODING, SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
 from .totals import FlipWatch, Totals, duration, hit_ratio, table
 
@@ -40,6 +41,37 @@ def is_sse(response) -> bool:
     return False
 
 
+def _encoded(response) -> bool:
+    return response.headers.get("content-encoding", "").strip().lower() not in ("", "identity", "none")
+
+
+def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
+    """An answer mitmproxy held whole, decoded in bounded pieces (a compressed bomb stops at
+    MAX_JSON_BYTES): (content, None), or (None, (key, why)) to be said once. Runs on DECODING."""
+    raw = response.raw_content
+    if not raw or len(raw) > MAX_JSON_BYTES:
+        return None, None
+    try:
+        return decode_bounded(response.headers.get("content-encoding"), raw, MAX_JSON_BYTES), None
+    except TooLarge as e:
+        return None, ("usage-too-large", f"an answer is too large to read its usage ({e})")
+    except Unsupported as e:
+        return None, (f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
+    except Exception as e:  # noqa: BLE001 - a corrupt body: the decoders raise their own errors
+        return None, ("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not read")
+
+
+def _usage_of_held(response, content: bytes) -> Usage:
+    if is_sse(response):
+        return from_sse(content)
+    if not content.lstrip()[:1] == b"{":
+        return Usage()
+    try:
+        return from_json(json.loads(content))
+    except (ValueError, RecursionError):
+        return Usage()
+
+
 def _session_meta(flow) -> dict | None:
     """The session a rule resolved for this flow (metadata written by display.annotate)."""
     meta = flow.metadata.get(display.METADATA_KEY)
@@ -53,7 +85,7 @@ def note_request(flow, body: dict | None) -> None:
     meta = flow.metadata.get(display.METADATA_KEY)
     model = body.get("model") if isinstance(body, dict) else None
     if isinstance(meta, dict) and isinstance(model, str) and model and len(model) <= 200:
-        meta["model"] = model
+        meta["model"] = ledger_mod.safe_text(model)
 
 
 class Recorder:
@@ -124,31 +156,54 @@ class Recorder:
         except Exception as e:  # noqa: BLE001 - fail open
             self.warn(f"usage-headers-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
 
-    def response(self, flow) -> None:
+    def response(self, flow):
+        """Records the answer now, or returns a coroutine for mitmproxy to await when a compressed
+        answer is still being decoded on DECODING (never on the event loop)."""
         observer = self._streams.pop(flow.id, None)
         try:
             if not self.enabled or flow.is_replay or flow.response is None:
-                return
+                return None
             meta = _session_meta(flow)
-            if meta is not None:
-                self._record(flow, meta, observer)
+            if meta is None:
+                return None
+            if observer is not None and observer.decode is not None:
+                return self._record_when_decoded(flow, meta, observer)
+            if observer is None and flow.response.raw_content and _encoded(flow.response):
+                return self._record_when_decoded(flow, meta, None)
+            self._record(flow, meta, observer)
+        except Exception as e:  # noqa: BLE001 - fail open
+            self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
+        return None
+
+    async def _record_when_decoded(self, flow, meta: dict, observer: StreamObserver | None) -> None:
+        try:
+            held = None
+            if observer is not None:
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(observer.settled()), SETTLE_S)
+                except asyncio.TimeoutError:
+                    pass  # observer.result() says so
+            else:
+                held = await asyncio.get_running_loop().run_in_executor(DECODING, _decode_held, flow.response)
+            self._record(flow, meta, observer, held)
         except Exception as e:  # noqa: BLE001 - fail open
             self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
 
-    def error(self, flow) -> None:
+    def error(self, flow):
         """A stream cut short: record what it said before it broke."""
         if flow.id in self._streams:
-            self.response(flow)
+            return self.response(flow)
+        return None
 
     # -- the figures --------------------------------------------------------------------------------
 
-    def _figures(self, flow, observer: StreamObserver | None) -> Usage:
+    def _figures(self, flow, observer: StreamObserver | None, held: tuple | None) -> Usage:
         response = flow.response
         if observer is not None:
             if response.stream is not observer and not observer.bytes:
                 self.warn("usage-stream-replaced", "another addon replaced the stream callable of an answer after "
                                                    "this one; its usage is not read")
-            usage = observer.result()
+            usage = observer.result(0)  # its decoding has settled (or took too long)
             if observer.failure:
                 self.warn(f"usage-read-{observer.failure[:40]}",
                           f"the usage of a streamed answer could not be read: {observer.failure}")
@@ -157,36 +212,15 @@ class Recorder:
                                            "started; its usage is not read")
             usage = Usage()
         else:
-            usage = self._held(response)
-        # Opper: the cost, served model and provider in headers win (a stream has no cost header)
+            content, problem = held if held is not None else _decode_held(response)
+            if problem is not None:
+                self.warn(*problem)
+            usage = _usage_of_held(response, content) if content else Usage()
+        # Opper and Fireworks: the figures in headers win (a stream has no cost header)
         return usage.update(from_headers(response.headers))
 
-    def _held(self, response) -> Usage:
-        """An answer mitmproxy held whole (a JSON answer, or one an addon set)."""
-        if not response.raw_content or len(response.raw_content) > MAX_JSON_BYTES:
-            return Usage()
-        try:  # decoded in bounded pieces: a compressed bomb stops at MAX_JSON_BYTES
-            content = decode_bounded(response.headers.get("content-encoding"), response.raw_content, MAX_JSON_BYTES)
-        except TooLarge as e:
-            self.warn("usage-too-large", f"an answer is too large to read its usage ({e})")
-            return Usage()
-        except Unsupported as e:
-            self.warn(f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
-            return Usage()
-        except Exception as e:  # noqa: BLE001 - a corrupt body: the decoders raise their own errors
-            self.warn("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not read")
-            return Usage()
-        if is_sse(response):
-            return from_sse(content)
-        if not content.lstrip()[:1] == b"{":
-            return Usage()
-        try:
-            return from_json(json.loads(content))
-        except (ValueError, RecursionError):
-            return Usage()
-
-    def _record(self, flow, meta: dict, observer: StreamObserver | None) -> None:
-        usage = self._figures(flow, observer)
+    def _record(self, flow, meta: dict, observer: StreamObserver | None, held: tuple | None = None) -> None:
+        usage = self._figures(flow, observer, held)
         session = meta["session"]
         changes = meta.get("changes") or []
         rules = meta.get("rules") or []
