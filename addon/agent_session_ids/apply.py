@@ -25,6 +25,7 @@ class Outcome:
     changes: list[dict] = field(default_factory=list)  # {"rule", "target", "before", "after"}
     skipped: list[str] = field(default_factory=list)  # what was not set, and why
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (key, message): to log once
+    set_headers: dict[str, str] = field(default_factory=dict)  # lower-case name -> the value shown as set
 
 
 def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
@@ -115,6 +116,8 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
                 if action.target == "header" and action.key.lower() in SECRET_HEADERS:
                     old, value = "<redacted>" if old is not None else None, "<redacted>"
                 out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
+                if action.target == "header":
+                    out.set_headers[action.key.lower()] = value
     if body is not None and new_body is not body.raw:
         out.body = new_body
     return out

@@ -172,9 +172,9 @@ def test_reload_swaps_good_rules_and_keeps_the_running_ones_on_a_bad_edit(tmp_pa
 
 
 def test_the_rules_folder_is_watched(tmp_path, monkeypatch):
-    from agent_session_ids import addon as addon_module
+    from agent_session_ids import rulebook
 
-    monkeypatch.setattr(addon_module, "RULES_POLL_S", 0.05)
+    monkeypatch.setattr(rulebook, "POLL_S", 0.05)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.yaml").write_text(GOOD)
