@@ -17,13 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .ids import SAFE_ID_RE, is_safe_id, normal_id
 from .model import Process
-
-UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-# Any id an agent uses (pi 1.x: `--session-id feature-x`), within a charset safe in a header, a
-# file name and a label.
-SAFE_ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
-_SAFE_ID = re.compile(f"^{SAFE_ID_RE}$")
 
 
 def safe_id(value: object) -> str | None:
@@ -31,7 +26,9 @@ def safe_id(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
-    return _normal_id(value) if _SAFE_ID.match(value) else None
+    return normal_id(value) if is_safe_id(value) else None
+
+
 ANY = object()  # a record condition that only asks for the field to be there
 
 
@@ -123,16 +120,12 @@ class AgentProfile:
         for name in self.hint_headers:
             value = headers.get(name)
             if value and pattern.match(value.strip()):
-                return _normal_id(value.strip()), f"header {name}"
+                return normal_id(value.strip()), f"header {name}"
         for name in self.hint_body_fields:
             value = body.get(name) if body else None
             if isinstance(value, str) and pattern.match(value.strip()):
-                return _normal_id(value.strip()), f"body {name}"
+                return normal_id(value.strip()), f"body {name}"
         return None, ""
-
-
-def _normal_id(value: str) -> str:
-    return value.lower() if re.fullmatch(UUID_RE, value) else value
 
 
 # -- cwd encodings -----------------------------------------------------------------------------

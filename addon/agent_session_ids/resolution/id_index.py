@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import os
-import re
 import stat
 import threading
 import time
@@ -30,25 +29,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .agents import UUID_RE, AgentProfile, StoreSpec, root_paths
+from .agents import AgentProfile, StoreSpec, root_paths
+from .ids import is_safe_id, is_uuid, normal_id
 
 RECHECK_S = 1.0  # a miss re-stats every folder of a store this often at most
 HOT = 8  # the folders changed last, stat'ed on every miss: where new sessions appear
 BUDGET = 2048  # stats and listings per lookup, beyond the roots and the hot folders
 RACY_NS = 2_000_000_000  # a folder changed this recently may change again within its mtime's tick
-
-# Any id an agent uses, within a charset that is safe in a header, a file name and a label.
-SAFE_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
-_UUID = re.compile(rf"^{UUID_RE}\Z")
-
-
-def is_safe_session_id(value: object) -> bool:
-    return isinstance(value, str) and SAFE_SESSION_ID.match(value) is not None
-
-
-def _key(session_id: str) -> str:
-    """Uuids match case-insensitively, other ids exactly."""
-    return session_id.lower() if _UUID.match(session_id) else session_id
 
 
 @dataclass(frozen=True)
@@ -68,11 +55,11 @@ def _time_then_id(stem: str) -> str | None:  # pi: `<ISO time with [:.] -> ->_<i
 
 
 def _uuid_only(stem: str) -> str | None:  # Claude Code, Qwen Code (older flat `agent-*` files are not)
-    return stem if _UUID.match(stem) else None
+    return stem if is_uuid(stem) else None
 
 
 def _rollout(stem: str) -> str | None:  # Codex: `rollout-<time>-<uuid>`
-    return stem[-36:] if stem.startswith("rollout-") and _UUID.match(stem[-36:]) else None
+    return stem[-36:] if stem.startswith("rollout-") and is_uuid(stem[-36:]) else None
 
 
 def _number(name: str) -> bool:
@@ -197,8 +184,8 @@ class _Tree:
                     if leaf:
                         if e.name.endswith(".jsonl") and e.name.isprintable() and e.is_file():
                             sid = self.layout.file_id(e.name[:-6])
-                            if sid is not None and is_safe_session_id(sid):
-                                entries[e.path] = _key(sid)
+                            if sid is not None and is_safe_id(sid):
+                                entries[e.path] = normal_id(sid)
                     elif e.name.isprintable() and e.is_dir() and (self.layout.depth == 1 or _number(e.name)):
                         entries[e.name] = e.path  # any cwd folder; in a date tree, YYYY, MM and DD only
         except (OSError, ValueError):
@@ -272,9 +259,9 @@ class IdIndex:
 
     def lookup(self, agent_name: str | None, session_id: str) -> list[IdHit]:
         """The files of this session id (of this agent, or of any agent with None), newest first."""
-        if not is_safe_session_id(session_id):
+        if not is_safe_id(session_id):
             return []
-        key = _key(session_id)
+        key = normal_id(session_id)
         with self._lock:
             trees = self._trees_of(agent_name)
             hits = self._hits(trees, key)

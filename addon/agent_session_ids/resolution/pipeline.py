@@ -21,11 +21,11 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..jsontext import dotted
 from . import agents, mounts, process as process_io
 from .agents import AgentProfile, safe_id
 from .conversation import Conversation
 from .id_index import IdIndex, store_roots
-from .jsonl_store import dotted
 from .model import Process, Session, SessionFile
 from .resolver import Resolver
 from .stores import Stores
