@@ -62,6 +62,14 @@ def _rollout(stem: str) -> str | None:  # Codex: `rollout-<time>-<uuid>`
     return stem[-36:] if stem.startswith("rollout-") and is_uuid(stem[-36:]) else None
 
 
+# StoreSpec.file_names -> the id a file's name (without .jsonl) holds
+FILE_IDS: dict[str, Callable[[str], str | None]] = {
+    "time_id": _time_then_id, "uuid": _uuid_only, "rollout": _rollout,
+}
+# StoreSpec.kind -> the folder levels between a root and its files; other kinds are not indexed
+DEPTHS = {"per_cwd": 1, "date_tree": 3}
+
+
 def _number(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
@@ -74,13 +82,9 @@ class _Layout:
 
 
 def _layout(spec: StoreSpec | None) -> _Layout | None:
-    if spec is None:
-        return None
-    if spec.kind == "date_tree":
-        return _Layout(3, "", _rollout)
-    if spec.kind == "per_cwd":
-        return _Layout(1, spec.subdir, _uuid_only if spec.encode == "claude" else _time_then_id)
-    return None  # Gemini names files by a prefix of the id; opencode keeps a database
+    if spec is None or spec.file_names is None or spec.kind not in DEPTHS:
+        return None  # Gemini names files by a prefix of the id; opencode keeps a database
+    return _Layout(DEPTHS[spec.kind], spec.subdir, FILE_IDS[spec.file_names])
 
 
 # -- where the proxy's user (and extra HOMEs) keep their stores ------------------------------------
