@@ -11,7 +11,7 @@ import functools
 import json
 
 from .body import Body, Elided
-from .resolution.jsonl_store import dotted
+from .jsontext import dotted, insert_member
 from .resolution.model import Session
 from .rewrite import RewriteError, blank, render, set_field, set_header
 from .rules import Rule, SetAction
@@ -39,19 +39,6 @@ def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) 
         elif not blank(dotted(body, key)):
             return f"body {key}"
     return None
-
-
-def _insert(raw: bytes, path: tuple[str, ...], value: str, empty: bool) -> bytes:
-    """`raw` with a member that it does not have (path[0]) added before its closing brace, one copy."""
-    new = json.dumps(value)
-    for inner in reversed(path[1:]):
-        new = "{" + json.dumps(inner) + ":" + new + "}"
-    close = len(raw) - 1
-    while raw[close] in b" \t\n\r":
-        close -= 1
-    view = memoryview(raw)
-    return b"".join((view[:close], ("" if empty else ",").encode() + json.dumps(path[0]).encode() + b":"
-                     + new.encode("utf-8", "surrogatepass"), view[close:]))
 
 
 @functools.lru_cache(maxsize=512)
@@ -99,7 +86,7 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
                 continue
             elif new_body is body.raw and action.body_path[0] not in top:
                 # the common case: a member the body does not have, added to its bytes
-                new_body, old, changed = _insert(new_body, action.body_path, value, not top), None, True
+                new_body, old, changed = insert_member(new_body, action.body_path, value, not top), None, True
             else:
                 try:
                     text = body.decoded() if new_body is body.raw else new_body.decode("utf-8")

@@ -22,12 +22,14 @@ from datetime import datetime
 
 import re
 
+from ..jsontext import dotted
 from .agents import ANY, RecordFormat
 from .conversation import fingerprint, text_of
 from .files import open_regular
+from .ids import UUID_RE, is_safe_id, normal_id
 from .model import SessionFile
 
-_ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
+_ID_AT_END = re.compile(rf"({UUID_RE})$")
 
 MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
 HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
@@ -117,7 +119,6 @@ def _lines(fd: int, offset: int, limit: int, skipping: bool):
     yield None, buf_start, skipping
 
 
-_SAFE_ID = re.compile(r"^[\w.:-]{1,128}$", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -130,7 +131,7 @@ def id_from_name(path: str) -> str:
     if m:
         return m.group(1).lower()
     sid = stem.partition("_")[2] or stem  # pi's time has no '_'; a chosen id may (`feature_x`)
-    if _SAFE_ID.match(sid):
+    if is_safe_id(sid):
         return sid
     return "file-" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
@@ -139,16 +140,6 @@ def clean_name(name: str) -> str | None:
     """A session name as a user meant it: no control chars or lone surrogates, 500 chars at most."""
     name = _CONTROL.sub(" ", name.encode("utf-8", "replace").decode("utf-8")).strip()
     return name[:500] or None
-
-
-def dotted(record: object, path: str) -> object:
-    """The value at a dotted path of nested JSON objects, or None."""
-    value: object = record
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _matches(record: dict, conditions) -> bool:
@@ -412,8 +403,8 @@ class JsonlStore:
                     continue
                 if f.header_id is None and _matches(record, fmt.header):
                     sid = dotted(record, fmt.id)
-                    if isinstance(sid, str) and _SAFE_ID.match(sid):
-                        f.header_id = sid.lower() if _ID_AT_END.fullmatch(sid) else sid
+                    if is_safe_id(sid):
+                        f.header_id = normal_id(sid)
                     f.created = _parse_time(dotted(record, fmt.created)) if fmt.created else None
                     cwd = dotted(record, fmt.cwd) if fmt.cwd else None
                     f.cwd = cwd if isinstance(cwd, str) else None

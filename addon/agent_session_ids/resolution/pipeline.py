@@ -21,11 +21,11 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..jsontext import dotted
 from . import agents, mounts, process as process_io
 from .agents import AgentProfile, safe_id
 from .conversation import Conversation
 from .id_index import IdIndex, store_roots
-from .jsonl_store import dotted
 from .model import Process, Session, SessionFile
 from .resolver import Resolver
 from .stores import Stores
@@ -273,7 +273,7 @@ class Pipeline:
             files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
                                            fresh=bool(conv and conv.fresh), found_by_id=bool(by_id))
             files = files + [f for f in by_id if f.path not in {g.path for g in files}]
-            if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
+            if not hint and agent.store is not None and agent.store.newest_of_cwd_is_session and files:
                 # a database store without a session header: the newest session of this cwd
                 hint, where = files[0].id, "the agent's database (newest session of this cwd)"
             return self.resolver.resolve(agent.name, proc, conv, files, now, hint, where)

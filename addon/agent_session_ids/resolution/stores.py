@@ -1,7 +1,8 @@
 """I/O adapter: from an agent process to snapshots of the session files the resolver needs.
 
-The store kinds that differ are here: folders per cwd (JsonlStore), Codex's date tree, Gemini's
-project registry, opencode's SQLite database, and pi's settings.json session folder.
+The store kinds that differ are here: folders per cwd (JsonlStore), a date tree (Codex), a project
+registry (Gemini CLI), a SQLite database (opencode), long cwd names shortened with a hash (Claude
+Code, Qwen Code), and a settings file's session folder (pi).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sqlite3
 import time
 
-from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
+from .agents import AgentProfile, SessionFolder, StoreSpec, root_paths, session_folders
 from .files import read_regular
 from .jsonl_store import JsonlStore, _parse_time, clean_name
 from . import mounts
@@ -45,10 +46,11 @@ class Stores:
         if folders is None:
             spec = profile.store
             settings = read_setting_session_dir(spec, process.environ) if spec and spec.custom_dir_setting else None
-            slug = read_gemini_slug(process) if spec and spec.kind == "gemini" else None
-            folders = session_folders(profile, process, settings, slug)
-            if profile.store and profile.store.encode == "claude":
-                folders = [_long_path_folder(f) for f in folders]
+            project = read_project_registry(spec, process) if spec and spec.project_registry else None
+            folders = session_folders(profile, process, settings, project)
+            if spec and spec.long_cwd:
+                find = LONG_CWD[spec.long_cwd]
+                folders = [find(f, spec.subdir) for f in folders]
             self._folders[process.key] = folders
         return folders
 
@@ -186,13 +188,15 @@ class Stores:
         return listed[1]
 
 
-def _long_path_folder(folder: SessionFolder) -> SessionFolder:
+def _by_hashed_prefix(folder: SessionFolder, subdir: str) -> SessionFolder:
     """Claude Code shortens a folder name past 200 chars with a hash that differs between its
-    Node and Bun builds: find the folder by its 200-char prefix instead."""
-    parent, name = os.path.split(folder.path.rstrip("/"))
-    sub = ""
-    if not name.startswith("-") and len(os.path.basename(parent)) > 200:  # Qwen's ".../<enc>/chats"
-        parent, sub, name = os.path.dirname(parent), name, os.path.basename(parent)
+    Node and Bun builds: find the folder by its 200-char prefix instead. subdir: what lies below
+    the cwd's folder (Qwen's "chats")."""
+    path = folder.path.rstrip("/")
+    sub = subdir if subdir and path.endswith("/" + subdir) else ""
+    if sub:
+        path = path[: -len(sub) - 1]
+    parent, name = os.path.split(path)
     if len(name) <= 200 or os.path.isdir(folder.path):
         return folder
     prefix = name[:201]
@@ -201,6 +205,10 @@ def _long_path_folder(folder: SessionFolder) -> SessionFolder:
             return SessionFolder(os.path.join(parent, entry, sub) if sub else os.path.join(parent, entry),
                                  folder.cwd_filter, folder.kind)
     return folder
+
+
+# StoreSpec.long_cwd -> how the folder of a cwd whose encoded name was shortened is found
+LONG_CWD = {"hashed": _by_hashed_prefix}
 
 
 def _subdirs(path: str) -> list[str]:
@@ -223,14 +231,16 @@ def read_setting_session_dir(spec, environ) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def read_gemini_slug(process: Process) -> str | None:
-    """Gemini CLI's folder name for a project: ~/.gemini/projects.json {"projects": {path: slug}}."""
-    home = expand(process.environ.get("GEMINI_CLI_HOME") or "~", process.environ)
+def read_project_registry(spec: StoreSpec, process: Process) -> str | None:
+    """The project folder a registry in the first store root names for the cwd (Gemini CLI's
+    ~/.gemini/projects.json {"projects": {path: slug}})."""
+    file, _, key = spec.project_registry.partition(":")
+    root = root_paths(spec, process.environ)[0]
     try:
-        data = json.loads(read_regular(os.path.join(home, ".gemini", "projects.json"), 4 << 20) or b"null")
+        data = json.loads(read_regular(os.path.join(root, file), 4 << 20) or b"null")
     except (OSError, ValueError):
         return None
-    slug = data.get("projects", {}).get(process.cwd) if isinstance(data, dict) else None
+    slug = data.get(key, {}).get(process.cwd) if isinstance(data, dict) else None
     return slug if isinstance(slug, str) and "/" not in slug else None
 
 
