@@ -19,7 +19,7 @@ from . import check, contentview, display
 from .connections import Connections
 from .live import LiveSessions
 from .request_flow import RequestFlow, may_stream
-from .resolution.engine import Engine
+from .resolution.runner import Runner
 from .rulebook import Rulebook
 from .options import DEFAULT_RULES, OPTIONS
 from .rules import RuleError
@@ -42,10 +42,10 @@ class SessionIds:
     def __init__(self) -> None:
         self._warn_once = WarnOnce()
         self.rulebook = Rulebook(self._warn_once)
-        self.engine = Engine(self._warn_once)  # runs the resolution: inline or on its worker thread
+        self.runner = Runner(self._warn_once)  # runs the resolution: inline or on its worker thread
         self.connections = Connections(self._warn_once)  # the process behind each connection
         self.live = LiveSessions()
-        self.flows = RequestFlow(self.engine, self.connections, self.live, self._warn_once)
+        self.flows = RequestFlow(self.runner, self.connections, self.live, self._warn_once)
         self._running = False
         self._stream_limit: int | None = None  # read at every request: kept here, not in ctx.options
 
@@ -88,9 +88,9 @@ class SessionIds:
                 raise exceptions.OptionsError(
                     f"session_store_homes: {bad[0]!r} is not an absolute path; give folders such as "
                     f"/srv/agent-home, separated by '{os.pathsep}'")
-            self.engine.set_homes(os.path.expanduser(h) for h in homes)
+            self.runner.set_homes(os.path.expanduser(h) for h in homes)
         if "session_state_file" in updated or "confdir" in updated:
-            self.engine.use_state_file(options.session_state_file or os.path.join(
+            self.runner.use_state_file(options.session_state_file or os.path.join(
                 os.path.expanduser(options.confdir), "agent-session-ids", "state.json"))
 
     def running(self) -> None:
@@ -103,12 +103,12 @@ class SessionIds:
                 "anyone who can reach it can use it. Start it with --listen-host 127.0.0.1."
             )
         self.rulebook.watch()
-        self.engine.start()
+        self.runner.start()
 
     def done(self) -> None:
         contentview.unregister()
         self.rulebook.stop()
-        self.engine.stop()
+        self.runner.stop()
 
     # -- commands (named without '_': mitmweb's command API only routes [a-z.]) ---------------------
 
@@ -146,7 +146,7 @@ class SessionIds:
     def client_disconnected(self, client) -> None:
         self.connections.disconnected(client.id)
         self.flows.forget_connection(client.id)
-        self.engine.forget_connection(client.id)
+        self.runner.forget_connection(client.id)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed body is forwarded before `request` runs: its headers are set now.

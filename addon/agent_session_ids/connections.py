@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .resolution import visibility
 from .resolution.model import Process
-from .resolution.pipeline import Seen
+from .resolution.model import Seen
 
 # The process lookup's wait; past it the request is resolved without the process. Generous: a
 # loaded 2-core machine must not lose the process of a request.

@@ -22,9 +22,9 @@ from .connections import Connections
 from .decoding import DECODING
 from .live import LiveSessions
 from .resolution import agents
-from .resolution.engine import Engine
+from .resolution.runner import Runner
 from .resolution.model import Process, Session
-from .resolution.pipeline import Evidence
+from .resolution.model import Evidence
 from .rewrite import RewriteError
 from .rules import Rule
 from .usage import recorder as usage
@@ -64,9 +64,9 @@ def evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -
 
 
 class RequestFlow:
-    def __init__(self, engine: Engine, connections: Connections, live: LiveSessions,
+    def __init__(self, runner: Runner, connections: Connections, live: LiveSessions,
                  warn_once: Callable[[str, str], None]) -> None:
-        self.engine = engine
+        self.runner = runner
         self.connections = connections
         self.live = live
         self._warn_once = warn_once
@@ -90,7 +90,7 @@ class RequestFlow:
             evidence = Evidence(evidence_headers(flow.request.headers, rules, ours), members,
                                 body.conversation if body is not None else None,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
-            session, proc = await self.engine.resolve(evidence, seen)
+            session, proc = await self.runner.resolve(evidence, seen)
             self.connections.remember(flow.client_conn.id, proc, seen)
             if not again:
                 self.live.count(session, proc, seen.unreadable)

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .conversation import Conversation
+
 
 @dataclass(frozen=True)
 class Process:
@@ -75,3 +77,22 @@ class Session:
             "session.source": self.source,
             "agent.name": self.agent,
         }
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the request itself says. Headers: lower-case names, only those the resolution reads."""
+
+    headers: Mapping[str, str]
+    body: Mapping[str, object] | None  # the JSON body's top-level members
+    conversation: Conversation | None
+    connection_id: str
+    client_fields: tuple[tuple[str, str], ...] = ()  # where the target gateway honours a client's id
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The process behind the connection, or why it cannot be read."""
+
+    process: Process | None
+    unreadable: str | None = None

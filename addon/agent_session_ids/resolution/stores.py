@@ -32,6 +32,13 @@ class Stores:
         self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
         self._cwds: dict[str, tuple[int, list[str]]] = {}  # store root -> (its mtime, cwd folders)
 
+    def known_folders(self, process_key: str) -> list[SessionFolder] | None:
+        """The session folders found for a process, or None before its first resolution."""
+        return self._folders.get(process_key)
+
+    def process_keys(self) -> list[str]:
+        return list(self._folders)
+
     def warm_and_local(self, process_key: str) -> bool:
         """Were this process's folders found before, all on local filesystems?"""
         folders = self._folders.get(process_key)
