@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from . import agents, mounts, process as process_io
+from . import agents, mounts, proc as process_io
 from .agents import AgentProfile, safe_id
 from .conversation import Conversation
 from .id_index import IdIndex, store_roots
