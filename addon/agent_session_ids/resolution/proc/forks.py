@@ -110,7 +110,7 @@ class ForkWatch:
             for pid in entries:
                 if pid in found or not 0 < (pid - mark) % pid_max <= span:
                     continue
-                fd = procfs.fd_if_owned(pid, uid, target)
-                if fd is not None:
-                    found[pid] = fd
+                new_fd = procfs.fd_if_owned(pid, uid, target)
+                if new_fd is not None:
+                    found[pid] = new_fd
         return found

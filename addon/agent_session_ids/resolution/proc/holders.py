@@ -22,7 +22,7 @@ class RecentOwners:
         self.pids: list[int] = []
         self.lock = threading.Lock()
 
-    def now(self) -> list[int]:
+    def listed(self) -> list[int]:
         with self.lock:
             return list(self.pids)
 
@@ -39,7 +39,7 @@ def holders(inode: int, uid: int, recent: RecentOwners) -> dict[int, int]:
     parent if the parent holds it too, and its children that hold it (a fork that shares the
     connection, before or after the holder was found)."""
     target = f"socket:[{inode}]"
-    looked_at = recent.now()
+    looked_at = recent.listed()
     seen = set(looked_at)
     holder = fd = None
     for pid in looked_at:
@@ -69,7 +69,7 @@ def holders(inode: int, uid: int, recent: RecentOwners) -> dict[int, int]:
         if parent_fd is not None:
             found[parent] = parent_fd
     for child in procfs.children(holder):
-        # a fork copies the descriptor table: a child that shares the socket has it at the same number
+        # a fork copies the descriptor table: a child sharing the socket has it at the same number
         if child not in found and procfs.holds_at(child, fd, target):
             found[child] = fd
     return found

@@ -23,7 +23,7 @@ _NLMSG_ERROR = 2
 # errnos after which netlink cannot answer here at all (a sandbox, a seccomp filter, no sock_diag)
 _NETLINK_UNUSABLE = frozenset({errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT,
                                errno.EAFNOSUPPORT, errno.ENOSYS, errno.EINVAL})
-NETLINK_FAILURES_BEFORE_PAUSE = 3  # consecutive transient failures (timeouts) before netlink is paused
+NETLINK_FAILURES_BEFORE_PAUSE = 3  # transient failures (timeouts) in a row before netlink is paused
 NETLINK_PAUSE_S = 10.0  # the first pause; each further pause doubles, up to NETLINK_PAUSE_MAX_S
 NETLINK_PAUSE_MAX_S = 600.0  # also the pause after an error that says netlink cannot be used here
 
@@ -95,7 +95,8 @@ def parse_netlink_reply(data: bytes) -> tuple[int, int] | None:
     return inode, uid
 
 
-def _query(family: int, peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int] | None:
+def _query(family: int, peer_ip, peer_port: int, local_ip,
+           local_port: int) -> tuple[int, int] | None:
     """One exact NETLINK_SOCK_DIAG query. (inode, uid); None: no such socket.
     Raises NetlinkUnavailable."""
     def addr(ip) -> bytes:
@@ -106,7 +107,8 @@ def _query(family: int, peer_ip, peer_port: int, local_ip, local_port: int) -> t
     req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
     msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + req
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
+        kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+        with socket.socket(socket.AF_NETLINK, kind, _NETLINK_SOCK_DIAG) as nl:
             nl.settimeout(0.2)
             nl.send(msg)
             data = nl.recv(8192)
@@ -124,6 +126,7 @@ def owner(peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int]
     found = _query(family, peer_ip, peer_port, local_ip, local_port)
     if found is None and family == socket.AF_INET:
         # a dual-stack client socket: its address is v4-mapped
-        m = ipaddress.IPv6Address("::ffff:" + str(peer_ip)), ipaddress.IPv6Address("::ffff:" + str(local_ip))
-        found = _query(socket.AF_INET6, m[0], peer_port, m[1], local_port)
+        mapped_peer = ipaddress.IPv6Address("::ffff:" + str(peer_ip))
+        mapped_local = ipaddress.IPv6Address("::ffff:" + str(local_ip))
+        found = _query(socket.AF_INET6, mapped_peer, peer_port, mapped_local, local_port)
     return found

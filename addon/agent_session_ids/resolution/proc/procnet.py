@@ -25,7 +25,8 @@ def owner(peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int]
         mapped = lambda ip: ipaddress.IPv6Address("::ffff:" + str(ip))  # noqa: E731
         searches = [
             ("tcp", hex_address(peer_ip, peer_port), hex_address(local_ip, local_port)),
-            ("tcp6", hex_address(mapped(peer_ip), peer_port), hex_address(mapped(local_ip), local_port)),
+            ("tcp6", hex_address(mapped(peer_ip), peer_port),
+             hex_address(mapped(local_ip), local_port)),
         ]
     elif peer_ip.version == 6 and local_ip.version == 6:
         searches = [("tcp6", hex_address(peer_ip, peer_port), hex_address(local_ip, local_port))]

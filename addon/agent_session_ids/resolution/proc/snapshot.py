@@ -72,7 +72,7 @@ class Snapshots:
                 exe = os.readlink(f"{base}/exe")
             except OSError:
                 exe = ""
-            # the start time again: if the pid was used again meanwhile, the snapshot is not one process
+            # the start time again: a pid used again meanwhile would mix two processes
             if procfs.read_stat(pid)[procfs.START_TICKS] != start:
                 return None
         except (OSError, ValueError, IndexError):

@@ -32,7 +32,8 @@ class ProcessTable:
     """Lookups and rechecks run on several executor threads at once: each part of the state
     changes only under its own lock."""
 
-    def __init__(self, *, use_netlink: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, use_netlink: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.use_netlink = use_netlink  # False: never try netlink (tests, odd platforms)
         self.netlink = NetlinkHealth(clock)
         self.recent = RecentOwners()
@@ -115,7 +116,8 @@ class ProcessTable:
           its copy or exited);
         - None if no process of the proxy's user holds the socket any more.
 
-        Cheap while no process was made since the last check: the program check plus one small read."""
+        Cheap while no process was made since the last check: the program check and one small
+        read."""
         snapshots, forks = self.snapshots, self.forks
         if not process.inode:
             return snapshots.recheck_program(process)
