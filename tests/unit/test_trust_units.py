@@ -317,8 +317,8 @@ def test_a_damaged_state_file_never_stops_the_addon(tmp_path, content, caplog):
     addon = SessionIds()
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
         tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES)
-        assert addon.engine.pipeline.resolver.bound == {} and addon.engine.pipeline.resolver.pending == {}
-        session = addon.engine.pipeline.resolver.fallback("x", None, "conn", "test")
+        assert addon.runner.finder.resolver.bound == {} and addon.runner.finder.resolver.pending == {}
+        session = addon.runner.finder.resolver.fallback("x", None, "conn", "test")
         assert session.id.startswith("connection-")
     usable = content.startswith(b'{"version": 1, "bound": {')  # well-formed file, bad entries: dropped one by one
     warnings = [r.getMessage() for r in caplog.records if "state file" in r.getMessage()]

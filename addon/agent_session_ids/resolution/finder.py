@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ..jsontext import dotted
 from . import agents, mounts
-from . import process as process_io
+from . import proc as process_io
 from .agents import AgentProfile, safe_id
 from .id_index import IdIndex, store_roots
 from .memo import Memo, memo_key
