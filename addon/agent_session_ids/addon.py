@@ -15,14 +15,15 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy import flow as mitmflow
 from mitmproxy.utils import human
 
-from . import check, contentview, display
+from .cli import check
 from .connections import Connections
 from .live import LiveSessions
 from .request_flow import RequestFlow, may_stream
 from .resolution.runner import Runner
-from .rulebook import Rulebook
+from .rules.rulebook import Rulebook
 from .options import DEFAULT_RULES, OPTIONS
 from .rules import RuleError
+from .view import contentview, display
 from .warn_once import WarnOnce
 
 __all__ = ["DEFAULT_RULES", "SessionIds"]

@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from . import display
-from .apply import apply_rules
-from .body import Body, Resumes, decode_content, read_body
+from .rewrite.apply import apply_rules
+from .rewrite.body import Body, Resumes, decode_content, read_body
 from .connections import Connections
 from .decoding import DECODING
 from .live import LiveSessions
@@ -25,9 +24,10 @@ from .resolution import agents
 from .resolution.runner import Runner
 from .resolution.model import Process, Session
 from .resolution.model import Evidence
-from .rewrite import RewriteError
+from .rewrite.fields import RewriteError
 from .rules import Rule
 from .usage import recorder as usage
+from .view import display
 
 _EVIDENCE_NAMES = frozenset(agents.EVIDENCE_HEADERS)
 

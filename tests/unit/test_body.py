@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent_session_ids.body import BodyError, Elided, read_body
+from agent_session_ids.rewrite.body import BodyError, Elided, read_body
 from agent_session_ids.resolution.conversation import from_body
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)

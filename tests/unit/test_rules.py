@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agent_session_ids.matching import RuleSet
+from agent_session_ids.rules.matching import RuleSet
 from agent_session_ids.rules import ClientField, RuleError, active_rules, load_rules_dir, parse_rules
 
 RULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "rules")

@@ -172,7 +172,7 @@ def test_reload_swaps_good_rules_and_keeps_the_running_ones_on_a_bad_edit(tmp_pa
 
 
 def test_the_rules_folder_is_watched(tmp_path, monkeypatch):
-    from agent_session_ids import rulebook
+    from agent_session_ids.rules import rulebook
 
     monkeypatch.setattr(rulebook, "POLL_S", 0.05)
     rules = tmp_path / "rules"

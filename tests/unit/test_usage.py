@@ -848,7 +848,7 @@ def test_an_sse_answer_an_addon_set_whole_is_read_in_response(tmp_path):
 
 
 def test_the_session_ids_view_and_explain_show_the_turns_figures():
-    from agent_session_ids import contentview, display
+    from agent_session_ids.view import contentview, display
 
     usage = {"model": "anthropic/claude-sonnet-4", "served_model": "anthropic/claude-4-sonnet-20250522",
              "provider": "Google", "status": 200, "stream": True, "input_tokens": 12000, "cache_read_tokens": 11040,

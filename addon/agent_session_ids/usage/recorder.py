@@ -19,8 +19,8 @@ import os
 import time
 from collections.abc import Callable
 
-from .. import display
-from ..matching import gateway_host
+from ..rules.matching import gateway_host
+from ..view import display
 from . import ledger as ledger_mod
 from .observer import DECODING, SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse

@@ -3,7 +3,7 @@ and the live view in the proxy (sessionids.sessions, the summary on exit)."""
 
 from __future__ import annotations
 
-from ..units import duration, money, percent, tokens
+from ..view.units import duration, money, percent, tokens
 
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 

@@ -11,10 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from .jsontext import DECODER as _DECODER
-from .jsontext import WS as _WS
-from .jsontext import insert_member
-from .rules import SetAction
+from ..jsontext import DECODER as _DECODER
+from ..jsontext import WS as _WS
+from ..jsontext import insert_member
+from ..rules import SetAction
 
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]+")
 _BODY_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")

@@ -7,9 +7,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from ..resolution import agents
+from .load import active_rules, load_rules_dir, rules_signature
 from .matching import RuleSet
-from .resolution import agents
-from .rules import Rule, RuleError, active_rules, load_rules_dir, rules_signature
+from .model import Rule, RuleError
 
 logger = logging.getLogger("agent_session_ids")
 

@@ -1,45 +1,12 @@
-"""Rules as data: load and validate the YAML rule files.
-
-A rule file holds a list of rules. Each rule says which flows it matches and what it sets:
-
-    rules:
-      - name: openrouter-session
-        match: {host: openrouter.ai, path: ^/api/v1/chat/completions$, method: POST}
-        set:
-          - body: session_id
-            value: "{session.label}"
-            max_length: 128
-
-Everything is validated when the file is loaded. Errors carry the file and line, and say how to fix
-them, so that a bad rule stops start-up with one clear line instead of a traceback.
-
-A rule with `enabled: false` is loaded and checked but not used until it is switched on, by the
-`session_enable` option (see `active_rules`), which can also give it the hosts it matches: that is
-how rules for self-hosted gateways ship.
-"""
+"""The YAML reader: a rule file's text to rules, every error with its file, line and fix."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import yaml
 
-from . import jsontext
-
-# Template fields a value may use, with what they mean (also the README's list).
-FIELDS: dict[str, str] = {
-    "session.id": "the session's stable ID: the agent's own session id, or the one minted at its first request",
-    "session.label": "the name slug plus 8 chars of the ID for a named session, else session.id",
-    "session.trace_uuid": "a UUID for the session: uuid5 over the session file path, as Opper's pi extension does",
-    "session.name": "the session's name, empty when it has none",
-    "session.source": "which evidence decided the session (header, file, binding, pending, fallback)",
-    "agent.name": "the agent that sent the request (pi, ...), or the process name for other programs",
-}
+from .model import FIELDS, ClientField, Match, Rule, RuleError, SetAction, Template
 
 RULE_KEYS = {"name", "match", "set", "fallback", "client_fields", "enabled"}
 CLIENT_FIELD_KEYS = {"header", "body", "json_key"}
@@ -47,145 +14,8 @@ MATCH_KEYS = {"host", "path", "method", "filter"}
 SET_KEYS = {"header", "body", "value", "max_length", "keep", "if_present", "json_key", "max_entries"}
 _FIELD_RE = re.compile(r"\{([^{}]*)\}")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _BODY_KEY_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
-
-
-class RuleError(ValueError):
-    """A rule file is wrong. str() is one line: file:line: what is wrong; how to fix it."""
-
-    def __init__(self, file: str, line: int, message: str) -> None:
-        self.file = file
-        self.line = line
-        self.message = message
-        # line 0: the whole file or folder, or an option (session_enable)
-        super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
-
-
-@dataclass(frozen=True)
-class Template:
-    """A value with {field} placeholders; '{{' and '}}' are literal braces."""
-
-    source: str
-    parts: tuple[tuple[bool, str], ...]  # (is_field, text)
-
-    @property
-    def fields(self) -> frozenset[str]:
-        return frozenset(text for is_field, text in self.parts if is_field)
-
-    def render(self, values: dict[str, str]) -> str:
-        return "".join(values[text] if is_field else text for is_field, text in self.parts)
-
-
-@dataclass(frozen=True)
-class Match:
-    hosts: tuple[str, ...]  # lower-case; "*.example.com" matches subdomains only
-    path: re.Pattern[str] | None  # searched in the path without its query
-    methods: frozenset[str]  # empty: any method
-    filter: object | None  # a compiled mitmproxy filter, or None
-    filter_source: str | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_expression", self._filter_expression())  # once, not per flow
-
-    def to_filter_expression(self) -> str:
-        """The same match in mitmproxy's filter language, for mitmweb's search box."""
-        return self._expression  # type: ignore[attr-defined]
-
-    def _filter_expression(self) -> str:
-        parts = []
-        if self.hosts:
-            alts = [re.escape(h[2:]) + "$" if h.startswith("*.") else "^" + re.escape(h) + "$" for h in self.hosts]
-            parts.append("~d '" + "|".join(alts) + "'")
-        if self.methods:
-            parts.append("~m '^(" + "|".join(sorted(self.methods)) + ")$'")
-        if self.path is not None:
-            # ~u searches the whole URL: anchor the path after the scheme and host
-            pattern = self.path.pattern
-            if pattern.startswith("^"):
-                pattern = "^[a-z]+://[^/]+" + pattern[1:]
-            parts.append("~u '" + pattern.replace("'", "\\'") + "'")
-        if self.filter_source:
-            parts.append("(" + self.filter_source + ")")
-        return " & ".join(parts) or "~all"
-
-
-@dataclass(frozen=True)
-class SetAction:
-    target: Literal["header", "body"]
-    key: str  # the header name, or the dotted body path as written
-    value: Template
-    max_length: int | None
-    keep: Literal["first", "last"]  # which end survives max_length
-    if_present: Literal["keep", "replace"]
-    # a header whose value is a small JSON object: the value is set as this member of it, merged
-    # into the object the client sent (never replacing it), and not added to one that already has
-    # max_entries members
-    json_key: str | None = None
-    max_entries: int | None = None
-
-    @property
-    def body_path(self) -> tuple[str, ...]:
-        return tuple(self.key.split("."))
-
-    @property
-    def describe(self) -> str:
-        return f"{self.target}.{self.key}" if self.target == "body" else f"header {self.key}"
-
-
-@dataclass(frozen=True)
-class ClientField:
-    """A field in which a gateway honours a session id the client sent itself.
-
-    Unpacks as the pair (target, key), target "header" (key: the lower-case name) or "body" (key:
-    the dotted path). json_key: the header's value is a JSON object, and the id is this member."""
-
-    target: Literal["header", "body"]
-    key: str
-    json_key: str | None = None
-
-    def __iter__(self):
-        return iter((self.target, self.key))
-
-    @property
-    def describe(self) -> str:
-        return f"{self.target} {self.key}" + (f" ({self.json_key})" if self.json_key else "")
-
-    def header_value(self, raw: str | None) -> str | None:
-        """The id this field holds in a header value as sent (None: it holds none)."""
-        if raw is None or self.json_key is None:
-            return raw
-        member = json_object(raw).get(self.json_key)
-        if isinstance(member, bool) or not isinstance(member, (str, int)):
-            return None
-        return str(member)
-
-
-def json_object(text: str) -> dict:
-    """The JSON object a header value holds; {} when it holds none."""
-    try:
-        doc = jsontext.loads(text)
-    except (ValueError, RecursionError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    file: str
-    line: int
-    match: Match
-    actions: tuple[SetAction, ...]
-    fallback: bool  # may this rule use a fallback ID when no agent session was found?
-    # the fields in which the gateway honours a session id the client sent itself: such an id is
-    # the session, and a weaker one (a fallback) is never written over it
-    client_fields: tuple[ClientField, ...] = ()
-    enabled: bool = True  # off: loaded and checked, but used only once session_enable names it
-
-    @property
-    def sets_body(self) -> bool:
-        return any(a.target == "body" for a in self.actions)
 
 
 def parse_template(source: str, file: str, line: int) -> Template:
@@ -347,7 +177,7 @@ class _Reader:
         if "host" in m:
             for item, host in self.strings(m["host"][1], "'host'"):
                 host = host.lower()
-                if not _HOST_RE.match(host):
+                if not HOST_RE.match(host):
                     raise self.fail(item, f"'host' {host!r} is not a host name; write it like openrouter.ai or *.example.com (no scheme, port or path)")
                 hosts.append(host)
         path = None
@@ -422,94 +252,3 @@ def parse_rules(text: str, file: str) -> list[Rule]:
     except yaml.YAMLError as e:
         raise RuleError(file, 1, f"YAML error: {e}") from None
     return _Reader(file).document(root)
-
-
-ENABLE_OPTION = "session_enable"
-
-
-def active_rules(rules: list[Rule], enable: str = "") -> list[Rule]:
-    """The rules in use: those not `enabled: false`, and those the session_enable option names.
-
-    `enable` is a comma-separated list of rule names, each optionally followed by `@host`: the rule
-    is switched on, and matches that host instead of its own (a name given several times collects
-    its hosts). A rule that names no host of its own (a self-hosted gateway's) needs one here.
-    Raises RuleError."""
-    by_name = {rule.name: rule for rule in rules}
-    hosts: dict[str, list[str]] = {}
-    for entry in (e.strip() for e in enable.split(",")):
-        if not entry:
-            continue
-        name, _, host = (part.strip() for part in entry.partition("@"))
-        if name not in by_name:
-            off = sorted(r.name for r in rules if not r.enabled)
-            raise RuleError(ENABLE_OPTION, 0, f"no rule is named {name!r}; the rules that ship off are: "
-                                              f"{', '.join(off) or 'none'} (write name or name@host, separated by commas)")
-        names = hosts.setdefault(name, [])
-        if host:
-            host = host.lower()
-            if not _HOST_RE.match(host):
-                raise RuleError(ENABLE_OPTION, 0, f"{host!r} (for {name}) is not a host name; write it like "
-                                                  f"{name}@llm.example.com (no scheme, port or path)")
-            names.append(host)
-    out = []
-    for rule in rules:
-        if rule.name in hosts:
-            new_hosts = tuple(hosts[rule.name]) or rule.match.hosts
-            if not new_hosts:
-                raise RuleError(ENABLE_OPTION, 0, f"rule {rule.name} ({rule.file}:{rule.line}) names no host: give the "
-                                                  f"gateway's, as {ENABLE_OPTION}={rule.name}@<host>")
-            rule = dataclasses.replace(rule, enabled=True, match=dataclasses.replace(rule.match, hosts=new_hosts))
-        if rule.enabled:
-            out.append(rule)
-    return out
-
-
-def rules_signature(path: str | os.PathLike[str]) -> tuple:
-    """What changes when a rule file is added, removed or edited (names, sizes, mtimes)."""
-    try:
-        entries = sorted(os.scandir(os.path.expanduser(path)), key=lambda e: e.name)
-    except OSError:
-        return ("missing",)
-    out = []
-    for e in entries:
-        if e.name.endswith((".yaml", ".yml")):
-            try:
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((e.name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-def default_rules_dir() -> str:
-    """The shipped rules: the checkout's rules/ folder when running from a checkout (so edits show
-    at once), else the copy installed with the package (a wheel, pipx, uv tool)."""
-    checkout = Path(__file__).resolve().parent.parent.parent / "rules"
-    if (checkout / "rules.schema.json").is_file():
-        return str(checkout)
-    from importlib import resources
-
-    return str(resources.files("agent_session_ids") / "shipped_rules")
-
-
-def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
-    """Load every *.yaml / *.yml file of a folder, in name order. Raises RuleError."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise RuleError(str(folder), 0, "the rules folder does not exist; point session_rules at a folder of *.yaml rule files")
-    rules: list[Rule] = []
-    seen: dict[str, Rule] = {}
-    for file in sorted(folder.iterdir()):
-        if file.suffix not in (".yaml", ".yml") or not file.is_file():
-            continue
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise RuleError(str(file), 0, f"cannot read the rule file: {e}") from None
-        for rule in parse_rules(text, str(file)):
-            if rule.name in seen:
-                other = seen[rule.name]
-                raise RuleError(rule.file, rule.line, f"rule name '{rule.name}' is already used at {other.file}:{other.line}; names must be unique")
-            seen[rule.name] = rule
-            rules.append(rule)
-    return rules

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import decoding
-from .jsontext import DECODER as _DECODER
-from .jsontext import WS as _WS
-from .resolution.conversation import Conversation, Tally
-from .rewrite import RewriteError
+from .. import decoding
+from ..jsontext import DECODER as _DECODER
+from ..jsontext import WS as _WS
+from ..resolution.conversation import Conversation, Tally
+from .fields import RewriteError
 
 # the members a conversation list can be in, in the order from_body prefers them
 CONVERSATION_KEYS = ("messages", "input", "contents")

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import functools
 import json
 
+from ..jsontext import dotted, insert_member
+from ..resolution.model import Session
+from ..rules import Rule, SetAction
 from .body import Body, Elided
-from .jsontext import dotted, insert_member
-from .resolution.model import Session
-from .rewrite import RewriteError, blank, render, set_field, set_header
-from .rules import Rule, SetAction
+from .fields import RewriteError, blank, render, set_field, set_header
 
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
