@@ -12,8 +12,8 @@ It prints numbers; it asserts nothing (the targets of issue 5 are shown next to 
 
 Set-up
 ------
-Two real mitmdumps on 127.0.0.1 (``tests/harness.py``'s ``Mitmdump``), both running the gateway
-stand-in (``tests/gateway_standin.py``, with its log off) and ``bench_probe.py`` (a few counters):
+Two real mitmdumps on 127.0.0.1 (``tests/support/harness.py``'s ``Mitmdump``), both running the gateway
+stand-in (``tests/support/gateway_standin.py``, with its log off) and ``bench_probe.py`` (a few counters):
 
 - **A = addon**: ``-s addon/session_ids.py`` with the shipped rules, then the probe and stand-in;
 - **B = plain**: only the probe and the stand-in.
@@ -120,7 +120,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 ADDON = REPO / "addon" / "session_ids.py"
-STANDIN = REPO / "tests" / "gateway_standin.py"
+STANDIN = REPO / "tests" / "support" / "gateway_standin.py"
 PROBE = HERE / "bench_probe.py"
 CHAT_PATH = "/api/v1/chat/completions"
 HOST = "openrouter.ai"
@@ -667,7 +667,7 @@ class Bench:
 
     # -- proxies
     def start(self) -> None:
-        sys.path.insert(0, str(REPO / "tests"))
+        sys.path.insert(0, str(REPO / "tests" / "support"))
         import harness  # noqa: PLC0415
 
         _addon_process_module()  # the same version of the code as the proxies load now

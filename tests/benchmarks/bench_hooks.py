@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent), str(ROOT / "tests" / "support")]
 
 from mitmproxy import http  # noqa: E402
 from mitmproxy.test import taddons, tflow  # noqa: E402
