@@ -18,11 +18,11 @@ from mitmproxy.utils import human
 from .cli import check
 from .connections import Connections
 from .live import LiveSessions
+from .options import DEFAULT_RULES, OPTIONS
 from .request_flow import RequestFlow, may_stream
 from .resolution.runner import Runner
-from .rules.rulebook import Rulebook
-from .options import DEFAULT_RULES, OPTIONS
 from .rules import RuleError
+from .rules.rulebook import Rulebook
 from .view import contentview, display
 from .warn_once import WarnOnce
 

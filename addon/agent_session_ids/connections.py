@@ -8,8 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from .resolution import visibility
-from .resolution.model import Process
-from .resolution.model import Seen
+from .resolution.model import Process, Seen
 
 # The process lookup's wait; past it the request is resolved without the process. Generous: a
 # loaded 2-core machine must not lose the process of a request.

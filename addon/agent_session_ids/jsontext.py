@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import AnyStr
+from collections.abc import Callable
+from typing import AnyStr, cast
 
 
 def _not_json(constant: str):
@@ -16,7 +17,9 @@ def _not_json(constant: str):
 
 
 DECODER = json.JSONDecoder(parse_constant=_not_json)
-WS = re.compile(r"[ \t\n\r]*")
+_WS = re.compile(r"[ \t\n\r]*")
+# white space from a position: this pattern matches everywhere (maybe empty), so never None
+skip_ws = cast(Callable[..., re.Match[str]], _WS.match)
 _WS_CHARS = frozenset(" \t\n\r") | frozenset(b" \t\n\r")  # a bytes object indexes as ints
 
 

@@ -15,15 +15,14 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from .rewrite.apply import apply_rules
-from .rewrite.body import Body, Resumes, decode_content, read_body
 from .connections import Connections
 from .decoding import DECODING
 from .live import LiveSessions
 from .resolution import agents
+from .resolution.model import Evidence, Process, Session
 from .resolution.runner import Runner
-from .resolution.model import Process, Session
-from .resolution.model import Evidence
+from .rewrite.apply import apply_rules
+from .rewrite.body import Body, Resumes, decode_content, read_body
 from .rewrite.fields import RewriteError
 from .rules import Rule
 from .usage import recorder as usage
@@ -98,7 +97,8 @@ class RequestFlow:
                         None if proc is not None else seen.unreadable, streamed)
             usage.note_request(flow, members)  # the model asked for, for the ledger
         except Exception as e:  # noqa: BLE001 - fail open
-            reason = "session resolution took too long" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
+            timed_out = isinstance(e, asyncio.TimeoutError)
+            reason = "session resolution took too long" if timed_out else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
             try:
                 display.annotate_failure(flow, rules, reason)

@@ -105,7 +105,6 @@ import os
 import random
 import re
 import shutil
-
 import socket
 import ssl
 import statistics

@@ -36,10 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent), str(ROOT / "tests" / "support")]
 
+import bench  # noqa: E402
 from mitmproxy import http  # noqa: E402
 from mitmproxy.test import taddons, tflow  # noqa: E402
 
-import bench  # noqa: E402
 from agent_session_ids.addon import SessionIds  # noqa: E402
 from agent_session_ids.resolution.proc import read_process  # noqa: E402
 from agent_session_ids.usage.addon import UsageLedger  # noqa: E402

@@ -32,7 +32,6 @@ import argparse
 import http.client
 import json
 import multiprocessing
-import os
 import socket
 import sys
 import tempfile

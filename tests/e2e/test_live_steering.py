@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import Mitmdump, header
 from agent_session_ids.rules import active_rules, load_rules_dir
+from harness import Mitmdump, header
 
 pytestmark = pytest.mark.e2e
 

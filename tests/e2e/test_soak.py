@@ -27,8 +27,9 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "support") not in sys.path:
     sys.path.insert(0, str(TESTS / "support"))
 
-import fake_agent  # noqa: E402
 from test_trust import ADDON, finish, run_agent, sent_session_id, standin_records  # noqa: E402
+
+import fake_agent  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

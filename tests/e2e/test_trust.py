@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import os
 import random
+import re
 import shutil
 import signal
 import socket

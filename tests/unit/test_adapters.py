@@ -12,9 +12,9 @@ import time
 import pytest
 
 from agent_session_ids.resolution import agents, proc, state
+from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
-from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.model import Process
 
 UUID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"

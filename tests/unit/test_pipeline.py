@@ -7,12 +7,10 @@ import json
 
 import pytest
 
-from agent_session_ids.resolution import ids
+from agent_session_ids.resolution import agents, ids
 from agent_session_ids.resolution.conversation import Conversation, fingerprint
-from agent_session_ids.resolution.model import Process
 from agent_session_ids.resolution.finder import SessionFinder, requested_id
-from agent_session_ids.resolution.model import Evidence, Seen
-from agent_session_ids.resolution import agents
+from agent_session_ids.resolution.model import Evidence, Process, Seen
 
 UNREADABLE = Seen(None, "another user's process (uid 65534)")
 OPENROUTER_FIELDS = (("body", "session_id"), ("header", "x-session-id"), ("body", "prompt_cache_key"))

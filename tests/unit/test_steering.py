@@ -18,9 +18,7 @@ import yaml
 from mitmproxy.test import taddons
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
-from agent_session_ids.resolution.model import Session
 from agent_session_ids.rules import RuleError, load_rules_dir, parse_rules
-
 from test_addon import flow, run
 from test_rules import GOOD
 

@@ -19,8 +19,8 @@ from agent_session_ids.resolution import ids, state
 from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
-from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rewrite import RewriteError, blank, render, set_field
+from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rules import SetAction, parse_template
 
 # --------------------------------------------------------------------------- JSON text generators

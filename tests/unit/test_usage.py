@@ -18,8 +18,8 @@ import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
-from agent_session_ids.usage.addon import UsageLedger
 from agent_session_ids.usage import ledger, observer, parse, report
+from agent_session_ids.usage.addon import UsageLedger
 from agent_session_ids.usage.parse import Usage
 
 # -- realistic answers of each format --------------------------------------------------------------

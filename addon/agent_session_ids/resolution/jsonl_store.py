@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-
-import re
 
 from ..jsontext import dotted
 from .agents import ANY, RecordFormat

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .conversation import Conversation
@@ -65,7 +65,8 @@ class Session:
         """The template fields that rule values can use. With privacy, a hash stands for the name."""
         label, name = self.label, self.name or ""
         if privacy and self.name:
-            from .ids import label as make_label, name_hash
+            from .ids import label as make_label
+            from .ids import name_hash
 
             name = name_hash(self.name)
             label = make_label(name, self.id)
@@ -87,7 +88,7 @@ class Evidence:
     body: Mapping[str, object] | None  # the JSON body's top-level members
     conversation: Conversation | None
     connection_id: str
-    client_fields: tuple[tuple[str, str], ...] = ()  # where the target gateway honours a client's id
+    client_fields: Sequence[tuple[str, str]] = ()  # where the target gateway honours a client's id (ClientField)
 
 
 @dataclass(frozen=True)

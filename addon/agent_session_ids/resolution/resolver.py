@@ -165,20 +165,23 @@ class Resolver:
                 f = min(mine, key=lambda f: (f.created, f.path))
                 self._bind(f"{f.agent or agent}:{f.id}", p.id, p.trace_uuid, now)
                 self._drop_pending(key)
-                return self._file_session(f.agent or agent, f, f"session file with this first turn, bound to the ID of its first request ({why})")
+                return self._file_session(f.agent or agent, f, "session file with this first turn, bound to the ID "
+                                                               f"of its first request ({why})")
             return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
                                          fallback=not known_agent)
         if not conversation.fresh:
             f = self._pick_continued(fitting, conversation, None)
             if f is not None:
-                return self._file_session(f.agent or agent, f, f"session file whose conversation the request continues ({why})")
+                return self._file_session(f.agent or agent, f, "session file whose conversation the request "
+                                                               f"continues ({why})")
         else:
             # a file already holding just this first turn, unanswered (written before the request)
             new = [f for f in fitting if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S
                    and self._bound_id(f) is None]
             if new:
                 f = max(new, key=lambda f: (f.created, f.path))
-                return self._file_session(f.agent or agent, f, f"session file just created with this first turn ({why})")
+                return self._file_session(f.agent or agent, f,
+                                          f"session file just created with this first turn ({why})")
         sid = ids.mint_ephemeral(now)
         p = Pending(sid, ids.trace_uuid(sid), fp, now, agent, now, "", ended=True)
         self._add_pending(key, p)

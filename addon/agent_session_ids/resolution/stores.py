@@ -13,10 +13,10 @@ import os
 import sqlite3
 import time
 
+from . import mounts
 from .agents import AgentProfile, SessionFolder, StoreSpec, root_paths, session_folders
 from .files import read_regular
 from .jsonl_store import JsonlStore, _parse_time, clean_name
-from . import mounts
 from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
@@ -299,8 +299,9 @@ def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFil
             t = data.get("time") if isinstance(data.get("time"), dict) else {}
             updated = _ms(t.get("updated"))
             if best is None or updated > best.mtime:
-                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")), created=_ms(t.get("created")),
-                                   mtime=updated, first_user=None, n_assistant=0, cwd=process.cwd)
+                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")),
+                                   created=_ms(t.get("created")), mtime=updated, first_user=None, n_assistant=0,
+                                   cwd=process.cwd)
     return best
 
 

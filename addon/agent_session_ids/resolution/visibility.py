@@ -42,7 +42,8 @@ def _why(peer: tuple, local: tuple) -> str:
     except Exception:  # noqa: BLE001
         owner = None
     if owner is None:
-        return "no socket of this host matches the connection (it closed, or the client is in another network namespace)"
+        return ("no socket of this host matches the connection (it closed, or the client is in another "
+                "network namespace)")
     uid = owner[1]
     if uid != os.getuid():
         return f"another user's process (uid {uid}): only the proxy's own user's processes can be read"

@@ -5,10 +5,8 @@ skipped and why. No mitmproxy here: headers are any mapping with get and item as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import functools
-import json
+from dataclasses import dataclass, field
 
 from ..jsontext import dotted, insert_member
 from ..resolution.model import Session

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 
 from ..jsontext import DECODER as _DECODER
-from ..jsontext import WS as _WS
 from ..jsontext import insert_member
+from ..jsontext import skip_ws as _ws
 from ..rules import SetAction
 
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]+")
@@ -52,23 +52,23 @@ def scan_object(text: str, pos: int) -> tuple[list[Member], int]:
     if pos >= len(text) or text[pos] != "{":
         raise RewriteError("the body is not a JSON object")
     members: list[Member] = []
-    pos = _WS.match(text, pos + 1).end()
+    pos = _ws(text, pos + 1).end()
     if text.startswith("}", pos):
         return members, pos + 1
     try:
         while True:
             if not text.startswith('"', pos):
                 raise RewriteError("the body is not valid JSON (expected a key)")
-            key, pos = json.decoder.scanstring(text, pos + 1)
-            pos = _WS.match(text, pos).end()
+            key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
+            pos = _ws(text, pos).end()
             if not text.startswith(":", pos):
                 raise RewriteError("the body is not valid JSON (expected ':')")
-            start = _WS.match(text, pos + 1).end()
+            start = _ws(text, pos + 1).end()
             value, end = _DECODER.raw_decode(text, start)
             members.append(Member(key, value, start, end))
-            pos = _WS.match(text, end).end()
+            pos = _ws(text, end).end()
             if text.startswith(",", pos):
-                pos = _WS.match(text, pos + 1).end()
+                pos = _ws(text, pos + 1).end()
                 continue
             if text.startswith("}", pos):
                 return members, pos + 1
@@ -90,7 +90,7 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
             return insert_member(text, path, value, not top), None, True
         if len(path) == 1 and ((if_present == "keep" and not blank(top[path[0]])) or top[path[0]] == value):
             return text, top[path[0]], False
-    pos = _WS.match(text).end()
+    pos = _ws(text).end()
     for depth, key in enumerate(path):
         members, end = scan_object(text, pos)
         same = [m for m in members if m.key == key]
@@ -145,6 +145,7 @@ def merge_member(text: str | None, key: str, value: str, if_present: str, max_en
     if not isinstance(doc, dict):
         raise RewriteError(f"the client's {what} is not a JSON object; kept as sent")
     if key not in doc and max_entries is not None and len(doc) >= max_entries:
-        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept as sent")
+        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept "
+                           "as sent")
     new, _, changed = set_field(text, (key,), value, if_present, doc)
     return new, changed

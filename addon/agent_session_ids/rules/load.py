@@ -29,7 +29,8 @@ def active_rules(rules: list[Rule], enable: str = "") -> list[Rule]:
         if name not in by_name:
             off = sorted(r.name for r in rules if not r.enabled)
             raise RuleError(ENABLE_OPTION, 0, f"no rule is named {name!r}; the rules that ship off are: "
-                                              f"{', '.join(off) or 'none'} (write name or name@host, separated by commas)")
+                                              f"{', '.join(off) or 'none'} (write name or name@host, "
+                                              "separated by commas)")
         names = hosts.setdefault(name, [])
         if host:
             host = host.lower()
@@ -82,7 +83,8 @@ def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
     """Load every *.yaml / *.yml file of a folder, in name order. Raises RuleError."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise RuleError(str(folder), 0, "the rules folder does not exist; point session_rules at a folder of *.yaml rule files")
+        raise RuleError(str(folder), 0, "the rules folder does not exist; point session_rules at a folder of *.yaml "
+                                        "rule files")
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for file in sorted(folder.iterdir()):
@@ -95,7 +97,8 @@ def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
         for rule in parse_rules(text, str(file)):
             if rule.name in seen:
                 other = seen[rule.name]
-                raise RuleError(rule.file, rule.line, f"rule name '{rule.name}' is already used at {other.file}:{other.line}; names must be unique")
+                raise RuleError(rule.file, rule.line, f"rule name '{rule.name}' is already used at "
+                                                      f"{other.file}:{other.line}; names must be unique")
             seen[rule.name] = rule
             rules.append(rule)
     return rules

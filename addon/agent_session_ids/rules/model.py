@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from .. import jsontext
-
 
 # Template fields a value may use, with what they mean (also the README's list).
 FIELDS: dict[str, str] = {
@@ -51,7 +51,7 @@ class Match:
     hosts: tuple[str, ...]  # lower-case; "*.example.com" matches subdomains only
     path: re.Pattern[str] | None  # searched in the path without its query
     methods: frozenset[str]  # empty: any method
-    filter: object | None  # a compiled mitmproxy filter, or None
+    filter: Callable[..., bool] | None  # a compiled mitmproxy filter, or None
     filter_source: str | None
 
     def __post_init__(self) -> None:
