@@ -1,6 +1,6 @@
 """The process behind each client connection: looked up once when it connects, off the event
 loop, and awaited by its requests. An adapter between mitmproxy's connections and
-resolution/visibility.py (which reads /proc and netlink)."""
+resolution/visibility.py (which asks resolution/proc, the reader of /proc and netlink)."""
 
 from __future__ import annotations
 

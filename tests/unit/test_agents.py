@@ -216,7 +216,7 @@ def test_claude_session_resolves_from_its_header_before_its_file(tmp_path):
 
 
 def test_qwen_parts_and_injected_reminders_match_the_request():
-    from agent_session_ids.resolution.conversation import from_body
+    from reference_conversation import from_body
 
     request = {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": [
         {"type": "text", "text": "<system-reminder>\nfiles...\n</system-reminder>"},

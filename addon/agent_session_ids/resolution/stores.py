@@ -16,7 +16,8 @@ import time
 from . import mounts
 from .agents import AgentProfile, SessionFolder, StoreSpec, root_paths, session_folders
 from .files import read_regular
-from .jsonl_store import JsonlStore, _parse_time, clean_name
+from .jsonl_file import clean_name, parse_time
+from .jsonl_store import JsonlStore
 from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
@@ -315,4 +316,4 @@ def _listdir(path: str) -> list[str]:
 def _ms(value) -> float:
     if isinstance(value, (int, float)):
         return value / 1000.0 if value > 1e11 else float(value)
-    return _parse_time(value) or 0.0
+    return parse_time(value) or 0.0
