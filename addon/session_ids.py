@@ -15,5 +15,6 @@ for _name in [m for m in sys.modules if m == "agent_session_ids" or m.startswith
     del sys.modules[_name]
 
 from agent_session_ids.addon import SessionIds  # noqa: E402
+from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
-addons = [SessionIds()]
+addons = [SessionIds(), UsageLedger()]  # as mitmproxy lists its own: one feature, one addon

@@ -6,8 +6,10 @@ import pytest
 
 # The tests import the addon's package straight from the checkout, as `mitmdump -s` does.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "addon"))
-# ...and the unit tests share small helpers between their modules.
+# ...and the unit tests share small helpers between their modules; the helpers every test uses
+# (the harness, the gateway stand-in, the fake agent, real clients) live in tests/support.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 # --------------------------------------------------------------------------- skips are visible in CI
 #

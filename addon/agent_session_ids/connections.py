@@ -1,6 +1,6 @@
 """The process behind each client connection: looked up once when it connects, off the event
 loop, and awaited by its requests. An adapter between mitmproxy's connections and
-resolution/visibility.py (which reads /proc and netlink)."""
+resolution/visibility.py (which asks resolution/proc, the reader of /proc and netlink)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from .resolution import visibility
-from .resolution.model import Process
-from .resolution.pipeline import Seen
+from .resolution.model import Process, Seen
 
 # The process lookup's wait; past it the request is resolved without the process. Generous: a
 # loaded 2-core machine must not lose the process of a request.

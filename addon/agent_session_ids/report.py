@@ -1,8 +1,8 @@
-"""`python -m agent_session_ids.report`: the usage report (see usage/report.py)."""
+"""`python -m agent_session_ids.report`: the usage report (cli/report.py)."""
 
 import sys
 
-from .usage.report import run as main
+from .cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,5 +4,6 @@
 """
 
 from agent_session_ids.addon import SessionIds
+from agent_session_ids.usage.addon import UsageLedger
 
-addons = [SessionIds()]
+addons = [SessionIds(), UsageLedger()]  # as mitmproxy lists its own: one feature, one addon

@@ -12,8 +12,8 @@ It prints numbers; it asserts nothing (the targets of issue 5 are shown next to 
 
 Set-up
 ------
-Two real mitmdumps on 127.0.0.1 (``tests/harness.py``'s ``Mitmdump``), both running the gateway
-stand-in (``tests/gateway_standin.py``, with its log off) and ``bench_probe.py`` (a few counters):
+Two real mitmdumps on 127.0.0.1 (``tests/support/harness.py``'s ``Mitmdump``), both running the gateway
+stand-in (``tests/support/gateway_standin.py``, with its log off) and ``bench_probe.py`` (a few counters):
 
 - **A = addon**: ``-s addon/session_ids.py`` with the shipped rules, then the probe and stand-in;
 - **B = plain**: only the probe and the stand-in.
@@ -41,7 +41,7 @@ Phases (``--phases``, default all)
 - ``newconn``: one client opening a new connection per request (TCP + CONNECT + TLS + one 8 KB
   request), with no extra processes and with ``--procs`` (1,000) extra idle ``sleep``
   processes of this user started for it (and killed after). Also times the addon's own
-  ``process.lookup`` in this process, split into its steps.
+  ``proc.lookup`` in this process, split into its steps.
 - ``memory``: ``--mem-requests`` (100,000) requests across ``--mem-sessions`` (10,000) distinct
   sessions (the ``files`` folder's files; each request continues another one), by waves of
   fresh client processes (so ended processes must be forgotten), addon proxy only.
@@ -79,7 +79,7 @@ What the numbers mean
 - ``newconn added``: p50/p99 of (new connection + first request) through A minus through B, in
   ms; ``beyond warm`` subtracts the warm ``added p50``: the cost of the process lookup as the
   client sees it. Target ≤ 2 ms with 1,000 processes.
-- ``lookup direct``: median time of ``process.lookup`` called in this process for one of its
+- ``lookup direct``: median time of ``proc.lookup`` called in this process for one of its
   own loopback connections, and of its steps (``/proc/net/tcp`` scan, ``/proc/*/fd`` scan,
   reading the process).
 - ``peak RSS``: VmHWM of each mitmdump process (after the phase); ``memory``: VmRSS of A after
@@ -105,7 +105,6 @@ import os
 import random
 import re
 import shutil
-
 import socket
 import ssl
 import statistics
@@ -120,7 +119,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 ADDON = REPO / "addon" / "session_ids.py"
-STANDIN = REPO / "tests" / "gateway_standin.py"
+STANDIN = REPO / "tests" / "support" / "gateway_standin.py"
 PROBE = HERE / "bench_probe.py"
 CHAT_PATH = "/api/v1/chat/completions"
 HOST = "openrouter.ai"
@@ -667,7 +666,7 @@ class Bench:
 
     # -- proxies
     def start(self) -> None:
-        sys.path.insert(0, str(REPO / "tests"))
+        sys.path.insert(0, str(REPO / "tests" / "support"))
         import harness  # noqa: PLC0415
 
         _addon_process_module()  # the same version of the code as the proxies load now
@@ -1102,14 +1101,14 @@ def _addon_process_module():
     if str(REPO / "addon") not in sys.path:
         sys.path.insert(0, str(REPO / "addon"))
     try:
-        from agent_session_ids.resolution import process  # noqa: PLC0415
+        from agent_session_ids.resolution import proc  # noqa: PLC0415
     except Exception as e:  # noqa: BLE001
         return e
-    return process
+    return proc
 
 
 def lookup_direct(n: int = 30) -> dict:
-    """Time the addon's process.lookup (and its steps) for a loopback connection of this process
+    """Time the addon's proc.lookup (and its steps) for a loopback connection of this process
     (the module is imported when the proxies start, so it is the code they run)."""
     P = _addon_process_module()
     if isinstance(P, Exception):
@@ -1121,29 +1120,24 @@ def lookup_direct(n: int = 30) -> dict:
     conn, _ = srv.accept()
     peer, local = conn.getpeername(), conn.getsockname()
     times = collections.defaultdict(list)
-    # the step functions are internals of the addon: tolerate renames
-    pids_fn = getattr(P, "pids_of_socket", None) or getattr(P, "pid_of_socket", None)
+    table = P.default_table  # the steps are the table's, as the proxies call them
     ok = False
     try:
-        cache = getattr(P, "_recent_pids", None)  # the addon's cache of recent owners, if it has one
-        if isinstance(cache, list):
-            cache.clear()
-            t0 = time.perf_counter()
-            P.lookup(peer, local)
-            times["lookup_uncached"].append((time.perf_counter() - t0) * 1000)
+        table.recent.pids.clear()  # no recent owners: the search from the newest pid down
+        t0 = time.perf_counter()
+        table.lookup(peer, local)
+        times["lookup_uncached"].append((time.perf_counter() - t0) * 1000)
         for _ in range(n):
             t0 = time.perf_counter()
-            owner = P.socket_owner(peer, local)
+            owner = table.socket_owner(peer, local)
             t1 = time.perf_counter()
-            pid = pids_fn(*owner) if owner and pids_fn else None
-            if isinstance(pid, (list, tuple)):
-                pid = pid[0] if pid else None
+            pid = min(table.holders(*owner), default=None) if owner else None
             t2 = time.perf_counter()
-            proc = P.read_process(pid) if pid else None
+            proc = table.read_process(pid) if pid else None
             t3 = time.perf_counter()
             ok = proc is not None and proc.pid == os.getpid()
             t4 = time.perf_counter()
-            P.lookup(peer, local)
+            table.lookup(peer, local)
             t5 = time.perf_counter()
             for k, v in (("socket_owner", t1 - t0), ("pid_of_socket", t2 - t1), ("read_process", t3 - t2),
                          ("lookup", t5 - t4)):

@@ -34,14 +34,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT / "addon"), str(Path(__file__).resolve().parent), str(ROOT / "tests" / "support")]
 
+import bench  # noqa: E402
 from mitmproxy import http  # noqa: E402
 from mitmproxy.test import taddons, tflow  # noqa: E402
 
-import bench  # noqa: E402
 from agent_session_ids.addon import SessionIds  # noqa: E402
-from agent_session_ids.resolution import process  # noqa: E402
+from agent_session_ids.resolution.proc import read_process  # noqa: E402
+from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
 ANSWER = json.dumps({
     "id": "gen-1", "provider": "Anthropic", "model": bench.MODEL, "object": "chat.completion",
@@ -60,18 +61,21 @@ def new_flow(client, body: bytes) -> http.HTTPFlow:
     return f
 
 
-async def run(addon: SessionIds | None, client, body: bytes, n: int, append: str | None) -> float:
+async def run(addons: tuple[SessionIds, UsageLedger] | None, client, body: bytes, n: int, append: str | None) -> float:
+    """µs per request: each hook of each addon, in the order mitmproxy calls them."""
     answer_headers = {"content-type": "application/json"}
     t0 = time.perf_counter()
     for k in range(n):
         f = new_flow(client, body)
-        if addon is not None:
-            await addon.requestheaders(f)
-            await addon.request(f)
+        if addons is not None:
+            session_ids, ledger = addons
+            await session_ids.requestheaders(f)
+            await session_ids.request(f)
         f.response = http.Response.make(200, ANSWER, answer_headers)
-        if addon is not None:
-            addon.responseheaders(f)
-            addon.response(f)
+        if addons is not None:
+            ledger.responseheaders(f)
+            session_ids.response(f)
+            ledger.response(f)
         if append:  # as pi does after each answer
             bench._append_answer(append, k)
     return (time.perf_counter() - t0) / n * 1e6
@@ -80,14 +84,15 @@ async def run(addon: SessionIds | None, client, body: bytes, n: int, append: str
 async def main_async(args) -> None:
     tmp = Path(os.environ["ASI_HOOKS_STORE"])
     store = json.loads((tmp / "store.json").read_text())
-    addon = SessionIds()
-    with taddons.context(addon) as tctx:
+    addon, ledger = SessionIds(), UsageLedger()
+    addons = (addon, ledger)
+    with taddons.context(addon, ledger) as tctx:
         tctx.configure(addon, session_rules=str(ROOT / "rules"), session_state_file=str(tmp / "state.json"), session_usage_file=str(tmp / "usage.jsonl"),
                        session_usage=not args.no_usage)
         addon.running()
         bench._set_comm(b"pi")
         connection = socket.socketpair()  # the client's socket: this process holds it
-        proc = dataclasses.replace(process.read_process(os.getpid()),
+        proc = dataclasses.replace(read_process(os.getpid()),
                                    inode=os.fstat(connection[0].fileno()).st_ino)
         client = tflow.tclient_conn()
         fut = asyncio.get_running_loop().create_future()
@@ -96,7 +101,7 @@ async def main_async(args) -> None:
         first = bench.first_text(0)
         for size in args.sizes:
             body = bench.make_body(bench.body_template(bench.BODY_SIZES[size]), first)
-            await run(addon, client, body, 50, None)  # warm: the store read, the memo confirmed
+            await run(addons, client, body, 50, None)  # warm: the store read, the memo confirmed
             probe = new_flow(client, body)
             await addon.request(probe)
             sid = json.loads(probe.request.content).get("session_id")
@@ -106,11 +111,11 @@ async def main_async(args) -> None:
                 base = await run(None, client, body, args.n, None)
                 prof = cProfile.Profile()
                 prof.enable()
-                with_addon = await run(addon, client, body, args.n, append)
+                with_addon = await run(addons, client, body, args.n, append)
                 prof.disable()
             else:  # the best of --repeat runs of each: the least disturbed by the rest of the machine
                 base = min([await run(None, client, body, args.n, None) for _ in range(args.repeat)])
-                with_addon = min([await run(addon, client, body, args.n, append) for _ in range(args.repeat)])
+                with_addon = min([await run(addons, client, body, args.n, append) for _ in range(args.repeat)])
             print(f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
                   f"the addon {with_addon - base:6.1f} µs per request")
             if args.profile == size:
@@ -120,6 +125,7 @@ async def main_async(args) -> None:
                 else:
                     stats.print_stats(args.top)
         addon.done()
+        ledger.done()
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import argparse
 import http.client
 import json
 import multiprocessing
-import os
 import socket
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 # Every flow goes to the upstream, from `requestheaders` on (a streamed request body leaves before
 # `request`); the Host header stays the gateway's, so the addon's rules match as with the real one.

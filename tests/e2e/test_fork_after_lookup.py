@@ -1,6 +1,6 @@
 """Issue 9, defect 7: a fork after the lookup, through a real mitmdump.
 
-A pi-like client (tests/fake_agent.py's request helpers) in folder A sends one request continuing
+A pi-like client (tests/support/fake_agent.py's request helpers) in folder A sends one request continuing
 session A and reads the answer: the addon has looked its process up by then, since it waits for
 the lookup before it forwards a request. Only then the client forks. The child goes to folder B and
 sends, on the same connection, a request that continues session B:
@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+if str(TESTS / "support") not in sys.path:
+    sys.path.insert(0, str(TESTS / "support"))
 
 import fake_agent  # noqa: E402
 

@@ -219,7 +219,8 @@ def test_cloudflare_merges_through_both_passes_of_a_chunked_request(proxy):
     ('{"session": "my-run-5", "team": "AI"}', None),  # the client's own session: it is the session
     ('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already, the most the gateway keeps; kept as sent"),
     ("team=AI", "is not a JSON object; kept as sent"),
-    ('{"session": "my own session", "team": "AI"}', "the client sent its own session in header cf-aig-metadata (session)"),
+    ('{"session": "my own session", "team": "AI"}', "the client sent its own session in header cf-aig-metadata "
+                                                    "(session)"),
 ], ids=["own-session", "five-entries", "not-json", "own-session-no-usable-id"])
 def test_cloudflare_never_writes_over_the_clients_metadata(proxy, theirs, why):
     record, sent, body = send(proxy, *CLOUDFLARE, f"cf-keep-{theirs}", [("cf-aig-metadata", theirs)])

@@ -22,7 +22,7 @@ from harness import Mitmdump
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 ADDON = str(ROOT / "addon" / "session_ids.py")
-FAKE_AGENT = str(TESTS / "fake_agent.py")
+FAKE_AGENT = str(TESTS / "support" / "fake_agent.py")
 pytestmark = pytest.mark.e2e
 
 IDLE_S = 5.0

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import Mitmdump, header
 from agent_session_ids.rules import active_rules, load_rules_dir
+from harness import Mitmdump, header
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +163,7 @@ def test_a_script_reload_reloads_the_helper_modules_too(tmp_path):
     with Mitmdump(scripts=[entry, harness.STANDIN_SCRIPT]) as proxy:
         one_request(proxy)
         assert proxy.requests()[-1]["comment"].startswith("session ")
-        display = copy / "addon" / "agent_session_ids" / "display.py"
+        display = copy / "addon" / "agent_session_ids" / "view" / "display.py"
         source = display.read_text()
         assert 'text = f"session {' in source
         # both edits are dated well after the first load instead of waiting for the clock: Python's

@@ -14,8 +14,8 @@ import pytest
 
 import harness
 import odd_requests
-from harness import Mitmdump
 from agent_session_ids.rules import load_rules_dir
+from harness import Mitmdump
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

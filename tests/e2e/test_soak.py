@@ -1,4 +1,4 @@
-"""Issue 4, load and soak: N agent-like processes (tests/fake_agent.py, each one looks like pi),
+"""Issue 4, load and soak: N agent-like processes (tests/support/fake_agent.py, each one looks like pi),
 each in its own cwd with its own pi session files (some in pairs sharing a cwd), each sending M
 requests over new and kept-alive connections through one real mitmdump running the addon.
 
@@ -24,11 +24,12 @@ import harness
 from harness import Mitmdump, header
 
 TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+if str(TESTS / "support") not in sys.path:
+    sys.path.insert(0, str(TESTS / "support"))
+
+from test_trust import ADDON, finish, run_agent, sent_session_id, standin_records  # noqa: E402
 
 import fake_agent  # noqa: E402
-from test_trust import ADDON, finish, run_agent, sent_session_id, standin_records  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 

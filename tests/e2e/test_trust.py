@@ -1,8 +1,8 @@
 """Issue 4: try to break the addon. Bad input, hostile names, hostile stores, process races, crashes
 and secrets, each against a real mitmdump running the addon in front of the gateway stand-in.
 
-Clients are real processes: tests/fake_agent.py looks like pi (its /proc comm reads `pi`) and
-continues a pi session written with fake_agent.write_pi_session; tests/odd_requests.py sends a
+Clients are real processes: tests/support/fake_agent.py looks like pi (its /proc comm reads `pi`) and
+continues a pi session written with fake_agent.write_pi_session; tests/support/odd_requests.py sends a
 corpus of odd requests byte for byte (from this test process, which is not an agent).
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -31,8 +31,8 @@ import harness
 from harness import Mitmdump, header
 
 TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+if str(TESTS / "support") not in sys.path:
+    sys.path.insert(0, str(TESTS / "support"))
 
 import fake_agent  # noqa: E402
 import odd_requests  # noqa: E402
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = str(ROOT / "addon" / "session_ids.py")
-FAKE_AGENT = str(TESTS / "fake_agent.py")
+FAKE_AGENT = str(TESTS / "support" / "fake_agent.py")
 OPENROUTER = "https://openrouter.ai/api/v1/chat/completions"
 OPENCODE = "https://opencode.ai/zen/v1/chat/completions"
 OPPER = "https://api.opper.ai/v3/compat/chat/completions"
@@ -80,7 +80,7 @@ def agent_env(home: Path | str, **extra) -> dict:
 
 
 def run_agent(proxy: Mitmdump, home, cwd, python=None, env_extra=None, wait=True, **cfg):
-    """Run tests/fake_agent.py as a pi-like process in `cwd` with HOME=`home`."""
+    """Run tests/support/fake_agent.py as a pi-like process in `cwd` with HOME=`home`."""
     cfg.setdefault("proxy", proxy.proxy_url)
     cfg.setdefault("ca", str(proxy.ca_cert))
     cfg.setdefault("timeout", CLIENT_TIMEOUT)

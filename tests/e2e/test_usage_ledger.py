@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import threading
 import time
 from pathlib import Path
 

@@ -256,7 +256,7 @@ def test_a_replayed_flow_is_sent_as_recorded_and_touches_no_live_state(tmp_path)
         before = f.request.get_state()
         await addon.requestheaders(f)
         await addon.request(f)
-        return f, before, dict(addon.connections.lookups), dict(addon._live), dict(addon.pipeline.resolver.on)
+        return f, before, dict(addon.connections.lookups), dict(addon.live.sessions), dict(addon.runner.finder.resolver.on)
 
     f, before, lookups, live, on = run(with_addon(tmp_path, go))
     assert f.request.get_state() == before

@@ -207,16 +207,16 @@ def test_claude_session_resolves_from_its_header_before_its_file(tmp_path):
     cwd = "/w"
     p = proc(tmp_path, cwd, comm="claude")
     stores, r = Stores(), Resolver()
-    first = r.resolve("claude", p, None, stores.candidates(agents.CLAUDE, p, U2, None, []), 1.0, U2, "header x")
+    first = r.for_process("claude", p, None, stores.candidates(agents.CLAUDE, p, U2, None, []), 1.0, U2, "header x")
     path = claude_tree(tmp_path, cwd)
-    second = r.resolve("claude", p, None, stores.candidates(agents.CLAUDE, p, U2, None, []), 2.0, U2, "header x")
+    second = r.for_process("claude", p, None, stores.candidates(agents.CLAUDE, p, U2, None, []), 2.0, U2, "header x")
     assert first.id == second.id == U2 and second.file == str(path) and second.label == "second-title-" + U2[-8:]
     assert first.trace_uuid == second.trace_uuid
     os.unlink(path)
 
 
 def test_qwen_parts_and_injected_reminders_match_the_request():
-    from agent_session_ids.resolution.conversation import from_body
+    from reference_conversation import from_body
 
     request = {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": [
         {"type": "text", "text": "<system-reminder>\nfiles...\n</system-reminder>"},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from agent_session_ids.apply import apply_rules
-from agent_session_ids.body import read_body
 from agent_session_ids.resolution.model import Session
+from agent_session_ids.rewrite.apply import apply_rules
+from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rules import parse_rules
 
 RULES = parse_rules("""

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent_session_ids.body import BodyError, Elided, read_body
-from agent_session_ids.resolution.conversation import from_body
+from agent_session_ids.rewrite.body import BodyError, Elided, read_body
+from reference_conversation import from_body
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), TEXT)

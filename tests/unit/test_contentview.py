@@ -11,7 +11,7 @@ import pytest
 from mitmproxy import contentviews
 from mitmproxy.test import taddons, tflow
 
-from agent_session_ids import contentview as cv
+from agent_session_ids.view import contentview as cv
 
 LABEL = "fix-login-bug-4f2a9c1d"
 SESSION_ID = "0198c2d0-7b1e-7c3a-9f00-5e6d4f2a9c1d"

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent_session_ids.resolution import agents
-from agent_session_ids.resolution.id_index import (
-    HOT, RECHECK_S, SAFE_SESSION_ID, IdHit, IdIndex, is_safe_session_id, store_roots,
-)
+from agent_session_ids.resolution.id_index import HOT, RECHECK_S, IdHit, IdIndex, store_roots
+from agent_session_ids.resolution.ids import SAFE_ID, is_safe_id
 
 U1 = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
 U2 = "5f0c9a40-1b2c-4d3e-8f90-a1b2c3d4e5f6"
@@ -79,11 +78,11 @@ def pi_store(home: Path) -> Path:
 
 def test_safe_session_ids():
     for good in (U1, U1.upper(), "feature-x", "feature_x", "ses_01JABCDEF", "a", "v1.2:3", "x" * 128):
-        assert is_safe_session_id(good), good
-        assert SAFE_SESSION_ID.match(good)
+        assert is_safe_id(good), good
+        assert SAFE_ID.match(good)
     for bad in ("", "-x", ".x", "_x", "../x", "a/b", "a\\b", "a b", "a\nb", "a\n", "a\x00", "é", "x" * 129,
                 "connection-\u202e", None, 42, b"abc"):
-        assert not is_safe_session_id(bad), repr(bad)
+        assert not is_safe_id(bad), repr(bad)
 
 
 def test_store_roots_from_the_proxys_environment_and_extra_homes(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow, tutils
 
-from agent_session_ids.matching import RuleSet, gateway_host
 from agent_session_ids.rules import load_rules_dir
+from agent_session_ids.rules.matching import RuleSet, gateway_host
 
 RULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "rules")
 PATH = "/api/v1/chat/completions"

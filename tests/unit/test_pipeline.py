@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from agent_session_ids.resolution import ids
+from agent_session_ids.resolution import agents, ids
 from agent_session_ids.resolution.conversation import Conversation, fingerprint
-from agent_session_ids.resolution.model import Process
-from agent_session_ids.resolution.pipeline import Evidence, Pipeline, Seen, requested_id
-from agent_session_ids.resolution import agents
+from agent_session_ids.resolution.finder import SessionFinder, requested_id
+from agent_session_ids.resolution.model import Evidence, Process, Seen
 
 UNREADABLE = Seen(None, "another user's process (uid 65534)")
 OPENROUTER_FIELDS = (("body", "session_id"), ("header", "x-session-id"), ("body", "prompt_cache_key"))
@@ -36,7 +35,7 @@ def home(tmp_path):
 
 
 def pipeline(home, extra=()):
-    return Pipeline({"HOME": str(home)}, extra, recheck=lambda proc: proc)  # plain data: no /proc
+    return SessionFinder({"HOME": str(home)}, extra, recheck=lambda proc: proc)  # plain data: no /proc
 
 
 def ev(headers=None, body=None, first="hello", answers=0, conn="c1", fields=OPENROUTER_FIELDS):
@@ -46,24 +45,24 @@ def ev(headers=None, body=None, first="hello", answers=0, conn="c1", fields=OPEN
 
 def test_the_id_the_request_names_is_the_session_without_a_process(home):
     p = pipeline(home)
-    s1, _ = p.resolve(ev({"x-session-id": "0199aaaa-0000-7000-8000-000000000001"}), UNREADABLE, 1000.0)
+    s1, _ = p.find(ev({"x-session-id": "0199aaaa-0000-7000-8000-000000000001"}), UNREADABLE, 1000.0)
     assert s1.id == "0199aaaa-0000-7000-8000-000000000001" and not s1.fallback
     assert "another user's process" in s1.source
     # `pi -c` on another connection: the same id, the same trace UUID
-    s2, _ = p.resolve(ev({"x-session-id": s1.id}, conn="c2", answers=1), UNREADABLE, 1010.0)
+    s2, _ = p.find(ev({"x-session-id": s1.id}, conn="c2", answers=1), UNREADABLE, 1010.0)
     assert (s2.id, s2.trace_uuid) == (s1.id, s1.trace_uuid)
 
 
 def test_a_chosen_id_that_is_no_uuid_is_kept_exactly(home):
     p = pipeline(home)
-    s, _ = p.resolve(ev({"x-session-id": "feature-x"}), UNREADABLE, 1000.0)
+    s, _ = p.find(ev({"x-session-id": "feature-x"}), UNREADABLE, 1000.0)
     assert s.id == s.label == "feature-x"
 
 
 def test_the_store_by_id_gives_the_name_and_the_file_trace_without_a_process(home):
     path = write_pi_session(home, "/work/proj", "feature-x", name="Fix the parser")
     p = pipeline(home)
-    s, _ = p.resolve(ev({"x-session-id": "feature-x"}), UNREADABLE, 1000.0)
+    s, _ = p.find(ev({"x-session-id": "feature-x"}), UNREADABLE, 1000.0)
     assert s.file == str(path) and s.agent == "pi" and s.name == "Fix the parser"
     assert s.label == "fix-the-parser-featurex"
     assert s.trace_uuid == ids.trace_uuid(str(path))
@@ -72,54 +71,54 @@ def test_the_store_by_id_gives_the_name_and_the_file_trace_without_a_process(hom
 def test_extra_homes_are_searched(tmp_path):
     container_home = tmp_path / "container-home"
     path = write_pi_session(container_home, "/src", "0199aaaa-0000-7000-8000-0000000000c0")
-    s, _ = Pipeline({"HOME": str(tmp_path / "nobody")}, [str(container_home)]).resolve(
+    s, _ = SessionFinder({"HOME": str(tmp_path / "nobody")}, [str(container_home)]).find(
         ev({"x-session-id": "0199aaaa-0000-7000-8000-0000000000c0"}), UNREADABLE, 1000.0)
     assert s.file == str(path)
 
 
 def test_an_honoured_client_field_is_the_session_for_an_unknown_client(home):
     p = pipeline(home)
-    s, _ = p.resolve(ev(body={"session_id": "my-own"}), UNREADABLE, 1000.0)
+    s, _ = p.find(ev(body={"session_id": "my-own"}), UNREADABLE, 1000.0)
     assert s.id == "my-own" and not s.fallback
     # hostile values are no ids: the conversation decides instead
-    s2, _ = p.resolve(ev(body={"session_id": "../../etc/passwd"}), UNREADABLE, 1000.0)
+    s2, _ = p.find(ev(body={"session_id": "../../etc/passwd"}), UNREADABLE, 1000.0)
     assert s2.id != "../../etc/passwd"
 
 
 def test_the_conversation_finds_a_continued_session_across_cwd_folders_without_a_process(home):
     write_pi_session(home, "/a", "0199aaaa-0000-7000-8000-00000000000a", first="other question")
     path = write_pi_session(home, "/b", "0199aaaa-0000-7000-8000-00000000000b", first="fix the tests", answers=2)
-    s, _ = pipeline(home).resolve(ev(first="fix the tests", answers=2), UNREADABLE, 1000.0)
+    s, _ = pipeline(home).find(ev(first="fix the tests", answers=2), UNREADABLE, 1000.0)
     assert s.file == str(path) and s.id == "0199aaaa-0000-7000-8000-00000000000b" and s.agent == "pi"
 
 
 def test_a_new_session_without_a_process_keeps_its_minted_id_once_its_file_appears(home):
     p = pipeline(home)
-    first, _ = p.resolve(ev(first="write a poem"), UNREADABLE, 1000.0)
+    first, _ = p.find(ev(first="write a poem"), UNREADABLE, 1000.0)
     assert first.id.startswith("ephemeral-")
-    again, _ = p.resolve(ev(first="write a poem", conn="c2"), UNREADABLE, 1001.0)
+    again, _ = p.find(ev(first="write a poem", conn="c2"), UNREADABLE, 1001.0)
     assert again.id == first.id  # a retry of the first request
     path = write_pi_session(home, "/poems", "0199aaaa-0000-7000-8000-0000000000ee", first="write a poem")
-    later, _ = p.resolve(ev(first="write a poem", answers=1, conn="c3"), UNREADABLE, 1002.0)
+    later, _ = p.find(ev(first="write a poem", answers=1, conn="c3"), UNREADABLE, 1002.0)
     assert (later.id, later.trace_uuid, later.file) == (first.id, first.trace_uuid, str(path))
     # `pi -c` much later, on a fresh proxy that loaded the saved state
     restarted = pipeline(home)
     restarted.resolver.load_state(p.resolver.export_state())
-    cont, _ = restarted.resolve(ev(first="write a poem", answers=3, conn="c4"), UNREADABLE, 90_000.0)
+    cont, _ = restarted.find(ev(first="write a poem", answers=3, conn="c4"), UNREADABLE, 90_000.0)
     assert (cont.id, cont.trace_uuid) == (first.id, first.trace_uuid)
 
 
 def test_the_connection_fallback_is_the_last_resort(home):
-    s, _ = pipeline(home).resolve(ev(first=None), UNREADABLE, 1000.0)
+    s, _ = pipeline(home).find(ev(first=None), UNREADABLE, 1000.0)
     assert s.fallback and s.id.startswith("connection-") and "names no session" in s.source
 
 
 def test_a_readable_program_that_is_no_agent_gets_its_process_fallback_unless_it_names_a_session(home):
     curl = Process(pid=4242, start_ticks=7, started_at=900.0, boot_id="b", uid=0, cwd="/", comm="curl", exe="/usr/bin/curl")
     p = pipeline(home)
-    s, _ = p.resolve(ev(), Seen(curl), 1000.0)
+    s, _ = p.find(ev(), Seen(curl), 1000.0)
     assert s.fallback and s.id.startswith("process-4242-")
-    named, _ = p.resolve(ev({"x-session-id": "abc-1"}), Seen(curl), 1000.0)
+    named, _ = p.find(ev({"x-session-id": "abc-1"}), Seen(curl), 1000.0)
     assert named.id == "abc-1" and not named.fallback
 
 
@@ -200,10 +199,10 @@ def test_the_memo_never_changes_a_decision(home, seed):
         # mostly the same conversation again on the same connection, as agents do
         first = firsts[p % len(firsts)] if rng.random() < 0.7 else rng.choice(firsts)
         e = ev(headers, first=first, answers=rng.randrange(3), conn=f"c{p}")
-        before = dict(with_memo._memos)
-        a, _ = with_memo.resolve(e, Seen(procs[p]), now)
-        b, _ = without.resolve(e, Seen(procs[p]), now)
-        hits += before.get(f"c{p}") is not None and with_memo._memos.get(f"c{p}") is not None \
+        before = dict(with_memo._memo._entries)
+        a, _ = with_memo.find(e, Seen(procs[p]), now)
+        b, _ = without.find(e, Seen(procs[p]), now)
+        hits += before.get(f"c{p}") is not None and with_memo._memo._entries.get(f"c{p}") is not None \
             and before[f"c{p}"].session is a
         _same_decision(a, b, minted, step)
     assert hits >= 1  # the memo was used, not only checked
@@ -246,10 +245,10 @@ def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
         first = firsts[c % len(firsts)] if rng.random() < 0.9 else rng.choice(firsts + ["new turn"])
         answers = 0 if rng.random() < 0.03 else rng.randrange(1, 4)  # now and then a first request
         e = ev(first=first, answers=answers, conn=f"c{c}")
-        before = dict(with_memo._memos)
+        before = dict(with_memo._memo._entries)
         served = with_memo.unseen_from_memo(e, UNREADABLE)
-        a = served or with_memo.resolve(e, UNREADABLE, now)[0]
-        b, _ = without.resolve(e, UNREADABLE, now)
+        a = served or with_memo.find(e, UNREADABLE, now)[0]
+        b, _ = without.find(e, UNREADABLE, now)
         hits += served is not None and before.get(f"c{c}") is not None
         _same_decision(a, b, minted, step)
     assert hits >= 1  # the memo was used, not only checked
@@ -264,12 +263,12 @@ def test_the_memo_serves_a_continued_conversation_and_sees_a_new_name(home, monk
     decisions = []
     monkeypatch.setattr(p, "_decide", lambda *a, _d=p._decide: decisions.append(1) or _d(*a))
     for turn in range(1, 6):  # pi appends each answer to the file: the memo must still serve
-        s, _ = p.resolve(ev(first="go on", answers=turn), Seen(proc), 2000.0 + turn)
+        s, _ = p.find(ev(first="go on", answers=turn), Seen(proc), 2000.0 + turn)
         assert s.file == str(path) and s.label == s.id
         _append(path, {"type": "message", "message": {"role": "assistant", "content": "a"}})
     assert len(decisions) == 3  # decided, settled on the process binding, confirmed; then the memo
     _append(path, {"type": "session_info", "name": "Renamed"})
-    s, _ = p.resolve(ev(first="go on", answers=6), Seen(proc), 2010.0)
+    s, _ = p.find(ev(first="go on", answers=6), Seen(proc), 2010.0)
     assert s.name == "Renamed" and s.label == "renamed-000000aa" and len(decisions) == 4
 
 
@@ -278,8 +277,8 @@ def test_a_request_of_an_unseen_process_is_served_from_the_memo(home):
     p = pipeline(home)
     e = ev({"x-session-id": "feature-y"}, answers=1)
     assert p.unseen_from_memo(e, UNREADABLE) is None  # nothing decided yet
-    first, _ = p.resolve(e, UNREADABLE, 1000.0)
-    again, _ = p.resolve(e, UNREADABLE, 1001.0)  # confirmed
+    first, _ = p.find(e, UNREADABLE, 1000.0)
+    again, _ = p.find(e, UNREADABLE, 1001.0)  # confirmed
     assert first == again and first.file == str(path)
     assert p.unseen_from_memo(e, UNREADABLE) == first
     # another id named on the connection: not the memo's

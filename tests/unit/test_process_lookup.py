@@ -1,4 +1,4 @@
-"""Issue 9, defects 7 and 9: the process lookup (resolution/process.py) after a fork, from several
+"""Issue 9, defects 7 and 9: the process lookup (resolution/proc/) after a fork, from several
 threads at once, and when netlink times out or answers with an error.
 
 Real sockets on 127.0.0.1 and real processes where the adapter must be tested for real; plain bytes
@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from agent_session_ids.resolution import process
+from agent_session_ids.resolution import proc
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the process lookup reads Linux /proc")
 
@@ -93,7 +93,7 @@ class Holder:
 
     def lookup(self, conn=None, peer=None):
         conn, peer = conn or self.conn, peer or self.peer
-        return process.lookup(peer, conn.getsockname())
+        return proc.lookup(peer, conn.getsockname())
 
     def close(self):
         for kid in self.kids:
@@ -121,37 +121,37 @@ def holder():
 def test_nothing_changed_gives_the_same_snapshot(holder):
     found = holder.lookup()
     assert found is not None and found.pid == holder.proc.pid and not found.shared
-    assert process.recheck(found) is found
-    assert process.recheck(found) is found
+    assert proc.recheck(found) is found
+    assert proc.recheck(found) is found
 
 
 def test_a_child_forked_after_the_lookup_makes_the_socket_shared(holder):
     found = holder.lookup()
     assert found is not None and found.pid == holder.proc.pid and not found.shared
     kid = holder.fork()
-    after = process.recheck(found)
+    after = proc.recheck(found)
     assert after is not None, "the parent still holds the socket"
     assert after.shared, f"child {kid} shares the socket with {found.pid}, but the recheck says {after}"
     assert after.pid == found.pid and after.key == found.key
-    assert process.recheck(after) is after  # nothing changed since
+    assert proc.recheck(after) is after  # nothing changed since
 
 
 def test_the_child_left_alone_with_the_socket_is_the_process_behind_it(holder):
     found = holder.lookup()
     kid = holder.fork()
     assert holder.do("close") == "closed"  # the parent goes on, without the socket
-    after = process.recheck(found)
+    after = proc.recheck(found)
     assert after is not None and after.pid == kid and not after.shared, after
-    assert process.recheck(after) is after
+    assert proc.recheck(after) is after
 
 
 def test_the_parent_is_alone_again_once_the_child_is_gone(holder):
     found = holder.lookup()
     holder.fork()
-    shared = process.recheck(found)
+    shared = proc.recheck(found)
     assert shared is not None and shared.shared
     assert holder.do("reap") == "reaped"
-    alone = process.recheck(shared)
+    alone = proc.recheck(shared)
     assert alone is not None and alone.pid == found.pid and not alone.shared
 
 
@@ -160,7 +160,7 @@ def test_the_child_of_a_parent_that_exited_is_found(holder):
     kid = holder.fork()
     holder.proc.kill()  # the parent dies; its child, reparented, keeps the socket
     holder.proc.wait()
-    after = process.recheck(found)
+    after = proc.recheck(found)
     assert after is not None and after.pid == kid and not after.shared, after
 
 
@@ -178,7 +178,7 @@ def test_a_snapshot_without_a_socket_is_rechecked_as_before(holder):
     found = holder.lookup()
     bare = dataclasses.replace(found, inode=0)
     holder.fork()
-    assert process.recheck(bare) is bare  # nothing to follow: only the program is checked
+    assert proc.recheck(bare) is bare  # nothing to follow: only the program is checked
 
 
 # --------------------------------------------------------------------------- defect 9: threads
@@ -201,9 +201,14 @@ class _ObservedLock:
         self._lock.release()
 
 
-def test_recent_owners_are_updated_safely_from_several_threads(monkeypatch):
+def pids_of_socket(table: proc.ProcessTable, inode: int, uid: int) -> list[int]:
+    """The processes of user `uid` that hold socket `inode`, lowest pid first."""
+    return sorted(table.holders(inode, uid))
+
+
+def test_recent_owners_are_updated_safely_from_several_threads():
     """Two lookups that find the same owner at once. Each waits for the other, at the owner's test
-    for membership and after its removal from the list, unless the other waits for the module's
+    for membership and after its removal from the list, unless the other waits for the table's
     lock or has finished. Unsafe code then removes the owner twice (ValueError) or lists it twice."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -211,7 +216,8 @@ def test_recent_owners_are_updated_safely_from_several_threads(monkeypatch):
     client = socket.create_connection(server.getsockname())
     conn, peer = server.accept()
     try:
-        inode, uid = process.socket_owner(peer, conn.getsockname())
+        table = proc.ProcessTable()
+        inode, uid = table.socket_owner(peer, conn.getsockname())
         cond = threading.Condition()
         arrived: dict[str, set[int]] = {}
         waited, finished = [], []
@@ -238,13 +244,13 @@ def test_recent_owners_are_updated_safely_from_several_threads(monkeypatch):
                 meet("removed")
 
         recent = Interleaved([os.getpid()])
-        monkeypatch.setattr(process, "_recent_pids", recent)
-        monkeypatch.setattr(process, "_recent_lock", _ObservedLock(lambda: note(waited)), raising=False)
+        table.recent.pids = recent
+        table.recent.lock = _ObservedLock(lambda: note(waited))
         results, errors = [], []
 
         def work():
             try:
-                results.append(process.pids_of_socket(inode, uid))
+                results.append(pids_of_socket(table, inode, uid))
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
             finally:
@@ -278,18 +284,18 @@ def _diag_reply(inode: int, uid: int) -> bytes:
 
 
 def test_the_netlink_reply_is_read_for_its_error_code():
-    assert process.parse_netlink_reply(_diag_reply(4242, 1000)) == (4242, 1000)
-    assert process.parse_netlink_reply(_error_reply(errno.ENOENT)) is None  # no such socket
+    assert proc.parse_netlink_reply(_diag_reply(4242, 1000)) == (4242, 1000)
+    assert proc.parse_netlink_reply(_error_reply(errno.ENOENT)) is None  # no such socket
     for err in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP):
-        with pytest.raises(process.NetlinkUnavailable) as e:
-            process.parse_netlink_reply(_error_reply(err))
+        with pytest.raises(proc.NetlinkUnavailable) as e:
+            proc.parse_netlink_reply(_error_reply(err))
         assert e.value.unusable, errno.errorcode[err]
-    with pytest.raises(process.NetlinkUnavailable) as e:
-        process.parse_netlink_reply(_error_reply(errno.ENOBUFS))
+    with pytest.raises(proc.NetlinkUnavailable) as e:
+        proc.parse_netlink_reply(_error_reply(errno.ENOBUFS))
     assert not e.value.unusable  # a passing shortage: try again next time
     for garbled in (b"", b"\0" * 15, struct.pack("=IHHII", 16, 99, 0, 1, 0)):
-        with pytest.raises(process.NetlinkUnavailable):
-            process.parse_netlink_reply(garbled)
+        with pytest.raises(proc.NetlinkUnavailable):
+            proc.parse_netlink_reply(garbled)
 
 
 class FakeNetlink:
@@ -332,75 +338,76 @@ def loopback():
 
 
 @pytest.fixture
-def fresh_netlink(monkeypatch):
-    """A netlink state of its own, and a clock the test moves."""
-    if hasattr(process, "_NetlinkHealth"):
-        monkeypatch.setattr(process, "_netlink", process._NetlinkHealth())
-    now = [1000.0]
-    monkeypatch.setattr(process, "_clock", lambda: now[0], raising=False)
-    monkeypatch.setattr(process, "_netlink_ok", True)
-    return now
+def now():
+    """The clock the netlink state reads, moved by the test."""
+    return [1000.0]
 
 
-def test_one_netlink_timeout_does_not_turn_netlink_off(monkeypatch, loopback, fresh_netlink):
+@pytest.fixture
+def table(now):
+    """A process table of its own (a fresh netlink state) on the test's clock."""
+    return proc.ProcessTable(clock=lambda: now[0])
+
+
+def test_one_netlink_timeout_does_not_turn_netlink_off(monkeypatch, loopback, table):
     peer, local, want = loopback
     fake = FakeNetlink(monkeypatch, TimeoutError("timed out"))
-    assert process.socket_owner(peer, local) == want  # from /proc/net this time
+    assert table.socket_owner(peer, local) == want  # from /proc/net this time
     assert fake.queries == 1
     fake.answer = None  # netlink answers again
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     fake.answer = _diag_reply(*want)
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     assert fake.queries == 2, "netlink was not asked again after one timeout"
 
 
-def test_netlink_pauses_after_timeouts_in_a_row_and_is_tried_again_later(monkeypatch, loopback, fresh_netlink):
+def test_netlink_pauses_after_timeouts_in_a_row_and_is_tried_again_later(monkeypatch, loopback, table, now):
     peer, local, want = loopback
     fake = FakeNetlink(monkeypatch, TimeoutError("timed out"))
-    for _ in range(process.NETLINK_FAILURES_BEFORE_PAUSE):
-        assert process.socket_owner(peer, local) == want
+    for _ in range(proc.NETLINK_FAILURES_BEFORE_PAUSE):
+        assert table.socket_owner(peer, local) == want
     asked = fake.queries
-    assert asked == process.NETLINK_FAILURES_BEFORE_PAUSE
-    assert process.socket_owner(peer, local) == want
+    assert asked == proc.NETLINK_FAILURES_BEFORE_PAUSE
+    assert table.socket_owner(peer, local) == want
     assert fake.queries == asked, "netlink was asked while paused"
-    fresh_netlink[0] += process.NETLINK_PAUSE_S + 1
+    now[0] += proc.NETLINK_PAUSE_S + 1
     fake.answer = _diag_reply(*want)
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     assert fake.queries == asked + 1, "netlink was never tried again"
     # the pause is bounded, however often it fails
     fake.answer = TimeoutError("timed out")
     for _ in range(40):
-        for _ in range(process.NETLINK_FAILURES_BEFORE_PAUSE):
-            process.socket_owner(peer, local)
-        fresh_netlink[0] += process.NETLINK_PAUSE_MAX_S + 1
+        for _ in range(proc.NETLINK_FAILURES_BEFORE_PAUSE):
+            table.socket_owner(peer, local)
+        now[0] += proc.NETLINK_PAUSE_MAX_S + 1
     asked = fake.queries
-    process.socket_owner(peer, local)
+    table.socket_owner(peer, local)
     assert fake.queries == asked + 1
 
 
 @pytest.mark.parametrize("err", [errno.EPERM, errno.EOPNOTSUPP])
-def test_a_netlink_error_falls_back_to_proc_net(monkeypatch, loopback, fresh_netlink, err):
+def test_a_netlink_error_falls_back_to_proc_net(monkeypatch, loopback, table, err):
     peer, local, want = loopback
     fake = FakeNetlink(monkeypatch, _error_reply(err))
-    assert process.socket_owner(peer, local) == want, f"netlink said {errno.errorcode[err]}: read /proc/net"
+    assert table.socket_owner(peer, local) == want, f"netlink said {errno.errorcode[err]}: read /proc/net"
     asked = fake.queries
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     assert fake.queries == asked, "netlink said it cannot be used here, and was asked again at once"
 
 
-def test_a_netlink_no_such_socket_is_believed_once_netlink_has_found_one(monkeypatch, loopback, fresh_netlink):
+def test_a_netlink_no_such_socket_is_believed_once_netlink_has_found_one(monkeypatch, loopback, table):
     peer, local, want = loopback
     fake = FakeNetlink(monkeypatch, _diag_reply(*want))
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     fake.answer = _error_reply(errno.ENOENT)
-    assert process.socket_owner(peer, local) is None  # no such socket: believed, /proc/net not read
+    assert table.socket_owner(peer, local) is None  # no such socket: believed, /proc/net not read
 
 
-def test_a_netlink_that_says_no_such_socket_for_a_real_one_is_not_believed(monkeypatch, loopback, fresh_netlink):
+def test_a_netlink_that_says_no_such_socket_for_a_real_one_is_not_believed(monkeypatch, loopback, table):
     """A kernel without the inet_diag module answers ENOENT to every query."""
     peer, local, want = loopback
     fake = FakeNetlink(monkeypatch, _error_reply(errno.ENOENT))
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     asked = fake.queries
-    assert process.socket_owner(peer, local) == want
+    assert table.socket_owner(peer, local) == want
     assert fake.queries == asked

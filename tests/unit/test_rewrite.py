@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_session_ids.body import read_body
 from agent_session_ids.rewrite import RewriteError, render, set_field
+from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rules import SetAction, parse_template
 
 

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from agent_session_ids.matching import RuleSet
 from agent_session_ids.rules import ClientField, RuleError, active_rules, load_rules_dir, parse_rules
+from agent_session_ids.rules.matching import RuleSet
 
 RULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "rules")
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,8 @@ def test_every_shipped_rule_file_passes_the_schema_and_the_addons_own_check(path
 def test_the_rules_that_ship_off_are_switched_on_by_the_option_with_their_host():
     rules = load_rules_dir(RULES_DIR)
     assert {r.name for r in active_rules(rules)} == ON
-    on = active_rules(rules, "litellm-session@litellm.example.internal, bifrost-session@a.internal,bifrost-session@B.internal")
+    on = active_rules(rules, "litellm-session@litellm.example.internal, "
+                             "bifrost-session@a.internal,bifrost-session@B.internal")
     assert {r.name for r in on} == ON | OFF
     by_name = {r.name: r for r in on}
     assert by_name["litellm-session"].match.hosts == ("litellm.example.internal",)

@@ -18,9 +18,7 @@ import yaml
 from mitmproxy.test import taddons
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
-from agent_session_ids.resolution.model import Session
 from agent_session_ids.rules import RuleError, load_rules_dir, parse_rules
-
 from test_addon import flow, run
 from test_rules import GOOD
 
@@ -172,9 +170,9 @@ def test_reload_swaps_good_rules_and_keeps_the_running_ones_on_a_bad_edit(tmp_pa
 
 
 def test_the_rules_folder_is_watched(tmp_path, monkeypatch):
-    from agent_session_ids import addon as addon_module
+    from agent_session_ids.rules import rulebook
 
-    monkeypatch.setattr(addon_module, "RULES_POLL_S", 0.05)
+    monkeypatch.setattr(rulebook, "POLL_S", 0.05)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.yaml").write_text(GOOD)

@@ -19,8 +19,8 @@ from agent_session_ids.resolution import ids, state
 from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
-from agent_session_ids.body import read_body
 from agent_session_ids.rewrite import RewriteError, blank, render, set_field
+from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rules import SetAction, parse_template
 
 # --------------------------------------------------------------------------- JSON text generators
@@ -317,8 +317,8 @@ def test_a_damaged_state_file_never_stops_the_addon(tmp_path, content, caplog):
     addon = SessionIds()
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
         tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES)
-        assert addon.pipeline.resolver.bound == {} and addon.pipeline.resolver.pending == {}
-        session = addon.pipeline.resolver.fallback("x", None, "conn", "test")
+        assert addon.runner.finder.resolver.bound == {} and addon.runner.finder.resolver.pending == {}
+        session = addon.runner.finder.resolver.fallback("x", None, "conn", "test")
         assert session.id.startswith("connection-")
     usable = content.startswith(b'{"version": 1, "bound": {')  # well-formed file, bad entries: dropped one by one
     warnings = [r.getMessage() for r in caplog.records if "state file" in r.getMessage()]

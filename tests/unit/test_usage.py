@@ -19,6 +19,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
 from agent_session_ids.usage import ledger, observer, parse, report
+from agent_session_ids.usage.addon import UsageLedger
 from agent_session_ids.usage.parse import Usage
 
 # -- realistic answers of each format --------------------------------------------------------------
@@ -653,10 +654,28 @@ def _answer(f, body: bytes, ctype="text/event-stream", headers=()):
     f.response = tutils.tresp(content=body, headers=[(b"content-type", ctype.encode()), *headers])
 
 
+class _Addons:
+    """SessionIds and UsageLedger as mitmproxy calls them: each hook on each addon, in order."""
+
+    def __init__(self, *addons) -> None:
+        self.addons = addons
+
+    def __getattr__(self, name):
+        def call(*args):
+            out = None
+            for addon in self.addons:
+                hook = getattr(addon, name, None)
+                result = hook(*args) if hook is not None else None
+                out = result if result is not None else out
+            return out
+        return call
+
+
 async def _with_addon(tmp_path, go, **options):
-    addon = SessionIds()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES, **options)
+    session_ids, usage_ledger = SessionIds(), UsageLedger()
+    with taddons.context(session_ids, usage_ledger) as tctx:
+        tctx.configure(session_ids, confdir=str(tmp_path), session_rules=DEFAULT_RULES, **options)
+        addon = _Addons(session_ids, usage_ledger)
         result = await go(addon)
         addon.done()
         return result
@@ -829,7 +848,7 @@ def test_an_sse_answer_an_addon_set_whole_is_read_in_response(tmp_path):
 
 
 def test_the_session_ids_view_and_explain_show_the_turns_figures():
-    from agent_session_ids import contentview, display
+    from agent_session_ids.view import contentview, display
 
     usage = {"model": "anthropic/claude-sonnet-4", "served_model": "anthropic/claude-4-sonnet-20250522",
              "provider": "Google", "status": 200, "stream": True, "input_tokens": 12000, "cache_read_tokens": 11040,

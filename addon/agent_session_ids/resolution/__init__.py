@@ -1,5 +1,12 @@
-"""Session resolution: from the process that sent a request, to its agent's store, to the session.
+"""Session resolution: from the request and the process that sent it, to its agent's store, to
+the session.
 
-Pure decisions live in `resolver`, `conversation` and `ids`; `process`, `stores` and `state` are the
-thin I/O adapters that build the plain snapshots they take.
+- pure decisions over plain data: `finder` (the order of evidence), `resolver` (the bindings),
+  `memo` (what a decision rested on), `conversation`, `ids`, `agents` (the profiles, as data),
+  `model` (the types they share);
+- the thin I/O adapters that build the snapshots they take: `proc` (/proc and netlink),
+  `visibility` (why a process cannot be read), `stores`, `jsonl_store` and `id_index` (the
+  agents' session stores), `files` (opening files that may be FIFOs), `mounts` (local or
+  network filesystems), `state` (the bindings on disk);
+- `runner`: where each resolution runs (the event loop or a worker), and the work between requests.
 """

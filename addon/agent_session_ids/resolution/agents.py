@@ -1,10 +1,11 @@
 """Agent profiles, as data: how to recognise an agent's process, where its session store is, how its
 records read, and which request fields carry its own session id.
 
-Adding an agent whose store is of a known kind is one more profile in PROFILES, no new code. The
-kinds that really differ are code (stores.py): a folder of JSONL files per cwd (pi, Oh My Pi,
-Claude Code, Qwen Code), a date tree with the cwd inside each file (Codex), Gemini's project
-registry, and opencode's SQLite database.
+Adding an agent whose store is of a known kind is one more profile in PROFILES, no new code: how
+its store differs is fields of its StoreSpec, each value naming its code in a table (FOLDERS,
+ENCODERS, id_index.FILE_IDS, stores.LONG_CWD). The kinds: a folder of JSONL files per cwd (pi,
+Oh My Pi, Claude Code, Qwen Code), a date tree with the cwd inside each file (Codex), a folder per
+project with a registry of the projects (Gemini CLI), and a SQLite database (opencode).
 
 Everything here is pure: paths come from the AGENT's environment and cwd, not the proxy's.
 """
@@ -17,13 +18,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .ids import SAFE_ID_RE, is_safe_id, normal_id
 from .model import Process
-
-UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-# Any id an agent uses (pi 1.x: `--session-id feature-x`), within a charset safe in a header, a
-# file name and a label.
-SAFE_ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
-_SAFE_ID = re.compile(f"^{SAFE_ID_RE}$")
 
 
 def safe_id(value: object) -> str | None:
@@ -31,7 +27,9 @@ def safe_id(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
-    return _normal_id(value) if _SAFE_ID.match(value) else None
+    return normal_id(value) if is_safe_id(value) else None
+
+
 ANY = object()  # a record condition that only asks for the field to be there
 
 
@@ -64,11 +62,20 @@ class Root:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    kind: str  # "per_cwd", "date_tree", "gemini", "sqlite"
+    kind: str  # how the sessions lie below a root (FOLDERS): "per_cwd", "date_tree", "per_project", "sqlite"
     roots: tuple[Root, ...]  # each root is tried; all that exist are searched
-    encode: str = "pi"  # per_cwd: how a cwd maps to a folder name (ENCODERS)
-    subdir: str = ""  # per_cwd: appended below the cwd's folder (Qwen: "chats")
+    encode: str = "pi"  # per_cwd, per_project: how a cwd maps to a folder name (ENCODERS)
+    subdir: str = ""  # per_cwd, per_project: below each cwd's or project's folder (Qwen: "chats")
     format: RecordFormat | None = None
+    file_names: str | None = None  # how a file's name holds the session id (id_index.FILE_IDS); None: not
+    long_cwd: str | None = None  # per_cwd: how a folder the encoder shortened is found (stores.LONG_CWD)
+    # per_project: <root>/<projects_dir>/<project>/<subdir>, the project named by a registry, a JSON
+    # file in the first root ("<file>:<key>", the key holding {cwd: project}), or by the cwd's encoding
+    projects_dir: str = ""
+    project_registry: str | None = None
+    # a request that names no session is on the newest session of its cwd (a database, which
+    # holds no conversation to match)
+    newest_of_cwd_is_session: bool = False
     # names kept outside the session files: a JSONL file beside the store root (the latest wins)
     name_index: str | None = None  # its path relative to the root's parent
     name_index_fields: tuple[str, str] = ("id", "thread_name")
@@ -123,16 +130,12 @@ class AgentProfile:
         for name in self.hint_headers:
             value = headers.get(name)
             if value and pattern.match(value.strip()):
-                return _normal_id(value.strip()), f"header {name}"
+                return normal_id(value.strip()), f"header {name}"
         for name in self.hint_body_fields:
             value = body.get(name) if body else None
             if isinstance(value, str) and pattern.match(value.strip()):
-                return _normal_id(value.strip()), f"body {name}"
+                return normal_id(value.strip()), f"body {name}"
         return None, ""
-
-
-def _normal_id(value: str) -> str:
-    return value.lower() if re.fullmatch(UUID_RE, value) else value
 
 
 # -- cwd encodings -----------------------------------------------------------------------------
@@ -188,7 +191,12 @@ def encode_claude(cwd: str, environ: Mapping[str, str]) -> str:
     return enc
 
 
-ENCODERS = {"pi": encode_pi, "omp": encode_omp, "claude": encode_claude}
+def encode_sha256(cwd: str, environ: Mapping[str, str]) -> str:
+    """Gemini CLI's project hash (before its projects.json registry)."""
+    return hashlib.sha256(cwd.encode()).hexdigest()
+
+
+ENCODERS = {"pi": encode_pi, "omp": encode_omp, "claude": encode_claude, "sha256": encode_sha256}
 
 
 # -- the profiles ---------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ PI = AgentProfile(
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
     store=StoreSpec("per_cwd", (Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), "pi",
-                    format=PI_FORMAT, **PI_CUSTOM_DIR),
+                    format=PI_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
     request_signs=(("x-opencode-client", r"^pi$"), ("user-agent", r"^pi[/ ]")),
 )
 
@@ -257,7 +265,7 @@ OMP = AgentProfile(
     hint_body_fields=("prompt_cache_key",),
     store=StoreSpec("per_cwd", (
         Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"),
-    ), "omp", format=OMP_FORMAT, **PI_CUSTOM_DIR),
+    ), "omp", format=OMP_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
     request_signs=(("x-opencode-client", r"^omp$"), ("user-agent", r"^(omp|oh-my-pi)[/ ]")),
 )
 
@@ -270,7 +278,7 @@ CLAUDE = AgentProfile(
     store=StoreSpec("per_cwd", (
         Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
         Root((), "~/.config/claude", "projects"),
-    ), "claude", format=CLAUDE_FORMAT),
+    ), "claude", format=CLAUDE_FORMAT, file_names="uuid", long_cwd="hashed"),
 )
 
 QWEN = AgentProfile(
@@ -279,7 +287,7 @@ QWEN = AgentProfile(
     process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
     request_signs=(("user-agent", r"(?i)^qwen-?code"),),
     store=StoreSpec("per_cwd", (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), "claude", subdir="chats",
-                    format=QWEN_FORMAT),
+                    format=QWEN_FORMAT, file_names="uuid", long_cwd="hashed"),
 )
 
 CODEX = AgentProfile(
@@ -290,7 +298,7 @@ CODEX = AgentProfile(
     hint_body_fields=("prompt_cache_key",),
     request_signs=(("x-codex-turn-metadata", ""), ("originator", r"^codex"), ("user-agent", r"^codex")),
     store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT,
-                    name_index="session_index.jsonl"),
+                    file_names="rollout", name_index="session_index.jsonl"),
 )
 
 GEMINI = AgentProfile(
@@ -298,7 +306,9 @@ GEMINI = AgentProfile(
     process_names=frozenset({"gemini"}),
     process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
     request_signs=(("user-agent", r"(?i)^gemini-?cli"),),
-    store=StoreSpec("gemini", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), format=GEMINI_FORMAT),
+    # no file_names: its files' names hold only a prefix of the id
+    store=StoreSpec("per_project", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), "sha256", subdir="chats",
+                    format=GEMINI_FORMAT, projects_dir="tmp", project_registry="projects.json:projects"),
 )
 
 OPENCODE = AgentProfile(
@@ -308,7 +318,8 @@ OPENCODE = AgentProfile(
     hint_headers=("x-opencode-session", "x-session-affinity", "x-session-id"),
     hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
     request_signs=(("user-agent", r"^opencode/"), ("x-opencode-client", r"^(cli|opencode)")),
-    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),)),
+    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),),
+                    newest_of_cwd_is_session=True),
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
@@ -371,10 +382,39 @@ def root_paths(spec: StoreSpec, environ: Mapping[str, str]) -> list[str]:
     return out
 
 
+def _per_cwd(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
+    name = ENCODERS[spec.encode](process.cwd, process.environ)
+    folders = [os.path.join(root, name) for root in root_paths(spec, process.environ)]
+    return [SessionFolder(os.path.join(f, spec.subdir) if spec.subdir else f, None) for f in folders]
+
+
+def _date_tree(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
+    return [SessionFolder(root, process.cwd, "date_tree") for root in root_paths(spec, process.environ)]
+
+
+def _per_project(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
+    """The registered project's folder first, then the one named by the cwd's encoding."""
+    out = []
+    for root in root_paths(spec, process.environ):
+        for name in filter(None, (project, ENCODERS[spec.encode](process.cwd, process.environ))):
+            parts = filter(None, (spec.projects_dir, name, spec.subdir))
+            out.append(SessionFolder(os.path.join(root, *parts), None))
+    return out
+
+
+def _database(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
+    return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, process.environ)]
+
+
+# StoreSpec.kind -> the session folders of a process
+FOLDERS = {"per_cwd": _per_cwd, "date_tree": _date_tree, "per_project": _per_project, "sqlite": _database}
+
+
 def session_folders(profile: AgentProfile, process: Process, settings_session_dir: str | None = None,
-                    gemini_slug: str | None = None) -> list[SessionFolder]:
+                    project: str | None = None) -> list[SessionFolder]:
     """Where this process keeps its sessions. For pi and omp, --session-dir (when the command line
-    shows it), PI_CODING_AGENT_SESSION_DIR and settings.json's sessionDir come first."""
+    shows it), PI_CODING_AGENT_SESSION_DIR and settings.json's sessionDir come first. project: the
+    name the store's project registry gives the process's cwd."""
     spec = profile.store
     if spec is None:
         return []
@@ -387,23 +427,5 @@ def session_folders(profile: AgentProfile, process: Process, settings_session_di
                 if not os.path.isabs(custom):
                     custom = os.path.join(process.cwd, custom)
                 return [SessionFolder(os.path.normpath(custom), process.cwd)]
-    if spec.kind == "per_cwd":
-        encode = ENCODERS[spec.encode]
-        name = encode(process.cwd, env)
-        out = []
-        for root in root_paths(spec, env):
-            folder = os.path.join(root, name, spec.subdir) if spec.subdir else os.path.join(root, name)
-            out.append(SessionFolder(folder, None))
-        return out
-    if spec.kind == "date_tree":
-        return [SessionFolder(root, process.cwd, "date_tree") for root in root_paths(spec, env)]
-    if spec.kind == "gemini":
-        out = []
-        for root in root_paths(spec, env):
-            for slug in filter(None, (gemini_slug, hashlib.sha256(process.cwd.encode()).hexdigest())):
-                out.append(SessionFolder(os.path.join(root, "tmp", slug, "chats"), None))
-        return out
-    if spec.kind == "sqlite":
-        return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, env)]
-    return []
-
+    folders = FOLDERS.get(spec.kind)
+    return folders(spec, process, project) if folders is not None else []

@@ -91,14 +91,3 @@ class Tally:
     def conversation(self) -> Conversation | None:
         return Conversation(self.first_user, self.n_user, self.n_assistant) if self.n_user else None
 
-
-def from_body(body: dict) -> Conversation | None:
-    """Read the conversation from a parsed request body; None if it carries none."""
-    for key in ("messages", "input", "contents"):
-        messages = body.get(key)
-        if isinstance(messages, list):
-            tally = Tally(gemini=key == "contents")
-            for message in messages:
-                tally.add(message)
-            return tally.conversation()
-    return None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import os
-import re
 import stat
 import threading
 import time
@@ -30,25 +29,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .agents import UUID_RE, AgentProfile, StoreSpec, root_paths
+from .agents import AgentProfile, StoreSpec, root_paths
+from .ids import is_safe_id, is_uuid, normal_id
 
 RECHECK_S = 1.0  # a miss re-stats every folder of a store this often at most
 HOT = 8  # the folders changed last, stat'ed on every miss: where new sessions appear
 BUDGET = 2048  # stats and listings per lookup, beyond the roots and the hot folders
 RACY_NS = 2_000_000_000  # a folder changed this recently may change again within its mtime's tick
-
-# Any id an agent uses, within a charset that is safe in a header, a file name and a label.
-SAFE_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
-_UUID = re.compile(rf"^{UUID_RE}\Z")
-
-
-def is_safe_session_id(value: object) -> bool:
-    return isinstance(value, str) and SAFE_SESSION_ID.match(value) is not None
-
-
-def _key(session_id: str) -> str:
-    """Uuids match case-insensitively, other ids exactly."""
-    return session_id.lower() if _UUID.match(session_id) else session_id
 
 
 @dataclass(frozen=True)
@@ -68,11 +55,19 @@ def _time_then_id(stem: str) -> str | None:  # pi: `<ISO time with [:.] -> ->_<i
 
 
 def _uuid_only(stem: str) -> str | None:  # Claude Code, Qwen Code (older flat `agent-*` files are not)
-    return stem if _UUID.match(stem) else None
+    return stem if is_uuid(stem) else None
 
 
 def _rollout(stem: str) -> str | None:  # Codex: `rollout-<time>-<uuid>`
-    return stem[-36:] if stem.startswith("rollout-") and _UUID.match(stem[-36:]) else None
+    return stem[-36:] if stem.startswith("rollout-") and is_uuid(stem[-36:]) else None
+
+
+# StoreSpec.file_names -> the id a file's name (without .jsonl) holds
+FILE_IDS: dict[str, Callable[[str], str | None]] = {
+    "time_id": _time_then_id, "uuid": _uuid_only, "rollout": _rollout,
+}
+# StoreSpec.kind -> the folder levels between a root and its files; other kinds are not indexed
+DEPTHS = {"per_cwd": 1, "date_tree": 3}
 
 
 def _number(name: str) -> bool:
@@ -87,13 +82,9 @@ class _Layout:
 
 
 def _layout(spec: StoreSpec | None) -> _Layout | None:
-    if spec is None:
-        return None
-    if spec.kind == "date_tree":
-        return _Layout(3, "", _rollout)
-    if spec.kind == "per_cwd":
-        return _Layout(1, spec.subdir, _uuid_only if spec.encode == "claude" else _time_then_id)
-    return None  # Gemini names files by a prefix of the id; opencode keeps a database
+    if spec is None or spec.file_names is None or spec.kind not in DEPTHS:
+        return None  # Gemini names files by a prefix of the id; opencode keeps a database
+    return _Layout(DEPTHS[spec.kind], spec.subdir, FILE_IDS[spec.file_names])
 
 
 # -- where the proxy's user (and extra HOMEs) keep their stores ------------------------------------
@@ -197,8 +188,8 @@ class _Tree:
                     if leaf:
                         if e.name.endswith(".jsonl") and e.name.isprintable() and e.is_file():
                             sid = self.layout.file_id(e.name[:-6])
-                            if sid is not None and is_safe_session_id(sid):
-                                entries[e.path] = _key(sid)
+                            if sid is not None and is_safe_id(sid):
+                                entries[e.path] = normal_id(sid)
                     elif e.name.isprintable() and e.is_dir() and (self.layout.depth == 1 or _number(e.name)):
                         entries[e.name] = e.path  # any cwd folder; in a date tree, YYYY, MM and DD only
         except (OSError, ValueError):
@@ -272,9 +263,9 @@ class IdIndex:
 
     def lookup(self, agent_name: str | None, session_id: str) -> list[IdHit]:
         """The files of this session id (of this agent, or of any agent with None), newest first."""
-        if not is_safe_session_id(session_id):
+        if not is_safe_id(session_id):
             return []
-        key = _key(session_id)
+        key = normal_id(session_id)
         with self._lock:
             trees = self._trees_of(agent_name)
             hits = self._hits(trees, key)

@@ -1,4 +1,5 @@
-"""Session IDs, labels and trace UUIDs, compatible with the existing pi extensions (see README)."""
+"""Session IDs: which strings are ids (the one rule, for store files and request fields alike),
+their labels and trace UUIDs, compatible with the existing pi extensions (see README)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,29 @@ import uuid
 # The namespace of Opper's pi extension (opper-ai/cli data/pi-opper-extension/opper-session.ts).
 OPPER_NAMESPACE = uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
 
+UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# Any id an agent uses (pi 1.x: `--session-id feature-x`), within a charset safe in a header, a
+# file name and a label. It starts with a letter or digit, so `..` or `.hidden` is never an id.
+SAFE_ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+SAFE_ID = re.compile(rf"{SAFE_ID_RE}\Z")
+_UUID = re.compile(rf"{UUID_RE}\Z")
+
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _BASE36 = string.digits + string.ascii_lowercase
+
+
+def is_safe_id(value: object) -> bool:
+    return isinstance(value, str) and SAFE_ID.match(value) is not None
+
+
+def is_uuid(text: str) -> bool:
+    return _UUID.match(text) is not None
+
+
+def normal_id(session_id: str) -> str:
+    """Uuids lower-cased (agents write either case; they match case-insensitively), other ids exact."""
+    return session_id.lower() if _UUID.match(session_id) else session_id
 
 
 def slug(name: str) -> str:

@@ -10,33 +10,33 @@ Built for folders of thousands of files and files of any size:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 
-import re
-
-from .agents import ANY, RecordFormat
-from .conversation import fingerprint, text_of
+from .agents import RecordFormat
 from .files import open_regular
+from .jsonl_file import (  # noqa: F401 - the limits, re-exported for the tests and the docs
+    CHUNK,
+    HEAD_LIMIT,
+    MAX_LINE,
+    FileState,
+    clean_name,
+    id_from_name,
+    latest_name,
+    read_head,
+    scan,
+    snapshot,
+)
 from .model import SessionFile
 
-_ID_AT_END = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
-
-MAX_LINE = 8 << 20  # a longer line is skipped, not parsed
-HEAD_LIMIT = 16 << 20  # how far to look for the header and the first user turn
-CHUNK = 1 << 20
 INDEX_WAIT_S = 0.3  # a request that continues a session waits this long at most for the folder's index
 INDEX_STEP_S = 0.01  # otherwise, indexing goes on in steps this long, between requests
 TAIL_BUDGET = 4 << 20  # bytes of a file's tail read per request; the rest is read between requests
 INLINE_TAIL_BUDGET = 256 << 10  # ... when the request is resolved on the event loop
-NAME_SCAN_LIMIT = 64 << 20  # how far back from a large file's end to look for its latest name
 WAIT_RECHECK_S = 1.0  # a folder's files that had no user turn yet are looked at again at most this often
 WAIT_RECHECK_FILES = 16  # ... and only the newest of them (a session being written is a new one)
 MAX_FOLDERS = 512  # folders kept in memory; the least recently used is forgotten first
@@ -44,30 +44,9 @@ MAX_KEPT_FDS = 32  # session files kept open for the memo's check (one pread per
 
 
 @dataclass
-class _FileState:
-    path: str
-    id: str
-    size: int = -1  # size at the last tail scan
-    mtime: float = 0.0
-    head_size: int = -1  # size at the last head read
-    head_done: bool = False
-    created: float | None = None
-    cwd: str | None = None
-    parent: str | None = None
-    first_user: str | None = None
-    header_id: str | None = None
-    offset: int = 0  # the tail has been scanned up to here (a line start)
-    skipping: bool = False  # inside an over-long line
-    n_assistant: int = 0
-    name: str | None = None
-    name_at: int = -1  # where the latest name record ends (names before it are older)
-    ino: int = 0  # the inode the tail was read from (another one: the file was replaced)
-
-
-@dataclass
 class _DirState:
     mtime_ns: int = -1
-    files: dict[str, _FileState] = field(default_factory=dict)  # path -> state
+    files: dict[str, FileState] = field(default_factory=dict)  # path -> state
     by_id: dict[str, str] = field(default_factory=dict)  # session id -> path
     by_first_user: dict[str, set[str]] = field(default_factory=dict)  # fingerprint -> paths
     incomplete: set[str] = field(default_factory=set)  # paths whose head is not complete yet
@@ -76,93 +55,7 @@ class _DirState:
     waiting_checked: float = 0.0  # monotonic time of the last look at `waiting`
 
 
-def _parse_time(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
-
-def _lines(fd: int, offset: int, limit: int, skipping: bool):
-    """Yield (line_bytes, end_offset) of complete lines from offset; lines over MAX_LINE are skipped.
-    The last value yielded is (None, resume_offset, skipping) for the caller to keep."""
-    buf = b""
-    buf_start = offset
-    pos = offset
-    end = offset + limit
-    while pos < end:
-        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
-        if not chunk:
-            break
-        pos += len(chunk)
-        buf += chunk
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            if skipping:
-                skipping = False
-            else:
-                yield buf[start:nl], buf_start + nl + 1
-            start = nl + 1
-        buf = buf[start:]
-        buf_start += start
-        if len(buf) > MAX_LINE:
-            skipping = True
-            buf_start += len(buf)
-            buf = b""
-    yield None, buf_start, skipping
-
-
-_SAFE_ID = re.compile(r"^[\w.:-]{1,128}$", re.ASCII)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def id_from_name(path: str) -> str:
-    """The session id in a file name: a uuid at its end (`<time>_<uuid>`, `<uuid>`,
-    `rollout-<time>-<uuid>`), else what follows the first '_', else the whole stem. A name that
-    is no plain id gives a hash of the path, so no odd character reaches a header."""
-    stem = os.path.basename(path)[: -len(".jsonl")]
-    m = _ID_AT_END.search(stem)
-    if m:
-        return m.group(1).lower()
-    sid = stem.partition("_")[2] or stem  # pi's time has no '_'; a chosen id may (`feature_x`)
-    if _SAFE_ID.match(sid):
-        return sid
-    return "file-" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-
-
-def clean_name(name: str) -> str | None:
-    """A session name as a user meant it: no control chars or lone surrogates, 500 chars at most."""
-    name = _CONTROL.sub(" ", name.encode("utf-8", "replace").decode("utf-8")).strip()
-    return name[:500] or None
-
-
-def dotted(record: object, path: str) -> object:
-    """The value at a dotted path of nested JSON objects, or None."""
-    value: object = record
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def _matches(record: dict, conditions) -> bool:
-    for path, want in conditions.items():
-        value = dotted(record, path)
-        if want is ANY:
-            if value is None:
-                return False
-        elif isinstance(want, tuple):
-            if value not in want:
-                return False
-        elif value != want:
-            return False
-    return True
 
 
 class JsonlStore:
@@ -171,7 +64,7 @@ class JsonlStore:
     def __init__(self) -> None:
         self._dirs: OrderedDict[str, _DirState] = OrderedDict()  # least recently used first
         self._kept: OrderedDict[str, tuple[int, int]] = OrderedDict()  # path -> (fd, inode): memo'd files
-        self._behind: dict[str, tuple[_FileState, RecordFormat]] = {}  # files with more tail to read
+        self._behind: dict[str, tuple[FileState, RecordFormat]] = {}  # files with more tail to read
         self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
         # set while a request is resolved on the event loop: every read is then a small step,
         # and what is left (a long tail, a backward name scan) is done between requests
@@ -226,7 +119,7 @@ class JsonlStore:
                 continue
             if wanted[path] and f.cwd is not None and f.cwd != cwd:
                 continue
-            out.append(self._snapshot(f))
+            out.append(snapshot(f))
         return out
 
     def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None) -> tuple[bool, str | None]:
@@ -307,7 +200,7 @@ class JsonlStore:
                 self._forget(d, path)
             new = entries.keys() - d.files.keys()
             for path in new:
-                f = d.files[path] = _FileState(path, id_from_name(path), mtime=entries[path])
+                f = d.files[path] = FileState(path, id_from_name(path), mtime=entries[path])
                 d.by_id[f.id] = path
                 d.incomplete.add(path)
             if new:
@@ -327,7 +220,7 @@ class JsonlStore:
             f = d.files.get(path)
             if f is None or path not in d.incomplete:
                 continue
-            if not self._read_head(f, fmt):
+            if not read_head(f, fmt):
                 self._forget(d, path)
                 continue
             if not self._head_read(d, f):
@@ -338,7 +231,7 @@ class JsonlStore:
         d.order = d.order[done:]
 
     @staticmethod
-    def _head_read(d: _DirState, f: _FileState) -> bool:
+    def _head_read(d: _DirState, f: FileState) -> bool:
         """Index what a head read found; True if the head is complete."""
         if f.header_id and f.header_id != f.id:
             d.by_id.setdefault(f.header_id, f.path)
@@ -362,7 +255,7 @@ class JsonlStore:
             if f is None or path not in d.incomplete:
                 continue
             if i < WAIT_RECHECK_FILES:
-                if not self._read_head(f, fmt):
+                if not read_head(f, fmt):
                     self._forget(d, path)
                     continue
                 if self._head_read(d, f):
@@ -395,45 +288,8 @@ class JsonlStore:
 
     # -- one file ------------------------------------------------------------------------------
 
-    def _read_head(self, f: _FileState, fmt: RecordFormat) -> bool:
-        """Read the header and the first user turn; False if the file is gone or not regular."""
-        fd, st = open_regular(f.path)
-        if fd is None:
-            return False
-        try:
-            if st.st_size == f.head_size:
-                return True  # nothing new since the last try
-            f.head_size = st.st_size
-            for line, _end, *_ in _lines(fd, 0, HEAD_LIMIT, False):
-                if line is None:
-                    break
-                record = _loads(line)
-                if record is None:
-                    continue
-                if f.header_id is None and _matches(record, fmt.header):
-                    sid = dotted(record, fmt.id)
-                    if isinstance(sid, str) and _SAFE_ID.match(sid):
-                        f.header_id = sid.lower() if _ID_AT_END.fullmatch(sid) else sid
-                    f.created = _parse_time(dotted(record, fmt.created)) if fmt.created else None
-                    cwd = dotted(record, fmt.cwd) if fmt.cwd else None
-                    f.cwd = cwd if isinstance(cwd, str) else None
-                    parent = dotted(record, fmt.parent) if fmt.parent else None
-                    f.parent = parent if isinstance(parent, str) else None
-                if _matches(record, fmt.user):
-                    f.first_user = fingerprint(text_of(dotted(record, fmt.user_content)))
-                    f.head_done = True
-                    break
-            if not f.head_done and st.st_size >= HEAD_LIMIT:
-                f.head_done = True  # give up: no first user turn near the start
-            if f.created is None:
-                f.created = st.st_mtime
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
 
-    def _refresh_tail(self, f: _FileState, fmt: RecordFormat) -> bool:
+    def _refresh_tail(self, f: FileState, fmt: RecordFormat) -> bool:
         """Count answered turns and find the latest name in what was appended since the last look.
 
         At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
@@ -447,7 +303,7 @@ class JsonlStore:
         finally:
             os.close(fd)
 
-    def _read_tail(self, fd: int, f: _FileState, fmt: RecordFormat, st: os.stat_result) -> bool:
+    def _read_tail(self, fd: int, f: FileState, fmt: RecordFormat, st: os.stat_result) -> bool:
         try:
             if st.st_size < f.offset or (f.ino and st.st_ino != f.ino):
                 # truncated or replaced: start over
@@ -457,63 +313,20 @@ class JsonlStore:
             if st.st_size == f.size:
                 return True
             if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None and not self.inline:
-                self._latest_name(fd, f, fmt, st.st_size)
+                latest_name(fd, f, fmt, st.st_size)
             f.size = st.st_size
             self._scan(fd, f, fmt)
             return True
         except OSError:
             return False
 
-    def _scan(self, fd: int, f: _FileState, fmt: RecordFormat) -> None:
-        """Count assistant turns and find name records from f.offset on, a chunk at a time: markers
-        are counted with bytes.count, and only lines holding a name marker are parsed."""
-        end = min(f.size, f.offset + (INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET))
-        pos = f.offset
-        at_end = False  # nothing more to read until the file grows: not behind
-        while pos < end:
-            data = os.pread(fd, min(CHUNK, end - pos), pos)
-            if not data:
-                at_end = True  # shorter than its stat said
-                break
-            nl = data.rfind(b"\n")
-            if nl < 0:
-                if len(data) < CHUNK:
-                    # the last line is still being written (or was left so by a crash), or the
-                    # budget ends mid-line: only the budget leaves the file behind
-                    at_end = pos + len(data) >= f.size
-                    break
-                f.n_assistant += _count_turns(data, fmt)  # part of a line longer than a chunk
-                f.skipping = True
-                pos += len(data)
-                continue
-            block = data[: nl + 1]
-            if f.skipping:  # the rest of an over-long line: count it, parse nothing in it
-                cut = block.find(b"\n") + 1
-                f.n_assistant += _count_turns(block[:cut], fmt)
-                block, pos, f.skipping = block[cut:], pos + cut, False
-            f.n_assistant += _count_turns(block, fmt)
-            if fmt.name is not None and fmt.name_marker in block:
-                self._names_in(f, fmt, block, pos)
-            pos += len(block)
-        f.offset = pos
-        if f.offset < f.size and not at_end:
+
+    def _scan(self, fd: int, f: FileState, fmt: RecordFormat) -> None:
+        """One budget of the file's tail; a file with more to read is left `behind`."""
+        if scan(fd, f, fmt, INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET):
             self._behind[f.path] = (f, fmt)
         else:
             self._behind.pop(f.path, None)
-
-    @staticmethod
-    def _names_in(f: _FileState, fmt: RecordFormat, block: bytes, base: int) -> None:
-        at = block.find(fmt.name_marker)
-        while at >= 0:
-            start = block.rfind(b"\n", 0, at) + 1
-            stop = block.find(b"\n", at)
-            if base + stop > f.name_at and stop - start <= MAX_LINE:
-                record = _loads(block[start:stop])
-                if record is not None and _matches(record, fmt.name):
-                    name = dotted(record, fmt.name_field) if fmt.name_field else None
-                    if isinstance(name, str):
-                        f.name = clean_name(name)
-            at = block.find(fmt.name_marker, stop)
 
     @property
     def behind(self) -> bool:
@@ -544,69 +357,6 @@ class JsonlStore:
             os.close(fd)
         return bool(self._behind)
 
-    def _latest_name(self, fd: int, f: _FileState, fmt: RecordFormat, size: int) -> None:
-        """Read backwards from the end for the last name record (at most NAME_SCAN_LIMIT bytes)."""
-        pos = size
-        carry = b""
-        while pos > 0 and size - pos < NAME_SCAN_LIMIT:
-            start = max(0, pos - CHUNK)
-            data = os.pread(fd, pos - start, start) + carry
-            lines = data.split(b"\n")
-            # the first piece may be a partial line unless we are at the file's start
-            carry = lines[0] if start > 0 else b""
-            complete = lines[1:] if start > 0 else lines
-            offset = start + len(lines[0]) + 1 if start > 0 else 0
-            found = None
-            for line in complete:
-                if fmt.name_marker in line:
-                    record = _loads(line)
-                    if record is not None and _matches(record, fmt.name):
-                        found = (record, offset)
-                offset += len(line) + 1
-            if found is not None:
-                name = dotted(found[0], fmt.name_field) if fmt.name_field else None
-                if isinstance(name, str):
-                    f.name, f.name_at = clean_name(name), found[1]
-                return
-            if len(carry) > MAX_LINE:
-                carry = b""
-            pos = start
-
-    @staticmethod
-    def _snapshot(f: _FileState) -> SessionFile:
-        return SessionFile(
-            path=f.path,
-            id=f.header_id or f.id,
-            created=f.created if f.created is not None else f.mtime,
-            mtime=f.mtime,
-            first_user=f.first_user,
-            n_assistant=f.n_assistant,
-            name=f.name,
-            cwd=f.cwd,
-            parent=f.parent,
-        )
 
 
-def _count_turns(block: bytes, fmt: RecordFormat) -> int:
-    """Answered assistant turns in whole lines: marker counts, less the lines also marked as
-    failed (errors, aborts)."""
-    n = sum(block.count(m) for m in fmt.assistant)
-    if n:
-        for bad in fmt.assistant_not:
-            at = block.find(bad)
-            while at >= 0:
-                start = block.rfind(b"\n", 0, at) + 1
-                stop = block.find(b"\n", at)
-                line = block[start:stop if stop >= 0 else len(block)]
-                if any(m in line for m in fmt.assistant):
-                    n -= 1
-                at = block.find(bad, stop if stop >= 0 else len(block))
-    return n
 
-
-def _loads(line: bytes) -> dict | None:
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) else None

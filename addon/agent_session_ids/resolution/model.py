@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from .conversation import Conversation
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class Session:
         """The template fields that rule values can use. With privacy, a hash stands for the name."""
         label, name = self.label, self.name or ""
         if privacy and self.name:
-            from .ids import label as make_label, name_hash
+            from .ids import label as make_label
+            from .ids import name_hash
 
             name = name_hash(self.name)
             label = make_label(name, self.id)
@@ -75,3 +78,22 @@ class Session:
             "session.source": self.source,
             "agent.name": self.agent,
         }
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the request itself says. Headers: lower-case names, only those the resolution reads."""
+
+    headers: Mapping[str, str]
+    body: Mapping[str, object] | None  # the JSON body's top-level members
+    conversation: Conversation | None
+    connection_id: str
+    client_fields: Sequence[tuple[str, str]] = ()  # where the target gateway honours a client's id (ClientField)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The process behind the connection, or why it cannot be read."""
+
+    process: Process | None
+    unreadable: str | None = None

@@ -1,19 +1,9 @@
-"""Which session a request belongs to: a pure decision over plain snapshots (no I/O here).
+"""The bindings, and the decisions made from them: pure, over plain snapshots (no I/O here).
 
-Evidence, strongest first:
-1. The request names its session (a header such as pi's `x-session-id`).
-2. The process is already on a session and nothing says it moved on. Moving on is a fresh
-   conversation with another first user turn (`/new`), a request that continues another file
-   (`/resume`), or a file forked from the current one (`/fork`).
-3. The conversation matches a file: a continued session's request carries the file's first user
-   turn and at least as many answered turns.
-4. Nothing on disk matches yet: a new session whose file is not written (pi writes it with the first
-   answer). Mint an ID for it; when a file with the same first user turn appears after the process
-   started, bind that file to the minted ID for good.
-5. No agent, or no conversation: a per-process fallback ID.
-
-The resolver keeps the bindings of 4 (persisted by the caller through export_state/load_state) and,
-in memory, which session each live process is on.
+The order of evidence is written once, in finder.py; the resolver decides the steps that need
+its memory: which session each live process is on (followed across /new, /resume and /fork),
+and the IDs minted for new sessions whose file is not written yet, bound to their file for good
+when it appears (persisted by the caller through export_state/load_state).
 """
 
 from __future__ import annotations
@@ -100,7 +90,7 @@ class Resolver:
 
     # -- the decision ----------------------------------------------------------------------------
 
-    def resolve(
+    def for_process(
         self,
         agent: str,
         process: Process,
@@ -116,7 +106,7 @@ class Resolver:
         conversation's, and the file the process is on (files_of).
         """
         if hint:
-            return self._by_hint(agent, process, conversation, files, now, hint, hint_source)
+            return self.by_request_id(agent, process, conversation, files, now, hint, hint_source)
         if conversation is None or conversation.first_user is None:
             on = self._on(process.key)
             if on is not None:
@@ -135,9 +125,6 @@ class Resolver:
                       files: Sequence[SessionFile], now: float, hint: str, hint_source: str) -> Session:
         """The request names its session: that id is the session, process seen or not. `files`
         holds the store's files of that id, if any."""
-        return self._by_hint(agent, process, conversation, files, now, hint, hint_source)
-
-    def _by_hint(self, agent, process, conversation, files, now, hint, hint_source) -> Session:
         f = next((f for f in files if f.id == hint), None)
         # the client's own id, never a minted one; the binding only keeps the trace UUID stable
         # from a first request that came before the file (keyed by the id: the agent may be
@@ -178,20 +165,23 @@ class Resolver:
                 f = min(mine, key=lambda f: (f.created, f.path))
                 self._bind(f"{f.agent or agent}:{f.id}", p.id, p.trace_uuid, now)
                 self._drop_pending(key)
-                return self._file_session(f.agent or agent, f, f"session file with this first turn, bound to the ID of its first request ({why})")
+                return self._file_session(f.agent or agent, f, "session file with this first turn, bound to the ID "
+                                                               f"of its first request ({why})")
             return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
                                          fallback=not known_agent)
         if not conversation.fresh:
             f = self._pick_continued(fitting, conversation, None)
             if f is not None:
-                return self._file_session(f.agent or agent, f, f"session file whose conversation the request continues ({why})")
+                return self._file_session(f.agent or agent, f, "session file whose conversation the request "
+                                                               f"continues ({why})")
         else:
             # a file already holding just this first turn, unanswered (written before the request)
             new = [f for f in fitting if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S
                    and self._bound_id(f) is None]
             if new:
                 f = max(new, key=lambda f: (f.created, f.path))
-                return self._file_session(f.agent or agent, f, f"session file just created with this first turn ({why})")
+                return self._file_session(f.agent or agent, f,
+                                          f"session file just created with this first turn ({why})")
         sid = ids.mint_ephemeral(now)
         p = Pending(sid, ids.trace_uuid(sid), fp, now, agent, now, "", ended=True)
         self._add_pending(key, p)

@@ -1,7 +1,8 @@
 """I/O adapter: from an agent process to snapshots of the session files the resolver needs.
 
-The store kinds that differ are here: folders per cwd (JsonlStore), Codex's date tree, Gemini's
-project registry, opencode's SQLite database, and pi's settings.json session folder.
+The store kinds that differ are here: folders per cwd (JsonlStore), a date tree (Codex), a project
+registry (Gemini CLI), a SQLite database (opencode), long cwd names shortened with a hash (Claude
+Code, Qwen Code), and a settings file's session folder (pi).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 import sqlite3
 import time
 
-from .agents import AgentProfile, SessionFolder, expand, root_paths, session_folders
-from .files import read_regular
-from .jsonl_store import JsonlStore, _parse_time, clean_name
 from . import mounts
+from .agents import AgentProfile, SessionFolder, StoreSpec, root_paths, session_folders
+from .files import read_regular
+from .jsonl_file import clean_name, parse_time
+from .jsonl_store import JsonlStore
 from .model import Process, SessionFile
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
@@ -31,6 +33,13 @@ class Stores:
         self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
         self._cwds: dict[str, tuple[int, list[str]]] = {}  # store root -> (its mtime, cwd folders)
 
+    def known_folders(self, process_key: str) -> list[SessionFolder] | None:
+        """The session folders found for a process, or None before its first resolution."""
+        return self._folders.get(process_key)
+
+    def process_keys(self) -> list[str]:
+        return list(self._folders)
+
     def warm_and_local(self, process_key: str) -> bool:
         """Were this process's folders found before, all on local filesystems?"""
         folders = self._folders.get(process_key)
@@ -45,10 +54,11 @@ class Stores:
         if folders is None:
             spec = profile.store
             settings = read_setting_session_dir(spec, process.environ) if spec and spec.custom_dir_setting else None
-            slug = read_gemini_slug(process) if spec and spec.kind == "gemini" else None
-            folders = session_folders(profile, process, settings, slug)
-            if profile.store and profile.store.encode == "claude":
-                folders = [_long_path_folder(f) for f in folders]
+            project = read_project_registry(spec, process) if spec and spec.project_registry else None
+            folders = session_folders(profile, process, settings, project)
+            if spec and spec.long_cwd:
+                find = LONG_CWD[spec.long_cwd]
+                folders = [find(f, spec.subdir) for f in folders]
             self._folders[process.key] = folders
         return folders
 
@@ -186,13 +196,15 @@ class Stores:
         return listed[1]
 
 
-def _long_path_folder(folder: SessionFolder) -> SessionFolder:
+def _by_hashed_prefix(folder: SessionFolder, subdir: str) -> SessionFolder:
     """Claude Code shortens a folder name past 200 chars with a hash that differs between its
-    Node and Bun builds: find the folder by its 200-char prefix instead."""
-    parent, name = os.path.split(folder.path.rstrip("/"))
-    sub = ""
-    if not name.startswith("-") and len(os.path.basename(parent)) > 200:  # Qwen's ".../<enc>/chats"
-        parent, sub, name = os.path.dirname(parent), name, os.path.basename(parent)
+    Node and Bun builds: find the folder by its 200-char prefix instead. subdir: what lies below
+    the cwd's folder (Qwen's "chats")."""
+    path = folder.path.rstrip("/")
+    sub = subdir if subdir and path.endswith("/" + subdir) else ""
+    if sub:
+        path = path[: -len(sub) - 1]
+    parent, name = os.path.split(path)
     if len(name) <= 200 or os.path.isdir(folder.path):
         return folder
     prefix = name[:201]
@@ -201,6 +213,10 @@ def _long_path_folder(folder: SessionFolder) -> SessionFolder:
             return SessionFolder(os.path.join(parent, entry, sub) if sub else os.path.join(parent, entry),
                                  folder.cwd_filter, folder.kind)
     return folder
+
+
+# StoreSpec.long_cwd -> how the folder of a cwd whose encoded name was shortened is found
+LONG_CWD = {"hashed": _by_hashed_prefix}
 
 
 def _subdirs(path: str) -> list[str]:
@@ -223,14 +239,16 @@ def read_setting_session_dir(spec, environ) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def read_gemini_slug(process: Process) -> str | None:
-    """Gemini CLI's folder name for a project: ~/.gemini/projects.json {"projects": {path: slug}}."""
-    home = expand(process.environ.get("GEMINI_CLI_HOME") or "~", process.environ)
+def read_project_registry(spec: StoreSpec, process: Process) -> str | None:
+    """The project folder a registry in the first store root names for the cwd (Gemini CLI's
+    ~/.gemini/projects.json {"projects": {path: slug}})."""
+    file, _, key = spec.project_registry.partition(":")
+    root = root_paths(spec, process.environ)[0]
     try:
-        data = json.loads(read_regular(os.path.join(home, ".gemini", "projects.json"), 4 << 20) or b"null")
+        data = json.loads(read_regular(os.path.join(root, file), 4 << 20) or b"null")
     except (OSError, ValueError):
         return None
-    slug = data.get("projects", {}).get(process.cwd) if isinstance(data, dict) else None
+    slug = data.get(key, {}).get(process.cwd) if isinstance(data, dict) else None
     return slug if isinstance(slug, str) and "/" not in slug else None
 
 
@@ -282,8 +300,9 @@ def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFil
             t = data.get("time") if isinstance(data.get("time"), dict) else {}
             updated = _ms(t.get("updated"))
             if best is None or updated > best.mtime:
-                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")), created=_ms(t.get("created")),
-                                   mtime=updated, first_user=None, n_assistant=0, cwd=process.cwd)
+                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")),
+                                   created=_ms(t.get("created")), mtime=updated, first_user=None, n_assistant=0,
+                                   cwd=process.cwd)
     return best
 
 
@@ -297,4 +316,4 @@ def _listdir(path: str) -> list[str]:
 def _ms(value) -> float:
     if isinstance(value, (int, float)):
         return value / 1000.0 if value > 1e11 else float(value)
-    return _parse_time(value) or 0.0
+    return parse_time(value) or 0.0

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import sys
 
-from . import process
+from . import proc
 from .model import Process
 
 NOT_LINUX = f"not Linux ({sys.platform}): a connection's process can only be read on Linux"
@@ -22,7 +22,7 @@ def lookup(peer: tuple, local: tuple) -> tuple[Process | None, str | None]:
     if not sys.platform.startswith("linux"):
         return None, NOT_LINUX
     try:
-        found = process.lookup(peer, local)
+        found = proc.lookup(peer, local)
     except Exception as e:  # noqa: BLE001 - an adapter failure is a reason, never an error
         return None, f"the process lookup failed ({type(e).__name__}: {e})"
     if found is not None:
@@ -38,11 +38,12 @@ def _why(peer: tuple, local: tuple) -> str:
     if not (host.is_loopback or _is_own_address(str(host))):
         return NOT_LOCAL
     try:
-        owner = process.socket_owner(peer, local)
+        owner = proc.socket_owner(peer, local)
     except Exception:  # noqa: BLE001
         owner = None
     if owner is None:
-        return "no socket of this host matches the connection (it closed, or the client is in another network namespace)"
+        return ("no socket of this host matches the connection (it closed, or the client is in another "
+                "network namespace)")
     uid = owner[1]
     if uid != os.getuid():
         return f"another user's process (uid {uid}): only the proxy's own user's processes can be read"

@@ -2,8 +2,8 @@
 
 Writing is append-only, one ``write()`` of whole lines at a time (those queued in the last
 ``LINGER`` seconds), on a thread of its own: a slow or dead disk never holds up a flow, and a busy
-proxy wakes the writer a few times a second, not once per answer. A ``kill -9`` therefore leaves at most one partial last
-line; the next writer starts on a fresh line, and the reader skips any line that is not whole
+proxy wakes the writer a few times a second, not once per answer. A ``kill -9`` therefore leaves
+at most one partial last line; the next writer starts on a fresh line, and the reader skips any line that is not whole
 JSON. Past ``max_bytes`` the file is rotated: ``usage.jsonl`` becomes ``usage.jsonl.1``, the older
 ones move up, and the oldest beyond ``keep`` is removed. Files are created with mode 0600.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -193,9 +193,11 @@ class Ledger:
         self._write_all(b"".join(batch))
 
     def _write_all(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None  # opened by _write
         view = memoryview(data)
         while view:
-            n = os.write(self._fd, view)
+            n = os.write(fd, view)
             view = view[n:]
 
     def _rotate(self) -> None:

@@ -193,7 +193,8 @@ def from_json(obj) -> Usage:
     if not isinstance(obj, dict):
         return Usage()
     out = _top(obj)
-    if obj.get("type") == "message" or (isinstance(obj.get("usage"), dict) and "cache_read_input_tokens" in obj["usage"]):
+    usage = obj.get("usage")
+    if obj.get("type") == "message" or (isinstance(usage, dict) and "cache_read_input_tokens" in usage):
         counts = AnthropicCounts()
         counts.add(obj.get("usage"))
         return out.update(counts.usage())

@@ -19,8 +19,8 @@ import os
 import time
 from collections.abc import Callable
 
-from .. import display
-from ..matching import gateway_host
+from ..rules.matching import gateway_host
+from ..view import display
 from . import ledger as ledger_mod
 from .observer import DECODING, SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
@@ -58,7 +58,8 @@ def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
     except Unsupported as e:
         return None, (f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
     except Exception as e:  # noqa: BLE001 - a corrupt body: the decoders raise their own errors
-        return None, ("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not read")
+        return None, ("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not "
+                                      "read")
 
 
 def _usage_of_held(response, content: bytes) -> Usage:

@@ -3,6 +3,8 @@ and the live view in the proxy (sessionids.sessions, the summary on exit)."""
 
 from __future__ import annotations
 
+from ..view.units import duration, money, percent, tokens
+
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 
 
@@ -95,41 +97,6 @@ class FlipWatch:
         if before is None or before[0] == provider:
             return None
         return {"from": before[0], "to": provider, "idle_s": round(max(0.0, epoch - before[1]), 3)}
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
-
-
-def tokens(value: int | None) -> str:
-    if value is None:
-        return "-"
-    if value < 10_000:
-        return str(value)
-    if value < 1_000_000:
-        return f"{value / 1000:.1f}k"
-    return f"{value / 1_000_000:.2f}M"
-
-
-def percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio * 100:.0f}%"
-
-
-def money(cost: float | None) -> str:
-    if cost is None:
-        return "-"
-    if cost < 1:
-        return f"${cost:.4f}"
-    return f"${cost:,.2f}"
 
 
 def providers_text(providers: dict[str, int]) -> str:

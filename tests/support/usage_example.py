@@ -2,7 +2,7 @@
 """The README's example of the usage report, made for real: real pi 0.87.1 through a real mitmdump
 with the addon and the gateway stand-in, whose answers carry the figures of ``[[usage: ...]]``.
 
-    python tests/usage_example.py OUT_DIR
+    python tests/support/usage_example.py OUT_DIR
 
 Two pi sessions: one on OpenRouter over three prompts (a cold cache, warm turns, then a turn that
 another provider served: a flip), one on an Opper provider. OUT_DIR gets ``usage.jsonl`` (the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "addon"))
+sys.path.insert(0, str(HERE.parents[1] / "addon"))
 
 import harness  # noqa: E402
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0] if argv else "usage-example").resolve()
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="usage-example-"))
-    addon = HERE.parent / "addon" / "session_ids.py"
+    addon = HERE.parents[1] / "addon" / "session_ids.py"
     try:
         with harness.Mitmdump(scripts=[addon, harness.STANDIN_SCRIPT]) as proxy:
             home, work = root / "home", root / "work"

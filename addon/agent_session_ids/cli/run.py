@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     from mitmproxy.tools import main as tools
 
     run = tools.mitmweb if web else tools.mitmdump
-    return run(["-s", str(Path(__file__).with_name("script.py")), *args]) or 0
+    return run(["-s", str(Path(__file__).resolve().parent.parent / "script.py"), *args]) or 0
 
 
 if __name__ == "__main__":

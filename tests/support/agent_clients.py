@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Mapping
 
 import harness
-from harness import Mitmdump, agent_env, npm_install, node_path
+from harness import Mitmdump, agent_env, node_path, npm_install
 
 CLAUDE_NAME = "@anthropic-ai/claude-code"
 CODEX_NAME = "@openai/codex"

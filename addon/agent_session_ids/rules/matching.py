@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .rules import Rule
+from .model import Rule
 
 
 def gateway_host(flow) -> str:

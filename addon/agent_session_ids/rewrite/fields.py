@@ -11,9 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from .jsontext import DECODER as _DECODER
-from .jsontext import WS as _WS
-from .rules import SetAction
+from ..jsontext import DECODER as _DECODER
+from ..jsontext import insert_member
+from ..jsontext import skip_ws as _ws
+from ..rules import SetAction
 
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]+")
 _BODY_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
@@ -51,23 +52,23 @@ def scan_object(text: str, pos: int) -> tuple[list[Member], int]:
     if pos >= len(text) or text[pos] != "{":
         raise RewriteError("the body is not a JSON object")
     members: list[Member] = []
-    pos = _WS.match(text, pos + 1).end()
+    pos = _ws(text, pos + 1).end()
     if text.startswith("}", pos):
         return members, pos + 1
     try:
         while True:
             if not text.startswith('"', pos):
                 raise RewriteError("the body is not valid JSON (expected a key)")
-            key, pos = json.decoder.scanstring(text, pos + 1)
-            pos = _WS.match(text, pos).end()
+            key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
+            pos = _ws(text, pos).end()
             if not text.startswith(":", pos):
                 raise RewriteError("the body is not valid JSON (expected ':')")
-            start = _WS.match(text, pos + 1).end()
+            start = _ws(text, pos + 1).end()
             value, end = _DECODER.raw_decode(text, start)
             members.append(Member(key, value, start, end))
-            pos = _WS.match(text, end).end()
+            pos = _ws(text, end).end()
             if text.startswith(",", pos):
-                pos = _WS.match(text, pos + 1).end()
+                pos = _ws(text, pos + 1).end()
                 continue
             if text.startswith("}", pos):
                 return members, pos + 1
@@ -84,20 +85,12 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
 
     Returns (new_text, previous_value_or_None, changed). Intermediate objects are created.
     `top`, the parsed object, lets the common cases skip scanning the text again."""
-    encoded = json.dumps(value)
     if top is not None:
         if path[0] not in top:
-            # absent: insert before the object's closing brace
-            new = encoded
-            for inner in reversed(path[1:]):
-                new = "{" + json.dumps(inner) + ":" + new + "}"
-            close = _closing_brace(text)
-            sep = "," if top else ""
-            # one join: each '+' would copy the whole body again
-            return "".join((text[:close], sep, json.dumps(path[0]), ":", new, text[close:])), None, True
+            return insert_member(text, path, value, not top), None, True
         if len(path) == 1 and ((if_present == "keep" and not blank(top[path[0]])) or top[path[0]] == value):
             return text, top[path[0]], False
-    pos = _WS.match(text).end()
+    pos = _ws(text).end()
     for depth, key in enumerate(path):
         members, end = scan_object(text, pos)
         same = [m for m in members if m.key == key]
@@ -105,31 +98,18 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
             raise RewriteError(f"the body has the key '{key}' more than once")
         last = depth == len(path) - 1
         if not same:
-            new = encoded
-            for inner in reversed(path[depth + 1:]):
-                new = "{" + json.dumps(inner) + ":" + new + "}"
-            close = end - 1  # the '}'
-            sep = "," if members else ""
-            return "".join((text[:close], sep, json.dumps(key), ":", new, text[close:])), None, True
+            return insert_member(text, path[depth:], value, not members, end - 1), None, True
         m = same[0]
         if last:
             if if_present == "keep" and not blank(m.value):
                 return text, m.value, False
             if m.value == value:
                 return text, m.value, False
-            return "".join((text[: m.start], encoded, text[m.end:])), m.value, True
+            return "".join((text[: m.start], json.dumps(value), text[m.end:])), m.value, True
         if not isinstance(m.value, dict):
             raise RewriteError(f"the body's '{key}' is not an object, so '{'.'.join(path)}' cannot be set")
         pos = m.start
     raise AssertionError("unreachable")
-
-
-def _closing_brace(text: str) -> int:
-    """Where the top-level object's '}' is: the last character that is no JSON white space."""
-    i = len(text) - 1
-    while i > 0 and text[i] in " \t\n\r":
-        i -= 1
-    return i
 
 
 def set_header(headers, name: str, value: str, if_present: str, json_key: str | None = None,
@@ -165,6 +145,7 @@ def merge_member(text: str | None, key: str, value: str, if_present: str, max_en
     if not isinstance(doc, dict):
         raise RewriteError(f"the client's {what} is not a JSON object; kept as sent")
     if key not in doc and max_entries is not None and len(doc) >= max_entries:
-        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept as sent")
+        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept "
+                           "as sent")
     new, _, changed = set_field(text, (key,), value, if_present, doc)
     return new, changed

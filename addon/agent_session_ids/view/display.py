@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from .usage.totals import duration, money, percent, tokens
+from .units import duration, money, percent, tokens
 
 MARK_REWRITTEN = ":label:"
 MARK_SKIPPED = ":warning:"

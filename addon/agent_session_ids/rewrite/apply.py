@@ -5,16 +5,14 @@ skipped and why. No mitmproxy here: headers are any mapping with get and item as
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
-import functools
-import json
-
+from ..jsontext import dotted, insert_member
+from ..resolution.model import Session
+from ..rules import Rule, SetAction
 from .body import Body, Elided
-from .resolution.jsonl_store import dotted
-from .resolution.model import Session
-from .rewrite import RewriteError, blank, render, set_field, set_header
-from .rules import Rule, SetAction
+from .fields import RewriteError, blank, render, set_field, set_header
 
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"}
 
@@ -25,6 +23,7 @@ class Outcome:
     changes: list[dict] = field(default_factory=list)  # {"rule", "target", "before", "after"}
     skipped: list[str] = field(default_factory=list)  # what was not set, and why
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (key, message): to log once
+    set_headers: dict[str, str] = field(default_factory=dict)  # lower-case name -> the value shown as set
 
 
 def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) -> str | None:
@@ -38,19 +37,6 @@ def client_field_sent(headers, body: dict | None, fields, ours: dict[str, str]) 
         elif not blank(dotted(body, key)):
             return f"body {key}"
     return None
-
-
-def _insert(raw: bytes, path: tuple[str, ...], value: str, empty: bool) -> bytes:
-    """`raw` with a member that it does not have (path[0]) added before its closing brace, one copy."""
-    new = json.dumps(value)
-    for inner in reversed(path[1:]):
-        new = "{" + json.dumps(inner) + ":" + new + "}"
-    close = len(raw) - 1
-    while raw[close] in b" \t\n\r":
-        close -= 1
-    view = memoryview(raw)
-    return b"".join((view[:close], ("" if empty else ",").encode() + json.dumps(path[0]).encode() + b":"
-                     + new.encode("utf-8", "surrogatepass"), view[close:]))
 
 
 @functools.lru_cache(maxsize=512)
@@ -98,7 +84,7 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
                 continue
             elif new_body is body.raw and action.body_path[0] not in top:
                 # the common case: a member the body does not have, added to its bytes
-                new_body, old, changed = _insert(new_body, action.body_path, value, not top), None, True
+                new_body, old, changed = insert_member(new_body, action.body_path, value, not top), None, True
             else:
                 try:
                     text = body.decoded() if new_body is body.raw else new_body.decode("utf-8")
@@ -115,6 +101,8 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
                 if action.target == "header" and action.key.lower() in SECRET_HEADERS:
                     old, value = "<redacted>" if old is not None else None, "<redacted>"
                 out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
+                if action.target == "header":
+                    out.set_headers[action.key.lower()] = value
     if body is not None and new_body is not body.raw:
         out.body = new_body
     return out

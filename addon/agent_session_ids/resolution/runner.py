@@ -1,4 +1,4 @@
-"""Runs the pipeline for the addon: where each resolution runs, the background work between
+"""Runs the session finder for the addon: where each resolution runs, the background work between
 requests, and the state file. No mitmproxy here.
 
 - A resolution runs on the event loop when all it reads is known and on local filesystems (a
@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import state
-from .model import Process, Session
-from .pipeline import Evidence, Pipeline, Seen
-from .resolver import Resolver
+from .finder import SessionFinder
+from .model import Evidence, Process, Seen, Session
 
 # Past this, the request goes on unchanged. Generous: a loaded 2-core machine must not turn into
 # requests with no session.
@@ -31,9 +30,9 @@ STATE_SAVE_DELAY_S = 1.0
 STATE_LOAD_WAIT_S = 5.0
 
 
-class Engine:
+class Runner:
     def __init__(self, warn_once: Callable[[str, str], None]) -> None:
-        self.pipeline = Pipeline()
+        self.finder = SessionFinder()
         self._warn_once = warn_once
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")
         self._lock = threading.Lock()
@@ -44,7 +43,7 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def set_homes(self, homes: Iterable[str]) -> None:
-        self._worker.submit(self._locked, self.pipeline.set_roots, os.environ, list(homes))
+        self._worker.submit(self._locked, self.finder.set_roots, os.environ, list(homes))
 
     def use_state_file(self, path: str) -> None:
         """Load the bindings saved in `path` (waiting a while; a slow disk finishes later)."""
@@ -69,26 +68,26 @@ class Engine:
         self._worker.shutdown(wait=False)
 
     def forget_connection(self, connection_id: str) -> None:
-        self.pipeline.forget_connection(connection_id)
+        self.finder.forget_connection(connection_id)
 
     # -- one request --------------------------------------------------------------------------
 
     async def resolve(self, evidence: Evidence, seen: Seen) -> tuple[Session, Process | None]:
-        pipeline = self.pipeline
+        finder = self.finder
         session = None
         proc = seen.process
         if proc is None:
             # the request of a process that cannot be read, continuing its session: the memo
-            session = self._inline(pipeline.unseen_from_memo, evidence, seen)
+            session = self._inline(finder.unseen_from_memo, evidence, seen)
         if session is None:
             if self._inline_ok(proc):
-                result = self._inline(pipeline.resolve, evidence, seen, time.time())
+                result = self._inline(finder.find, evidence, seen, time.time())
             else:
                 result = None
             if result is None:
                 result = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(
-                        self._worker, self._locked, pipeline.resolve, evidence, seen, time.time()),
+                        self._worker, self._locked, finder.find, evidence, seen, time.time()),
                     RESOLVE_TIMEOUT_S,
                 )
             session, proc = result
@@ -99,21 +98,17 @@ class Engine:
         """fn(*args) on the event loop, in small reading steps; None if the worker has the lock."""
         if not self._lock.acquire(blocking=False):
             return None
-        jsonl = self.pipeline.stores.jsonl
-        jsonl.inline = True
+        self.finder.reading_inline(True)
         try:
             return fn(*args)
         finally:
-            jsonl.inline = False
+            self.finder.reading_inline(False)
             self._lock.release()
 
     def _inline_ok(self, proc: Process | None) -> bool:
         """Only when everything the resolution reads is known, on local filesystems, and no folder
         is still being indexed."""
-        stores = self.pipeline.stores
-        if proc is None or stores.jsonl.behind:
-            return False
-        return stores.warm_and_local(proc.key)
+        return proc is not None and self.finder.inline_ok(proc.key)
 
     def _locked(self, fn, *args):
         with self._lock:
@@ -124,9 +119,9 @@ class Engine:
     def _between_requests(self) -> None:
         self._schedule_catch_up()
         now = time.time()
-        if self.pipeline.prune_due(now):
-            self._worker.submit(self._locked, self.pipeline.prune, now)
-        if self.pipeline.resolver.dirty and not self._save_pending:
+        if self.finder.prune_due(now):
+            self._worker.submit(self._locked, self.finder.prune, now)
+        if self.finder.dirty and not self._save_pending:
             # batch state writes: at most one a second, off the request path
             self._save_pending = True
             asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
@@ -134,20 +129,20 @@ class Engine:
 
     def _warm(self) -> None:
         try:
-            self.pipeline.ids.warm()
+            self.finder.warm()
         except Exception as e:  # noqa: BLE001
             self._warn_once("warm", f"listing the session stores failed: {e!r}")
         self._schedule_catch_up()
 
     def _schedule_catch_up(self) -> None:
-        if self.pipeline.stores.jsonl.behind and not self._catching_up:
+        if self.finder.behind and not self._catching_up:
             self._catching_up = True
             self._worker.submit(self._locked, self._catch_up)
 
     def _catch_up(self) -> None:
         """Read large files' tails one budget at a time, queued between requests on the worker."""
         try:
-            more = self.pipeline.stores.jsonl.catch_up()
+            more = self.finder.catch_up()
         except Exception as e:  # noqa: BLE001
             self._warn_once("catch-up", f"reading a session file failed: {e!r}")
             more = False
@@ -161,10 +156,10 @@ class Engine:
         set aside (kept as <file>.bad), said once, and a fresh one replaces it."""
         try:
             state.remove_stale_temp_files(path)
-            self.pipeline.resolver.load_state(state.load(path))
-            self.pipeline.prune(time.time())
+            self.finder.load_state(state.load(path))
+            self.finder.prune(time.time())
         except Exception as e:  # noqa: BLE001 - StateError, or anything a damaged file provokes
-            self.pipeline.resolver = Resolver()
+            self.finder.reset_bindings()
             aside = state.set_aside(path)
             kept = f"; it was kept as {aside}" if aside else ""
             self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
@@ -172,8 +167,8 @@ class Engine:
 
     def _save_state(self) -> None:
         self._save_pending = False
-        if self._state_path and self.pipeline.resolver.dirty:
+        if self._state_path and self.finder.dirty:
             try:
-                state.save(self._state_path, self.pipeline.resolver.export_state())
+                state.save(self._state_path, self.finder.export_state())
             except OSError as e:
                 self._warn_once("state-save", f"cannot save the session state to {self._state_path}: {e}")

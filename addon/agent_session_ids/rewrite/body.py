@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import decoding
-from .jsontext import DECODER as _DECODER
-from .jsontext import WS as _WS
-from .resolution.conversation import Conversation, Tally
-from .rewrite import RewriteError
+from .. import decoding
+from ..jsontext import DECODER as _DECODER
+from ..jsontext import skip_ws as _ws
+from ..resolution.conversation import Conversation, Tally
+from .fields import RewriteError
 
 # the members a conversation list can be in, in the order from_body prefers them
 CONVERSATION_KEYS = ("messages", "input", "contents")
@@ -102,18 +102,18 @@ def read_body(raw: bytes, last: Resume | None = None) -> Body:
 
 
 def _scan(text: str, raw: bytes) -> Body:
-    pos = _WS.match(text).end()
+    pos = _ws(text).end()
     if not text.startswith("{", pos):
         raise BodyError("the body is not a JSON object")
     members: dict[str, object] = {}
     lists: dict[str, tuple[Tally, int, bool, int]] = {}  # key -> (tally, end of last element, empty, end of ']')
     duplicates = False
-    pos = _WS.match(text, pos + 1).end()
+    pos = _ws(text, pos + 1).end()
     while not text.startswith("}", pos):
         if members:
             if not text.startswith(",", pos):
                 raise BodyError("the body is not valid JSON (expected ',' or '}')")
-            pos = _WS.match(text, pos + 1).end()
+            pos = _ws(text, pos + 1).end()
         key, pos = _key(text, pos)
         if key in members:  # a later duplicate wins, in the first one's place (as json.loads does)
             duplicates = True
@@ -125,8 +125,8 @@ def _scan(text: str, raw: bytes) -> Body:
             lists[key] = (tally, last_end, empty, pos)
         else:
             members[key], pos = _DECODER.raw_decode(text, pos)
-        pos = _WS.match(text, pos).end()
-    if _WS.match(text, pos + 1).end() != len(text):
+        pos = _ws(text, pos).end()
+    if _ws(text, pos + 1).end() != len(text):
         raise BodyError("the body has data after its JSON object")
     chosen = _chosen(members)
     if chosen is None:
@@ -155,10 +155,10 @@ def _key(text: str, pos: int) -> tuple[str, int]:
     if not text.startswith('"', pos):
         raise BodyError("the body is not valid JSON (expected a member name)")
     key, pos = _DECODER.raw_decode(text, pos)
-    pos = _WS.match(text, pos).end()
+    pos = _ws(text, pos).end()
     if not text.startswith(":", pos):
         raise BodyError("the body is not valid JSON (expected ':')")
-    return key, _WS.match(text, pos + 1).end()
+    return key, _ws(text, pos + 1).end()
 
 
 def _elements(text: str, pos: int, tally: Tally, need_comma: bool, last_end: int) -> tuple[int, int, bool, int]:
@@ -167,13 +167,13 @@ def _elements(text: str, pos: int, tally: Tally, need_comma: bool, last_end: int
     n = 0
     empty = not need_comma
     while True:
-        pos = _WS.match(text, pos).end()
+        pos = _ws(text, pos).end()
         if text.startswith("]", pos):
             return pos + 1, last_end, empty, n
         if need_comma:
             if not text.startswith(",", pos):
                 raise BodyError("the body is not valid JSON (expected ',' or ']')")
-            pos = _WS.match(text, pos + 1).end()
+            pos = _ws(text, pos + 1).end()
         value, pos = _DECODER.raw_decode(text, pos)
         tally.add(value)
         last_end, need_comma, empty = pos, True, False
@@ -212,16 +212,16 @@ def _tail(text: str, head: dict) -> dict | None:
     members: dict[str, object] = {}
     pos = 0
     while True:
-        pos = _WS.match(text, pos).end()
+        pos = _ws(text, pos).end()
         if text.startswith("}", pos):
             break
         if not text.startswith(",", pos):
             return None
-        key, pos = _key(text, _WS.match(text, pos + 1).end())
+        key, pos = _key(text, _ws(text, pos + 1).end())
         if key in CONVERSATION_KEYS or key in head or key in members:
             return None
         members[key], pos = _DECODER.raw_decode(text, pos)
-    return members if _WS.match(text, pos + 1).end() == len(text) else None
+    return members if _ws(text, pos + 1).end() == len(text) else None
 
 
 class Resumes:

@@ -2,7 +2,7 @@
 
 Standard library only (it also runs under the system Python, as another user).
 
-    python tests/fake_agent.py '<json config>'
+    python tests/support/fake_agent.py '<json config>'
 
 It names itself (PR_SET_NAME, so /proc/<pid>/comm reads `name`, default "pi"), then sends
 OpenRouter-shaped requests through the proxy whose `messages` continue a session: the first user

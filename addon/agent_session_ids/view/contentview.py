@@ -169,7 +169,8 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
     try:
         meta = _meta_of(flow, http_message)
         if meta is None:
-            return "no session IDs", [[("text", "agent-session-ids did not touch this request (no session_ids metadata).")]]
+            return "no session IDs", [[("text", "agent-session-ids did not touch this request (no session_ids "
+                                                "metadata).")]]
         lines = summary(meta)
         lines.append([("text", " ")])
         lines += _body_lines(data or b"")
@@ -226,7 +227,7 @@ if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
 else:  # mitmproxy 11: the legacy View API
     MITMPROXY_API = 11
 
-    class SessionIdsView(contentviews.View):
+    class SessionIdsView(contentviews.View):  # type: ignore[no-redef]
         name = NAME
 
         def __call__(self, data: bytes, *, flow=None, http_message=None, **unknown):

@@ -1,4 +1,5 @@
 """Which session a request belongs to: the order of evidence, as plain code over plain data.
+This list is the one place the order is written; the resolver keeps the bindings it needs.
 
 1. The request names its session (an agent's own header or body field, or a field the target
    gateway honours). That id is the session, whether or not the process can be seen.
@@ -11,65 +12,27 @@
 5. The fallback: per process (a program that is no agent), or per connection, only when the
    request names no session and no process can be read.
 
-No mitmproxy here; the file system is reached through the store adapters it is given.
+No mitmproxy here. The file system and /proc are reached only through what it is given: the
+store adapters, the process recheck and liveness test, and the memo's stat.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 
-from . import agents, mounts, process as process_io
+from ..jsontext import dotted
+from . import agents, mounts
+from . import proc as process_io
 from .agents import AgentProfile, safe_id
-from .conversation import Conversation
 from .id_index import IdIndex, store_roots
-from .jsonl_store import dotted
-from .model import Process, Session, SessionFile
+from .memo import Memo, memo_key
+from .model import Evidence, Process, Seen, Session, SessionFile
 from .resolver import Resolver
 from .stores import Stores
 
 PRUNE_EVERY_S = 60.0
-MAX_MEMOS = 4096  # connections whose last answer is remembered (dropped when they close)
-# top-level body members that can name a session: a memo must see them unchanged
-_BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}))
-
-
-def _typed(value: object) -> tuple:
-    return type(value), value
-
-
-@dataclass(frozen=True)
-class _Memo:
-    """A connection's last answer, and what it was decided from."""
-
-    key: tuple
-    stamp: tuple
-    session: Session
-    # decided twice in a row from the same request and store: the resolver is at a fixed point
-    # (the first decision of a process may still move, e.g. to a fork, at its next request)
-    confirmed: bool = False
-    basis: tuple[str, ...] | None = None  # decided by the conversation alone: the folders searched
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the request itself says. Headers: lower-case names, only those the resolution reads."""
-
-    headers: Mapping[str, str]
-    body: Mapping[str, object] | None  # the JSON body's top-level members
-    conversation: Conversation | None
-    connection_id: str
-    client_fields: tuple[tuple[str, str], ...] = ()  # where the target gateway honours a client's id
-
-
-@dataclass(frozen=True)
-class Seen:
-    """The process behind the connection, or why it cannot be read."""
-
-    process: Process | None
-    unreadable: str | None = None
 
 
 def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None, str]:
@@ -94,19 +57,21 @@ def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None
     return None, ""
 
 
-class Pipeline:
-    """Holds the resolver (bindings) and the store adapters; `resolve` is called with one request's
-    evidence at a time, on one thread at a time (the caller's lock)."""
+class SessionFinder:
+    """Finds the session of one request at a time, on one thread at a time (the caller's lock):
+    the evidence in the order above, the stores, the memo, and the resolver's bindings."""
 
     def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = (),
-                 recheck=process_io.recheck) -> None:
+                 recheck: Callable[[Process], Process | None] = process_io.recheck,
+                 alive: Callable[[str], bool] = process_io.alive,
+                 stat: Callable[[str], os.stat_result] = os.stat) -> None:
         self._recheck = recheck  # is the connection's process still the one looked up? (I/O)
+        self._alive = alive  # is the process of this key still running? (I/O)
         self.memo = True  # off: every request is decided afresh (the tests compare both)
-        self._memos: dict[str, _Memo] = {}  # connection id -> its last answer
+        self._memo = Memo(stat)
         # what the last decision by conversation alone rested on (the folders searched), when it
         # will be the same while they are: one fitting file, continued, nothing pending for it
         self._conversation_basis: tuple[str, ...] | None = None
-        self._file_stat: os.stat_result | None = None  # the session file's, as _stamp last saw it
         self.resolver = Resolver()
         self.stores = Stores()
         self._last_prune = 0.0
@@ -120,7 +85,7 @@ class Pipeline:
 
     # -- the decision ------------------------------------------------------------------------
 
-    def resolve(self, ev: Evidence, seen: Seen, now: float) -> tuple[Session, Process | None]:
+    def find(self, ev: Evidence, seen: Seen, now: float) -> tuple[Session, Process | None]:
         proc = seen.process
         if proc is not None:
             current = self._recheck(proc)
@@ -131,7 +96,7 @@ class Pipeline:
                     self.resolver.forget(proc.key)
                     self.stores.forget([proc.key])
                 proc = current
-        key = self._memo_key(ev, proc) if self.memo else None
+        key = memo_key(ev, proc) if self.memo else None
         if key is not None:
             served = self._from_memo(ev, proc, key)
             if served is not None:
@@ -142,13 +107,9 @@ class Pipeline:
             basis = self._conversation_basis if proc is None and not session.named_by_request else None
             stamp = self._stamp(session, proc, basis) if self._settled(ev, proc, session) else None
             if stamp is not None:
-                last = self._memos.pop(ev.connection_id, None)
-                if len(self._memos) >= MAX_MEMOS:
-                    del self._memos[next(iter(self._memos))]
-                confirmed = last is not None and last.key == key and last.session == session
-                self._memos[ev.connection_id] = _Memo(key, stamp, session, confirmed, basis)
+                self._memo.remember(ev.connection_id, key, stamp, session, basis)
             else:
-                self._memos.pop(ev.connection_id, None)
+                self._memo.forget(ev.connection_id)
         return session, proc
 
     def unseen_from_memo(self, ev: Evidence, seen: Seen) -> Session | None:
@@ -156,15 +117,15 @@ class Pipeline:
         stats: cheap enough for the event loop, where the rest of the resolution is not."""
         if seen.process is not None or not self.memo:
             return None
-        memo = self._memos.get(ev.connection_id)
+        memo = self._memo.get(ev.connection_id)
         if memo is None or not memo.session.file or not mounts.is_local(memo.session.file) \
                 or not all(mounts.is_local(path) for path in memo.basis or ()):
             return None  # a network mount must never hang the event loop
-        key = self._memo_key(ev, None)
+        key = memo_key(ev, None)
         return self._from_memo(ev, None, key) if key is not None else None
 
     def _from_memo(self, ev: Evidence, proc: Process | None, key: tuple) -> Session | None:
-        memo = self._memos.get(ev.connection_id)
+        memo = self._memo.get(ev.connection_id)
         # the common case: the same connection continues the same conversation, and nothing in
         # the store it was decided from changed: the decision would be the same again
         if memo is None or memo.key != key or not memo.confirmed:
@@ -174,7 +135,7 @@ class Pipeline:
             return memo.session
         if stamp is not None and stamp[1:] == memo.stamp[1:] and self._same_name(memo.session):
             # only the session file grew (an answer appended): its name is still the same
-            self._memos[ev.connection_id] = _Memo(key, stamp, memo.session, True, memo.basis)
+            self._memo.grew(ev.connection_id, memo, stamp)
             return memo.session
         return None
 
@@ -191,20 +152,7 @@ class Pipeline:
             and on.first_user == ev.conversation.first_user
 
     def forget_connection(self, connection_id: str) -> None:
-        self._memos.pop(connection_id, None)
-
-    @staticmethod
-    def _memo_key(ev: Evidence, proc: Process | None) -> tuple | None:
-        """Everything of the request and the process that the decision reads, but the store."""
-        conv = ev.conversation
-        if conv is None or conv.first_user is None:
-            return None
-        body = ev.body or {}
-        # compared with ==, never hashed: the headers dict as it is; a value with its type (True != 1)
-        return (proc.key if proc else None, proc.cwd if proc else None, proc.exe if proc else None,
-                proc.shared if proc else None, ev.headers, conv.first_user, conv.fresh, ev.client_fields,
-                tuple(_typed(body.get(k)) for k in _BODY_HINT_KEYS),
-                tuple(_typed(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
+        self._memo.forget(connection_id)
 
     def _same_name(self, session: Session) -> bool:
         """Read what was appended to the session's file: is its name unchanged?"""
@@ -212,7 +160,7 @@ class Pipeline:
         if profile is None or profile.store is None or profile.store.format is None or session.file is None:
             return False
         # the stat _stamp just took of the file by its path: read through the fd kept for it
-        known, name = self.stores.jsonl.name_now(session.file, profile.store.format, self._file_stat)
+        known, name = self.stores.jsonl.name_now(session.file, profile.store.format, self._memo.file_stat)
         return known and name == session.name
 
     def _stamp(self, session: Session, proc: Process | None, memo_basis: tuple[str, ...] | None = None) -> tuple | None:
@@ -222,7 +170,7 @@ class Pipeline:
         if session.file is None or session.fallback:
             return None
         if proc is not None:
-            folders = self.stores._folders.get(proc.key)
+            folders = self.stores.known_folders(proc.key)
             if folders is None or any(f.kind != "per_cwd" for f in folders):
                 return None
             paths = [f.path for f in folders]
@@ -235,19 +183,7 @@ class Pipeline:
         profile = agents.by_name(session.agent)
         if profile is not None and profile.store is not None and profile.store.name_index:
             return None
-        try:
-            st = self._file_stat = os.stat(session.file)
-            stamp: list = [(st.st_size, st.st_mtime_ns, st.st_ino)]
-        except OSError:
-            return None
-        for path in paths:
-            try:
-                stamp.append(os.stat(path).st_mtime_ns)
-            except OSError:
-                stamp.append(None)
-        if memo_basis is not None:
-            stamp.append(self.resolver.generation)
-        return tuple(stamp)
+        return self._memo.stamp(session.file, paths, self.resolver.generation if memo_basis is not None else None)
 
     def prune_due(self, now: float) -> bool:
         """Is it time for prune()? (it opens /proc for every known process: the caller runs it
@@ -273,10 +209,10 @@ class Pipeline:
             files = self.stores.candidates(agent, proc, hint, first_user, self.resolver.files_of(proc.key),
                                            fresh=bool(conv and conv.fresh), found_by_id=bool(by_id))
             files = files + [f for f in by_id if f.path not in {g.path for g in files}]
-            if not hint and agent.store is not None and agent.store.kind == "sqlite" and files:
+            if not hint and agent.store is not None and agent.store.newest_of_cwd_is_session and files:
                 # a database store without a session header: the newest session of this cwd
                 hint, where = files[0].id, "the agent's database (newest session of this cwd)"
-            return self.resolver.resolve(agent.name, proc, conv, files, now, hint, where)
+            return self.resolver.for_process(agent.name, proc, conv, files, now, hint, where)
         if proc is not None:
             why = ("the connection's socket is shared by several processes" if proc.shared
                    else f"'{proc.comm}' is not an agent with a known session store")
@@ -321,7 +257,43 @@ class Pipeline:
 
     def prune(self, now: float) -> None:
         """Forget processes that are gone (their minted sessions stay a while as orphans)."""
-        keys = set(self.resolver.on) | set(self.resolver.pending) | set(self.stores._folders)
-        alive = {k for k in keys if not k.startswith("conv:") and process_io.alive(k)}
+        keys = set(self.resolver.on) | set(self.resolver.pending) | set(self.stores.process_keys())
+        alive = {k for k in keys if not k.startswith("conv:") and self._alive(k)}
         self.resolver.prune(alive, now)
-        self.stores.forget([k for k in self.stores._folders if k not in alive])
+        self.stores.forget([k for k in self.stores.process_keys() if k not in alive])
+
+    # -- for the runner: background work, the state, how reads are done ----------------------------
+
+    def reading_inline(self, on: bool) -> None:
+        """On the event loop, every read is a small step; what is left is done between requests."""
+        self.stores.jsonl.inline = on
+
+    def inline_ok(self, process_key: str) -> bool:
+        """Is everything a resolution of this process reads known, on local filesystems, with no
+        folder still being indexed?"""
+        return not self.stores.jsonl.behind and self.stores.warm_and_local(process_key)
+
+    @property
+    def behind(self) -> bool:
+        return self.stores.jsonl.behind
+
+    def catch_up(self) -> bool:
+        """One step of background reading; True while any is left."""
+        return self.stores.jsonl.catch_up()
+
+    def warm(self) -> None:
+        """List the stores by file name, so that the first requests find their files by id."""
+        self.ids.warm()
+
+    @property
+    def dirty(self) -> bool:
+        return self.resolver.dirty
+
+    def export_state(self) -> dict:
+        return self.resolver.export_state()
+
+    def load_state(self, data: dict) -> None:
+        self.resolver.load_state(data)
+
+    def reset_bindings(self) -> None:
+        self.resolver = Resolver()

@@ -1,0 +1,34 @@
+"""I/O adapter: from a client connection's address to a snapshot of the local process behind it.
+
+Linux only: the socket whose local address is the client's peer address and whose remote address
+is the proxy's listening address is found by netlink (sock_diag) or in /proc/net/tcp{,6}; the
+process holding it is found by its fd links. Only processes of the proxy's own user are read;
+anything else gives None, and the caller falls back.
+
+One concern a module: `netlink`, `procnet` (the socket), `holders` (its processes), `snapshot`
+(the process), `forks` (forks after the lookup), `procfs` (the /proc readers they share). Their
+state between calls is owned by one `ProcessTable`; the functions here are those of the addon's
+one table, `default_table`.
+"""
+
+from .netlink import (
+    NETLINK_FAILURES_BEFORE_PAUSE,
+    NETLINK_PAUSE_MAX_S,
+    NETLINK_PAUSE_S,
+    NetlinkUnavailable,
+    parse_netlink_reply,
+)
+from .table import ProcessTable
+
+default_table = ProcessTable()
+lookup = default_table.lookup
+recheck = default_table.recheck
+alive = default_table.alive
+socket_owner = default_table.socket_owner
+read_process = default_table.read_process
+
+__all__ = [
+    "NETLINK_FAILURES_BEFORE_PAUSE", "NETLINK_PAUSE_MAX_S", "NETLINK_PAUSE_S", "NetlinkUnavailable",
+    "ProcessTable", "alive", "default_table", "lookup", "parse_netlink_reply", "read_process",
+    "recheck", "socket_owner",
+]
