@@ -15,6 +15,9 @@ for _name in [m for m in sys.modules if m == "agent_session_ids" or m.startswith
     del sys.modules[_name]
 
 from agent_session_ids.addon import SessionIds  # noqa: E402
+from agent_session_ids.status import StatusProbe  # noqa: E402
 from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
-addons = [SessionIds(), UsageLedger()]  # as mitmproxy lists its own: one feature, one addon
+session_ids = SessionIds()
+# as mitmproxy lists its own: one feature, one addon (the probe first: it answers before any rule)
+addons = [StatusProbe(session_ids), session_ids, UsageLedger()]

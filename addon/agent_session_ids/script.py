@@ -4,6 +4,9 @@
 """
 
 from agent_session_ids.addon import SessionIds
+from agent_session_ids.status import StatusProbe
 from agent_session_ids.usage.addon import UsageLedger
 
-addons = [SessionIds(), UsageLedger()]  # as mitmproxy lists its own: one feature, one addon
+session_ids = SessionIds()
+# as mitmproxy lists its own: one feature, one addon (the probe first: it answers before any rule)
+addons = [StatusProbe(session_ids), session_ids, UsageLedger()]

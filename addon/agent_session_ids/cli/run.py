@@ -1,15 +1,47 @@
-"""`agent-session-ids [--web] [mitmproxy options]`: mitmdump (or mitmweb) with the addon loaded,
-listening on 127.0.0.1 unless --listen-host says otherwise. For an installed package (pip, pipx,
-uv tool), where there is no checkout to point `-s` at."""
+"""The `agent-session-ids` command.
+
+    agent-session-ids proxy start|stop|status|restart [--port N] [--confdir DIR] [-- MITMPROXY OPTIONS]
+    agent-session-ids launch AGENT [ARGS...]     a known agent, through the proxy (started if need be)
+    agent-session-ids run -- CMD [ARGS...]       any program, the same way
+    agent-session-ids env [--shell sh|fish|powershell] [--unset]   lines to eval in a shell
+    agent-session-ids doctor [--json]            check the set-up; each problem with its fix
+    agent-session-ids report ...                 the usage report (as agent-session-ids-report)
+    agent-session-ids check [RULES_DIR]          check a rules folder
+    agent-session-ids [--web] [MITMPROXY OPTIONS]   the proxy in the foreground (mitmdump, or mitmweb)
+
+Bad input gets one line that says what is wrong, and a non-zero exit.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+from .proxy import DEFAULT_PORT, CliError, Place
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+COMMANDS = ("proxy", "launch", "run", "env", "doctor", "report", "check")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise CliError(f"{self.prog}: {message} (see agent-session-ids --help)")
+
+
+def _place(args) -> Place:
+    confdir = Path(args.confdir).expanduser() if args.confdir else Place().confdir
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port} is not a port; give one from 1 to 65535")
+    return Place(args.port, confdir)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the proxy's port on 127.0.0.1 (8080)")
+    parser.add_argument("--confdir", help="mitmproxy's confdir (~/.mitmproxy): the CA, the state, the ledger")
+
+
+def foreground(args: list[str]) -> int:
+    """mitmdump (or mitmweb with --web) with the addon, on 127.0.0.1 unless --listen-host says otherwise."""
     web = "--web" in args
     if web:
         args.remove("--web")
@@ -19,6 +51,118 @@ def main(argv: list[str] | None = None) -> int:
 
     run = tools.mitmweb if web else tools.mitmdump
     return run(["-s", str(Path(__file__).resolve().parent.parent / "script.py"), *args]) or 0
+
+
+def proxy_command(argv: list[str]) -> int:
+    from . import proxy
+
+    extra: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1:]
+    parser = _Parser(prog="agent-session-ids proxy")
+    parser.add_argument("action", choices=("start", "stop", "status", "restart"))
+    _common(parser)
+    args = parser.parse_args(argv)
+    place = _place(args)
+    if args.action in ("stop", "restart"):
+        print(proxy.stop(place))
+        if args.action == "stop":
+            return 0
+    if args.action in ("start", "restart"):
+        status, started = proxy.start(place, extra)
+        print(("started: " if started else "already running: ") + proxy.describe(status, place))
+        print(f"log: {place.log_file}")
+        return 0
+    answer = proxy.probe(place)
+    if answer is None:
+        held = proxy.port_holder(place.port)
+        why = f"{held}, which is not agent-session-ids" if held else f"no proxy answers on {place.url}"
+        raise CliError(f"{why}; start it: agent-session-ids proxy start --port {place.port}")
+    print(proxy.describe(answer, place))
+    return 0
+
+
+def launch_command(argv: list[str], named: bool) -> int:
+    from . import env, proxy
+
+    parser = _Parser(prog="agent-session-ids " + ("launch" if named else "run"))
+    _common(parser)
+    # the launcher's own options come first; the program and its arguments are the agent's, untouched
+    at = 0
+    while at < len(argv) and argv[at] != "--" and argv[at].startswith("-"):
+        at += 1 if "=" in argv[at] or argv[at] in ("-h", "--help") else 2  # an option and its value
+    at = min(at, len(argv))
+    args = parser.parse_args(argv[:at])
+    command = argv[at + 1:] if argv[at:at + 1] == ["--"] else argv[at:]
+    if not command:
+        raise CliError("give the program to run: agent-session-ids " + ("launch pi" if named else "run -- CMD"))
+    place = _place(args)
+    if named:
+        profile = env.profile_of(command[0])
+        command[0] = profile.command or command[0]
+        trust, extra = env.TRUST.get(profile.runtime, env.SHELL_TRUST), profile.launch_env
+    else:
+        trust, extra = env.SHELL_TRUST, ()
+    proxy.start(place)  # a proxy that runs already is used as it is; one started stays up
+    env.exec_with(place, command, trust, extra)
+    return 0  # not reached: exec
+
+
+def env_command(argv: list[str]) -> int:
+    from . import env
+
+    parser = _Parser(prog="agent-session-ids env")
+    _common(parser)
+    parser.add_argument("--shell", default="sh", help="sh (bash, zsh), fish or powershell")
+    parser.add_argument("--unset", action="store_true", help="the lines that undo it")
+    args = parser.parse_args(argv)
+    place = _place(args)
+    values = dict.fromkeys(["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", *env.SHELL_TRUST], "") if args.unset \
+        else env.variables(place, env.SHELL_TRUST)
+    print("\n".join(env.shell_lines(values, args.shell, args.unset)))
+    return 0
+
+
+def doctor_command(argv: list[str]) -> int:
+    from . import doctor
+
+    parser = _Parser(prog="agent-session-ids doctor")
+    _common(parser)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    return doctor.run(_place(args), args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] in (["-h"], ["--help"]):
+            print(__doc__.strip())
+            return 0
+        name = args[0] if args else ""
+        if name == "proxy":
+            return proxy_command(args[1:])
+        if name in ("launch", "run"):
+            return launch_command(args[1:], named=name == "launch")
+        if name == "env":
+            return env_command(args[1:])
+        if name == "doctor":
+            return doctor_command(args[1:])
+        if name == "report":
+            from .report import main as report
+
+            return report(args[1:])
+        if name == "check":
+            from .check import main as check
+
+            return check(args[1:])
+        return foreground(args)
+    except CliError as e:
+        print(f"agent-session-ids: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ class AgentProfile:
     # how a request shows it comes from this agent when its process cannot be read: headers
     # whose value matches a regex ("" = present at all); any one sign is enough
     request_signs: tuple[tuple[str, str], ...] = ()
+    # how `agent-session-ids launch` runs it: its command, the runtime that decides how it trusts
+    # a CA (cli/env.py's TRUST), and what else it needs in its environment
+    command: str = ""
+    runtime: str = "node"
+    launch_env: tuple[tuple[str, str], ...] = ()
     _compiled: dict = field(default_factory=dict, compare=False, repr=False)
 
     def recognises(self, process: Process) -> bool:
@@ -247,6 +252,7 @@ PI_CUSTOM_DIR = dict(custom_dir_flag="--session-dir", custom_dir_env="PI_CODING_
 
 PI = AgentProfile(
     name="pi",
+    command="pi",
     process_names=frozenset({"pi"}),
     # pi >= 0.86 sends x-session-id to OpenRouter; >= 0.75.5 sends x-opencode-session to OpenCode;
     # every pi sends session_id and prompt_cache_key to Responses-API models.
@@ -259,6 +265,8 @@ PI = AgentProfile(
 
 OMP = AgentProfile(
     name="omp",
+    command="omp",
+    runtime="bun",
     process_names=frozenset({"omp"}),
     process_patterns=(r"oh-my-pi",),
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
@@ -271,6 +279,10 @@ OMP = AgentProfile(
 
 CLAUDE = AgentProfile(
     name="claude",
+    command="claude",
+    runtime="bun",
+    # no calls to Anthropic's own hosts (telemetry, updates): only the model calls go out
+    launch_env=(("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),),
     process_names=frozenset({"claude"}),
     process_patterns=(r"claude-code/cli\.m?js",),
     hint_headers=("x-claude-code-session-id",),
@@ -283,6 +295,7 @@ CLAUDE = AgentProfile(
 
 QWEN = AgentProfile(
     name="qwen",
+    command="qwen",
     process_names=frozenset({"qwen"}),
     process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
     request_signs=(("user-agent", r"(?i)^qwen-?code"),),
@@ -292,6 +305,8 @@ QWEN = AgentProfile(
 
 CODEX = AgentProfile(
     name="codex",
+    command="codex",
+    runtime="rust",
     process_names=frozenset({"codex"}),
     process_patterns=(r"(^|/)codex(-[a-z0-9_-]+)?( |$)", r"@openai/codex"),
     hint_headers=("session-id", "session_id", "conversation_id"),
@@ -303,6 +318,7 @@ CODEX = AgentProfile(
 
 GEMINI = AgentProfile(
     name="gemini",
+    command="gemini",
     process_names=frozenset({"gemini"}),
     process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
     request_signs=(("user-agent", r"(?i)^gemini-?cli"),),
@@ -313,6 +329,8 @@ GEMINI = AgentProfile(
 
 OPENCODE = AgentProfile(
     name="opencode",
+    command="opencode",
+    runtime="bun",
     process_names=frozenset({"opencode", ".opencode"}),
     process_patterns=(r"opencode-ai|/opencode( |$)",),
     hint_headers=("x-opencode-session", "x-session-affinity", "x-session-id"),

@@ -1,0 +1,170 @@
+"""`agent-session-ids doctor [--json]`: checks the set-up without changing anything, one line per
+check, each problem with the command that fixes it. Exits 1 when something is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..resolution import agents
+from ..rules import default_rules_dir, load_rules_dir
+from ..status import PROBE_HOST
+from . import env as env_mod
+from .proxy import Place, describe, port_holder, probe
+
+# A TLS request through the proxy to the reserved host, as a Node runtime makes it: CONNECT, then
+# TLS trusting what NODE_EXTRA_CA_CERTS adds; prints the status line it got.
+NODE_CHECK = r"""
+const net = require('net'), tls = require('tls');
+const [port, host] = [Number(process.argv[1]), process.argv[2]];
+const s = net.connect(port, '127.0.0.1', () => s.write(`CONNECT ${host}:443 HTTP/1.1\r\nHost: ${host}:443\r\n\r\n`));
+s.once('data', (d) => {
+  if (!/^HTTP\/1\.\d 200/.test(d.toString())) { console.log('CONNECT refused'); process.exit(1); }
+  const t = tls.connect({socket: s, servername: host}, () => {
+    t.write(`GET /status HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+  });
+  t.once('data', (a) => { console.log(a.toString().split('\r\n')[0]); process.exit(0); });
+  t.on('error', (e) => { console.log(e.code || e.message); process.exit(1); });
+});
+s.on('error', (e) => { console.log(e.code || e.message); process.exit(1); });
+"""
+
+
+@dataclass
+class Check:
+    name: str
+    state: str  # "ok", "warn" (worth knowing, not wrong) or "fail"
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.state.upper():<4} {self.name}: {self.detail}"
+        return f"{text}\n     fix: {self.fix}" if self.fix else text
+
+
+def tls_through_proxy(place: Place, cafile: str) -> str | None:
+    """None when a TLS request to the reserved host through the proxy verifies with `cafile`,
+    else why not."""
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        with socket.create_connection(("127.0.0.1", place.port), timeout=5) as raw:
+            raw.sendall(f"CONNECT {PROBE_HOST}:443 HTTP/1.1\r\nHost: {PROBE_HOST}:443\r\n\r\n".encode())
+            reply = raw.recv(4096)
+            if not reply.startswith(b"HTTP/1.1 200") and not reply.startswith(b"HTTP/1.0 200"):
+                return f"CONNECT refused ({reply[:40]!r})"
+            with context.wrap_socket(raw, server_hostname=PROBE_HOST) as tls:
+                tls.sendall(f"GET /status HTTP/1.1\r\nHost: {PROBE_HOST}\r\nConnection: close\r\n\r\n".encode())
+                head = tls.recv(4096)
+        return None if head.startswith(b"HTTP/1.1 200") else f"answered {head[:40]!r}"
+    except ssl.SSLError as e:
+        return f"TLS does not verify ({e.reason or e})"
+    except OSError as e:
+        return f"{e.strerror or e}"
+
+
+def node_tls(place: Place, node: str) -> str | None:
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(place.ca_cert)}
+    try:
+        out = subprocess.run([node, "-e", NODE_CHECK, str(place.port), PROBE_HOST], env=env, capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"node did not run ({e})"
+    answer = out.stdout.strip()
+    return None if out.returncode == 0 and answer.startswith("HTTP/1.1 200") else (answer or out.stderr.strip()[:200])
+
+
+def writable(folder: Path) -> str | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as e:
+        return f"{folder}: {e.strerror or e}"
+    return None
+
+
+def checks(place: Place, environ: dict[str, str]) -> list[Check]:
+    out: list[Check] = []
+    start = f"agent-session-ids proxy start --port {place.port}"
+    status = probe(place)
+    if status is not None:
+        out.append(Check("proxy", "ok", describe(status, place)))
+    else:
+        held = port_holder(place.port)
+        out.append(Check("proxy", "fail", f"{held}, which is not agent-session-ids" if held
+                         else f"no proxy answers on {place.url}",
+                         f"stop that program, or {start.replace(str(place.port), str(place.port + 1))}" if held
+                         else start))
+    if place.ca_cert.is_file():
+        out.append(Check("CA", "ok", str(place.ca_cert)))
+    else:
+        out.append(Check("CA", "fail", f"no mitmproxy CA at {place.ca_cert}", start))
+    if status is not None and place.ca_cert.is_file():
+        restart = start.replace(" start", " restart")
+        why = tls_through_proxy(place, str(env_mod.bundle(place)))
+        out.append(Check("TLS (Python, Rust, curl: SSL_CERT_FILE bundle)", "fail" if why else "ok",
+                         why or "a request through the proxy verifies",
+                         f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))
+        node = shutil.which("node")
+        if node:
+            why = node_tls(place, node)
+            out.append(Check("TLS (Node, Bun: NODE_EXTRA_CA_CERTS)", "fail" if why else "ok",
+                             why or "a request through the proxy verifies",
+                             f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))
+        else:
+            out.append(Check("TLS (Node, Bun: NODE_EXTRA_CA_CERTS)", "warn", "no node on PATH to try it with"))
+    proxy_var = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
+    if not proxy_var:
+        out.append(Check("HTTPS_PROXY", "warn", "not set in this shell: agents started here go direct",
+                         'eval "$(agent-session-ids env)", or start agents with agent-session-ids launch AGENT'))
+    elif proxy_var.rstrip("/") not in (place.url, f"http://localhost:{place.port}"):
+        out.append(Check("HTTPS_PROXY", "fail", f"points at {proxy_var}, not {place.url}",
+                         'eval "$(agent-session-ids env)"'))
+    else:
+        out.append(Check("HTTPS_PROXY", "ok", proxy_var))
+    hosts = set((status or {}).get("hosts") or _shipped_hosts())
+    bypass = [h.strip().lower() for h in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(",")
+              if h.strip()]
+    skipped = sorted({h for h in hosts for b in bypass
+                      if b == "*" or h == b.lstrip("*.") or h.endswith("." + b.lstrip("*."))})
+    if skipped:
+        out.append(Check("NO_PROXY", "fail", f"the gateways {', '.join(skipped)} bypass the proxy",
+                         f"remove them from NO_PROXY, or: export NO_PROXY={env_mod.NO_PROXY}"))
+    else:
+        out.append(Check("NO_PROXY", "ok", "no gateway of the rules bypasses the proxy"))
+    for profile in agents.PROFILES:
+        command = shutil.which(profile.command) if profile.command else None
+        if command is None:
+            continue
+        roots = [r for r in agents.root_paths(profile.store, environ) if os.path.isdir(r)] if profile.store else []
+        readable = [r for r in roots if os.access(r, os.R_OK | os.X_OK)]
+        detail = f"{command}; sessions in {', '.join(readable) or 'no store yet'}"
+        out.append(Check(f"agent {profile.name}", "ok" if readable or not roots else "fail", detail,
+                         "" if readable or not roots else f"let this user read {', '.join(roots)}"))
+    why = writable(place.folder)
+    out.append(Check("state and ledger", "fail" if why else "ok", why or f"{place.folder} can be written",
+                     f"make {place.folder} writable, or start with --confdir FOLDER" if why else ""))
+    return out
+
+
+def _shipped_hosts() -> list[str]:
+    try:
+        return sorted({h for r in load_rules_dir(default_rules_dir()) for h in r.match.hosts if not h.startswith("*")})
+    except Exception:  # noqa: BLE001 - only for the NO_PROXY check
+        return []
+
+
+def run(place: Place, as_json: bool) -> int:
+    found = checks(place, dict(os.environ))
+    if as_json:
+        print(json.dumps([asdict(c) for c in found], indent=1))
+    else:
+        print("\n".join(c.line() for c in found))
+    return 1 if any(c.state == "fail" for c in found) else 0

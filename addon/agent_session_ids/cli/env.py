@@ -1,0 +1,104 @@
+"""What a program needs to go through the proxy: the proxy variables, and the CA trust its runtime
+reads. `env` prints them for a shell; `launch` and `run` set them for one process alone.
+
+A runtime either adds a CA to its trust store (Node and Bun: NODE_EXTRA_CA_CERTS) or takes a
+whole bundle in place of it (Rust, Python, curl: SSL_CERT_FILE); the bundle given is certifi's
+roots (a mitmproxy dependency) plus the mitmproxy CA, so other hosts keep verifying.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..resolution import agents
+from .proxy import CliError, Place
+
+# how each runtime is told to trust the CA: variable -> "ca" (the mitmproxy CA) or "bundle"
+TRUST: dict[str, dict[str, str]] = {
+    "node": {"NODE_EXTRA_CA_CERTS": "ca"},
+    "bun": {"NODE_EXTRA_CA_CERTS": "ca"},
+    "rust": {"SSL_CERT_FILE": "bundle"},
+    "python": {"SSL_CERT_FILE": "bundle", "REQUESTS_CA_BUNDLE": "bundle"},
+}
+# every runtime at once, for a shell (env)
+SHELL_TRUST = {"NODE_EXTRA_CA_CERTS": "ca", "SSL_CERT_FILE": "bundle", "REQUESTS_CA_BUNDLE": "bundle"}
+NO_PROXY = "localhost,127.0.0.1,::1"
+SHELLS = ("sh", "fish", "powershell")
+
+
+def bundle(place: Place) -> Path:
+    """certifi's roots plus the mitmproxy CA, written next to the proxy's files when either changed."""
+    import certifi
+
+    ca = place.ca_cert.read_bytes()
+    roots = Path(certifi.where()).read_bytes()
+    path = place.folder / "ca-bundle.pem"
+    data = roots.rstrip(b"\n") + b"\n" + ca
+    try:
+        if path.read_bytes() == data:
+            return path
+    except OSError:
+        pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
+    """The proxy and trust variables, for a proxy that has made its CA (it has started once)."""
+    if not place.ca_cert.is_file():
+        raise CliError(f"no mitmproxy CA at {place.ca_cert} yet; start the proxy once: agent-session-ids proxy start")
+    files = {"ca": str(place.ca_cert)}
+    if "bundle" in trust.values():
+        files["bundle"] = str(bundle(place))
+    out = {"HTTPS_PROXY": place.url, "HTTP_PROXY": place.url, "NO_PROXY": NO_PROXY}
+    out.update({name: files[kind] for name, kind in trust.items()})
+    return out
+
+
+def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
+    if shell not in SHELLS:
+        raise CliError(f"unknown shell {shell!r}; use one of: {', '.join(SHELLS)}")
+    quote = _quote_powershell if shell == "powershell" else _quote_sh
+    lines = []
+    for name, value in values.items():
+        if shell == "fish":
+            lines.append(f"set -e {name}" if unset else f"set -gx {name} {quote(value)}")
+        elif shell == "powershell":
+            lines.append(f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" if unset
+                         else f"$env:{name} = {quote(value)}")
+        else:
+            lines.append(f"unset {name}" if unset else f"export {name}={quote(value)}")
+    return lines
+
+
+def _quote_sh(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _quote_powershell(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def profile_of(name: str) -> agents.AgentProfile:
+    for profile in agents.PROFILES:
+        if profile.name == name or profile.command == name:
+            return profile
+    known = ", ".join(p.command or p.name for p in agents.PROFILES)
+    raise CliError(f"unknown agent {name!r}; launch one of: {known}, or any program with: agent-session-ids run -- CMD")
+
+
+def exec_with(place: Place, argv: list[str], trust: dict[str, str], extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """Replace this process by argv with the proxy's variables: its exit code, its terminal and
+    the signals sent to it are then its own."""
+    program = shutil.which(argv[0])
+    if program is None:
+        raise CliError(f"{argv[0]!r} is not on PATH; install it, or give its full path")
+    env = {**os.environ, **variables(place, trust), **dict(extra)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(program, argv, env)
