@@ -87,3 +87,34 @@ def test_the_installed_command_runs_the_proxy_with_the_shipped_rules(installed):
         sent = json.loads(request["body"])
         assert isinstance(sent.get("session_id"), str) and sent["session_id"], (sent, proxy.output()[-2000:])
         assert f"{installed}" in proxy.output() and "shipped_rules" in proxy.output()
+
+
+def test_the_installed_command_starts_reports_and_stops_the_background_proxy(installed, tmp_path):
+    """`proxy start|status|stop` and `run` from the plain install (issue 19): its own script file,
+    its shipped rules, and no process left behind."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    command = str(installed / "bin" / "agent-session-ids")
+    where = ["--port", port, "--confdir", str(tmp_path / "confdir")]
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and k != "PYTHONPATH"}
+    env["STANDIN_LOG"] = str(tmp_path / "standin.jsonl")
+
+    def cli(*words):
+        return subprocess.run([command, *words], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+
+    started = cli("proxy", "start", *where, "--", "-s", str(harness.STANDIN_SCRIPT))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "openrouter-session-id" in started.stdout
+        pid = int((tmp_path / "confdir" / "agent-session-ids" / f"proxy-{port}.pid").read_text())
+        assert f"{installed}" in Path(f"/proc/{pid}/cmdline").read_text()  # the install's script, not the checkout's
+        assert cli("proxy", "status", *where).returncode == 0
+        shown = cli("run", *where, "--", "sh", "-c", "echo $HTTPS_PROXY")
+        assert shown.returncode == 0 and shown.stdout.strip() == f"http://127.0.0.1:{port}"
+    finally:
+        stopped = cli("proxy", "stop", *where)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
