@@ -227,3 +227,60 @@ def test_bad_input_gets_one_line_and_no_traceback(cli):
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, (words, result.stderr)
     bad_port = subprocess.run([CLI, "proxy", "start", "--port", "70000"], capture_output=True, text=True, timeout=30)
     assert bad_port.returncode == 1 and "not a port" in bad_port.stderr
+
+
+class _NoProxy:
+    """What agent_clients' env builders read of a proxy, only for the parts that are not proxy
+    variables: those are removed again, so that launch alone sets them."""
+
+    proxy_url = "http://unused.invalid"
+    ca_cert = "/unused"
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")
+
+
+def _shim(folder: Path, name: str, argv: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\nexec " + " ".join(f'"{a}"' for a in argv) + ' "$@"\n')
+    path.chmod(0o755)
+    return folder
+
+
+def test_launch_claude_code_with_no_variable_set_by_hand(cli, tmp_path, claude):
+    launched(cli, tmp_path, "claude")
+
+
+def test_launch_codex_with_no_variable_set_by_hand(cli, tmp_path, codex):
+    launched(cli, tmp_path, "codex")
+
+
+def launched(cli, tmp_path, agent: str) -> None:
+    """The real client (installed by its fixture) through `launch`, in a fresh HOME."""
+    import agent_clients as ac
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    if agent == "claude":
+        env = ac.claude_env(_NoProxy(), home)
+        shims = _shim(tmp_path / "bin", "claude", [str(ac.claude_binary())])
+        words = ["launch", "claude", "-p", "launched claude"]
+        api = "anthropic-messages"
+    else:
+        env = ac.codex_env(_NoProxy(), home)
+        shims = _shim(tmp_path / "bin", "codex", [harness.node_path(), str(ac.codex_js())])
+        words = ["launch", "codex", "exec", *ac.CODEX_EXEC_FLAGS, "launched codex"]
+        api = "openai-responses"
+    for name in PROXY_VARIABLES:
+        env.pop(name, None)
+    env["PATH"] = os.pathsep.join([str(shims), env["PATH"]])
+    env["STANDIN_LOG"] = str(cli.log)
+    assert cli.start().returncode == 0
+    run = cli(*words, env=env, cwd=work)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    records = [r for r in cli.requests() if r["api"] == api]
+    assert records, [r["path"] for r in cli.requests()]
+    session = records[0]["session_ids"]["session"]
+    assert session["agent"] == agent and not session["fallback"], session
+    assert json.loads(records[0]["body"])["session_id"]
