@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,8 +45,8 @@ class Cli:
 
     def __call__(self, *words: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         command, rest = words[0], list(words[1:])
-        if command == "proxy":
-            argv = [CLI, "proxy", rest[0], *self.args(), *rest[1:]]
+        if command in ("proxy", "service"):
+            argv = [CLI, command, rest[0], *self.args(), *rest[1:]]
         elif command in ("launch", "run", "env", "doctor"):
             argv = [CLI, command, *self.args(), *rest]
         else:
@@ -284,3 +285,33 @@ def launched(cli, tmp_path, agent: str) -> None:
     session = records[0]["session_ids"]["session"]
     assert session["agent"] == agent and not session["fallback"], session
     assert json.loads(records[0]["body"])["session_id"]
+
+
+def test_the_service_unit_is_accepted_and_the_launchd_agent_is_a_valid_plist(cli, tmp_path):
+    import plistlib
+
+    unit = cli("service", "unit", "--platform", "linux")
+    assert unit.returncode == 0 and "Restart=on-failure" in unit.stdout and f"-p {cli.port}" in unit.stdout
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian's systemd package)")
+    path = tmp_path / "agent-session-ids.service"
+    path.write_text(unit.stdout)
+    verify = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    broken = tmp_path / "broken.service"
+    broken.write_text(unit.stdout.replace("ExecStart=/", "ExecStart=no/such/"))
+    assert subprocess.run([analyze, "verify", str(broken)], capture_output=True, timeout=60).returncode != 0
+    plist = plistlib.loads(cli("service", "unit", "--platform", "macos").stdout.encode())
+    assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True
+    assert plist["ProgramArguments"][0] == sys.executable and str(cli.port) in plist["ProgramArguments"]
+
+
+def test_service_install_without_a_user_service_manager_points_to_proxy_start(cli):
+    manager = subprocess.run(["systemctl", "--user", "show-environment"], capture_output=True, timeout=30) \
+        if shutil.which("systemctl") else None
+    if manager is not None and manager.returncode == 0:
+        pytest.skip("a user service manager runs here: a test does not install a real unit")
+    result = cli("service", "install")
+    assert result.returncode == 1 and "no user service manager runs here" in result.stderr
+    assert "agent-session-ids proxy start" in result.stderr and result.stderr.count("\n") == 1

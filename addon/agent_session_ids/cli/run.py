@@ -5,6 +5,7 @@
     agent-session-ids run -- CMD [ARGS...]       any program, the same way
     agent-session-ids env [--shell sh|fish|powershell] [--unset]   lines to eval in a shell
     agent-session-ids doctor [--json]            check the set-up; each problem with its fix
+    agent-session-ids service install|uninstall|status|unit   the proxy as a user service
     agent-session-ids report ...                 the usage report (as agent-session-ids-report)
     agent-session-ids check [RULES_DIR]          check a rules folder
     agent-session-ids [--web] [MITMPROXY OPTIONS]   the proxy in the foreground (mitmdump, or mitmweb)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .proxy import DEFAULT_PORT, CliError, Place
 
-COMMANDS = ("proxy", "launch", "run", "env", "doctor", "report", "check")
+COMMANDS = ("proxy", "launch", "run", "env", "doctor", "service", "report", "check")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +135,26 @@ def doctor_command(argv: list[str]) -> int:
     return doctor.run(_place(args), args.json)
 
 
+def service_command(argv: list[str]) -> int:
+    from . import service
+
+    parser = _Parser(prog="agent-session-ids service")
+    parser.add_argument("action", choices=("install", "uninstall", "status", "unit"))
+    parser.add_argument("--platform", choices=("linux", "macos"), help="with unit: whose unit to print")
+    _common(parser)
+    args = parser.parse_args(argv)
+    place = _place(args)
+    if args.action == "unit":
+        print(service.unit_text(place, args.platform), end="")
+        return 0
+    if args.action == "status":
+        ok, text = service.status(place)
+        print(text)
+        return 0 if ok else 1
+    print(service.install(place) if args.action == "install" else service.uninstall(place))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -149,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return env_command(args[1:])
         if name == "doctor":
             return doctor_command(args[1:])
+        if name == "service":
+            return service_command(args[1:])
         if name == "report":
             from .report import main as report
 

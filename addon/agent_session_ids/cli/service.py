@@ -1,0 +1,119 @@
+"""`agent-session-ids service install|uninstall|status|unit`: the proxy as a user service, so that
+it is there after a reboot. A systemd user unit on Linux, a launchd agent on macOS; each runs the
+same proxy as `proxy start`, in the foreground, and restarts it when it fails."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from .proxy import CliError, Place, mitmdump_argv, probe
+
+UNIT_NAME = "agent-session-ids.service"
+LAUNCHD_LABEL = "dev.agent-session-ids.proxy"
+
+
+def systemd_unit(place: Place) -> str:
+    command = " ".join(shlex.quote(a).replace("%", "%%") for a in mitmdump_argv(place, []))
+    return f"""[Unit]
+Description=agent-session-ids: the session-ID proxy for coding agents on 127.0.0.1:{place.port}
+After=network.target
+
+[Service]
+ExecStart={command}
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def launchd_plist(place: Place) -> bytes:
+    return plistlib.dumps({
+        "Label": LAUNCHD_LABEL,
+        "ProgramArguments": mitmdump_argv(place, []),
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not when it is stopped
+        "StandardOutPath": str(place.log_file),
+        "StandardErrorPath": str(place.log_file),
+    })
+
+
+def _platform() -> str:
+    return "macos" if sys.platform == "darwin" else "linux"
+
+
+def _unit_path(platform: str) -> Path:
+    if platform == "macos":
+        return Path("~/Library/LaunchAgents").expanduser() / f"{LAUNCHD_LABEL}.plist"
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path("~/.config").expanduser())
+    return Path(config) / "systemd" / "user" / UNIT_NAME
+
+
+def _manager(platform: str) -> str | None:
+    """Why no user service manager can be used here, or None when one answers."""
+    argv = ["launchctl", "print", f"gui/{os.getuid()}"] if platform == "macos" else ["systemctl", "--user",
+                                                                                      "show-environment"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{argv[0]} cannot run ({e})"
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"{argv[0]} failed"])[0]
+    return None
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise CliError(f"{' '.join(argv)} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+
+
+def unit_text(place: Place, platform: str | None = None) -> str:
+    platform = platform or _platform()
+    return launchd_plist(place).decode() if platform == "macos" else systemd_unit(place)
+
+
+def install(place: Place) -> str:
+    platform = _platform()
+    why = _manager(platform)
+    if why:
+        raise CliError(f"no user service manager runs here ({why}); start the proxy with: "
+                       f"agent-session-ids proxy start --port {place.port}")
+    path = _unit_path(platform)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    place.folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(unit_text(place, platform))
+    if platform == "macos":
+        _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)])
+    else:
+        _run(["systemctl", "--user", "daemon-reload"])
+        _run(["systemctl", "--user", "enable", "--now", UNIT_NAME])
+    return f"installed {path}; the proxy starts now and after each login"
+
+
+def uninstall(place: Place) -> str:
+    platform = _platform()
+    path = _unit_path(platform)
+    if not path.exists():
+        return f"no service is installed ({path} does not exist)"
+    if _manager(platform) is None:
+        if platform == "macos":
+            subprocess.run(["launchctl", "bootout", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"], capture_output=True)
+        else:
+            subprocess.run(["systemctl", "--user", "disable", "--now", UNIT_NAME], capture_output=True)
+    path.unlink()
+    return f"removed {path}"
+
+
+def status(place: Place) -> tuple[bool, str]:
+    path = _unit_path(_platform())
+    answer = probe(place)
+    installed = f"installed at {path}" if path.exists() else "not installed"
+    running = f"the proxy answers on {place.url}" if answer else f"no proxy answers on {place.url}"
+    return path.exists() and answer is not None, f"service {installed}; {running}"
