@@ -304,7 +304,8 @@ def test_the_service_unit_is_accepted_and_the_launchd_agent_is_a_valid_plist(cli
     assert subprocess.run([analyze, "verify", str(broken)], capture_output=True, timeout=60).returncode != 0
     plist = plistlib.loads(cli("service", "unit", "--platform", "macos").stdout.encode())
     assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True
-    assert plist["ProgramArguments"][0] == sys.executable and str(cli.port) in plist["ProgramArguments"]
+    assert os.path.realpath(plist["ProgramArguments"][0]) == os.path.realpath(sys.executable)
+    assert str(cli.port) in plist["ProgramArguments"]
 
 
 def test_service_install_without_a_user_service_manager_points_to_proxy_start(cli):
