@@ -7,7 +7,6 @@ Fail open: whatever goes wrong, the request passes on unmodified and the reason 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 
@@ -18,7 +17,7 @@ from mitmproxy.utils import human
 from .cli import check
 from .connections import Connections
 from .live import LiveSessions
-from .options import DEFAULT_RULES, OPTIONS
+from .options import DEFAULT_RULES, OPTIONS, open_listener_warning
 from .request_flow import RequestFlow, may_stream
 from .resolution.runner import Runner
 from .rules import RuleError
@@ -29,15 +28,6 @@ from .warn_once import WarnOnce
 __all__ = ["DEFAULT_RULES", "SessionIds"]
 
 logger = logging.getLogger("agent_session_ids")
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class SessionIds:
     def __init__(self) -> None:
@@ -96,13 +86,9 @@ class SessionIds:
 
     def running(self) -> None:
         self._running = True
-        host = getattr(ctx.options, "listen_host", "127.0.0.1")
-        auth = getattr(ctx.options, "proxyauth", None) if "proxyauth" in ctx.options.keys() else None
-        if not _is_loopback(host) and not auth:
-            logger.warning(
-                f"agent-session-ids: the proxy listens on {host or 'every interface'} without proxyauth: "
-                "anyone who can reach it can use it. Start it with --listen-host 127.0.0.1."
-            )
+        warning = open_listener_warning(ctx.options)
+        if warning:
+            logger.warning(f"agent-session-ids: {warning}")
         self.rulebook.watch()
         self.runner.start()
 

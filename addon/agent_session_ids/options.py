@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from .rules import default_rules_dir
 
 DEFAULT_RULES = default_rules_dir()
@@ -28,3 +30,22 @@ OPTIONS = (
      "Send a hash of a session's name instead of its name: labels read <hash>-<8 chars of the ID>, "
      "and {session.name} is the hash."),
 )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_listener_warning(options) -> str | None:
+    """Said at start-up when the proxy listens beyond loopback and asks no one for a password."""
+    host = getattr(options, "listen_host", "127.0.0.1")
+    auth = getattr(options, "proxyauth", None) if "proxyauth" in options.keys() else None
+    if _is_loopback(host) or auth:
+        return None
+    return (f"the proxy listens on {host or 'every interface'} without proxyauth: anyone who can reach it "
+            "can use it. Start it with --listen-host 127.0.0.1.")

@@ -184,6 +184,20 @@ def test_env_lines_point_a_shell_at_the_proxy(cli, tmp_path):
     assert run.returncode == 0 and run.stdout.strip() == "200", (run.stdout, run.stderr)
     (record,) = cli.requests()
     assert json.loads(record["body"])["session_id"].startswith("process-")  # the script is no agent
+    # and a real agent: pi 1.6.0 in a fresh HOME, its shell set by the eval alone
+    home = tmp_path / "home"
+    home.mkdir()
+    pi_env = {**{k: v for k, v in cli.env.items() if not k.upper().startswith(("NODE_", "SSL_CERT", "PI_"))},
+              "HOME": str(home), "PATH": os.pathsep.join([str(harness.pi_shim_dir("1.6.0")), harness.node_bin_dir(),
+                                                            os.environ["PATH"]]),
+              "PI_OFFLINE": "1", "PI_TELEMETRY": "0", **harness.FAKE_KEYS}
+    agent = subprocess.run(["sh", "-c", f'eval "$({CLI} env {" ".join(cli.args())})" && '
+                                        f'pi {" ".join(OPENROUTER)} -p "through the eval"'],
+                           env=pi_env, capture_output=True, text=True, timeout=120, cwd=work, stdin=subprocess.DEVNULL)
+    assert agent.returncode == 0, (agent.stdout, agent.stderr)
+    (pi_record,) = [r for r in cli.requests() if "through the eval" in r["body"]]
+    assert pi_record["session_ids"]["session"]["agent"] == "pi"
+    assert pi_record["session_ids"]["session"]["source"].startswith("request header x-session-id")
     unset = cli("env", "--unset", "--shell", "fish")
     assert "set -e HTTPS_PROXY" in unset.stdout
     bad = cli("env", "--shell", "tcsh")
