@@ -178,11 +178,19 @@ _DECODERS: dict[str, Callable[[], object]] = {
 }
 
 
+_NO_ENCODING = ("", "identity", "none")
+
+
+def is_encoded(encoding: str | None) -> bool:
+    """Does this content-encoding change the bytes (is there anything to decode)?"""
+    return (encoding or "").strip().lower() not in _NO_ENCODING
+
+
 def decoder_for(encoding: str | None):
     """A callable that turns encoded chunks into decoded pieces (with `flush()` and `finished`);
     None for no encoding. Raises Unsupported."""
     name = (encoding or "").strip().lower()
-    if name in ("", "identity", "none"):
+    if name in _NO_ENCODING:
         return None
     make = _DECODERS.get(name)
     if make is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from .connections import Connections
-from .decoding import DECODING
+from .decoding import DECODING, is_encoded
 from .live import LiveSessions
 from .resolution import agents
 from .resolution.model import Evidence, Process, Session
@@ -114,7 +114,7 @@ class RequestFlow:
             return None, "the body is empty"
         try:
             encoding = flow.request.headers.get("content-encoding")
-            if encoding:  # decoded in bounded pieces, off the event loop: a bomb holds no flow
+            if is_encoded(encoding):  # decoded in bounded pieces, off the event loop: a bomb holds no flow
                 raw = await asyncio.get_running_loop().run_in_executor(DECODING, decode_content, raw, encoding)
             body = read_body(raw, self._bodies.get(flow.client_conn.id))
         except RewriteError as e:

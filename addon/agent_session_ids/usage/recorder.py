@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ..decoding import is_encoded
 from ..rules.matching import gateway_host
 from ..view import display
 from . import ledger as ledger_mod
@@ -39,10 +40,6 @@ def is_sse(response) -> bool:
         if name.lower() == b"content-type":
             return value.lstrip()[:17].lower() == b"text/event-stream"
     return False
-
-
-def _encoded(response) -> bool:
-    return response.headers.get("content-encoding", "").strip().lower() not in ("", "identity", "none")
 
 
 def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
@@ -169,7 +166,8 @@ class Recorder:
                 return None
             if observer is not None and observer.decode is not None:
                 return self._record_when_decoded(flow, meta, observer)
-            if observer is None and flow.response.raw_content and _encoded(flow.response):
+            response = flow.response
+            if observer is None and response.raw_content and is_encoded(response.headers.get("content-encoding")):
                 return self._record_when_decoded(flow, meta, None)
             self._record(flow, meta, observer)
         except Exception as e:  # noqa: BLE001 - fail open
