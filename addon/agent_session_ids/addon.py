@@ -111,13 +111,12 @@ class SessionIds:
 
     @command.command("sessionids.sessions")
     def cmd_sessions(self) -> str:
-        """The sessions seen so far: agent, ID, name, cwd, pid, requests, and what decided."""
-        lines = self.live.table()
-        ledger = ctx.master.addons.get("usageledger") if self.live.sessions else None
+        """The sessions of this run as `agent-session-ids top` shows them, then how each was decided:
+        agent, ID, name, cwd, pid, requests, and the evidence."""
+        ledger = ctx.master.addons.get("usageledger")
         usage = ledger.table() if ledger is not None else []
-        if usage:
-            lines += ["", "Usage per session (answers read this run):", *usage]
-        return "\n".join(lines)
+        lines = usage or ["no answers read yet (session_usage off, or none answered)"]
+        return "\n".join([*lines, "", "How each session was decided:", *self.live.table()])
 
     @command.command("sessionids.explain")
     def cmd_explain(self, flow: mitmflow.Flow) -> str:

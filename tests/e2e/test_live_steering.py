@@ -142,7 +142,9 @@ def test_commands_through_mitmwebs_command_api(tmp_path):
         assert len(requests) == 1
         sessions = web.command("sessionids.sessions")
         session = requests[0]["session_ids"]["session"]
-        assert session["id"] in sessions and sessions.splitlines()[1].split()[1] == "1"
+        top, decided = sessions.split("How each session was decided:\n", 1)
+        assert top.splitlines()[0].split()[:4] == ["AGENT", "SESSION", "PROJECT", "REQS"] and "TOTAL" in top
+        assert session["id"] in decided and decided.splitlines()[1].split()[1] == "1"
         explained = web.command("sessionids.explain", f"~comment {session['id']}")
         assert "decided by fallback:" in explained and "opencode-session" in explained
         on = len(active_rules(load_rules_dir(ROOT / "rules")))  # the shipped rules that are on

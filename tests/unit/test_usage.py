@@ -779,9 +779,10 @@ def test_a_provider_flip_is_logged_once_and_shown(tmp_path, caplog):
     flips = [r.message for r in caplog.records if r.levelname == "WARNING" and "provider flip" in r.message]
     assert len(flips) == 1 and "Google" in flips[0] and "Anthropic" in flips[0]
     assert "provider flip Anthropic → Google" in flows[2].comment and "flip" not in flows[3].comment
-    assert "Usage per session" in table and "Anthropic (2), Google (2)" in table and "92%" in table
+    assert "⚠Google" in table and "Anthropic → Google" in table and "92%" in table
+    assert "How each session was decided:" in table
     summary = [r.message for r in caplog.records if "usage this run" in r.message]
-    assert summary and "Anthropic (2), Google (2)" in summary[0]
+    assert summary and "⚠Google" in summary[0] and "provider flip" in summary[0] and "TOTAL" in summary[0]
 
 
 def test_a_failure_in_the_usage_path_is_logged_once_and_the_answer_passes(tmp_path, caplog, monkeypatch):

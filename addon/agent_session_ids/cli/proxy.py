@@ -17,50 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..status import PROBE_HOST
+from .place import DEFAULT_PORT, CliError, Place  # noqa: F401 - the commands' shared names
 
-DEFAULT_PORT = 8080
 START_WAIT_S = 30.0
 STOP_WAIT_S = 10.0
-
-
-class CliError(Exception):
-    """One line for the user: what is wrong and how to fix it; the command exits non-zero."""
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where one proxy lives: its port and its confdir, and the files it keeps there."""
-
-    port: int = DEFAULT_PORT
-    confdir: Path = Path("~/.mitmproxy").expanduser()
-
-    @property
-    def folder(self) -> Path:
-        return self.confdir / "agent-session-ids"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.folder / f"proxy-{self.port}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / f"proxy-{self.port}.log"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.folder / f"proxy-{self.port}.lock"
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.confdir / "mitmproxy-ca-cert.pem"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def probe(place: Place, timeout: float = 2.0) -> dict | None:

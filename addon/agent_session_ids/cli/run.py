@@ -7,6 +7,8 @@
     agent-session-ids doctor [--json]            check the set-up; each problem with its fix
     agent-session-ids service install|uninstall|status|unit   the proxy as a user service
     agent-session-ids report ...                 the usage report (as agent-session-ids-report)
+    agent-session-ids top [--once] [--window 1h]  the sessions live, as htop shows processes
+    agent-session-ids statusline [--session ID]  one line for Claude Code's statusLine (JSON on stdin)
     agent-session-ids check [RULES_DIR]          check a rules folder
     agent-session-ids [--web] [MITMPROXY OPTIONS]   the proxy in the foreground (mitmdump, or mitmweb)
 
@@ -19,14 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .proxy import DEFAULT_PORT, CliError, Place
-
-COMMANDS = ("proxy", "launch", "run", "env", "doctor", "service", "report", "check")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise CliError(f"{self.prog}: {message} (see agent-session-ids --help)")
+from .place import DEFAULT_PORT, CliError, Place
+from .place import Parser as _Parser
 
 
 def _place(args) -> Place:
@@ -155,32 +151,53 @@ def service_command(argv: list[str]) -> int:
     return 0
 
 
+def report_command(argv: list[str]) -> int:
+    from .report import main as report
+
+    return report(argv)
+
+
+def check_command(argv: list[str]) -> int:
+    from .check import main as check
+
+    return check(argv)
+
+
+def top_command(argv: list[str]) -> int:
+    from .top import main as top
+
+    return top(argv)
+
+
+def statusline_command(argv: list[str]) -> int:
+    from .statusline import main as statusline
+
+    return statusline(argv)
+
+
+# each command's module is imported only when it runs: the status line must start fast
+COMMANDS = {
+    "proxy": proxy_command,
+    "launch": lambda argv: launch_command(argv, named=True),
+    "run": lambda argv: launch_command(argv, named=False),
+    "env": env_command,
+    "doctor": doctor_command,
+    "service": service_command,
+    "report": report_command,
+    "top": top_command,
+    "statusline": statusline_command,
+    "check": check_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] in (["-h"], ["--help"]):
             print(__doc__.strip())
             return 0
-        name = args[0] if args else ""
-        if name == "proxy":
-            return proxy_command(args[1:])
-        if name in ("launch", "run"):
-            return launch_command(args[1:], named=name == "launch")
-        if name == "env":
-            return env_command(args[1:])
-        if name == "doctor":
-            return doctor_command(args[1:])
-        if name == "service":
-            return service_command(args[1:])
-        if name == "report":
-            from .report import main as report
-
-            return report(args[1:])
-        if name == "check":
-            from .check import main as check
-
-            return check(args[1:])
-        return foreground(args)
+        command = COMMANDS.get(args[0]) if args else None
+        return command(args[1:]) if command is not None else foreground(args)
     except CliError as e:
         print(f"agent-session-ids: {e}", file=sys.stderr)
         return 1

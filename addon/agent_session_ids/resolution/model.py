@@ -60,6 +60,7 @@ class Session:
     file: str | None = None
     fallback: bool = False
     named_by_request: bool = False  # the id the request itself names decided
+    cwd: str | None = None  # the session's folder, where its session file says it
 
     def fields(self, privacy: bool = False) -> dict[str, str]:
         """The template fields that rule values can use. With privacy, a hash stands for the name."""

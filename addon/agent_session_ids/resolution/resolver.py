@@ -140,7 +140,7 @@ class Resolver:
         if f is not None:
             trace = b.trace_uuid if b else ids.trace_uuid(f.path)
             return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path,
-                           named_by_request=True)
+                           named_by_request=True, cwd=f.cwd)
         return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)",
                        named_by_request=True)
 
@@ -287,10 +287,10 @@ class Resolver:
         if b is None:
             b = self.bound.get(f"id:{f.id}")  # named by the request before its file was written
         trace = b.trace_uuid if b else ids.trace_uuid(f.path)
-        return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path)
+        return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path, cwd=f.cwd)
 
     def _pending_session(self, p: Pending, source: str, fallback: bool = False) -> Session:
-        return Session(p.id, p.id, p.trace_uuid, p.agent, source, fallback=fallback)
+        return Session(p.id, p.id, p.trace_uuid, p.agent, source, fallback=fallback, cwd=p.cwd or None)
 
     def _current(self, agent, on: OnProcess, files, source: str) -> Session:
         if on.pending is not None:

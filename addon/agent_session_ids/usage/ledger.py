@@ -241,11 +241,34 @@ def _replaced(fd: int, path: str) -> bool:
 
 # -- reading -------------------------------------------------------------------------------------
 
+DEFAULT_PATH = os.path.join("~", ".mitmproxy", "agent-session-ids", "usage.jsonl")
+
+
+def path_of(given: str | None) -> str:
+    """The ledger a reader reads: the one given, else $AGENT_SESSION_IDS_USAGE, else the default."""
+    return os.path.expanduser(given or os.environ.get("AGENT_SESSION_IDS_USAGE") or DEFAULT_PATH)
+
+
 
 def files(path: str, keep: int = KEEP) -> list[str]:
     """The ledger's files that exist, oldest first."""
     names = [f"{path}.{n}" for n in range(max(keep, 9), 0, -1)] + [path]
     return [name for name in names if os.path.isfile(name)]
+
+
+def record_of(line: bytes) -> dict | None:
+    """One whole ledger line as its record, with ``_epoch``; None if it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    ts = parse_ts(record.get("ts"))
+    if ts is None:
+        return None
+    record["_epoch"] = ts
+    return record
 
 
 class Reading:
@@ -254,7 +277,7 @@ class Reading:
     def __init__(self) -> None:
         self.skipped = 0
 
-    def records(self, path: str, since: float | None = None) -> Iterator[dict]:
+    def records(self, path: str, since: float | None = None, until: float | None = None) -> Iterator[dict]:
         for name in files(path):
             with open(name, "rb") as f:
                 for line in f:
@@ -264,26 +287,18 @@ class Reading:
                         continue
                     if not line.strip():
                         continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
+                    record = record_of(line)
+                    if record is None:
                         self.skipped += 1
                         continue
-                    if not isinstance(record, dict):
-                        self.skipped += 1
+                    ts = record["_epoch"]
+                    if (since is not None and ts < since) or (until is not None and ts > until):
                         continue
-                    ts = parse_ts(record.get("ts"))
-                    if ts is None:
-                        self.skipped += 1
-                        continue
-                    if since is not None and ts < since:
-                        continue
-                    record["_epoch"] = ts
                     yield record
 
 
-def read(path: str, since: float | None = None) -> tuple[list[dict], int]:
+def read(path: str, since: float | None = None, until: float | None = None) -> tuple[list[dict], int]:
     """(records in file order, number of lines skipped)."""
     reading = Reading()
-    records = list(reading.records(path, since))
+    records = list(reading.records(path, since, until))
     return records, reading.skipped

@@ -23,9 +23,10 @@ from ..decoding import is_encoded
 from ..rules.matching import gateway_host
 from ..view import display
 from . import ledger as ledger_mod
+from . import live_view
 from .observer import DECODING, SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
-from .totals import FlipWatch, Totals, duration, hit_ratio, table
+from .totals import SessionTable, Totals, duration, hit_ratio
 
 logger = logging.getLogger("agent_session_ids")
 
@@ -33,6 +34,7 @@ MAX_SESSIONS = 1000  # live totals kept; the oldest is dropped past it
 MAX_OPEN_STREAMS = 10_000  # observers of answers still streaming
 MAX_JSON_BYTES = 64 << 20  # a held answer larger than this is not parsed
 SUMMARY_SESSIONS = 20  # sessions in the summary on exit (one screen)
+_NOT_FIGURES = frozenset(("ts", "session", "label", "agent", "cwd", "rule", "host"))  # not the turn's own
 
 
 def is_sse(response) -> bool:
@@ -93,8 +95,7 @@ class Recorder:
         self.path: str | None = None
         self.ledger: ledger_mod.Ledger | None = None
         self._streams: dict[str, StreamObserver] = {}
-        self.sessions: dict[str, Totals] = {}
-        self.flips = FlipWatch()
+        self.live = SessionTable(MAX_SESSIONS)
 
     # -- options ----------------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class Recorder:
         record: dict = {"ts": ledger_mod.timestamp(flow.request.timestamp_start or time.time()),
                         "session": session.get("id")}
         for key, value in (("label", session.get("label")), ("agent", session.get("agent")),
+                           ("cwd", session.get("cwd")),
                            ("rule", changes[0].get("rule") if changes else (rules[0].get("name") if rules else None)),
                            ("host", gateway_host(flow)), ("model", meta.get("model"))):
             if value is not None:
@@ -239,14 +241,12 @@ class Recorder:
         record.update(known)
         if self.ledger is not None:
             self.ledger.append(record)
-        epoch = flow.request.timestamp_start or time.time()
-        flip = self.flips.see(str(record["session"]), record.get("provider"), epoch)
-        self._add(record, epoch, flip)
+        flip = self.live.add(record, flow.request.timestamp_start or time.time())
         if flip is not None:
             logger.warning(f"agent-session-ids: session {record.get('label') or record['session']} was served by "
                            f"{flip['to']}, its previous turn by {flip['from']} ({duration(flip['idle_s'])} before): "
                            f"a provider flip loses the prompt cache")
-        figures = {k: v for k, v in record.items() if k not in ("ts", "session", "label", "agent", "rule", "host")}
+        figures = {k: v for k, v in record.items() if k not in _NOT_FIGURES}
         ratio = hit_ratio(record)
         if ratio is not None:
             figures["cache_hit_ratio"] = round(ratio, 4)
@@ -256,28 +256,19 @@ class Recorder:
 
     # -- live totals ----------------------------------------------------------------------------------
 
-    def _add(self, record: dict, epoch: float, flip: dict | None) -> None:
-        key = str(record["session"])
-        totals = self.sessions.pop(key, None)  # re-inserted: the dict stays in order of last use
-        if totals is None:
-            totals = Totals(key)
-            if len(self.sessions) >= MAX_SESSIONS:
-                del self.sessions[next(iter(self.sessions))]
-        self.sessions[key] = totals
-        totals.add(record, epoch)
-        if flip is not None:
-            totals.flips.append({**flip, "when": time.strftime("%H:%M:%S", time.localtime(epoch))})
-            del totals.flips[:-5]  # the latest few
+    @property
+    def sessions(self) -> dict[str, Totals]:
+        return self.live.sessions
 
-    def table(self) -> list[str]:
-        """Per session: requests, tokens, cache-hit ratio, cost, providers (newest first)."""
-        return table(list(reversed(self.sessions.values())))
+    def table(self, width: int = 120) -> list[str]:
+        """The sessions of this run as `top` shows them, and their provider flips."""
+        sessions = list(self.sessions.values())
+        return live_view.lines(sessions, time.time(), width) + live_view.flip_lines(sessions)
 
     def summary(self) -> list[str]:
-        groups = list(reversed(self.sessions.values()))
-        lines = table(groups[:SUMMARY_SESSIONS])
-        if len(groups) > SUMMARY_SESSIONS:
-            lines.append(f"... and {len(groups) - SUMMARY_SESSIONS} more sessions")
+        sessions = list(self.sessions.values())
+        lines = live_view.lines(sessions, time.time(), 120, limit=SUMMARY_SESSIONS)
+        lines += live_view.flip_lines(sorted(sessions, key=lambda g: -(g.last or 0))[:SUMMARY_SESSIONS])
         if self.path:
-            lines.append(f"ledger: {self.path} (python -m agent_session_ids.report)")
+            lines.append(f"ledger: {self.path} (agent-session-ids report, agent-session-ids top)")
         return lines

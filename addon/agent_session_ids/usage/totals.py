@@ -3,6 +3,8 @@ and the live view in the proxy (sessionids.sessions, the summary on exit)."""
 
 from __future__ import annotations
 
+import time
+
 from ..view.units import duration, money, percent, tokens
 
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
@@ -27,6 +29,13 @@ class Totals:
         self.last: float | None = None
         self.flips: list[dict] = []
         self.turns: list[tuple[float, float | None, str | None]] = []  # (epoch, hit ratio, provider)
+        self.cwd: str | None = None
+        # the latest turn's own figures (what top and the status line show beside the sums)
+        self.last_input: int | None = None
+        self.last_hit: float | None = None
+        self.last_model: str | None = None
+        self.last_provider: str | None = None
+        self.last_flipped = False  # the latest turn was served by another provider than the one before
 
     def add(self, record: dict, epoch: float, keep_turns: bool = False) -> None:
         self.requests += 1
@@ -51,9 +60,38 @@ class Totals:
         if isinstance(model, str):
             self.models[model] = self.models.get(model, 0) + 1
         self.first = epoch if self.first is None else min(self.first, epoch)
-        self.last = epoch if self.last is None else max(self.last, epoch)
+        if self.last is None or epoch >= self.last:
+            self.last = epoch
+            self.cwd = record.get("cwd") or self.cwd
+            value = record.get("input_tokens")
+            self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
+            self.last_hit = ratio
+            self.last_model = model if isinstance(model, str) else self.last_model
+            if isinstance(provider, str):
+                self.last_flipped = self.last_provider is not None and provider != self.last_provider
+                self.last_provider = provider
         if keep_turns:
             self.turns.append((epoch, ratio, provider if isinstance(provider, str) else None))
+
+    def merge(self, other: Totals) -> None:
+        """Add another group's sums into this one (a total, a root of a tree)."""
+        self.requests += other.requests
+        for k, v in other.sums.items():
+            if v is not None:
+                self.sums[k] = (self.sums[k] or 0) + v
+        if other.cost is not None:
+            self.cost = (self.cost or 0.0) + other.cost
+        self.cost_requests += other.cost_requests
+        self._hit_read += other._hit_read
+        self._hit_input += other._hit_input
+        for name, n in other.providers.items():
+            self.providers[name] = self.providers.get(name, 0) + n
+        for name, n in other.models.items():
+            self.models[name] = self.models.get(name, 0) + n
+        for epoch in (other.first, other.last):
+            if epoch is not None:
+                self.first = epoch if self.first is None else min(self.first, epoch)
+                self.last = epoch if self.last is None else max(self.last, epoch)
 
     @property
     def cache_hit_ratio(self) -> float | None:
@@ -124,3 +162,33 @@ def table(groups: list[Totals], title: str = "SESSION", width: int = 30) -> list
             lines.append(f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
                          f"after {duration(flip['idle_s'])} idle")
     return lines
+
+
+class SessionTable:
+    """Totals per session, the least recently active forgotten past `limit`, and the provider
+    flips found on the way: the proxy's live totals and `top`'s alike."""
+
+    def __init__(self, limit: int = 1000, flips_kept: int = 5) -> None:
+        self.limit = limit
+        self.flips_kept = flips_kept
+        self.sessions: dict[str, Totals] = {}  # in order of last use
+        self.watch = FlipWatch(limit=10 * limit)
+
+    def add(self, record: dict, epoch: float) -> dict | None:
+        """Counts one turn into its session; the provider flip it makes, if any."""
+        key = str(record.get("session") or "?")
+        totals = self.sessions.pop(key, None)
+        if totals is None:
+            totals = Totals(key)
+            if len(self.sessions) >= self.limit:
+                del self.sessions[next(iter(self.sessions))]
+        self.sessions[key] = totals
+        totals.add(record, epoch)
+        flip = self.watch.see(key, record.get("provider"), epoch)
+        if flip is not None:
+            totals.flips.append({**flip, "when": time.strftime("%H:%M:%S", time.localtime(epoch))})
+            del totals.flips[:-self.flips_kept]
+        return flip
+
+    def active(self, since: float | None = None) -> list[Totals]:
+        return [g for g in self.sessions.values() if since is None or (g.last or 0) >= since]

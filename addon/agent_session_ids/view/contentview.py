@@ -118,6 +118,7 @@ def summary(meta: dict) -> list[Line]:
             ("name", session.get("name") or "(none)"),
             ("trace uuid", session.get("trace_uuid")),
             ("file", session.get("file")),
+            ("folder", session.get("cwd")),
             ("decided by", session.get("source")),
             ("fallback ID", "yes" if session.get("fallback") else "no"),
         ])

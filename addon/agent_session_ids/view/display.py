@@ -50,6 +50,8 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "file": session.file,
             "source": session.source,
             "fallback": session.fallback,
+            # the session's folder: its file's word first, else the process's
+            "cwd": session.cwd or (process.cwd if process is not None else None),
         },
         "process": {"unreadable": unreadable} if process is None else {
             "pid": process.pid,

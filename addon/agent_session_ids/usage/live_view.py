@@ -1,0 +1,112 @@
+"""The per-session view of `top`, of sessionids.sessions and of the proxy's summary on exit: one
+row per session, newest activity first, and a totals line. Pure: it takes Totals and a width.
+
+The columns fit 80 terminal columns: the fixed ones first, then the label, project, model and
+provider share what is left (each cut with "…").
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..view.units import duration, money, percent, tokens
+from .totals import Totals
+
+FLIP = "⚠"
+# (title, width, align): the columns of fixed width
+FIXED = (("AGENT", 7, "<"), ("REQS", 4, ">"), ("AGO", 6, ">"), ("INPUT", 6, ">"), ("HIT", 4, ">"),
+         ("SESS", 4, ">"), ("COST", 9, ">"))
+# (title, share of the room left, fewest columns): the columns that take what is left
+FLEXIBLE = (("SESSION", 3, 8), ("PROJECT", 2, 6), ("MODEL", 3, 6), ("PROVIDER", 2, 7))
+ORDER = ("AGENT", "SESSION", "PROJECT", "REQS", "AGO", "INPUT", "HIT", "SESS", "COST", "MODEL", "PROVIDER")
+
+
+def project(cwd: str | None) -> str:
+    """The session's folder by its last name."""
+    if not cwd:
+        return "-"
+    return os.path.basename(cwd.rstrip("/\\")) or cwd
+
+
+def short_model(model: str | None) -> str:
+    """`anthropic/claude-sonnet-4` as `claude-sonnet-4`: the vendor is the provider column's."""
+    return model.rsplit("/", 1)[-1] if model else "-"
+
+
+def widths(width: int) -> dict[str, tuple[int, str]]:
+    fixed = {name: (w, align) for name, w, align in FIXED}
+    room = max(0, width - sum(w for _, w, _ in FIXED) - (len(ORDER) - 1))
+    shares = sum(share for _, share, _ in FLEXIBLE)
+    flexible = {name: (max(least, room * share // shares), "<") for name, share, least in FLEXIBLE}
+    return {**fixed, **flexible}
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _line(cells: dict[str, str], cols: dict[str, tuple[int, str]]) -> str:
+    parts = []
+    for name in ORDER:
+        w, align = cols[name]
+        parts.append(f"{_cut(cells.get(name, ''), w):{align}{w}}")
+    return " ".join(parts).rstrip()
+
+
+def cost_text(g: Totals) -> str:
+    """The billed cost; a `*` when the gateway billed only some of the turns."""
+    text = money(g.cost)
+    return text + "*" if g.cost is not None and g.cost_requests < g.requests else text
+
+
+def provider_text(g: Totals) -> str:
+    """The latest turn's provider; ⚠ marks a session that changed provider (and lost its cache)."""
+    name = g.last_provider or "-"
+    return f"{FLIP}{name}" if g.flips or g.last_flipped else name
+
+
+def row(g: Totals, now: float) -> dict[str, str]:
+    return {
+        "AGENT": g.agent or "-",
+        "SESSION": g.label or g.key,
+        "PROJECT": project(g.cwd),
+        "REQS": str(g.requests),
+        "AGO": duration(now - g.last) if g.last is not None else "-",
+        "INPUT": tokens(g.last_input),
+        "HIT": percent(g.last_hit),
+        "SESS": percent(g.cache_hit_ratio),
+        "COST": cost_text(g),
+        "MODEL": short_model(g.last_model),
+        "PROVIDER": provider_text(g),
+    }
+
+
+def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None = None) -> list[str]:
+    """The header, one row per session (newest activity first, at most `limit`), and the totals."""
+    cols = widths(width)
+    ordered = sorted(sessions, key=lambda g: -(g.last or 0))
+    shown = ordered if limit is None else ordered[:limit]
+    out = [_line({name: name for name in ORDER}, cols)]
+    out += [_line(row(g, now), cols) for g in shown]
+    if limit is not None and len(ordered) > limit:
+        out.append(f"… and {len(ordered) - limit} more sessions")
+    total = Totals("TOTAL")
+    for g in ordered:
+        total.merge(g)
+    flips = sum(1 for g in ordered if g.flips or g.last_flipped)
+    out.append(_line({"AGENT": "TOTAL", "SESSION": f"{len(ordered)} sessions", "REQS": str(total.requests),
+                      "AGO": duration(now - total.last) if total.last is not None else "-",
+                      "INPUT": tokens(total.sums["input_tokens"]), "SESS": percent(total.cache_hit_ratio),
+                      "COST": cost_text(total),
+                      "PROVIDER": f"{FLIP} {flips} flipped" if flips else ""}, cols))
+    return out
+
+
+def flip_lines(sessions: list[Totals]) -> list[str]:
+    """Each session's latest provider flips, one line each (the view's ⚠ marks, spelt out)."""
+    out = []
+    for g in sorted(sessions, key=lambda g: -(g.last or 0)):
+        for flip in g.flips:
+            out.append(f"{FLIP} {g.label or g.key}: provider flip {flip.get('when', '')}: {flip['from']} → "
+                       f"{flip['to']} after {duration(flip['idle_s'])} idle")
+    return out

@@ -1,0 +1,59 @@
+"""Finding a few sessions' lines in the ledger without parsing the others: each file is searched
+for the sessions' own `"session": "<id>"` text, as the writer spells it, and only the lines found
+are parsed. A 32 MiB file costs a memory search (tens of milliseconds), not 90,000 JSON parses.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from collections.abc import Iterable
+
+from . import ledger
+
+
+def spelling(session: str) -> bytes:
+    """How the ledger writer spells this session's field."""
+    return ledger.encode({"session": session})[1:-2]  # without the braces and the newline
+
+
+def pattern(sessions: Iterable[str]) -> re.Pattern[bytes]:
+    return re.compile(b"|".join(re.escape(spelling(s)) for s in sorted(sessions)))
+
+
+def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> list[dict]:
+    """The records of `sessions` in each (file, end) of `parts`: the file's lines before byte
+    `end` (None: all of it). Unreadable files are passed over."""
+    if not sessions:
+        return []
+    find = pattern(sessions)
+    out: list[dict] = []
+    for name, end in parts:
+        try:
+            with open(name, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0 or end == 0:
+                    continue
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    out += _matching(data, find, sessions, size if end is None else min(end, size))
+        except (OSError, ValueError):
+            continue  # gone meanwhile (rotated), or not a regular file
+    return out
+
+
+def _matching(data, find: re.Pattern[bytes], sessions: set[str], stop: int) -> list[dict]:
+    out = []
+    at = 0
+    while True:
+        m = find.search(data, at, stop)
+        if m is None:
+            return out
+        start = data.rfind(b"\n", 0, m.start()) + 1
+        end = data.find(b"\n", m.end())
+        if end < 0 or end >= stop:
+            return out  # a partial last line, or one past the part asked for
+        record = ledger.record_of(data[start:end])
+        if record is not None and record.get("session") in sessions:
+            out.append(record)
+        at = end + 1
