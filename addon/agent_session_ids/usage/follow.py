@@ -25,6 +25,9 @@ class Follower:
         self._id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._partial = b""
         self._started = False
+        # after the first poll: each file's part before where that poll began, (name, end): what a
+        # reader of whole sessions still has to search (lookup.records_naming)
+        self.history: list[tuple[str, int | None]] = []
 
     def close(self) -> None:
         if self._fd is not None:
@@ -39,6 +42,8 @@ class Follower:
             for name in ledger.files(self.path)[:-1]:  # the rotated files, oldest first
                 if since is None or _mtime(name) >= since:
                     out += self._read_whole(name, since)
+                else:
+                    self.history.append((name, None))
             if not self._open(since):
                 return out
         elif self._fd is None and not self._open(None):
@@ -48,9 +53,17 @@ class Follower:
         if current != self._id:  # rotated or removed: the rest of the old file was read above
             self.close()
             self._partial = b""
+            self.history = [(self._older(name), end) for name, end in self.history]
             if current is not None and self._open(None):
                 out += self._read_new()
         return out
+
+    def _older(self, name: str) -> str:
+        """What a file of the ledger is called after one rotation."""
+        if name == self.path:
+            return f"{self.path}.1"
+        number = name[len(self.path) + 1:]
+        return f"{self.path}.{int(number) + 1}" if number.isdigit() else name
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -65,7 +78,9 @@ class Follower:
             return False
         self._fd, self._id = fd, (st.st_dev, st.st_ino)
         if since is not None:
-            os.lseek(fd, _start_of(fd, st.st_size, since - LATE_S), os.SEEK_SET)
+            start = _start_of(fd, st.st_size, since - LATE_S)
+            os.lseek(fd, start, os.SEEK_SET)
+            self.history.append((self.path, start))
         return True
 
     def _read_new(self) -> list[dict]:
@@ -92,8 +107,9 @@ class Follower:
         try:
             with open(name, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if since is not None:
-                    f.seek(_start_of(f.fileno(), size, since - LATE_S))
+                start = _start_of(f.fileno(), size, since - LATE_S) if since is not None else 0
+                self.history.append((name, start))
+                f.seek(start)
                 data = f.read()
         except OSError:
             return []

@@ -14,10 +14,10 @@ from .totals import Totals
 
 FLIP = "⚠"
 # (title, width, align): the columns of fixed width
-FIXED = (("AGENT", 7, "<"), ("REQS", 4, ">"), ("AGO", 6, ">"), ("INPUT", 6, ">"), ("HIT", 4, ">"),
-         ("SESS", 4, ">"), ("COST", 9, ">"))
+FIXED = (("AGENT", 7, "<"), ("REQS", 4, ">"), ("AGO", 4, ">"), ("INPUT", 6, ">"), ("HIT", 4, ">"),
+         ("SESS", 4, ">"), ("COST", 8, ">"))
 # (title, share of the room left, fewest columns): the columns that take what is left
-FLEXIBLE = (("SESSION", 3, 8), ("PROJECT", 2, 6), ("MODEL", 3, 6), ("PROVIDER", 2, 7))
+FLEXIBLE = (("SESSION", 3, 9), ("PROJECT", 2, 6), ("MODEL", 3, 9), ("PROVIDER", 2, 9))
 ORDER = ("AGENT", "SESSION", "PROJECT", "REQS", "AGO", "INPUT", "HIT", "SESS", "COST", "MODEL", "PROVIDER")
 
 
@@ -26,6 +26,17 @@ def project(cwd: str | None) -> str:
     if not cwd:
         return "-"
     return os.path.basename(cwd.rstrip("/\\")) or cwd
+
+
+def ago(seconds: float | None) -> str:
+    """`42s`, `12m`, `3h`, `5d`: the time since the latest turn, in four columns."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def short_model(model: str | None) -> str:
@@ -71,7 +82,7 @@ def row(g: Totals, now: float) -> dict[str, str]:
         "SESSION": g.label or g.key,
         "PROJECT": project(g.cwd),
         "REQS": str(g.requests),
-        "AGO": duration(now - g.last) if g.last is not None else "-",
+        "AGO": ago(now - g.last) if g.last is not None else "-",
         "INPUT": tokens(g.last_input),
         "HIT": percent(g.last_hit),
         "SESS": percent(g.cache_hit_ratio),
@@ -95,7 +106,7 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
         total.merge(g)
     flips = sum(1 for g in ordered if g.flips or g.last_flipped)
     out.append(_line({"AGENT": "TOTAL", "SESSION": f"{len(ordered)} sessions", "REQS": str(total.requests),
-                      "AGO": duration(now - total.last) if total.last is not None else "-",
+                      "AGO": ago(now - total.last) if total.last is not None else "-",
                       "INPUT": tokens(total.sums["input_tokens"]), "SESS": percent(total.cache_hit_ratio),
                       "COST": cost_text(total),
                       "PROVIDER": f"{FLIP} {flips} flipped" if flips else ""}, cols))

@@ -43,7 +43,7 @@ def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> l
 
 
 def _matching(data, find: re.Pattern[bytes], sessions: set[str], stop: int) -> list[dict]:
-    out = []
+    out: list[dict] = []
     at = 0
     while True:
         m = find.search(data, at, stop)

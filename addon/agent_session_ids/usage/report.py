@@ -1,9 +1,11 @@
-"""The usage report: reads the ledger the proxy writes and sums it per session, day or model.
+"""The usage report: reads the ledger the proxy writes and sums it per session, day, week, month,
+model, project or agent, the views people know from ccusage, with what the gateway billed.
 
-    python -m agent_session_ids.report [--by session|day|model] [--since 2h|7d|2026-11-21]
-                                       [--json] [--html FILE] [--file LEDGER]
+    agent-session-ids report [--by session|day|week|month|model|project|agent] [--breakdown]
+                             [--since 2h|7d|2026-11-21] [--until ...] [--timezone Europe/Berlin]
+                             [--session ID] [--compact] [--json] [--html FILE] [--file LEDGER]
 
-(``agent-session-ids-report`` once installed.) The ledger defaults to
+(also ``agent-session-ids-report`` and ``python -m agent_session_ids.report``). The ledger defaults to
 ``~/.mitmproxy/agent-session-ids/usage.jsonl`` and its rotated files.
 """
 
@@ -14,65 +16,147 @@ import html
 import json
 import os
 import re
+import shutil
 import sys
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, tzinfo
 
 from . import ledger
-from .totals import FlipWatch, Totals, duration, money, percent, providers_text, table, tokens
+from .live_view import cost_text, short_model
+from .totals import FLIPS_LISTED, FlipWatch, Totals, duration, hit_ratio, money, percent, providers_text, table, tokens
 
-DEFAULT_LEDGER = os.path.join("~", ".mitmproxy", "agent-session-ids", "usage.jsonl")
+DEFAULT_LEDGER = ledger.DEFAULT_PATH
+COMPACT_BELOW = 100  # a terminal narrower than this gets the compact table
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """``2h``, ``30m``, ``7d``, ``1w`` back from now, or a local date / date-time
-    (``2026-11-21``, ``2026-11-21T10:00``), or an ISO time with its zone."""
-    now = time.time() if now is None else now
+def span_seconds(text: str) -> float | None:
+    """``2h``, ``30m``, ``7d``, ``1w`` in seconds; None if it is not a span."""
     m = _SPAN.match(text)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def zone_of(name: str | None) -> tzinfo | None:
+    """An IANA time zone; None for the local one."""
+    if not name:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"--timezone {name!r} is no IANA time zone: give one such as Europe/Berlin or UTC "
+                         "(on Windows: pip install tzdata)") from None
+
+
+def parse_moment(text: str, now: float | None = None, zone: tzinfo | None = None, option: str = "--since",
+                 end_of_day: bool = False) -> float:
+    """A span back from now (``2h``, ``7d``), or a date or date-time (``2026-11-21``,
+    ``2026-11-21T10:00``) in `zone` (local by default), or an ISO time with its own zone. With
+    `end_of_day`, a bare date means the end of that day (``--until 2026-11-21`` includes it)."""
+    now = time.time() if now is None else now
+    seconds = span_seconds(text)
+    if seconds is not None:
+        return now - seconds
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"--since {text!r}: give a span such as 2h, 30m, 7d, or a date such as 2026-11-21") from None
+        raise ValueError(f"{option} {text!r}: give a span such as 2h, 30m, 7d, or a date such as 2026-11-21") \
+            from None
+    if end_of_day and len(text.strip()) == 10:
+        moment += timedelta(days=1, microseconds=-1)
+    if moment.tzinfo is None and zone is not None:
+        moment = moment.replace(tzinfo=zone)
     return moment.timestamp()  # naive: local time
 
 
-def day_of(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d", time.localtime(epoch))
+def parse_since(text: str, now: float | None = None) -> float:
+    return parse_moment(text, now)
 
 
-def when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+def _local(epoch: float, zone: tzinfo | None) -> datetime:
+    return datetime.fromtimestamp(epoch, zone) if zone is not None else datetime.fromtimestamp(epoch)
 
 
-def group(records: list[dict], by: str = "session", keep_turns: bool = False) -> list[Totals]:
+def day_of(epoch: float, zone: tzinfo | None = None) -> str:
+    return _local(epoch, zone).strftime("%Y-%m-%d")
+
+
+def week_of(epoch: float, zone: tzinfo | None = None) -> str:
+    """The Monday the (ISO) week starts on."""
+    day: date = _local(epoch, zone).date()
+    return (day - timedelta(days=day.weekday())).isoformat()
+
+
+def month_of(epoch: float, zone: tzinfo | None = None) -> str:
+    return _local(epoch, zone).strftime("%Y-%m")
+
+
+def when(epoch: float, zone: tzinfo | None = None) -> str:
+    return _local(epoch, zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _model(record: dict) -> str:
+    return str(record.get("model") or record.get("served_model") or "(unknown)")
+
+
+# what each --by groups on: (record, epoch, zone) -> the group's key
+BUCKETS: dict[str, Callable[[dict, float, tzinfo | None], str]] = {
+    "session": lambda r, epoch, zone: str(r.get("session") or "?"),
+    "day": lambda r, epoch, zone: day_of(epoch, zone),
+    "week": lambda r, epoch, zone: week_of(epoch, zone),
+    "month": lambda r, epoch, zone: month_of(epoch, zone),
+    "model": lambda r, epoch, zone: _model(r),
+    "project": lambda r, epoch, zone: str(r.get("cwd") or "(unknown)"),
+    "agent": lambda r, epoch, zone: str(r.get("agent") or "(unknown)"),
+}
+TITLES = {"session": "SESSION", "day": "DAY", "week": "WEEK OF", "month": "MONTH", "model": "MODEL",
+          "project": "PROJECT", "agent": "AGENT"}
+
+
+def group(records: list[dict], by: str = "session", keep_turns: bool = False, zone: tzinfo | None = None,
+          breakdown: bool = False) -> list[Totals]:
     """Totals per group, newest activity first. Provider flips are found per session, in time order,
-    and listed in the group of the turn that flipped."""
+    and listed in the group of the turn that flipped. With `breakdown`, each group's
+    ``breakdown`` holds its Totals per model."""
+    key_of = BUCKETS.get(by)
+    if key_of is None:
+        raise ValueError(f"cannot group by {by!r}")
     groups: dict[str, Totals] = {}
     watch = FlipWatch(limit=10**9)
     for record in sorted(records, key=lambda r: r["_epoch"]):
         epoch = record["_epoch"]
         session = str(record.get("session") or "?")
-        if by == "session":
-            key = session
-        elif by == "day":
-            key = day_of(epoch)
-        elif by == "model":
-            key = str(record.get("model") or record.get("served_model") or "(unknown)")
-        else:
-            raise ValueError(f"cannot group by {by!r}")
+        key = key_of(record, epoch, zone)
         totals = groups.get(key)
         if totals is None:
             totals = groups[key] = Totals(key)
         totals.add(record, epoch, keep_turns)
+        if breakdown:
+            model = _model(record)
+            part = totals.breakdown.get(model)
+            if part is None:
+                part = totals.breakdown[model] = Totals(model)
+            part.add(record, epoch)
         flip = watch.see(session, record.get("provider"), epoch)
         if flip is not None:
-            flip.update(session=session, label=record.get("label") or session, ts=record.get("ts"), when=when(epoch))
+            flip.update(session=session, label=record.get("label") or session, ts=record.get("ts"),
+                        when=when(epoch, zone))
             totals.flips.append(flip)
     return sorted(groups.values(), key=lambda g: -(g.last or 0))
+
+
+def session_turns(records: list[dict], wanted: str) -> list[dict]:
+    """One session's records in time order: the session named by its id, or else by its label."""
+    by_id = [r for r in records if r.get("session") == wanted]
+    return sorted(by_id or [r for r in records if r.get("label") == wanted], key=lambda r: r["_epoch"])
+
+
+def _figures(g: Totals) -> dict:
+    return {**g.as_dict(), "first": ledger.timestamp(g.first) if g.first is not None else None,
+            "last": ledger.timestamp(g.last) if g.last is not None else None}
 
 
 def as_json(groups: list[Totals], by: str) -> list[dict]:
@@ -80,43 +164,130 @@ def as_json(groups: list[Totals], by: str) -> list[dict]:
     for g in groups:
         item: dict = {by: g.key}
         if by == "session":
-            item.update(label=g.label, agent=g.agent)
-        item.update(g.as_dict())
-        item["first"] = ledger.timestamp(g.first) if g.first is not None else None
-        item["last"] = ledger.timestamp(g.last) if g.last is not None else None
+            item.update(label=g.label, agent=g.agent, cwd=g.cwd)
+        item.update(_figures(g))
         if by == "session":
             item["models"] = dict(g.models)
+        if g.breakdown:
+            item["breakdown"] = [{"model": m.key, **_figures(m)} for m in _by_cost(g.breakdown)]
         item["flips"] = [{k: f[k] for k in ("ts", "session", "from", "to", "idle_s")} for f in g.flips]
         out.append(item)
     return out
 
 
-def text(groups: list[Totals], by: str, skipped: int = 0) -> str:
-    if not groups:
-        return "no usage recorded" + (f" ({skipped} unreadable lines skipped)" if skipped else "")
-    title = {"session": "SESSION", "day": "DAY", "model": "MODEL"}[by]
-    lines = table(groups, title)
+def _by_cost(parts: dict[str, Totals]) -> list[Totals]:
+    return sorted(parts.values(), key=lambda m: (-(m.cost or 0), -m.requests, m.key))
+
+
+def _total(groups: list[Totals]) -> Totals:
     total = Totals("TOTAL")
     for g in groups:
-        total.requests += g.requests
-        for k, v in g.sums.items():
-            if v is not None:
-                total.sums[k] = (total.sums[k] or 0) + v
-        if g.cost is not None:
-            total.cost = (total.cost or 0) + g.cost
-        total.cost_requests += g.cost_requests
-        total._hit_read += g._hit_read
-        total._hit_input += g._hit_input
-        for name, n in g.providers.items():
-            total.providers[name] = total.providers.get(name, 0) + n
+        total.merge(g)
     total.label, total.agent = "TOTAL", ""
-    lines += table([total], title)[1:]
+    return total
+
+
+def _name(g: Totals, by: str) -> str:
+    if by == "session":
+        return g.label or g.key
+    if by == "project" and g.key.startswith(os.path.expanduser("~") + os.sep):
+        return "~" + g.key[len(os.path.expanduser("~")):]
+    return g.key
+
+
+def _cut_left(text: str, width: int) -> str:
+    """A path keeps its end: `…/src/app`."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def compact_table(groups: list[Totals], by: str, width: int = 24) -> list[str]:
+    """The table for a terminal under 100 columns: name, requests, input, cache hit, output, cost."""
+    lines = [f"{TITLES[by]:<{width}} {'REQS':>5} {'INPUT':>8} {'HIT':>4} {'OUTPUT':>7} {'COST':>10}"]
+    for g in groups:
+        lines.append(_compact_row(_name(g, by), g, width))
+        for m in _by_cost(g.breakdown):
+            lines.append(_compact_row("  └ " + short_model(m.key), m, width))
+        for flip in g.flips[-FLIPS_LISTED:]:
+            lines.append(f"  ⚠ flip {flip.get('when', '')}: {flip['from']} → {flip['to']}")
+        if len(g.flips) > FLIPS_LISTED:
+            lines.append(f"  ⚠ {len(g.flips) - FLIPS_LISTED} earlier flips (--json lists all)")
+    return lines
+
+
+def _compact_row(name: str, g: Totals, width: int) -> str:
+    name = _cut_left(name, width) if "/" in name and not name.startswith("  └") else (
+        name if len(name) <= width else name[: width - 1] + "…")
+    return (f"{name:<{width}} {g.requests:>5} {tokens(g.sums['input_tokens']):>8} {percent(g.cache_hit_ratio):>4} "
+            f"{tokens(g.sums['output_tokens']):>7} {cost_text(g):>10}")
+
+
+def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False) -> str:
+    if not groups:
+        return "no usage recorded" + (f" ({skipped} unreadable lines skipped)" if skipped else "")
+    total = _total(groups)
+    if compact:
+        lines = compact_table(groups, by) + compact_table([total], by)[1:]
+    else:
+        lines = table([], TITLES[by])
+        for g in groups:
+            lines += table([g], TITLES[by], name_of=lambda g: _cut_left(_name(g, by), 30))[1:]
+            if g.breakdown:
+                lines += table(_by_cost(g.breakdown), TITLES[by], name_of=lambda m: "  └ " + m.key)[1:]
+        lines += table([total], TITLES[by], name_of=lambda g: "TOTAL")[1:]
     notes = []
     if any(g.cost is not None and g.cost_requests < g.requests for g in groups):
         notes.append("* cost known for only some of the requests (the gateway did not report it for the others)")
     if skipped:
         notes.append(f"{skipped} unreadable ledger lines skipped (a partial last line is normal after a kill)")
     return "\n".join(lines + notes)
+
+
+def turn_rows(turns: list[dict], zone: tzinfo | None = None) -> list[dict]:
+    """One session's turns, each with its time, model, provider, tokens, cache hit and cost, and
+    whether its provider differs from the previous turn's."""
+    rows, previous = [], None
+    for r in turns:
+        provider = r.get("provider") if isinstance(r.get("provider"), str) else None
+        ratio = hit_ratio(r)
+        rows.append({"ts": r.get("ts"), "when": when(r["_epoch"], zone), "model": r.get("model"),
+                     "served_model": r.get("served_model"), "provider": provider,
+                     **{k: r.get(k) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens",
+                                              "output_tokens", "cost", "status")},
+                     "cache_hit_ratio": round(ratio, 4) if ratio is not None else None,
+                     "provider_flip": bool(provider and previous and provider != previous)})
+        previous = provider or previous
+    return rows
+
+
+def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = False) -> str:
+    first = turns[0]
+    sums = Totals(str(first.get("session")))
+    for r in turns:
+        sums.add(r, r["_epoch"])
+    head = [f"session {sums.label or sums.key} ({sums.agent or '-'}) · {sums.key}",
+            f"project {sums.cwd or '-'} · {len(turns)} turns · cache hit {percent(sums.cache_hit_ratio)} · "
+            f"cost {cost_text(sums)}"]
+    model_w = 18 if compact else 28
+    lines = [f"{'TIME':<8} {'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
+             f"{'OUTPUT':>6} {'COST':>9}"]
+    for row in turn_rows(turns, zone):
+        model = short_model(row["model"] or row["served_model"])
+        provider = ("⚠" if row["provider_flip"] else "") + (row["provider"] or "-")
+        lines.append(f"{row['when'][11:]:<8} {model[:model_w]:<{model_w}} {provider[:12]:<12} "
+                     f"{tokens(row['input_tokens']):>7} {tokens(row['cache_read_tokens']):>7} "
+                     f"{percent(row['cache_hit_ratio']):>4} {tokens(row['output_tokens']):>6} "
+                     f"{money(row['cost']):>9}")
+    days = sorted({row["when"][:10] for row in turn_rows(turns, zone)})
+    note = [f"times on {days[0]}" if len(days) == 1 else f"times from {days[0]} to {days[-1]}"]
+    return "\n".join(head + [""] + lines + note)
+
+
+def session_json(turns: list[dict], zone: tzinfo | None = None) -> dict:
+    sums = Totals(str(turns[0].get("session")))
+    for r in turns:
+        sums.add(r, r["_epoch"])
+    return {"session": sums.key, "label": sums.label, "agent": sums.agent, "cwd": sums.cwd, **_figures(sums),
+            "turns": turn_rows(turns, zone)}
 
 
 # -- HTML ------------------------------------------------------------------------------------------
@@ -167,73 +338,154 @@ table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 9px;border-bottom:
 td:first-child,th:first-child,td.l,th.l{text-align:left}th{background:#f4f4f4}
 .grid{stroke:#e3e3e3}.axis{font-size:10px;fill:#777}.hit{fill:none;stroke:#2a7ae2;stroke-width:1.5}
 .dot{fill:#2a7ae2}.flip{stroke:#d33;stroke-width:1.5;stroke-dasharray:3 2}.warn{color:#b00}.meta{color:#666}
+tr.part td{color:#555;font-size:13px}
 """
 
 
-def as_html(groups: list[Totals], by: str, since: float | None = None) -> str:
+def _html_row(name: str, g: Totals, by: str, part: bool = False) -> str:
     esc = html.escape
-    span = f"since {when(since)}" if since is not None else "all recorded"
+    return (f"<tr{' class=part' if part else ''}><td>{esc(name)}</td><td class=l>{esc(g.agent or '-')}</td>"
+            f"<td>{g.requests}</td><td>{tokens(g.sums['input_tokens'])}</td>"
+            f"<td>{tokens(g.sums['cache_read_tokens'])}</td><td>{percent(g.cache_hit_ratio)}</td>"
+            f"<td>{tokens(g.sums['cache_write_tokens'])}</td><td>{tokens(g.sums['output_tokens'])}</td>"
+            f"<td>{esc(cost_text(g))}</td><td class=l>{esc(providers_text(g.providers))}</td>"
+            f"<td>{len(g.flips) or ''}</td></tr>")
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def _span_text(since: float | None, until: float | None, zone: tzinfo | None) -> str:
+    parts = [f"since {when(since, zone)}" if since is not None else "all recorded"]
+    if until is not None:
+        parts.append(f"until {when(until, zone)}")
+    return " ".join(parts)
+
+
+def as_html(groups: list[Totals], by: str, since: float | None = None, until: float | None = None,
+            zone: tzinfo | None = None) -> str:
+    esc = html.escape
     rows = []
     for g in groups:
-        name = (g.label or g.key) if by == "session" else g.key
-        rows.append(
-            f"<tr><td>{esc(name)}</td><td class=l>{esc(g.agent or '-')}</td><td>{g.requests}</td>"
-            f"<td>{tokens(g.sums['input_tokens'])}</td><td>{tokens(g.sums['cache_read_tokens'])}</td>"
-            f"<td>{percent(g.cache_hit_ratio)}</td><td>{tokens(g.sums['cache_write_tokens'])}</td>"
-            f"<td>{tokens(g.sums['output_tokens'])}</td><td>{esc(money(g.cost))}</td>"
-            f"<td class=l>{esc(providers_text(g.providers))}</td><td>{len(g.flips) or ''}</td></tr>")
-    body = [f"<h1>Agent session usage</h1><p class=meta>{esc(span)}, by {esc(by)}; "
-            f"{sum(g.requests for g in groups)} requests. Made {esc(when(time.time()))}.</p>",
+        rows.append(_html_row(_name(g, by), g, by))
+        rows += [_html_row("└ " + m.key, m, by, part=True) for m in _by_cost(g.breakdown)]
+    if groups:
+        rows.append(_html_row("TOTAL", _total(groups), by))
+    body = [f"<h1>Agent session usage</h1><p class=meta>{esc(_span_text(since, until, zone))}, by {esc(by)}; "
+            f"{sum(g.requests for g in groups)} requests. Made {esc(when(time.time(), zone))}.</p>",
             "<table><tr><th>" + esc(by) + "</th><th class=l>agent</th><th>requests</th><th>input</th><th>cached</th>"
             "<th>hit</th><th>cache write</th><th>output</th><th>cost</th><th class=l>providers</th><th>flips</th></tr>",
             *rows, "</table>"]
     if by == "session":
         for g in groups:
-            body.append(f"<h2>{esc(g.label or g.key)}</h2><p class=meta>{esc(g.key)} · {g.requests} turns · "
-                        f"{esc(when(g.first or 0))} – {esc(when(g.last or 0))} · cache hit "
-                        f"{percent(g.cache_hit_ratio)}</p>")
+            body.append(f"<h2>{esc(g.label or g.key)}</h2><p class=meta>{esc(g.key)} · {esc(g.cwd or '-')} · "
+                        f"{g.requests} turns · {esc(when(g.first or 0, zone))} – {esc(when(g.last or 0, zone))} · "
+                        f"cache hit {percent(g.cache_hit_ratio)}</p>")
             body.append(_chart(g))
             for f in g.flips:
                 body.append(f"<p class=warn>⚠ provider flip at {esc(f['when'])}: {esc(f['from'])} → "
                             f"{esc(f['to'])} after {esc(duration(f['idle_s']))} idle</p>")
-    return ("<!doctype html><html><head><meta charset=utf-8><title>Agent session usage</title>"
-            f"<style>{_STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    return _page("Agent session usage", body)
+
+
+def session_html(turns: list[dict], zone: tzinfo | None = None) -> str:
+    esc = html.escape
+    data = session_json(turns, zone)
+    rows = []
+    for row in data["turns"]:
+        rows.append(f"<tr><td>{esc(row['when'])}</td><td class=l>{esc(str(row['model'] or row['served_model'] or '-'))}"
+                    f"</td><td class=l>{'⚠ ' if row['provider_flip'] else ''}{esc(row['provider'] or '-')}</td>"
+                    f"<td>{tokens(row['input_tokens'])}</td><td>{tokens(row['cache_read_tokens'])}</td>"
+                    f"<td>{percent(row['cache_hit_ratio'])}</td><td>{tokens(row['output_tokens'])}</td>"
+                    f"<td>{esc(money(row['cost']))}</td></tr>")
+    title = data["label"] or data["session"]
+    body = [f"<h1>Session {esc(title)}</h1><p class=meta>{esc(data['session'])} · {esc(data['agent'] or '-')} · "
+            f"{esc(data['cwd'] or '-')} · {len(turns)} turns · cache hit {percent(data['cache_hit_ratio'])} · "
+            f"cost {esc(money(data['cost']))}</p>",
+            "<table><tr><th>time</th><th class=l>model</th><th class=l>provider</th><th>input</th><th>cached</th>"
+            "<th>hit</th><th>output</th><th>cost</th></tr>", *rows, "</table>"]
+    return _page(f"Session {title}", body)
 
 
 # -- the command -----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _compact_wanted(args) -> bool:
+    if args.compact:
+        return True
+    return sys.stdout.isatty() and shutil.get_terminal_size((120, 24)).columns < COMPACT_BELOW
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="agent-session-ids-report",
-        description="Usage, cache hits and cost per agent session, from the ledger agent-session-ids writes.")
-    parser.add_argument("--by", choices=("session", "day", "model"), default="session",
-                        help="group by session (default), by local day, or by the model requested")
+    parser = _Parser(
+        prog="agent-session-ids report",
+        description="Usage, cache hits and what the gateway billed, per agent session, day, week, month, model, "
+                    "project or agent, from the ledger agent-session-ids writes.")
+    parser.add_argument("--by", choices=tuple(BUCKETS), default="session",
+                        help="group by session (default), day, week (from Monday), month, model, project (the "
+                             "session's folder) or agent")
+    parser.add_argument("--breakdown", action="store_true", help="each group's figures per model, under it")
+    parser.add_argument("--session", metavar="ID", help="one session's turns (its id, or its label)")
     parser.add_argument("--since", help="only turns since then: 2h, 30m, 7d, 1w, or a date such as 2026-11-21")
+    parser.add_argument("--until", help="only turns until then (a bare date includes that day)")
+    parser.add_argument("--timezone", metavar="ZONE", help="the IANA time zone of days, weeks, months and bare "
+                                                           "dates (default: the local one)")
+    parser.add_argument("--compact", action="store_true", help="the narrow table (the default under 100 columns)")
     parser.add_argument("--json", action="store_true", help="one JSON object per group")
     parser.add_argument("--html", metavar="FILE", help="write a one-page HTML report (inline SVG, no scripts)")
     parser.add_argument("--file", metavar="LEDGER", default=None,
                         help=f"the ledger (default {DEFAULT_LEDGER}, or $AGENT_SESSION_IDS_USAGE)")
     args = parser.parse_args(argv)
-    path = os.path.expanduser(args.file or os.environ.get("AGENT_SESSION_IDS_USAGE") or DEFAULT_LEDGER)
+    path = ledger.path_of(args.file)
     try:
-        since = parse_since(args.since) if args.since else None
+        zone = zone_of(args.timezone)
+        since = parse_moment(args.since, zone=zone) if args.since else None
+        until = parse_moment(args.until, zone=zone, option="--until", end_of_day=True) if args.until else None
     except ValueError as e:
         parser.error(str(e))
     if not ledger.files(path):
-        print(f"no usage ledger at {path} (the proxy writes it; see session_usage_file)", file=sys.stderr)
+        print(f"no usage ledger at {path}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
+              "request; see session_usage_file)", file=sys.stderr)
         return 1
-    records, skipped = ledger.read(path, since)
-    groups = group(records, args.by, keep_turns=bool(args.html))
+    records, skipped = ledger.read(path, since, until)
+    if args.session:
+        return _one_session(args, records, zone)
+    groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown)
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
-            f.write(as_html(groups, args.by, since))
+            f.write(as_html(groups, args.by, since, until, zone))
     if args.json:
         print(json.dumps(as_json(groups, args.by), indent=2, ensure_ascii=False))
     elif not args.html:
-        print(text(groups, args.by, skipped))
+        print(text(groups, args.by, skipped, compact=_compact_wanted(args)))
     else:
         print(f"wrote {args.html}: {len(groups)} {args.by} groups, {len(records)} requests")
+    return 0
+
+
+def _one_session(args, records: list[dict], zone: tzinfo | None) -> int:
+    turns = session_turns(records, args.session)
+    if not turns:
+        print(f"agent-session-ids report: no turns recorded for session {args.session!r} (see the sessions with "
+              "agent-session-ids report)", file=sys.stderr)
+        return 1
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(session_html(turns, zone))
+    if args.json:
+        print(json.dumps(session_json(turns, zone), indent=2, ensure_ascii=False))
+    elif not args.html:
+        print(session_text(turns, zone, compact=_compact_wanted(args)))
+    else:
+        print(f"wrote {args.html}: {len(turns)} turns")
     return 0
 
 

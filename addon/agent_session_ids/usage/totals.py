@@ -4,9 +4,11 @@ and the live view in the proxy (sessionids.sessions, the summary on exit)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ..view.units import duration, money, percent, tokens
 
+FLIPS_LISTED = 5  # per group in a text table, the latest
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 
 
@@ -30,6 +32,7 @@ class Totals:
         self.flips: list[dict] = []
         self.turns: list[tuple[float, float | None, str | None]] = []  # (epoch, hit ratio, provider)
         self.cwd: str | None = None
+        self.breakdown: dict[str, Totals] = {}  # the report's per-model parts of this group
         # the latest turn's own figures (what top and the status line show beside the sums)
         self.last_input: int | None = None
         self.last_hit: float | None = None
@@ -144,12 +147,13 @@ def providers_text(providers: dict[str, int]) -> str:
                      for name, n in sorted(providers.items(), key=lambda kv: -kv[1]))
 
 
-def table(groups: list[Totals], title: str = "SESSION", width: int = 30) -> list[str]:
-    """The text table of the report, of sessionids.sessions and of the summary on exit."""
+def table(groups: list[Totals], title: str = "SESSION", width: int = 30,
+          name_of: Callable[[Totals], str] | None = None) -> list[str]:
+    """The report's text table; `name_of` names a group's row (default: a session's label, else the key)."""
     lines = [f"{title:<{width}} {'AGENT':<8} {'REQS':>5} {'INPUT':>8} {'CACHED':>8} {'HIT':>4} "
              f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"]
     for g in groups:
-        name = g.label or g.key if title == "SESSION" else g.key
+        name = name_of(g) if name_of is not None else (g.label or g.key if title == "SESSION" else g.key)
         name = name if len(name) <= width else name[: width - 1] + "…"
         cost = money(g.cost)
         if g.cost is not None and g.cost_requests < g.requests:
@@ -158,9 +162,11 @@ def table(groups: list[Totals], title: str = "SESSION", width: int = 30) -> list
                      f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
                      f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
                      f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}")
-        for flip in g.flips:
+        for flip in g.flips[-FLIPS_LISTED:]:
             lines.append(f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
                          f"after {duration(flip['idle_s'])} idle")
+        if len(g.flips) > FLIPS_LISTED:
+            lines.append(f"{'':<{width}} ⚠ {len(g.flips) - FLIPS_LISTED} earlier provider flips (--json lists all)")
     return lines
 
 

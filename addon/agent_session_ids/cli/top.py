@@ -1,0 +1,109 @@
+"""`agent-session-ids top`: the sessions active in the last hour, live, as htop shows processes.
+
+It reads the ledger the proxy appends to, once a second, and only what was appended
+(usage/live_ledger.py). `q` quits; a resize redraws. `--once` prints one frame and exits.
+
+The terminal is driven with the standard library's curses: no dependency, and all a table that
+redraws once a second needs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from ..usage import ledger, live_view
+from ..usage.live_ledger import LiveLedger
+from ..view.units import duration
+from .place import CliError, Parser
+
+QUIT_KEYS = (ord("q"), ord("Q"))
+
+
+def parse_window(text: str) -> float:
+    from ..usage.report import span_seconds
+
+    seconds = span_seconds(text)
+    if seconds is None or seconds <= 0:
+        raise CliError(f"--window {text!r}: give a span such as 30m, 1h or 1d")
+    return seconds
+
+
+def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -> list[str]:
+    """The header, the table and a hint line, for a terminal `width` wide (and `height` high)."""
+    sessions = live.sessions(now)
+    head = (f"agent-session-ids top · {len(sessions)} sessions active in the last {duration(live.window)} · "
+            f"{time.strftime('%H:%M:%S', time.localtime(now))}")
+    lines = [head, f"ledger {live.path}" + (f" · {live.skipped} unreadable lines skipped" if live.skipped else "")]
+    if not live.exists():
+        lines += ["", "nothing recorded yet: the proxy writes the ledger when a rule rewrites a request"]
+    elif not sessions:
+        lines += ["", f"nothing recorded in the last {duration(live.window)}"]
+    else:
+        room = None if height is None else max(1, height - 6)  # header, blank, column titles, totals, hint
+        lines += ["", *live_view.lines(sessions, now, width, limit=room)]
+    lines += ["", "q quit · HIT: the latest turn's cache hit, SESS: the session's · ⚠ the provider changed"]
+    return lines
+
+
+def _draw(screen, live: LiveLedger) -> None:
+    import curses
+
+    height, width = screen.getmaxyx()
+    screen.erase()
+    for y, text in enumerate(frame(live, time.time(), width, height)[:height]):
+        try:
+            screen.addnstr(y, 0, text, max(0, width - 1))
+        except curses.error:
+            pass  # a terminal too small for a line, or a character it cannot show
+    screen.refresh()
+
+
+def _loop(screen, live: LiveLedger, interval: float) -> None:
+    import curses
+
+    try:
+        curses.curs_set(0)  # no cursor over the table
+    except curses.error:
+        pass
+    screen.timeout(int(interval * 1000))
+    next_refresh = 0.0
+    while True:
+        now = time.time()
+        if now >= next_refresh:
+            live.refresh(now)
+            next_refresh = now + interval
+        _draw(screen, live)
+        key = screen.getch()
+        if key in QUIT_KEYS:
+            return
+        if key == curses.KEY_RESIZE:
+            curses.update_lines_cols()
+
+
+def main(argv: list[str]) -> int:
+    parser = Parser(prog="agent-session-ids top", description="The sessions active lately, live, from the ledger.")
+    parser.add_argument("--window", default="1h", help="the sessions active in this span (default 1h)")
+    parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    parser.add_argument("--width", type=int, help="with --once: the width to fit (default: the terminal's)")
+    parser.add_argument("--file", metavar="LEDGER", help=f"the ledger (default {ledger.DEFAULT_PATH}, "
+                                                         "or $AGENT_SESSION_IDS_USAGE)")
+    args = parser.parse_args(argv)
+    live = LiveLedger(ledger.path_of(args.file), parse_window(args.window))
+    try:
+        if args.once:
+            now = time.time()
+            live.refresh(now)
+            print("\n".join(frame(live, now, args.width or shutil.get_terminal_size((100, 24)).columns)))
+            return 0
+        import curses
+        import locale
+
+        locale.setlocale(locale.LC_ALL, "")  # curses shows UTF-8 (⚠, …) only with the user's locale
+        try:
+            curses.wrapper(_loop, live, 1.0)
+        except curses.error as e:
+            raise CliError(f"cannot drive this terminal ({e}); try --once") from None
+        return 0
+    finally:
+        live.close()
