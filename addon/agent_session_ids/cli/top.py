@@ -43,7 +43,7 @@ def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -
         room = None if height is None else max(1, height - 6)  # header, blank, column titles, totals, hint
         lines += ["", *live_view.lines(sessions, now, width, limit=room)]
     lines += ["", "q quit · HIT: the latest turn's cache hit, SESS: the session's · ⚠ the provider changed"]
-    return lines
+    return [line if len(line) <= width else line[: max(0, width - 1)] + "…" for line in lines]
 
 
 def _draw(screen, live: LiveLedger) -> None:

@@ -10,6 +10,8 @@ from .follow import Follower
 from .lookup import records_naming
 from .totals import SessionTable, Totals
 
+MAX_DORMANT = 10_000  # sessions
+
 
 class LiveLedger:
     def __init__(self, path: str, window: float) -> None:
@@ -18,6 +20,9 @@ class LiveLedger:
         self.follower = Follower(path)
         self.table = SessionTable()
         self.polled = False
+        # turns the first poll read before the window (it starts a little early): a session that
+        # is not active yet keeps them here, counted if it comes back
+        self.dormant: dict[str, list[dict]] = {}
 
     @property
     def skipped(self) -> int:
@@ -37,9 +42,14 @@ class LiveLedger:
         if first:  # only the sessions active in the window are shown: only theirs are looked up
             new = {str(r.get("session") or "?") for r in records if r["_epoch"] >= now - self.window}
         earlier = records_naming(new, self.follower.history) if new and self.follower.history else []
+        for session in new:
+            earlier += self.dormant.pop(session, [])
         for record in sorted(earlier + records, key=lambda r: r["_epoch"]):
-            if first and str(record.get("session") or "?") not in new:
-                continue  # read while finding the window's start, not active in it
+            session = str(record.get("session") or "?")
+            if first and session not in new:  # read while finding the window's start, not active in it
+                if len(self.dormant) < MAX_DORMANT:
+                    self.dormant.setdefault(session, []).append(record)
+                continue
             self.table.add(record, record["_epoch"])
 
     def sessions(self, now: float) -> list[Totals]:

@@ -17,7 +17,7 @@ FLIP = "⚠"
 FIXED = (("AGENT", 7, "<"), ("REQS", 4, ">"), ("AGO", 4, ">"), ("INPUT", 6, ">"), ("HIT", 4, ">"),
          ("SESS", 4, ">"), ("COST", 8, ">"))
 # (title, share of the room left, fewest columns): the columns that take what is left
-FLEXIBLE = (("SESSION", 3, 9), ("PROJECT", 2, 6), ("MODEL", 3, 9), ("PROVIDER", 2, 9))
+FLEXIBLE = (("SESSION", 3, 8), ("PROJECT", 2, 7), ("MODEL", 3, 9), ("PROVIDER", 2, 9))
 ORDER = ("AGENT", "SESSION", "PROJECT", "REQS", "AGO", "INPUT", "HIT", "SESS", "COST", "MODEL", "PROVIDER")
 
 
@@ -45,10 +45,11 @@ def short_model(model: str | None) -> str:
 
 
 def widths(width: int) -> dict[str, tuple[int, str]]:
+    """Each column's width and alignment: the fewest columns each, then the room left by shares."""
     fixed = {name: (w, align) for name, w, align in FIXED}
-    room = max(0, width - sum(w for _, w, _ in FIXED) - (len(ORDER) - 1))
+    room = width - sum(w for _, w, _ in FIXED) - (len(ORDER) - 1) - sum(least for _, _, least in FLEXIBLE)
     shares = sum(share for _, share, _ in FLEXIBLE)
-    flexible = {name: (max(least, room * share // shares), "<") for name, share, least in FLEXIBLE}
+    flexible = {name: (least + max(0, room) * share // shares, "<") for name, share, least in FLEXIBLE}
     return {**fixed, **flexible}
 
 
@@ -105,11 +106,14 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
     for g in ordered:
         total.merge(g)
     flips = sum(1 for g in ordered if g.flips or g.last_flipped)
-    out.append(_line({"AGENT": "TOTAL", "SESSION": f"{len(ordered)} sessions", "REQS": str(total.requests),
+    count = f"{len(ordered)} sessions"
+    if len(count) > cols["SESSION"][0]:
+        count = f"{len(ordered)} sess."
+    out.append(_line({"AGENT": "TOTAL", "SESSION": count, "REQS": str(total.requests),
                       "AGO": ago(now - total.last) if total.last is not None else "-",
                       "INPUT": tokens(total.sums["input_tokens"]), "SESS": percent(total.cache_hit_ratio),
                       "COST": cost_text(total),
-                      "PROVIDER": f"{FLIP} {flips} flipped" if flips else ""}, cols))
+                      "PROVIDER": f"{FLIP}{flips} flip{'s' if flips > 1 else ''}" if flips else ""}, cols))
     return out
 
 
