@@ -18,8 +18,32 @@ def spelling(session: str) -> bytes:
     return ledger.encode({"session": session})[1:-2]  # without the braces and the newline
 
 
-def pattern(sessions: Iterable[str]) -> re.Pattern[bytes]:
-    return re.compile(b"|".join(re.escape(spelling(s)) for s in sorted(sessions)))
+class _One:
+    """One session's spelling, found with bytes.find: twice as fast as a pattern (the status line)."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+    def search(self, data, at: int, stop: int):
+        found = data.find(self.text, at, stop)
+        return None if found < 0 else _Found(found, found + len(self.text))
+
+
+class _Found:
+    def __init__(self, start: int, end: int) -> None:
+        self._span = (start, end)
+
+    def start(self) -> int:
+        return self._span[0]
+
+    def end(self) -> int:
+        return self._span[1]
+
+
+def pattern(sessions: Iterable[str]):
+    """What finds any of the sessions' spellings: `.search(data, at, stop)` with `.start()`, `.end()`."""
+    texts = sorted(spelling(s) for s in sessions)
+    return _One(texts[0]) if len(texts) == 1 else re.compile(b"|".join(re.escape(t) for t in texts))
 
 
 def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> list[dict]:
@@ -42,7 +66,7 @@ def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> l
     return out
 
 
-def _matching(data, find: re.Pattern[bytes], sessions: set[str], stop: int) -> list[dict]:
+def _matching(data, find, sessions: set[str], stop: int) -> list[dict]:
     out: list[dict] = []
     at = 0
     while True:
