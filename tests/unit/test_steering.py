@@ -123,7 +123,8 @@ def test_commands_list_sessions_explain_flows_and_check_folders(tmp_path):
     addon, f = run(main())
     table = addon.cmd_sessions()
     session_id = f.metadata["session_ids"]["session"]["id"]
-    assert session_id in table and table.splitlines()[0].split()[:3] == ["AGENT", "REQS", "PID"]
+    decided = table.split("How each session was decided:\n", 1)[1]
+    assert session_id in decided and decided.splitlines()[0].split()[:3] == ["AGENT", "REQS", "PID"]
     explained = addon.cmd_explain(f)
     assert f"session   {session_id}" in explained and "set       body.session_id: None ->" in explained
     assert "openrouter-session-id" in explained and "~d '^openrouter\\.ai$'" in explained
