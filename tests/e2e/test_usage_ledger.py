@@ -74,7 +74,7 @@ def ledger_lines(proxy: Mitmdump, count: int) -> list[dict]:
 
 
 def strip(line: dict) -> dict:
-    return {k: v for k, v in line.items() if k not in ("ts", "session", "label", "agent", "rule")}
+    return {k: v for k, v in line.items() if k not in ("ts", "session", "label", "agent", "rule", "cwd")}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,8 @@ def test_every_format_streamed_or_not_lands_in_the_ledger_with_the_standins_figu
         assert received == base64.b64decode(answer["body_b64"])  # the client got the stand-in's bytes
         assert "hi [[usage" not in json.dumps(line)  # no prompt in the ledger
     assert not proxy.blocked_connects()
+    # the client's folder is the session's, from its process (this test's own)
+    assert {line.get("cwd") for line in lines} == {str(Path.cwd())}
 
 
 def test_the_flow_comment_shows_the_turns_figures(tmp_path):
@@ -262,3 +264,24 @@ def test_real_pi_over_several_streamed_turns_is_one_session_in_the_report(dirs, 
     assert session["cache_hit_ratio"] == 0.92 and session["providers"] == {"Anthropic": 3}
     assert {line["session"] for line in lines} == {session["session"]}
     assert all(line["stream"] is True and line["model"] == "anthropic/claude-sonnet-4" for line in lines)
+
+
+def test_the_summary_on_exit_is_tops_view_of_the_run(tmp_path):
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
+        for i, provider in enumerate(("Anthropic", "Google")):
+            text = f"hi [[usage: in=12000 cached=11040 out=240 cost=0.0041 provider={provider}]]"
+            body = json.dumps(request_body("openai-chat", "anthropic/claude-sonnet-4", False, text)).encode()
+            raw = odd_requests.build_h1("POST", PATHS["openrouter.ai", "openai-chat"], "openrouter.ai",
+                                        [("Content-Type", "application/json"), ("x-session-id", "summary-session")],
+                                        body)
+            assert odd_requests.send_h1(p.port, str(p.ca_cert), "openrouter.ai", raw)[0] == 200
+        assert len(ledger_lines(p, 2)) == 2
+        p.stop()
+        out = p.output()
+    summary = out[out.index("usage this run"):].splitlines()
+    head = next(line for line in summary if line.startswith("AGENT"))
+    assert head.split()[:4] == ["AGENT", "SESSION", "PROJECT", "REQS"]
+    row = next(line for line in summary if "summary-session" in line)
+    assert " 2 " in row and "$0.0082" in row and "⚠Google" in row and Path.cwd().name in row
+    assert any(line.startswith("TOTAL") for line in summary)
+    assert any("provider flip" in line and "Anthropic → Google" in line for line in summary)
