@@ -32,7 +32,8 @@ def parse_window(text: str) -> float:
 def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -> list[str]:
     """The header, the table and a hint line, for a terminal `width` wide (and `height` high)."""
     sessions = live.sessions(now)
-    head = (f"agent-session-ids top · {len(sessions)} sessions active in the last {duration(live.window)} · "
+    head = (f"agent-session-ids top · {live_view.count(len(sessions), 'session')} active in the last "
+            f"{duration(live.window)} · "
             f"{time.strftime('%H:%M:%S', time.localtime(now))}")
     lines = [head, f"ledger {live.path}" + (f" · {live.skipped} unreadable lines skipped" if live.skipped else "")]
     if not live.exists():
@@ -40,7 +41,8 @@ def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -
     elif not sessions:
         lines += ["", f"nothing recorded in the last {duration(live.window)}"]
     else:
-        room = None if height is None else max(1, height - 6)  # header, blank, column titles, totals, hint
+        # the other lines: header, ledger, blank, column titles, totals, blank, hint (and "… more")
+        room = None if height is None else max(1, height - 7 if len(sessions) <= height - 7 else height - 8)
         lines += ["", *live_view.lines(sessions, now, width, limit=room)]
     lines += ["", "q quit · HIT: the latest turn's cache hit, SESS: the session's · ⚠ the provider changed"]
     return [line if len(line) <= width else line[: max(0, width - 1)] + "…" for line in lines]
@@ -53,9 +55,9 @@ def _draw(screen, live: LiveLedger) -> None:
     screen.erase()
     for y, text in enumerate(frame(live, time.time(), width, height)[:height]):
         try:
-            screen.addnstr(y, 0, text, max(0, width - 1))
+            screen.addnstr(y, 0, text, width)
         except curses.error:
-            pass  # a terminal too small for a line, or a character it cannot show
+            pass  # the bottom-right cell (curses cannot move past it), or a character it cannot show
     screen.refresh()
 
 

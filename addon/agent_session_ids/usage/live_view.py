@@ -21,6 +21,10 @@ FLEXIBLE = (("SESSION", 3, 8), ("PROJECT", 2, 7), ("MODEL", 3, 9), ("PROVIDER", 
 ORDER = ("AGENT", "SESSION", "PROJECT", "REQS", "AGO", "INPUT", "HIT", "SESS", "COST", "MODEL", "PROVIDER")
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def project(cwd: str | None) -> str:
     """The session's folder by its last name."""
     if not cwd:
@@ -106,10 +110,10 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
     for g in ordered:
         total.merge(g)
     flips = sum(1 for g in ordered if g.flips or g.last_flipped)
-    count = f"{len(ordered)} sessions"
-    if len(count) > cols["SESSION"][0]:
-        count = f"{len(ordered)} sess."
-    out.append(_line({"AGENT": "TOTAL", "SESSION": count, "REQS": str(total.requests),
+    sessions_text = count(len(ordered), "session")
+    if len(sessions_text) > cols["SESSION"][0]:
+        sessions_text = f"{len(ordered)} sess."
+    out.append(_line({"AGENT": "TOTAL", "SESSION": sessions_text, "REQS": str(total.requests),
                       "AGO": ago(now - total.last) if total.last is not None else "-",
                       "INPUT": tokens(total.sums["input_tokens"]), "SESS": percent(total.cache_hit_ratio),
                       "COST": cost_text(total),

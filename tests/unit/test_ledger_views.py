@@ -209,7 +209,7 @@ def test_top_frame_from_the_ledger_and_what_it_says_without_one(tmp_path):
     write(path, [turn("old", NOW - 7200), turn("a", NOW - 60)])
     live.refresh(NOW)
     frame = top.frame(live, NOW, 80)
-    assert frame[0].startswith("agent-session-ids top · 1 sessions active in the last 1h 00m")
+    assert frame[0].startswith("agent-session-ids top · 1 session active in the last 1h 00m")
     rows = [line for line in frame if line.startswith("pi ")]
     assert len(rows) == 1 and "label-a" in rows[0]
     live.close()
