@@ -47,14 +47,16 @@ class SessionIds:
     # -- options -----------------------------------------------------------------------------
 
     def load(self, loader) -> None:
-        for name, typespec, default, help in OPTIONS:
-            loader.add_option(name, typespec, default, help)
+        for name, typespec, default, help, *choices in OPTIONS:
+            loader.add_option(name, typespec, default, help, choices=choices[0] if choices else None)
         contentview.register()
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
         if "session_privacy" in updated:
             self.flows.privacy = options.session_privacy
+        if "session_rename" in updated:
+            self.runner.tree.rename = options.session_rename
         if "session_fallback" in updated:
             self.flows.fallback = options.session_fallback
         if "stream_large_bodies" in updated:

@@ -26,6 +26,11 @@ OPTIONS = (
      "Extra home folders whose agent session stores the proxy may read, separated by ':' "
      "(an agent's HOME in a container, its store bind-mounted): sessions are then found by "
      "their id or conversation there too. The proxy user's own stores are always read."),
+    ("session_rename", str, "follow",
+     "What a session renamed mid-way (pi's /name) does to the ids sent: follow, the new name's label is "
+     "sent from the next request on (a new OpenRouter sticky key: the next turn may land on a cold "
+     "provider); keep, the ids sent stay those of the session's first request, and the new name shows "
+     "in mitmweb, the ledger and the report.", ("follow", "keep")),
     ("session_privacy", bool, False,
      "Send a hash of a session's name instead of its name: labels read <hash>-<8 chars of the ID>, "
      "and {session.name} is the hash."),

@@ -144,8 +144,8 @@ HELICONE = ("oai.helicone.ai", "/v1/chat/completions")
 def test_helicone_gets_the_session_id_and_path_and_no_empty_name(proxy):
     record, sent, body = send(proxy, *HELICONE, "helicone-bare")
     sid = fallback_id(record)
-    agent = session_of(record)["agent"]
-    arrived_as(record, sent, body, added=[["Helicone-Session-Id", sid], ["Helicone-Session-Path", f"/{agent}"]])
+    label = session_of(record)["label"]
+    arrived_as(record, sent, body, added=[["Helicone-Session-Id", sid], ["Helicone-Session-Path", f"/{label}"]])
 
 
 def test_helicone_gets_the_name_of_a_named_session(proxy):
@@ -155,7 +155,7 @@ def test_helicone_gets_the_name_of_a_named_session(proxy):
     session = session_of(record)
     assert (session["id"], session["name"], session["fallback"]) == (NAMED_SID, "Secret Project", False)
     arrived_as(record, sent, body, added=[["Helicone-Session-Id", NAMED_SID],
-                                          ["Helicone-Session-Path", f"/{session['agent']}"],
+                                          ["Helicone-Session-Path", f"/{session['label']}"],
                                           ["Helicone-Session-Name", "Secret Project"]])
 
 
@@ -163,9 +163,9 @@ def test_helicone_keeps_the_clients_own_session_id(proxy):
     record, sent, body = send(proxy, *HELICONE, "helicone-own", [("Helicone-Session-Id", "client-chose-7")])
     session = session_of(record)
     assert (session["id"], session["fallback"]) == ("client-chose-7", False)  # the client's id is the session
-    arrived_as(record, sent, body, added=[["Helicone-Session-Path", f"/{session['agent']}"]])
+    arrived_as(record, sent, body, added=[["Helicone-Session-Path", f"/{session['label']}"]])
     assert record["session_ids"]["changes"] == [{"rule": "helicone-session", "target": "header Helicone-Session-Path",
-                                                 "before": None, "after": f"/{session['agent']}"}]
+                                                 "before": None, "after": f"/{session['label']}"}]
 
 
 def test_helicone_a_client_id_that_is_no_usable_id_keeps_the_fallback_off(proxy):

@@ -17,8 +17,9 @@ For each request one JSON line is appended (and flushed) to the file named by ``
      "client_port": <peer port of the client connection>,
      "comment": <flow.comment or "">, "session_ids": <flow.metadata.get("session_ids"), json-safe>,
      "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "other",
-     "stream": bool, "answer": "tool_call" | "text" | "other", "tool_command": <str or null>,
-     "tool_name": <name of the tool called, or null>}
+     "stream": bool, "answer": "tool_call" | "text" | "error" | "other", "tool_command": <str or null>,
+     "tool_name": <name of the tool called, or null>,
+     "tool_input": <the input object of a ``[[tool: ...]]`` call, else null>}
 
 Network guard
 -------------
@@ -47,12 +48,25 @@ messages holding only tool results do not count). Its text may hold directives:
 
 - ``[[bash: <command>]]`` -- one call of pi's ``bash`` tool with ``{"command": "<command>"}``;
 - ``[[bash*N: <command>]]`` -- the same call N times in a row (N follow-up requests);
-- several directives are run in the order written.
+- ``[[tool: <NAME> <json object>]]`` -- one call of the tool named exactly ``NAME``
+  (case-sensitive: ``Agent`` for Claude Code's sub-agents, ``task`` for opencode's) with that
+  object as its input (Anthropic ``input``) or arguments (OpenAI ``arguments``, the object's
+  ``json.dumps``). The object may span lines and hold spaces, nested objects, and even ``]]``
+  inside its strings (it is read as JSON, then ``]]`` must follow); ``[[tool: NAME]]`` is a call
+  with ``{}``. The call goes to ``NAME`` whatever the request's ``tools`` offers (only an EMPTY
+  ``tools`` list turns it into text, as for bash). Directives INSIDE the object (say a
+  sub-agent's prompt ``"sub task [[reply: sub done]]"``) belong to whoever gets that text, not
+  to this turn: they are neither in this plan nor this turn's ``[[reply]]``/``[[delay]]``/
+  ``[[usage]]``. An object that is not valid JSON, not an object, or not followed by ``]]`` makes
+  every request of the turn get ``400 {"error": {"message": "stand-in: ..."}}`` (logged as
+  ``"answer": "error"``);
+- several directives are run in the order written, bash and tool alike.
 
-The plan is the expanded list of commands. With ``k`` = the number of tool results in the
+The plan is the expanded list of calls. With ``k`` = the number of tool results in the
 conversation AFTER the last user message, the answer is a tool call for ``plan[k]`` while
 ``k < len(plan)``, else plain text. So ``pi -p "[[bash: echo hi]]"`` makes exactly two requests
-(tool call, then text); ``[[bash*2: true]]`` makes three.
+(tool call, then text); ``[[bash*2: true]]`` makes three; ``[[bash: echo 1]] [[tool: Agent
+{"prompt": "look"}]]`` makes a ``bash``/``Bash`` call, then an ``Agent`` call, then the text.
 
 Other directives in the last user message:
 
@@ -77,7 +91,8 @@ is logged too: ``{"kind": "answer", "n", "flow_id", "status", "headers", "body_b
 event by event and holding all but the first until the test releases it (see its doc).
 
 Tool-call ids are ``call_standin_<k>`` (OpenAI chat), ``toolu_standin_<k>`` (Anthropic),
-``call_standin_<k>`` / ``fc_standin_<k>`` (Responses).
+``call_standin_<k>`` / ``fc_standin_<k>`` (Responses), for ``[[tool]]`` calls too; a tool call
+has the same shape whichever directive made it (only the name and the input differ).
 
 Which shell tool is called
 --------------------------
@@ -92,7 +107,8 @@ argument shape that tool takes (see ``SHELL_TOOLS``):
 A request with no ``tools`` key, or whose tools include none of these, gets a call of ``bash``
 with ``{"command": ...}`` as before. A request whose ``tools`` is present but EMPTY cannot take
 a tool call: it gets the text answer (Claude Code's title-generation request is like that).
-The log record names the tool in ``tool_name``.
+The log record names the tool in ``tool_name``. (A ``[[tool: NAME ...]]`` call goes to ``NAME``
+as given, with ``tool_command`` null and the object in ``tool_input``.)
 """
 
 from __future__ import annotations
@@ -105,13 +121,17 @@ import os
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 from mitmproxy import http
 
 logger = logging.getLogger(__name__)
 
 _BASH_RE = re.compile(r"\[\[bash(?:\*(\d+))?:\s*(.*?)\]\]", re.DOTALL)
+_TOOL_RE = re.compile(r"\[\[tool:\s*")
+_TOOL_NAME_RE = re.compile(r"[^\s\[\]{}]+")
+_TOOL_END_RE = re.compile(r"\s*\]\]")
+_JSON = json.JSONDecoder()
 _REPLY_RE = re.compile(r"\[\[reply:\s*(.*?)\]\]", re.DOTALL)
 _DELAY_RE = re.compile(r"\[\[delay:\s*([0-9.]+)\s*\]\]")
 _USAGE_RE = re.compile(r"\[\[usage:\s*(.*?)\]\]", re.DOTALL)
@@ -237,17 +257,102 @@ def shell_args(tool: str | None, command: str) -> dict:
     return _SHELL_ARGS.get(tool or "bash", _SHELL_ARGS["bash"])(command)
 
 
-def plan_of(text: str) -> list[str]:
-    plan: list[str] = []
-    for count, command in _BASH_RE.findall(text):
-        plan += [command.strip()] * (int(count) if count else 1)
-    return plan
+# NamedTuples, not dataclasses: mitmproxy runs a script as a module missing from sys.modules,
+# where @dataclass fails.
+class ToolCall(NamedTuple):
+    """A ``[[tool: NAME {...}]]`` step: a call of the tool ``name`` with ``input`` as is."""
+
+    name: str
+    input: dict
 
 
-def decide(api: str, body: dict) -> tuple[str | None, str, float]:
-    """(bash command to call or None, final text, delay seconds)."""
+#: A step of the plan: a shell command (``[[bash]]``) or a call of a named tool (``[[tool]]``).
+Step = Union[str, ToolCall]
+
+
+def call_of(body: dict, step: Step) -> tuple[str, dict]:
+    """(tool name, input object) of a tool call for ``step``."""
+    if isinstance(step, ToolCall):
+        return step.name, step.input
+    tool = shell_tool(body) or "bash"
+    return tool, shell_args(tool, step)
+
+
+class DirectiveError(ValueError):
+    """A ``[[tool: ...]]`` directive that cannot be read."""
+
+
+class Directives(NamedTuple):
+    """What the last user message scripts: ``plan`` (the steps, in order), ``rest`` (the text less
+    the ``[[tool]]`` directives, where ``[[reply]]``, ``[[delay]]`` and ``[[usage]]`` are looked
+    for; the text itself when it has none), ``error`` (why a ``[[tool]]`` could not be read)."""
+
+    plan: list
+    rest: str
+    error: str | None = None
+
+
+def _read_tool(text: str, start: int, after: int) -> tuple[ToolCall, int]:
+    """The ``[[tool: ...]]`` directive whose ``[[tool:`` spans ``start:after``, and its end."""
+    name = _TOOL_NAME_RE.match(text, after)
+    if name is None:
+        raise DirectiveError(f"[[tool:]] at offset {start} names no tool")
+    i = name.end()
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if text.startswith("]]", i):
+        return ToolCall(name.group(0), {}), i + 2
+    try:
+        value, i = _JSON.raw_decode(text, i)
+    except ValueError as exc:
+        raise DirectiveError(f"[[tool: {name.group(0)} ...]]: the input is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise DirectiveError(f"[[tool: {name.group(0)} ...]]: the input is not a JSON object")
+    end = _TOOL_END_RE.match(text, i)
+    if end is None:
+        raise DirectiveError(f"[[tool: {name.group(0)} ...]]: no ']]' after the JSON object")
+    return ToolCall(name.group(0), value), end.end()
+
+
+def directives(text: str) -> Directives:
+    """The ``[[bash]]`` and ``[[tool]]`` directives of ``text``, in the order written."""
+    plan: list = []
+    rest: list[str] = []
+    pos = kept = 0
+    while True:
+        bash = _BASH_RE.search(text, pos)
+        tool = _TOOL_RE.search(text, pos)
+        if tool is None or (bash is not None and bash.start() < tool.start()):
+            if bash is None:
+                break
+            count, command = bash.groups()
+            plan += [command.strip()] * (int(count) if count else 1)
+            pos = bash.end()
+            continue
+        try:
+            call, end = _read_tool(text, tool.start(), tool.end())
+        except DirectiveError as exc:
+            return Directives(plan, "".join(rest) + text[kept:], str(exc))
+        plan.append(call)
+        rest.append(text[kept:tool.start()])
+        pos = kept = end
+    return Directives(plan, "".join(rest) + text[kept:] if rest else text)
+
+
+def plan_of(text: str) -> list:
+    """The steps of ``text``: a ``str`` per bash call, a ``ToolCall`` per tool call."""
+    return directives(text).plan
+
+
+def decide(api: str, body: dict) -> tuple[Step | None, str, float]:
+    """(step to call -- a bash command or a ToolCall -- or None, final text, delay seconds).
+
+    Raises DirectiveError when the last user message holds a ``[[tool]]`` that cannot be read."""
     text, k = conversation_state(api, body)
-    plan = plan_of(text)
+    found = directives(text)
+    if found.error is not None:
+        raise DirectiveError(found.error)
+    plan, text = found.plan, found.rest
     reply = _REPLY_RE.search(text)
     delay = _DELAY_RE.search(text)
     final = reply.group(1) if reply else "ok"
@@ -260,7 +365,7 @@ def decide(api: str, body: dict) -> tuple[str | None, str, float]:
 
 def usage_figures(api: str, body: dict) -> dict | None:
     """The ``[[usage: ...]]`` figures of the last user message (None without the directive)."""
-    match = _USAGE_RE.search(conversation_state(api, body)[0])
+    match = _USAGE_RE.search(directives(conversation_state(api, body)[0]).rest)
     if not match:
         return None
     figures: dict = {}
@@ -351,14 +456,14 @@ def _json_response(obj: Any, status: int = 200) -> http.Response:
 # --------------------------------------------------------------------------- answers
 
 
-def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+def openai_chat(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
                 figures: dict | None = None):
     model = body.get("model", "standin-model")
     cid, created = f"chatcmpl-standin-{n}", int(time.time())
     usage = _chat_usage(figures, in_tok)
     extra = _provider(figures)
-    tool = shell_tool(body) or "bash"
-    args = json.dumps(shell_args(tool, command)) if command is not None else None
+    tool, call_input = call_of(body, command) if command is not None else (None, None)
+    args = json.dumps(call_input) if command is not None else None
     call_id = f"call_standin_{k}"
     finish = "tool_calls" if command is not None else "stop"
     if not body.get("stream"):
@@ -400,16 +505,16 @@ def openai_chat(body: dict, command: str | None, text: str, n: int, in_tok: int,
     return _sse_response(_sse(events))
 
 
-def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+def anthropic_messages(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
                        figures: dict | None = None):
     model = body.get("model", "standin-model")
     mid = f"msg_standin_{n}"
     stop = "tool_use" if command is not None else "end_turn"
     tool_id = f"toolu_standin_{k}"
-    tool = shell_tool(body) or "bash"
+    tool, call_input = call_of(body, command) if command is not None else (None, None)
     if command is not None:
         block = {"type": "tool_use", "id": tool_id, "name": tool,
-                 "input": shell_args(tool, command)}
+                 "input": call_input}
     else:
         block = {"type": "text", "text": text}
     usage = _anthropic_usage(figures, in_tok)
@@ -425,7 +530,7 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
         if command is not None else {"type": "text", "text": ""}
     )
     delta = (
-        {"type": "input_json_delta", "partial_json": json.dumps(shell_args(tool, command))}
+        {"type": "input_json_delta", "partial_json": json.dumps(call_input)}
         if command is not None else {"type": "text_delta", "text": text}
     )
     events = [
@@ -446,15 +551,15 @@ def anthropic_messages(body: dict, command: str | None, text: str, n: int, in_to
     return _sse_response(_sse(events))
 
 
-def openai_responses(body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+def openai_responses(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
                      figures: dict | None = None):
     model = body.get("model", "standin-model")
     rid, created = f"resp_standin_{n}", int(time.time())
     usage = _responses_usage(figures, in_tok)
     extra = _provider(figures)
     if command is not None:
-        tool = shell_tool(body) or "bash"
-        args = json.dumps(shell_args(tool, command))
+        tool, call_input = call_of(body, command)
+        args = json.dumps(call_input)
         item = {"id": f"fc_standin_{k}", "type": "function_call", "status": "completed",
                 "call_id": f"call_standin_{k}", "name": tool, "arguments": args}
     else:
@@ -510,7 +615,7 @@ ANSWERERS = {
 }
 
 
-def answer_for(api: str, body: dict, command: str | None, text: str, n: int, in_tok: int, k: int,
+def answer_for(api: str, body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
            host: str = "") -> http.Response:
     """The answer, with the ``[[usage: ...]]`` figures where the gateway puts them (Opper: headers)."""
     figures = usage_figures(api, body)
@@ -565,10 +670,14 @@ class GatewayStandin:
             body = {}
 
         command, final, delay = None, "ok", 0.0
-        answer = "other"
+        answer, error = "other", None
         if api in ANSWERERS and req.method == "POST":
-            command, final, delay = decide(api, body)
-            answer = "tool_call" if command is not None else "text"
+            try:
+                command, final, delay = decide(api, body)
+                answer = "tool_call" if command is not None else "text"
+            except DirectiveError as exc:
+                answer, error = "error", str(exc)
+        call = isinstance(command, ToolCall)
 
         peer = getattr(flow.client_conn, "peername", None)
         metadata = getattr(flow, "metadata", {}) or {}
@@ -594,17 +703,21 @@ class GatewayStandin:
             "api": api,
             "stream": bool(body.get("stream")),
             "answer": answer,
-            "tool_command": command,
-            "tool_name": (shell_tool(body) or "bash") if command is not None else None,
+            "tool_command": None if call else command,
+            "tool_name": call_of(body, command)[0] if command is not None else None,
+            "tool_input": command.input if call else None,
         }
         self._log(record)
+        shown = f"{command.name} {json.dumps(command.input)}" if call else command
         logger.info("stand-in #%d %s %s%s -> %s%s", n, req.method, req.pretty_host, req.path,
-                    answer, f" ({command})" if command else "")
+                    answer, f" ({shown})" if shown else f" ({error})" if error else "")
 
         if delay > 0:
             await asyncio.sleep(delay)
 
-        if api in ANSWERERS and req.method == "POST":
+        if error is not None:
+            flow.response = _json_response({"error": {"message": f"stand-in: {error}"}}, 400)
+        elif api in ANSWERERS and req.method == "POST":
             in_tok = max(1, len(content) // 4)
             k = conversation_state(api, body)[1]
             flow.response = answer_for(api, body, command, final, n, in_tok, k, req.pretty_host)
@@ -706,10 +819,13 @@ class StreamingStandin:
             body = json.loads(raw or b"{}")
         except ValueError:
             body = {}
-        command, final, _ = decide(api, body) if api in ANSWERERS else (None, "ok", 0.0)
         n = len(self.sent) + 1
-        response = answer_for(api, body, command, final, n, max(1, len(raw) // 4),
-                          conversation_state(api, body)[1], self.host)
+        try:
+            command, final, _ = decide(api, body) if api in ANSWERERS else (None, "ok", 0.0)
+            response = answer_for(api, body, command, final, n, max(1, len(raw) // 4),
+                                  conversation_state(api, body)[1], self.host)
+        except DirectiveError as exc:
+            response = _json_response({"error": {"message": f"stand-in: {exc}"}}, 400)
         data = response.content or b""
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             pieces = [e + b"\n\n" for e in data.split(b"\n\n") if e]

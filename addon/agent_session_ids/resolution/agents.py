@@ -95,6 +95,15 @@ class AgentProfile:
     hint_headers: tuple[str, ...] = ()  # request headers that carry the agent's own session id
     hint_body_fields: tuple[str, ...] = ()  # top-level JSON body fields that carry it
     hint_pattern: str = SAFE_ID_RE  # what such an id looks like
+    # a session's tree (tree.py). A sub-agent inside its parent's session: the headers with its own
+    # id (a value equal to the session's id is the session itself), with the sub-agent it was
+    # started by (nested ones), and with its kind. A child with a session of its own: the headers
+    # and the environment variables (of its process) naming its parent session.
+    subagent_headers: tuple[str, ...] = ()
+    subagent_parent_headers: tuple[str, ...] = ()
+    subagent_kind_headers: tuple[str, ...] = ()
+    parent_headers: tuple[str, ...] = ()
+    parent_env: tuple[str, ...] = ()
     store: StoreSpec | None = None
     # how a request shows it comes from this agent when its process cannot be read: headers
     # whose value matches a regex ("" = present at all); any one sign is enough
@@ -261,6 +270,9 @@ PI = AgentProfile(
     store=StoreSpec("per_cwd", (Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), "pi",
                     format=PI_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
     request_signs=(("x-opencode-client", r"^pi$"), ("user-agent", r"^pi[/ ]")),
+    # pi >= 0.82 gives the commands of its bash tool PI_SESSION_ID: a pi started there inherits its
+    # parent's (CHANGELOG 0.82.0)
+    parent_env=("PI_SESSION_ID",),
 )
 
 OMP = AgentProfile(
@@ -286,6 +298,10 @@ CLAUDE = AgentProfile(
     process_names=frozenset({"claude"}),
     process_patterns=(r"claude-code/cli\.m?js",),
     hint_headers=("x-claude-code-session-id",),
+    # a sub-agent keeps the parent's session id and adds its own agent id (observed, 2.1.332), and
+    # a nested one its parent agent's (CHANGELOG 2.1.139)
+    subagent_headers=("x-claude-code-agent-id",),
+    subagent_parent_headers=("x-claude-code-parent-agent-id",),
     request_signs=(("x-claude-code-session-id", ""), ("user-agent", r"^claude-cli/")),
     store=StoreSpec("per_cwd", (
         Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
@@ -310,6 +326,11 @@ CODEX = AgentProfile(
     process_names=frozenset({"codex"}),
     process_patterns=(r"(^|/)codex(-[a-z0-9_-]+)?( |$)", r"@openai/codex"),
     hint_headers=("session-id", "session_id", "conversation_id"),
+    # a sub-agent sends the root's session-id, its own thread-id, its parent's thread and its kind
+    # (codex-rs/core/src/session/session.rs, responses_metadata.rs, client.rs)
+    subagent_headers=("thread-id",),
+    subagent_parent_headers=("x-codex-parent-thread-id",),
+    subagent_kind_headers=("x-openai-subagent",),
     hint_body_fields=("prompt_cache_key",),
     request_signs=(("x-codex-turn-metadata", ""), ("originator", r"^codex"), ("user-agent", r"^codex")),
     store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT,
@@ -335,6 +356,8 @@ OPENCODE = AgentProfile(
     process_patterns=(r"opencode-ai|/opencode( |$)",),
     hint_headers=("x-opencode-session", "x-session-affinity", "x-session-id"),
     hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
+    # a task-tool sub-agent has a session of its own (packages/opencode/src/session/llm/request.ts)
+    parent_headers=("x-parent-session-id",),
     request_signs=(("user-agent", r"^opencode/"), ("x-opencode-client", r"^(cli|opencode)")),
     store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),),
                     newest_of_cwd_is_session=True),
@@ -343,7 +366,10 @@ OPENCODE = AgentProfile(
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
 HINT_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in p.hint_headers}))
 # every request header the resolution reads: session ids and the agents' signs
-EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | {h for p in PROFILES for h, _ in p.request_signs}))
+TREE_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in (
+    p.subagent_headers + p.subagent_parent_headers + p.subagent_kind_headers + p.parent_headers)}))
+EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | set(TREE_HEADERS)
+                                                 | {h for p in PROFILES for h, _ in p.request_signs}))
 
 
 def recognise(process: Process) -> AgentProfile | None:

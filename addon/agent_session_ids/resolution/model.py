@@ -61,22 +61,41 @@ class Session:
     fallback: bool = False
     named_by_request: bool = False  # the id the request itself names decided
     cwd: str | None = None  # the session's folder, where its session file says it
+    # where it sits in a tree of sessions (tree.py); None and () where it has no parent
+    subagent: str | None = None  # the sub-agent that sent this request (its own id)
+    subagent_kind: str | None = None  # what kind of sub-agent, where the agent says (Codex: review, ...)
+    parent: str | None = None  # the session it was started from
+    root: str | None = None  # the top of its tree
+    lineage: tuple[str, ...] = ()  # labels from the root down to this session, then its sub-agent
+    lineage_ids: tuple[str, ...] = ()  # the same by ids (privacy mode's path)
+    # session_rename keep: the label and name its first request sent (kept is False: they follow)
+    kept: bool = False
+    kept_label: str | None = None
+    kept_name: str | None = None
 
     def fields(self, privacy: bool = False) -> dict[str, str]:
-        """The template fields that rule values can use. With privacy, a hash stands for the name."""
-        label, name = self.label, self.name or ""
-        if privacy and self.name:
+        """The template fields that rule values can use. With privacy, a hash stands for the name.
+        With session_rename keep (`kept`), the label is the one the session's first request sent."""
+        name = self.name or ""
+        label_name, label = (self.kept_name, self.kept_label or self.id) if self.kept else (self.name, self.label)
+        if privacy:
             from .ids import label as make_label
             from .ids import name_hash
 
-            name = name_hash(self.name)
-            label = make_label(name, self.id)
+            name = name_hash(name) if name else ""
+            if label_name:
+                label = make_label(name_hash(label_name), self.id)
+        path = self.lineage_ids if privacy else self.lineage
         return {
             "session.id": self.id,
             "session.label": label,
             "session.trace_uuid": self.trace_uuid,
             "session.name": name,
             "session.source": self.source,
+            "session.subagent": self.subagent or "",
+            "session.parent": self.parent or "",
+            "session.root": self.root or self.id,
+            "session.path": "/" + "/".join(path) if path else f"/{label}",
             "agent.name": self.agent,
         }
 

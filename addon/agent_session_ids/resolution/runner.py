@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import state
 from .finder import SessionFinder
 from .model import Evidence, Process, Seen, Session
+from .tree import SessionTree
 
 # Past this, the request goes on unchanged. Generous: a loaded 2-core machine must not turn into
 # requests with no session.
@@ -33,6 +34,7 @@ STATE_LOAD_WAIT_S = 5.0
 class Runner:
     def __init__(self, warn_once: Callable[[str, str], None]) -> None:
         self.finder = SessionFinder()
+        self.tree = SessionTree()  # where each session sits: on the event loop only
         self._warn_once = warn_once
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")
         self._lock = threading.Lock()
@@ -92,7 +94,7 @@ class Runner:
                 )
             session, proc = result
         self._between_requests()
-        return session, proc
+        return self.tree.place(session, evidence.headers, proc), proc
 
     def _inline(self, fn, *args):
         """fn(*args) on the event loop, in small reading steps; None if the worker has the lock."""

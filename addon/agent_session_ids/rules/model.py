@@ -16,6 +16,10 @@ FIELDS: dict[str, str] = {
     "session.trace_uuid": "a UUID for the session: uuid5 over the session file path, as Opper's pi extension does",
     "session.name": "the session's name, empty when it has none",
     "session.source": "which evidence decided the session (header, file, binding, pending, fallback)",
+    "session.subagent": "the sub-agent that sent the request (its own id), empty for the session's own turns",
+    "session.parent": "the session this one was started from (a sub-agent's or child agent's parent), else empty",
+    "session.root": "the top session of its tree: session.id for a session with no parent",
+    "session.path": "where the request sits in its tree: /<root label>/.../<label>[/<sub-agent>]",
     "agent.name": "the agent that sent the request (pi, ...), or the process name for other programs",
 }
 

@@ -81,10 +81,16 @@ def provider_text(g: Totals) -> str:
     return f"{FLIP}{name}" if g.flips or g.last_flipped else name
 
 
-def row(g: Totals, now: float) -> dict[str, str]:
+def session_text(g: Totals, width: int) -> str:
+    """The label, and `+N` for the sub-agents and child sessions counted in (kept when it is cut)."""
+    extra = f" +{len(g.branches)}" if g.branches else ""
+    return _cut(g.label or g.key, max(1, width - len(extra))) + extra
+
+
+def row(g: Totals, now: float, session_width: int = 40) -> dict[str, str]:
     return {
         "AGENT": g.agent or "-",
-        "SESSION": g.label or g.key,
+        "SESSION": session_text(g, session_width),
         "PROJECT": project(g.cwd),
         "REQS": str(g.requests),
         "AGO": ago(now - g.last) if g.last is not None else "-",
@@ -103,7 +109,7 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
     ordered = sorted(sessions, key=lambda g: -(g.last or 0))
     shown = ordered if limit is None else ordered[:limit]
     out = [_line({name: name for name in ORDER}, cols)]
-    out += [_line(row(g, now), cols) for g in shown]
+    out += [_line(row(g, now, cols["SESSION"][0]), cols) for g in shown]
     if limit is not None and len(ordered) > limit:
         out.append(f"… and {len(ordered) - limit} more sessions")
     total = Totals("TOTAL")

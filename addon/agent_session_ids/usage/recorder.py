@@ -34,7 +34,8 @@ MAX_SESSIONS = 1000  # live totals kept; the oldest is dropped past it
 MAX_OPEN_STREAMS = 10_000  # observers of answers still streaming
 MAX_JSON_BYTES = 64 << 20  # a held answer larger than this is not parsed
 SUMMARY_SESSIONS = 20  # sessions in the summary on exit (one screen)
-_NOT_FIGURES = frozenset(("ts", "session", "label", "agent", "cwd", "rule", "host"))  # not the turn's own
+_NOT_FIGURES = frozenset(("ts", "session", "label", "agent", "cwd", "rule", "host", "subagent", "subagent_kind",
+                          "parent", "root", "sent_changed"))  # not the turn's own
 
 
 def is_sse(response) -> bool:
@@ -96,6 +97,7 @@ class Recorder:
         self.ledger: ledger_mod.Ledger | None = None
         self._streams: dict[str, StreamObserver] = {}
         self.live = SessionTable(MAX_SESSIONS)
+        self._sent: dict[str, dict] = {}  # per session and sub-agent: what its last turn sent, per target
 
     # -- options ----------------------------------------------------------------------------------
 
@@ -227,7 +229,9 @@ class Recorder:
         record: dict = {"ts": ledger_mod.timestamp(flow.request.timestamp_start or time.time()),
                         "session": session.get("id")}
         for key, value in (("label", session.get("label")), ("agent", session.get("agent")),
-                           ("cwd", session.get("cwd")),
+                           ("cwd", session.get("cwd")), ("subagent", session.get("subagent")),
+                           ("subagent_kind", session.get("subagent_kind")), ("parent", session.get("parent")),
+                           ("root", session.get("root") if session.get("parent") else None),
                            ("rule", changes[0].get("rule") if changes else (rules[0].get("name") if rules else None)),
                            ("host", gateway_host(flow)), ("model", meta.get("model"))):
             if value is not None:
@@ -236,6 +240,9 @@ class Recorder:
         for key in ("served_model", "provider"):
             if key in known:
                 record[key] = known.pop(key)
+        changed = self._sent_changes(record, changes)
+        if changed:
+            record["sent_changed"] = changed
         record["status"] = flow.response.status_code
         record["stream"] = is_sse(flow.response)
         record.update(known)
@@ -253,6 +260,19 @@ class Recorder:
         if flip is not None:
             figures["provider_flip"] = flip
         display.annotate_usage(flow, figures)
+
+    def _sent_changes(self, record: dict, changes: list[dict]) -> list[dict]:
+        """What this turn sent differently from its branch's previous turn (a rename, with
+        session_rename follow): [{target, from, to}]."""
+        key = f"{record.get('session')}/{record.get('subagent') or ''}"
+        sent = {c["target"]: c.get("after") for c in changes if isinstance(c, dict) and "target" in c}
+        before = self._sent.pop(key, None)
+        if len(self._sent) >= MAX_SESSIONS:
+            del self._sent[next(iter(self._sent))]
+        self._sent[key] = {**(before or {}), **sent}
+        if not before:
+            return []
+        return [{"target": t, "from": before[t], "to": v} for t, v in sent.items() if t in before and before[t] != v]
 
     # -- live totals ----------------------------------------------------------------------------------
 

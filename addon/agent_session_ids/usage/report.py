@@ -24,7 +24,19 @@ from datetime import date, datetime, timedelta, tzinfo
 
 from . import ledger
 from .live_view import cost_text, short_model
-from .totals import FLIPS_LISTED, FlipWatch, Totals, duration, hit_ratio, money, percent, providers_text, table, tokens
+from .totals import (
+    FLIPS_LISTED,
+    FlipWatch,
+    Totals,
+    duration,
+    hit_ratio,
+    money,
+    percent,
+    providers_text,
+    sent_change_lines,
+    table,
+    tokens,
+)
 
 DEFAULT_LEDGER = ledger.DEFAULT_PATH
 COMPACT_BELOW = 100  # a terminal narrower than this gets the compact table
@@ -104,7 +116,7 @@ def _model(record: dict) -> str:
 
 # what each --by groups on: (record, epoch, zone) -> the group's key
 BUCKETS: dict[str, Callable[[dict, float, tzinfo | None], str]] = {
-    "session": lambda r, epoch, zone: str(r.get("session") or "?"),
+    "session": lambda r, epoch, zone: str(r.get("root") or r.get("session") or "?"),  # a tree, by its root
     "day": lambda r, epoch, zone: day_of(epoch, zone),
     "week": lambda r, epoch, zone: week_of(epoch, zone),
     "month": lambda r, epoch, zone: month_of(epoch, zone),
@@ -117,10 +129,11 @@ TITLES = {"session": "SESSION", "day": "DAY", "week": "WEEK OF", "month": "MONTH
 
 
 def group(records: list[dict], by: str = "session", keep_turns: bool = False, zone: tzinfo | None = None,
-          breakdown: bool = False) -> list[Totals]:
+          breakdown: bool = False, tree: bool = False) -> list[Totals]:
     """Totals per group, newest activity first. Provider flips are found per session, in time order,
     and listed in the group of the turn that flipped. With `breakdown`, each group's
-    ``breakdown`` holds its Totals per model."""
+    ``breakdown`` holds its Totals per model. By session, a group is a tree (a root session, its
+    sub-agents and child sessions); with `tree`, its ``tree`` holds each branch's own Totals."""
     key_of = BUCKETS.get(by)
     if key_of is None:
         raise ValueError(f"cannot group by {by!r}")
@@ -134,6 +147,13 @@ def group(records: list[dict], by: str = "session", keep_turns: bool = False, zo
         if totals is None:
             totals = groups[key] = Totals(key)
         totals.add(record, epoch, keep_turns)
+        if tree and by == "session":
+            branch = (session, record.get("subagent") or None)
+            if branch != (key, None):
+                part = totals.tree.get(branch)
+                if part is None:
+                    part = totals.tree[branch] = Totals(session)
+                part.add(record, epoch)
         if breakdown:
             model = _model(record)
             part = totals.breakdown.get(model)
@@ -145,7 +165,27 @@ def group(records: list[dict], by: str = "session", keep_turns: bool = False, zo
             flip.update(session=session, label=record.get("label") or session, ts=record.get("ts"),
                         when=when(epoch, zone))
             totals.flips.append(flip)
+    if tree and by == "session":
+        parents = {str(r.get("session")): r.get("parent") for r in records if r.get("parent")}
+        for g in groups.values():
+            for (session, subagent), part in g.tree.items():
+                part.depth = _depth(session, g.key, parents) + (1 if subagent and subagent != session else 0)
+                part.parent = session if subagent and subagent != session else parents.get(session)
+                if subagent and subagent != session:
+                    part.label = f"sub-agent {subagent}"
     return sorted(groups.values(), key=lambda g: -(g.last or 0))
+
+
+def _depth(session: str, root: str, parents: dict) -> int:
+    depth, at = 0, session
+    while at != root and at in parents and depth < 16:
+        at, depth = parents[at], depth + 1
+    return depth if at == root else max(1, depth)
+
+
+def branches_of(g: Totals) -> list[Totals]:
+    """A tree's branches, in the order they began."""
+    return sorted(g.tree.values(), key=lambda part: (part.first or 0, part.key))
 
 
 def session_turns(records: list[dict], wanted: str) -> list[dict]:
@@ -168,9 +208,17 @@ def as_json(groups: list[Totals], by: str) -> list[dict]:
         item.update(_figures(g))
         if by == "session":
             item["models"] = dict(g.models)
+        if by == "session":
+            item["branch_count"] = len(g.branches)  # sub-agents and child sessions counted in
+        if g.tree:
+            item["branches"] = [{"session": part.key, "subagent": subagent, "parent": part.parent,
+                                 "label": part.label, "depth": part.depth, **_figures(part)}
+                                for (_, subagent), part in sorted(g.tree.items(), key=lambda kv: kv[1].first or 0)]
         if g.breakdown:
             item["breakdown"] = [{"model": m.key, **_figures(m)} for m in _by_cost(g.breakdown)]
         item["flips"] = [{k: f[k] for k in ("ts", "session", "from", "to", "idle_s")} for f in g.flips]
+        item["sent_changes"] = [{"ts": ledger.timestamp(c["epoch"]), "target": c.get("target"), "from": c.get("from"),
+                                 "to": c.get("to")} for c in g.sent_changes]
         out.append(item)
     return out
 
@@ -189,7 +237,7 @@ def _total(groups: list[Totals]) -> Totals:
 
 def _name(g: Totals, by: str) -> str:
     if by == "session":
-        return g.label or g.key
+        return (g.label or g.key) + (f" +{len(g.branches)}" if g.branches else "")
     if by == "project" and g.key.startswith(os.path.expanduser("~") + os.sep):
         return "~" + g.key[len(os.path.expanduser("~")):]
     return g.key
@@ -205,13 +253,20 @@ def compact_table(groups: list[Totals], by: str, width: int = 24) -> list[str]:
     lines = [f"{TITLES[by]:<{width}} {'REQS':>5} {'INPUT':>8} {'HIT':>4} {'OUTPUT':>7} {'COST':>10}"]
     for g in groups:
         lines.append(_compact_row(_name(g, by), g, width))
+        for part in branches_of(g):
+            lines.append(_compact_row(_branch_name(part), part, width))
         for m in _by_cost(g.breakdown):
             lines.append(_compact_row("  └ " + short_model(m.key), m, width))
         for flip in g.flips[-FLIPS_LISTED:]:
             lines.append(f"  ⚠ flip {flip.get('when', '')}: {flip['from']} → {flip['to']}")
         if len(g.flips) > FLIPS_LISTED:
             lines.append(f"  ⚠ {len(g.flips) - FLIPS_LISTED} earlier flips (--json lists all)")
+        lines += ["  " + text for text in sent_change_lines(g)]
     return lines
+
+
+def _branch_name(part: Totals) -> str:
+    return "  " * part.depth + "└ " + (part.label or part.key)
 
 
 def _compact_row(name: str, g: Totals, width: int) -> str:
@@ -231,6 +286,8 @@ def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False)
         lines = table([], TITLES[by])
         for g in groups:
             lines += table([g], TITLES[by], name_of=lambda g: _cut_left(_name(g, by), 30))[1:]
+            if g.tree:
+                lines += table(branches_of(g), TITLES[by], name_of=_branch_name)[1:]
             if g.breakdown:
                 lines += table(_by_cost(g.breakdown), TITLES[by], name_of=lambda m: "  └ " + m.key)[1:]
         lines += table([total], TITLES[by], name_of=lambda g: "TOTAL")[1:]
@@ -370,6 +427,7 @@ def as_html(groups: list[Totals], by: str, since: float | None = None, until: fl
     rows = []
     for g in groups:
         rows.append(_html_row(_name(g, by), g, by))
+        rows += [_html_row(_branch_name(part), part, by, part=True) for part in branches_of(g)]
         rows += [_html_row("└ " + m.key, m, by, part=True) for m in _by_cost(g.breakdown)]
     if groups:
         rows.append(_html_row("TOTAL", _total(groups), by))
@@ -387,6 +445,7 @@ def as_html(groups: list[Totals], by: str, since: float | None = None, until: fl
             for f in g.flips:
                 body.append(f"<p class=warn>⚠ provider flip at {esc(f['when'])}: {esc(f['from'])} → "
                             f"{esc(f['to'])} after {esc(duration(f['idle_s']))} idle</p>")
+            body += [f"<p class=meta>{esc(text)}</p>" for text in sent_change_lines(g)]
     return _page("Agent session usage", body)
 
 
@@ -433,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="group by session (default), day, week (from Monday), month, model, project (the "
                              "session's folder) or agent")
     parser.add_argument("--breakdown", action="store_true", help="each group's figures per model, under it")
+    parser.add_argument("--tree", action="store_true", help="by session: each sub-agent's and child session's own "
+                                                            "figures, under its root")
     parser.add_argument("--session", metavar="ID", help="one session's turns (its id, or its label)")
     parser.add_argument("--since", help="only turns since then: 2h, 30m, 7d, 1w, or a date such as 2026-11-21")
     parser.add_argument("--until", help="only turns until then (a bare date includes that day)")
@@ -458,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     records, skipped = ledger.read(path, since, until)
     if args.session:
         return _one_session(args, records, zone)
-    groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown)
+    groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown, tree=args.tree)
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(as_html(groups, args.by, since, until, zone))

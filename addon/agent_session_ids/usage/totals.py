@@ -39,11 +39,23 @@ class Totals:
         self.last_model: str | None = None
         self.last_provider: str | None = None
         self.last_flipped = False  # the latest turn was served by another provider than the one before
+        # a tree's root (grouped by root): its branches, (session, sub-agent), other than its own
+        # turns; and the turns where the ids it sent changed (a rename)
+        self.branches: set[tuple[str, str | None]] = set()
+        self.sent_changes: list[dict] = []
+        self.tree: dict[tuple[str, str | None], Totals] = {}  # the report's --tree: each branch's own figures
+        self.depth = 0  # a branch's level below its root
+        self.parent: str | None = None  # a branch's parent session
 
     def add(self, record: dict, epoch: float, keep_turns: bool = False) -> None:
         self.requests += 1
-        self.label = record.get("label") or self.label
-        self.agent = record.get("agent") or self.agent
+        session = record.get("session")
+        branch = (str(session), record.get("subagent") or None)
+        if branch == (self.key, None) or not self.label:  # a root's label is its own, not a branch's
+            self.label = record.get("label") or self.label
+            self.agent = record.get("agent") or self.agent
+        if branch != (self.key, None) and (record.get("parent") or record.get("subagent")):
+            self.branches.add(branch)
         for key in TOKENS:
             value = record.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -63,9 +75,15 @@ class Totals:
         if isinstance(model, str):
             self.models[model] = self.models.get(model, 0) + 1
         self.first = epoch if self.first is None else min(self.first, epoch)
+        changed = record.get("sent_changed")
+        if isinstance(changed, list) and changed:
+            self.sent_changes += [{**c, "epoch": epoch, "label": record.get("label")} for c in changed
+                                  if isinstance(c, dict)][:5]
+            del self.sent_changes[:-20]
         if self.last is None or epoch >= self.last:
             self.last = epoch
-            self.cwd = record.get("cwd") or self.cwd
+            if branch == (self.key, None) or self.cwd is None:
+                self.cwd = record.get("cwd") or self.cwd
             value = record.get("input_tokens")
             self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
             self.last_hit = ratio
@@ -167,7 +185,14 @@ def table(groups: list[Totals], title: str = "SESSION", width: int = 30,
                          f"after {duration(flip['idle_s'])} idle")
         if len(g.flips) > FLIPS_LISTED:
             lines.append(f"{'':<{width}} ⚠ {len(g.flips) - FLIPS_LISTED} earlier provider flips (--json lists all)")
+        lines += [f"{'':<{width}} {text}" for text in sent_change_lines(g)]
     return lines
+
+
+def sent_change_lines(g: Totals) -> list[str]:
+    """The turns where what was sent changed (a session renamed with session_rename follow)."""
+    return [f"↻ sent {c.get('target')} changed {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['epoch']))}: "
+            f"{c.get('from')} → {c.get('to')}" for c in g.sent_changes[-FLIPS_LISTED:]]
 
 
 class SessionTable:
@@ -181,8 +206,10 @@ class SessionTable:
         self.watch = FlipWatch(limit=10 * limit)
 
     def add(self, record: dict, epoch: float) -> dict | None:
-        """Counts one turn into its session; the provider flip it makes, if any."""
-        key = str(record.get("session") or "?")
+        """Counts one turn into its session's tree (its root's totals); the provider flip it makes
+        (per session, as each session has its own sticky provider), if any."""
+        session = str(record.get("session") or "?")
+        key = str(record.get("root") or session)
         totals = self.sessions.pop(key, None)
         if totals is None:
             totals = Totals(key)
@@ -190,7 +217,7 @@ class SessionTable:
                 del self.sessions[next(iter(self.sessions))]
         self.sessions[key] = totals
         totals.add(record, epoch)
-        flip = self.watch.see(key, record.get("provider"), epoch)
+        flip = self.watch.see(session, record.get("provider"), epoch)
         if flip is not None:
             totals.flips.append({**flip, "when": time.strftime("%H:%M:%S", time.localtime(epoch))})
             del totals.flips[:-self.flips_kept]

@@ -122,6 +122,15 @@ def summary(meta: dict) -> list[Line]:
             ("decided by", session.get("source")),
             ("fallback ID", "yes" if session.get("fallback") else "no"),
         ])
+        kind = session.get("subagent_kind")
+        lines += _pairs([(k, v) for k, v in (  # its tree, where it has one; the label kept over a rename
+            ("sub-agent", f"{session.get('subagent')}" + (f" ({kind})" if kind else "") if session.get("subagent")
+             else None),
+            ("parent", session.get("parent")),
+            ("root", session.get("root")),
+            ("tree path", session.get("path")),
+            ("label sent", session.get("sent_label")),
+        ) if v])
     if "process" in meta:
         proc = meta.get("process")
         title("Process")

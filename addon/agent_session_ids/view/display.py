@@ -24,6 +24,10 @@ def _safe(text: str, limit: int = 200) -> str:
 def comment(session, changes: list[dict], skipped: list[str]) -> str:
     where = os.path.basename(session.file) if session.file else session.source
     text = f"session {_safe(session.label)} ({_safe(session.agent, 40)}, {_safe(where)})"
+    if session.subagent and session.subagent != session.id:
+        text += f", sub-agent {_safe(session.subagent, 80)}"
+    elif session.parent:
+        text += f", child of {_safe(session.parent, 80)}"
     if changes:
         text += " → " + ", ".join(c["target"] for c in changes)
     if skipped:
@@ -52,6 +56,11 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "fallback": session.fallback,
             # the session's folder: its file's word first, else the process's
             "cwd": session.cwd or (process.cwd if process is not None else None),
+            # its place in a tree (resolution/tree.py): only where it has one
+            **({"subagent": session.subagent, "subagent_kind": session.subagent_kind, "parent": session.parent,
+                "root": session.root or session.id, "path": "/" + "/".join(session.lineage)}
+               if session.subagent or session.parent else {}),
+            **({"sent_label": session.kept_label or session.id} if session.kept else {}),
         },
         "process": {"unreadable": unreadable} if process is None else {
             "pid": process.pid,
