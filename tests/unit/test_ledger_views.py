@@ -355,3 +355,53 @@ def test_report_is_the_same_command_three_ways(tmp_path):
                         [str(Path(sys.executable).with_name("agent-session-ids-report"))],
                         [sys.executable, "-m", "agent_session_ids.report"])}
     assert len(outs) == 1 and json.loads(outs.pop())[0]["project"] == "/work/a-project"
+
+
+# -- trees (issue 21) ----------------------------------------------------------------------------------
+
+
+def _tree_records():
+    r, c = "r0000000", "c0000000"
+    return [
+        turn(r, _at("2026-11-30T10:00:00Z"), cost=0.001),
+        turn(r, _at("2026-11-30T10:01:00Z"), cost=0.002, subagent="a1", parent=r, root=r),
+        turn(r, _at("2026-11-30T10:02:00Z"), cost=0.003, subagent="a1", parent=r, root=r),
+        turn(c, _at("2026-11-30T10:03:00Z"), cost=0.004, parent=r, root=r, label="child-task"),
+        turn(c, _at("2026-11-30T10:04:00Z"), cost=0.005, subagent="a2", parent=c, root=r),
+        turn("other", _at("2026-11-30T10:05:00Z"), cost=0.010),
+        turn(r, _at("2026-11-30T10:06:00Z"), cost=0.001, sent_changed=[
+            {"target": "body.session_id", "from": r, "to": "release-notes-r0000000"}]),
+    ]
+
+
+def test_the_report_counts_branches_into_their_root_and_tree_shows_each(tmp_path, capsys):
+    path, _ = _records(tmp_path, _tree_records())
+    assert report.main(["--file", path, "--json"]) == 0
+    groups = {g["session"]: g for g in json.loads(capsys.readouterr().out)}
+    assert set(groups) == {"r0000000", "other"}
+    root = groups["r0000000"]
+    assert root["requests"] == 6 and root["cost"] == pytest.approx(0.016) and root["branch_count"] == 3
+    assert root["label"] == "label-r0000000" and "branches" not in root
+    assert root["sent_changes"][0]["to"] == "release-notes-r0000000"
+    assert report.main(["--file", path, "--json", "--tree"]) == 0
+    branches = json.loads(capsys.readouterr().out)[0]["branches"]
+    assert [(b["session"], b["subagent"], b["parent"], b["depth"], b["requests"]) for b in branches] == [
+        ("r0000000", "a1", "r0000000", 1, 2), ("c0000000", None, "r0000000", 1, 1),
+        ("c0000000", "a2", "c0000000", 2, 1)]
+    assert report.main(["--file", path, "--tree"]) == 0
+    text = capsys.readouterr().out
+    assert "label-r0000000 +3" in text and "└ sub-agent a1" in text and "└ child-task" in text
+    assert "    └ sub-agent a2" in text and "↻ sent body.session_id changed" in text
+    page = tmp_path / "tree.html"
+    assert report.main(["--file", path, "--tree", "--html", str(page)]) == 0
+    assert "└ sub-agent a2" in page.read_text() and "↻ sent body.session_id" in page.read_text()
+
+
+def test_top_counts_a_trees_branches_into_its_root_row():
+    table = _table(_tree_records())
+    lines = live_view.lines(list(table.sessions.values()), _at("2026-11-30T10:07:00Z"), 80)
+    root, other = lines[1:-1]
+    assert root.split()[:5] == ["pi", "labe…", "+3", "r00000…", "6"]  # the count stays when the label is cut
+    assert other.split()[:4] == ["pi", "label-o…", "other-…", "1"]
+    wide = live_view.lines(list(table.sessions.values()), _at("2026-11-30T10:07:00Z"), 140)
+    assert "label-r0000000 +3" in wide[1]

@@ -166,7 +166,8 @@ def group(records: list[dict], by: str = "session", keep_turns: bool = False, zo
                         when=when(epoch, zone))
             totals.flips.append(flip)
     if tree and by == "session":
-        parents = {str(r.get("session")): r.get("parent") for r in records if r.get("parent")}
+        # a child session's parent (a sub-agent's own "parent" is the session it runs in)
+        parents = {str(r.get("session")): r.get("parent") for r in records if r.get("parent") and not r.get("subagent")}
         for g in groups.values():
             for (session, subagent), part in g.tree.items():
                 part.depth = _depth(session, g.key, parents) + (1 if subagent and subagent != session else 0)
