@@ -388,8 +388,11 @@ def recognise_request(headers: Mapping[str, str]) -> AgentProfile | None:
     return None
 
 
+_BY_NAME = {p.name: p for p in PROFILES}
+
+
 def by_name(name: str) -> AgentProfile | None:
-    return next((p for p in PROFILES if p.name == name), None)
+    return _BY_NAME.get(name)
 
 
 # -- where a process's sessions are ---------------------------------------------------------------
