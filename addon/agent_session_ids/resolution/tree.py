@@ -68,6 +68,8 @@ class SessionTree:
                 nested = _first(headers, profile.subagent_parent_headers)
                 kind = _first(headers, profile.subagent_kind_headers, any_text=True)
             parent = _first(headers, profile.parent_headers)
+            if parent is not None and parent != session.id and subagent is None:
+                subagent = session.id  # a sub-agent with a session of its own (opencode's task tool)
             if parent is None and proc is not None:
                 parent = _first(proc.environ, profile.parent_env)
         if parent == session.id:
@@ -81,12 +83,13 @@ class SessionTree:
         if node.parent is None and subagent is None and not kept:
             return session
         lineage, lineage_ids = self._lineage(session.id)
-        if subagent is not None:
+        inside = subagent is not None and subagent != session.id  # a sub-agent in this session
+        if inside:
             below = (nested, subagent) if nested not in (None, session.id, subagent) else (subagent,)
             lineage, lineage_ids = lineage + below, lineage_ids + below
         return dataclasses.replace(
             session, subagent=subagent, subagent_kind=kind,
-            parent=session.id if subagent is not None else node.parent,
+            parent=session.id if inside else node.parent,
             root=lineage_ids[0] if node.parent or subagent else None, lineage=lineage, lineage_ids=lineage_ids,
             kept=kept, kept_label=node.first_label if kept else None, kept_name=node.first_name if kept else None)
 

@@ -284,14 +284,16 @@ def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False)
     if compact:
         lines = compact_table(groups, by) + compact_table([total], by)[1:]
     else:
-        lines = table([], TITLES[by])
+        # the name column fits the branches' names (up to 48), so a tree reads whole
+        width = min(48, max([30] + [len(_branch_name(part)) for g in groups for part in g.tree.values()]))
+        lines = table([], TITLES[by], width)
         for g in groups:
-            lines += table([g], TITLES[by], name_of=lambda g: _cut_left(_name(g, by), 30))[1:]
+            lines += table([g], TITLES[by], width, name_of=lambda g: _cut_left(_name(g, by), width))[1:]
             if g.tree:
-                lines += table(branches_of(g), TITLES[by], name_of=_branch_name)[1:]
+                lines += table(branches_of(g), TITLES[by], width, name_of=_branch_name)[1:]
             if g.breakdown:
-                lines += table(_by_cost(g.breakdown), TITLES[by], name_of=lambda m: "  └ " + m.key)[1:]
-        lines += table([total], TITLES[by], name_of=lambda g: "TOTAL")[1:]
+                lines += table(_by_cost(g.breakdown), TITLES[by], width, name_of=lambda m: "  └ " + m.key)[1:]
+        lines += table([total], TITLES[by], width, name_of=lambda g: "TOTAL")[1:]
     notes = []
     if any(g.cost is not None and g.cost_requests < g.requests for g in groups):
         notes.append("* cost known for only some of the requests (the gateway did not report it for the others)")
