@@ -257,6 +257,9 @@ def test_claude_code_sub_agent_keeps_the_session_and_is_named(claude, tmp_path, 
         # its transcript is where the profile says sub-agents' are
         (transcript,) = (home / ".claude" / "projects").rglob(f"subagents/agent-{agent_id}.jsonl")
         assert transcript.parent.parent.name == session_id
+        # the view names it once the session's own file is known (when Claude has written it: timing)
+        named = {r["session_ids"]["session"]["subagent_file"] for r in subs} - {None}
+        assert named <= {str(transcript)}, named
         lines = ledger_lines(p, len(model))
         assert len(lines) == len(model)
         sub_lines = [line for line in lines if line.get("subagent") == agent_id]

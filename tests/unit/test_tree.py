@@ -38,6 +38,9 @@ def test_a_claude_sub_agent_keeps_the_session_and_names_itself():
                         None)
     assert nested.fields()["session.path"] == "/fix-the-parser-00000001/a8eb0aa8b9aaf25f1/bbbb"
     assert tree.place(root, {"x-claude-code-agent-id": "not a safe id!"}, None) is root
+    with_file = Session(root.id, root.label, "t", "claude", "test", file=f"/h/.claude/projects/-w/{root.id}.jsonl")
+    assert tree.place(with_file, {"x-claude-code-agent-id": "a8eb"}, None).subagent_file == (
+        f"/h/.claude/projects/-w/{root.id}/subagents/agent-a8eb.jsonl")
 
 
 def test_a_codex_sub_agent_sends_the_roots_session_and_its_own_thread():
@@ -57,7 +60,8 @@ def test_an_opencode_sub_agent_has_its_own_session_under_its_parent():
     tree.place(parent, {}, None)
     child = session("ses_child00000000000000000", "look-around-00000000", agent="opencode")
     placed = tree.place(child, {"x-parent-session-id": parent.id}, None)
-    assert (placed.id, placed.parent, placed.root, placed.subagent) == (child.id, parent.id, parent.id, None)
+    # the task tool's sub-agent: it is the sub-agent, with a session of its own
+    assert (placed.id, placed.parent, placed.root, placed.subagent) == (child.id, parent.id, parent.id, child.id)
     assert placed.fields()["session.path"] == "/build-the-app-00000000/look-around-00000000"
     # the parent sticks: a later request without the header is still in the tree
     assert tree.place(child, {}, None).root == parent.id

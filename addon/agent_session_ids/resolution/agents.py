@@ -104,6 +104,7 @@ class AgentProfile:
     subagent_kind_headers: tuple[str, ...] = ()
     parent_headers: tuple[str, ...] = ()
     parent_env: tuple[str, ...] = ()
+    subagent_file: str = ""  # a sub-agent's transcript, beside its session's file ("{stem}", "{id}")
     store: StoreSpec | None = None
     # how a request shows it comes from this agent when its process cannot be read: headers
     # whose value matches a regex ("" = present at all); any one sign is enough
@@ -302,6 +303,7 @@ CLAUDE = AgentProfile(
     # a nested one its parent agent's (CHANGELOG 2.1.139)
     subagent_headers=("x-claude-code-agent-id",),
     subagent_parent_headers=("x-claude-code-parent-agent-id",),
+    subagent_file="{stem}/subagents/agent-{id}.jsonl",
     request_signs=(("x-claude-code-session-id", ""), ("user-agent", r"^claude-cli/")),
     store=StoreSpec("per_cwd", (
         Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),

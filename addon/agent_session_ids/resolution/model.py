@@ -64,6 +64,7 @@ class Session:
     # where it sits in a tree of sessions (tree.py); None and () where it has no parent
     subagent: str | None = None  # the sub-agent that sent this request (its own id)
     subagent_kind: str | None = None  # what kind of sub-agent, where the agent says (Codex: review, ...)
+    subagent_file: str | None = None  # its transcript, where the agent keeps one (Claude Code)
     parent: str | None = None  # the session it was started from
     root: str | None = None  # the top of its tree
     lineage: tuple[str, ...] = ()  # labels from the root down to this session, then its sub-agent

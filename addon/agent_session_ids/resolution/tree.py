@@ -16,6 +16,7 @@ label its first request sent (session_rename keep).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 
 from . import agents
@@ -58,7 +59,7 @@ class SessionTree:
     def place(self, session: Session, headers: Mapping[str, str], proc: Process | None) -> Session:
         """The session with its place in the tree (the same object when it has none to add)."""
         profile = agents.by_name(session.agent)
-        subagent = parent = kind = None
+        subagent = parent = kind = by_header = None
         nested: str | None = None  # the sub-agent that started this sub-agent
         if profile is not None:
             subagent = _first(headers, profile.subagent_headers)
@@ -68,8 +69,7 @@ class SessionTree:
                 nested = _first(headers, profile.subagent_parent_headers)
                 kind = _first(headers, profile.subagent_kind_headers, any_text=True)
             parent = _first(headers, profile.parent_headers)
-            if parent is not None and parent != session.id and subagent is None:
-                subagent = session.id  # a sub-agent with a session of its own (opencode's task tool)
+            by_header = parent
             if parent is None and proc is not None:
                 parent = _first(proc.environ, profile.parent_env)
         if parent == session.id:
@@ -79,6 +79,8 @@ class SessionTree:
                 parent = self._by_process(proc, session.id)
             self._hold(proc, session.id)
         node = self._node(session, parent)
+        if by_header is not None and node.parent == by_header and subagent is None:
+            subagent = session.id  # a sub-agent with a session of its own (opencode's task tool)
         kept = self.rename == "keep" and node.first_label != session.label
         if node.parent is None and subagent is None and not kept:
             return session
@@ -87,8 +89,12 @@ class SessionTree:
         if inside:
             below = (nested, subagent) if nested not in (None, session.id, subagent) else (subagent,)
             lineage, lineage_ids = lineage + below, lineage_ids + below
+        transcript = None
+        if inside and profile is not None and profile.subagent_file and session.file:
+            folder, name = os.path.split(session.file)
+            transcript = os.path.join(folder, profile.subagent_file.format(stem=os.path.splitext(name)[0], id=subagent))
         return dataclasses.replace(
-            session, subagent=subagent, subagent_kind=kind,
+            session, subagent=subagent, subagent_kind=kind, subagent_file=transcript,
             parent=session.id if inside else node.parent,
             root=lineage_ids[0] if node.parent or subagent else None, lineage=lineage, lineage_ids=lineage_ids,
             kept=kept, kept_label=node.first_label if kept else None, kept_name=node.first_name if kept else None)

@@ -126,6 +126,7 @@ def summary(meta: dict) -> list[Line]:
         lines += _pairs([(k, v) for k, v in (  # its tree, where it has one; the label kept over a rename
             ("sub-agent", f"{session.get('subagent')}" + (f" ({kind})" if kind else "") if session.get("subagent")
              else None),
+            ("sub-agent file", session.get("subagent_file")),
             ("parent", session.get("parent")),
             ("root", session.get("root")),
             ("tree path", session.get("path")),

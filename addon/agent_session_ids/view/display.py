@@ -57,7 +57,8 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             # the session's folder: its file's word first, else the process's
             "cwd": session.cwd or (process.cwd if process is not None else None),
             # its place in a tree (resolution/tree.py): only where it has one
-            **({"subagent": session.subagent, "subagent_kind": session.subagent_kind, "parent": session.parent,
+            **({"subagent": session.subagent, "subagent_kind": session.subagent_kind,
+                "subagent_file": session.subagent_file, "parent": session.parent,
                 "root": session.root or session.id, "path": "/" + "/".join(session.lineage)}
                if session.subagent or session.parent else {}),
             **({"sent_label": session.kept_label or session.id} if session.kept else {}),
