@@ -366,11 +366,47 @@ OPENCODE = AgentProfile(
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
+
+
+@dataclass(frozen=True)
+class SessionField:
+    """A field in which a client names its own session, whatever gateway it calls."""
+
+    where: str  # "header" (a lower-case name) or "body" (a dotted path into the JSON body)
+    name: str
+    clients: str  # who sends it, per session, and where that is written
+
+
+# What clients meant, beside what the agents' profiles know (their hint_headers) and what the
+# target gateway honours (a rule's client_fields): each is per session in its client's source.
+# A value counts only if it passes the safe-id rule.
+CLIENT_SESSION_FIELDS: tuple[SessionField, ...] = (
+    SessionField("header", "x-session-id", "opencode toward other providers (session/llm/request.ts), Crush >= "
+                                           "0.84 (a hash of its session id, internal/agent/agent.go), Kilo"),
+    SessionField("header", "x-session-affinity", "opencode, Crush >= 0.84, Kilo (packages/opencode/src/session/"
+                                                 "llm/request.ts)"),
+    SessionField("header", "x-kilo-session", "Kilo toward its own providers (session/llm/request.ts)"),
+    SessionField("header", "x-kilocode-taskid", "Kilo toward the Kilo gateway (kilo-gateway/src/api/constants.ts)"),
+    SessionField("header", "agent-session-id", "Goose (crates/goose session_context.rs; goose-session-id before "
+                                               "PR #6626)"),
+    SessionField("header", "x-amp-thread-id", "Amp, its thread id T-<uuid> (@sourcegraph/amp dist/main.js)"),
+    SessionField("header", "x-roo-task-id", "Roo Code toward Roo Code Cloud, its task id (src/api/providers/"
+                                            "roo.ts)"),
+    SessionField("header", "x-task-id", "Cline toward its own providers, its session id"),
+    SessionField("header", "session_id", "Codex before 0.131 (codex-api/src/requests/headers.rs), Roo Code toward "
+                                         "OpenAI's Responses API, Qwen Code toward Routify"),
+    SessionField("body", "session_id", "Cline toward OpenRouter, its session id (sdk/packages/llms/src/providers/"
+                                       "builtins.ts stickySession)"),
+    SessionField("body", "litellm_session_id", "Cline's VS Code extension toward LiteLLM, cline-<task ulid> "
+                                               "(providers/litellm.ts)"),
+    SessionField("body", "metadata.sessionId", "Qwen Code toward DashScope (provider/dashscope.ts)"),
+)
+CLIENT_SESSION_HEADERS: tuple[str, ...] = tuple(f.name for f in CLIENT_SESSION_FIELDS if f.where == "header")
 HINT_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in p.hint_headers}))
 # every request header the resolution reads: session ids and the agents' signs
 TREE_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in (
     p.subagent_headers + p.subagent_parent_headers + p.subagent_kind_headers + p.parent_headers)}))
-EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | set(TREE_HEADERS)
+EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | set(TREE_HEADERS) | set(CLIENT_SESSION_HEADERS)
                                                  | {h for p in PROFILES for h, _ in p.request_signs}))
 
 

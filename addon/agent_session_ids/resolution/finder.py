@@ -37,7 +37,8 @@ PRUNE_EVERY_S = 60.0
 
 def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None, str]:
     """The session id the request names, and where: the agent's own fields first, then any known
-    agent's, then the fields the target gateway honours."""
+    agent's, then any client's (agents.CLIENT_SESSION_FIELDS), then the fields the target gateway
+    honours."""
     if profile is not None:
         hint, where = profile.hint(ev.headers, ev.body)
         if hint:
@@ -47,6 +48,10 @@ def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None
             hint, where = other.hint(ev.headers, ev.body)
             if hint:
                 return hint, where
+    for field in agents.CLIENT_SESSION_FIELDS:
+        value = safe_id(ev.headers.get(field.name) if field.where == "header" else dotted(ev.body, field.name))
+        if value:
+            return value, f"{field.where} {field.name}"
     for target, key in ev.client_fields:
         if target == "header":
             value = safe_id(ev.headers.get(key))

@@ -20,7 +20,8 @@ from .model import Evidence, Process, Session
 
 MAX_MEMOS = 4096  # connections whose last answer is remembered (dropped when they close)
 # top-level body members that can name a session: a memo must see them unchanged
-_BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}))
+_BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}
+                               | {f.name.split(".")[0] for f in agents.CLIENT_SESSION_FIELDS if f.where == "body"}))
 
 
 def _typed(value: object) -> tuple:
