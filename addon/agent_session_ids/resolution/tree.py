@@ -86,8 +86,9 @@ class SessionTree:
             return session
         lineage, lineage_ids = self._lineage(session.id)
         inside = subagent is not None and subagent != session.id  # a sub-agent in this session
-        if inside:
-            below = (nested, subagent) if nested not in (None, session.id, subagent) else (subagent,)
+        if subagent is not None and inside:
+            below: tuple[str, ...] = (nested, subagent) if nested is not None and nested not in (
+                session.id, subagent) else (subagent,)
             lineage, lineage_ids = lineage + below, lineage_ids + below
         transcript = None
         if inside and profile is not None and profile.subagent_file and session.file:
@@ -130,7 +131,8 @@ class SessionTree:
         return True  # deeper than a tree is kept: refused
 
     def _lineage(self, session_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        labels, ids = [], []
+        labels: list[str] = []
+        ids: list[str] = []
         at: str | None = session_id
         while at is not None and len(ids) < MAX_DEPTH:
             node = self._nodes.get(at)
