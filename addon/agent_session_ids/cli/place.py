@@ -1,5 +1,4 @@
-"""Where one proxy lives, and the error every command says in one line. Light on purpose: the
-status line imports the command table, and runs after every answer of Claude Code."""
+"""Where one proxy lives, and the parser every command uses (its errors in one line)."""
 
 from __future__ import annotations
 
@@ -7,11 +6,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CliError  # noqa: F401 - the commands' shared names
+
 DEFAULT_PORT = 8080
 
-
-class CliError(Exception):
-    """One line for the user: what is wrong and how to fix it; the command exits non-zero."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -17,22 +17,33 @@ Bad input gets one line that says what is wrong, and a non-zero exit.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from .place import DEFAULT_PORT, CliError, Place
-from .place import Parser as _Parser
+# Each command imports what it needs when it runs: the status line, run after every answer of
+# Claude Code, starts from here.
+from .errors import CliError
 
 
-def _place(args) -> Place:
+def _Parser(**kwargs):
+    from .place import Parser
+
+    return Parser(**kwargs)
+
+
+def _place(args):
+    from pathlib import Path
+
+    from .place import Place
+
     confdir = Path(args.confdir).expanduser() if args.confdir else Place().confdir
     if not 0 < args.port < 65536:
         raise CliError(f"--port {args.port} is not a port; give one from 1 to 65535")
     return Place(args.port, confdir)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser) -> None:
+    from .place import DEFAULT_PORT
+
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the proxy's port on 127.0.0.1 (8080)")
     parser.add_argument("--confdir", help="mitmproxy's confdir (~/.mitmproxy): the CA, the state, the ledger")
 
@@ -44,6 +55,8 @@ def foreground(args: list[str]) -> int:
         args.remove("--web")
     if not any(a == "--listen-host" or a.startswith("--listen-host=") for a in args):
         args = ["--listen-host", "127.0.0.1", *args]
+    from pathlib import Path
+
     from mitmproxy.tools import main as tools
 
     run = tools.mitmweb if web else tools.mitmdump

@@ -11,7 +11,7 @@ import json
 import sys
 
 from ..usage import ledger, statusline
-from .place import CliError, Parser
+from .errors import CliError
 
 MAX_STDIN = 1 << 20
 
@@ -31,13 +31,37 @@ def session_from(stdin) -> str:
     return session
 
 
+USAGE = """usage: agent-session-ids statusline [--session ID] [--file LEDGER]
+
+One line: the latest turn's cache hit, the cost billed so far, the provider.
+  --session ID     the session (default: session_id of the JSON on stdin, as Claude Code sends it)
+  --file LEDGER    the ledger (default ~/.mitmproxy/agent-session-ids/usage.jsonl, or $AGENT_SESSION_IDS_USAGE)"""
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    """Its two options, read by hand: argparse alone would cost this command a tenth of its time."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name not in ("--session", "--file"):
+            raise CliError(f"statusline: unknown argument {arg!r} (see agent-session-ids statusline --help)")
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise CliError(f"statusline: {name} needs a value")
+            value = argv[i]
+        out[name[2:]] = value
+        i += 1
+    return out
+
+
 def main(argv: list[str]) -> int:
-    parser = Parser(prog="agent-session-ids statusline",
-                    description="One line: the latest turn's cache hit, the cost billed so far, the provider.")
-    parser.add_argument("--session", metavar="ID", help="the session (default: session_id of the JSON on stdin)")
-    parser.add_argument("--file", metavar="LEDGER", help=f"the ledger (default {ledger.DEFAULT_PATH}, "
-                                                         "or $AGENT_SESSION_IDS_USAGE)")
-    args = parser.parse_args(argv)
-    session = args.session or session_from(sys.stdin)
-    print(statusline.line(ledger.path_of(args.file), session))
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    args = parse(argv)
+    session = args.get("session") or session_from(sys.stdin)
+    print(statusline.line(ledger.path_of(args.get("file")), session))
     return 0

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import re
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -87,6 +85,11 @@ class Ledger:
 
     def __init__(self, path: str, max_bytes: int = MAX_BYTES, keep: int = KEEP,
                  on_error: Callable[[str, str], None] | None = None) -> None:
+        import queue  # here, not at the top: the readers (the status line) start without them
+        import threading
+
+        self._empty = queue.Empty
+        self._thread_class = threading.Thread
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
@@ -114,7 +117,7 @@ class Ledger:
                 return False
             self._pending += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="session-ids-ledger", daemon=True)
+                self._thread = self._thread_class(target=self._run, name="session-ids-ledger", daemon=True)
                 self._thread.start()
         self._queue.put(line)
         return True
@@ -140,7 +143,7 @@ class Ledger:
             while len(lines) < MAX_BATCH:  # what queued meanwhile goes in the same write
                 try:
                     lines.append(self._queue.get_nowait())
-                except queue.Empty:
+                except self._empty:
                     break
             if None in lines:
                 stop = True
