@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,7 @@ WAIT_S = 60
 
 
 def ledger_lines(proxy: Mitmdump, count: int) -> list[dict]:
-    path = proxy.confdir / "agent-session-ids" / "usage.jsonl"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        lines = harness.read_jsonl(path) if path.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
+    return harness.ledger_lines(proxy, count, WAIT_S)
 
 
 def report(proxy: Mitmdump, *args: str):

