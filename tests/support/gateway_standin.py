@@ -16,8 +16,8 @@ For each request one JSON line is appended (and flushed) to the file named by ``
      "body": <text>, "body_b64": <base64 of raw bytes on the wire>,
      "client_port": <peer port of the client connection>,
      "comment": <flow.comment or "">, "session_ids": <flow.metadata.get("session_ids"), json-safe>,
-     "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "other",
-     "stream": bool, "answer": "tool_call" | "text" | "error" | "other", "tool_command": <str or null>,
+     "api": "openai-chat" | "anthropic-messages" | "openai-responses" | "gemini" | "gemini-stream" | "other",
+     "stream": bool (the body's ``stream``; true for ``gemini-stream``), "answer": "tool_call" | "text" | "error" | "other", "tool_command": <str or null>,
      "tool_name": <name of the tool called, or null>,
      "tool_input": <the input object of a ``[[tool: ...]]`` call, else null>}
 
@@ -37,6 +37,10 @@ The API shape is chosen from the path (query ignored):
   if the body has ``"stream": true``, else one JSON object);
 - ``.../messages`` -> Anthropic Messages (SSE ``message_start`` ... ``message_stop``, or JSON);
 - ``.../responses`` -> OpenAI Responses (SSE ``response.created`` ... ``response.completed``, or JSON);
+- ``.../models/<model>:generateContent`` -> Google's Gemini API (api ``gemini``: one JSON object),
+  ``.../models/<model>:streamGenerateContent`` (``?alt=sse``) -> the same streamed (api
+  ``gemini-stream``: SSE ``data: {...}`` chunks, no event names, no ``[DONE]``); see "Google's
+  Gemini API" below;
 - any other path -> ``404 {"error": ...}`` (GET ``.../models`` -> ``{"data": []}``).
 
 Every answer carries usage (input tokens ~ request body bytes / 4, output tokens 5).
@@ -109,6 +113,41 @@ with ``{"command": ...}`` as before. A request whose ``tools`` is present but EM
 a tool call: it gets the text answer (Claude Code's title-generation request is like that).
 The log record names the tool in ``tool_name``. (A ``[[tool: NAME ...]]`` call goes to ``NAME``
 as given, with ``tool_command`` null and the object in ``tool_input``.)
+
+Google's Gemini API
+-------------------
+``POST .../models/<model>:generateContent`` and ``...:streamGenerateContent?alt=sse`` (Gemini CLI
+with ``GOOGLE_GEMINI_BASE_URL``; Cloudflare AI Gateway's ``.../google-ai-studio/v1beta/...``).
+
+- The "last user message" is the last ``contents[]`` entry with role ``user`` (or none) holding a
+  ``text`` part (its text parts joined with newlines; ``thought`` parts left out). An entry holding
+  ``functionResponse`` parts is tool results, not a human message: each such part counts in ``k``.
+- The tools offered are ``tools[].functionDeclarations[].name``. A ``[[bash: ...]]`` call goes to
+  ``run_shell_command`` (Gemini CLI's and Qwen Code's shell tool) with ``{"command": ...}`` when it
+  is offered, else to the first of ``SHELL_TOOLS`` offered, else to ``run_shell_command``. A
+  request that declares no function at all (no ``tools``, or none with ``functionDeclarations``:
+  Gemini CLI's router, next-speaker and summary requests) gets the text answer, bash and tool
+  directives alike: the real API cannot call an undeclared function.
+- The answer: ``{"candidates": [{"content": {"role": "model", "parts": [<part>]}, "finishReason":
+  "STOP", "index": 0}], "usageMetadata": {...}, "modelVersion", "responseId": "standin-<n>"}``,
+  ``<part>`` being ``{"text": <text>}`` or ``{"functionCall": {"name", "args"}}`` (no ``id``, as
+  Google AI Studio sends none; the client names its calls). Streamed, a tool call is one chunk; a
+  text of 2 characters or more is two chunks, its first half, then the rest with
+  ``finishReason`` and ``usageMetadata`` (only the last chunk has them).
+- JSON mode: a text answer to a request whose ``generationConfig.responseMimeType`` is
+  ``application/json`` is, instead of the reply, a JSON object that fits its
+  ``responseJsonSchema`` (or ``responseSchema``): each required property (every property when
+  none is listed) with the first of its ``enum``, else a string ``"standin"``, the number 1 (its
+  ``minimum`` if higher), ``false``, ``[]``, or an object built the same way; ``{}`` without a
+  schema. Gemini CLI's model router (its classifier, ``{"complexity_reasoning",
+  "complexity_score"}``) and its other utility requests then get an answer they can read at once
+  (a plain ``ok`` makes the CLI retry with backoff for about 100 s, then go on without).
+- ``usageMetadata``: ``promptTokenCount`` (~ body bytes / 4), ``candidatesTokenCount`` 5,
+  ``cachedContentTokenCount`` 0, ``totalTokenCount``; with ``[[usage: ...]]``: ``in`` ->
+  ``promptTokenCount`` (which counts the cached tokens too, as Google's does), ``cached`` ->
+  ``cachedContentTokenCount``, ``out`` -> ``candidatesTokenCount``, ``totalTokenCount`` = in + out
+  when both are given; ``write``, ``cost`` and ``provider`` have no place in this format and are
+  left out.
 """
 
 from __future__ import annotations
@@ -169,6 +208,10 @@ def _text_of(content: Any) -> str:
     return "\n".join(parts)
 
 
+_GEMINI_PATH_RE = re.compile(r"/models/[^/:]+:(generateContent|streamGenerateContent)$")
+GEMINI_APIS = ("gemini", "gemini-stream")
+
+
 def api_of(path: str) -> str:
     p = path.split("?", 1)[0].rstrip("/")
     if p.endswith("/chat/completions"):
@@ -177,11 +220,38 @@ def api_of(path: str) -> str:
         return "anthropic-messages"
     if p.endswith("/responses"):
         return "openai-responses"
+    gemini = _GEMINI_PATH_RE.search(p)
+    if gemini:
+        return "gemini" if gemini.group(1) == "generateContent" else "gemini-stream"
     return "other"
+
+
+def _gemini_parts(entry: dict) -> list:
+    parts = entry.get("parts")
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+
+
+def _gemini_state(body: dict) -> tuple[str, int]:
+    last_text, results_after = "", 0
+    for entry in body.get("contents") or []:
+        if not isinstance(entry, dict) or entry.get("role") == "model":
+            continue
+        parts = _gemini_parts(entry)
+        results = sum(1 for p in parts if "functionResponse" in p)
+        if results:
+            results_after += results
+            continue
+        texts = [str(p["text"]) for p in parts
+                 if isinstance(p.get("text"), str) and not p.get("thought")]
+        if entry.get("role", "user") == "user" and texts:  # a lone turn may leave the role out
+            last_text, results_after = "\n".join(texts), 0
+    return last_text, results_after
 
 
 def conversation_state(api: str, body: dict) -> tuple[str, int]:
     """(text of the last human user message, number of tool results after it)."""
+    if api in GEMINI_APIS:
+        return _gemini_state(body)
     last_text, results_after = "", 0
     if api == "openai-responses":
         items = body.get("input")
@@ -222,6 +292,8 @@ SHELL_TOOLS: list[tuple[str, Any]] = [
     ("shell", lambda c: {"command": ["bash", "-lc", c]}),
 ]
 _SHELL_ARGS = dict(SHELL_TOOLS)
+#: Gemini CLI's shell tool: preferred, and the default, for the Gemini API.
+GEMINI_SHELL_TOOL = ("run_shell_command", lambda c: {"command": c})
 
 
 def tool_names(body: dict) -> list[str] | None:
@@ -235,14 +307,23 @@ def tool_names(body: dict) -> list[str] | None:
             continue
         if isinstance(tool.get("function"), dict):  # OpenAI chat
             names.append(str(tool["function"].get("name", "")))
+        elif isinstance(tool.get("functionDeclarations"), list):  # Gemini
+            names += [str(d.get("name", "")) for d in tool["functionDeclarations"] if isinstance(d, dict)]
         elif tool.get("name") is not None:  # Anthropic, Responses
             names.append(str(tool["name"]))
     return names
 
 
-def shell_tool(body: dict) -> str | None:
+def shell_tool(body: dict, api: str | None = None) -> str | None:
     """The shell tool a scripted command is sent to; None when the request offers no tools."""
     names = tool_names(body)
+    if api in GEMINI_APIS:
+        if not names:
+            return None  # no function declared: the Gemini API answers with text
+        for name in [GEMINI_SHELL_TOOL[0]] + [name for name, _ in SHELL_TOOLS]:
+            if name in names:
+                return name
+        return GEMINI_SHELL_TOOL[0]
     if names is None:
         return "bash"
     if not names:
@@ -254,6 +335,8 @@ def shell_tool(body: dict) -> str | None:
 
 
 def shell_args(tool: str | None, command: str) -> dict:
+    if tool == GEMINI_SHELL_TOOL[0]:
+        return GEMINI_SHELL_TOOL[1](command)
     return _SHELL_ARGS.get(tool or "bash", _SHELL_ARGS["bash"])(command)
 
 
@@ -270,11 +353,12 @@ class ToolCall(NamedTuple):
 Step = Union[str, ToolCall]
 
 
-def call_of(body: dict, step: Step) -> tuple[str, dict]:
-    """(tool name, input object) of a tool call for ``step``."""
+def call_of(body: dict, step: Step, api: str | None = None) -> tuple[str, dict]:
+    """(tool name, input object) of a tool call for ``step`` (``api``: the Gemini API's shell
+    tool differs)."""
     if isinstance(step, ToolCall):
         return step.name, step.input
-    tool = shell_tool(body) or "bash"
+    tool = shell_tool(body, api) or ("run_shell_command" if api in GEMINI_APIS else "bash")
     return tool, shell_args(tool, step)
 
 
@@ -358,7 +442,7 @@ def decide(api: str, body: dict) -> tuple[Step | None, str, float]:
     final = reply.group(1) if reply else "ok"
     seconds = min(float(delay.group(1)), 30.0) if delay else 0.0
     command = plan[k] if k < len(plan) else None
-    if command is not None and shell_tool(body) is None:
+    if command is not None and shell_tool(body, api) is None:
         command = None  # the request offers no tools at all: answer with text
     return command, final, seconds
 
@@ -424,6 +508,22 @@ def _responses_usage(figures: dict | None, in_tok: int) -> dict:
         usage["output_tokens"] = figures["out"]
     if "cost" in figures:
         usage["cost"] = figures["cost"]
+    return usage
+
+
+def _gemini_usage(figures: dict | None, in_tok: int) -> dict:
+    if figures is None:
+        return {"promptTokenCount": in_tok, "candidatesTokenCount": 5, "cachedContentTokenCount": 0,
+                "totalTokenCount": in_tok + 5}
+    usage: dict = {}
+    if "in" in figures:
+        usage["promptTokenCount"] = figures["in"]
+    if "out" in figures:
+        usage["candidatesTokenCount"] = figures["out"]
+    if "cached" in figures:
+        usage["cachedContentTokenCount"] = figures["cached"]
+    if "in" in figures and "out" in figures:
+        usage["totalTokenCount"] = figures["in"] + figures["out"]
     return usage
 
 
@@ -608,10 +708,98 @@ def openai_responses(body: dict, command: Step | None, text: str, n: int, in_tok
     return _sse_response(_sse(events))
 
 
+def _schema_value(schema: Any, depth: int = 0) -> Any:
+    """A value that fits a (Gemini or JSON) schema: the first enum value, else a plain one."""
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _schema_value(schema[key][0], depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((t for t in kind if str(t).lower() != "null"), "null")
+    kind = str(kind).lower() if kind is not None else ("object" if "properties" in schema else "string")
+    if kind == "object":
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = schema.get("required")
+        names = [str(r) for r in required] if isinstance(required, list) else list(props)
+        return {name: _schema_value(props.get(name, {}), depth + 1) for name in names}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        low = schema.get("minimum")
+        return max(1, int(low) if isinstance(low, (int, float)) else 1)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return "standin"
+
+
+def gemini_json_text(body: dict) -> str | None:
+    """The text answer of a Gemini request in JSON mode (None when it is not in JSON mode)."""
+    config = body.get("generationConfig")
+    if not isinstance(config, dict) or config.get("responseMimeType") != "application/json":
+        return None
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    return json.dumps(_schema_value(schema) if isinstance(schema, dict) else {})
+
+
+def _gemini(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
+            figures: dict | None, stream: bool):
+    model = body.get("model", "standin-model")
+    usage = _gemini_usage(figures, in_tok)
+    if command is None:
+        text = gemini_json_text(body) or text
+
+    def chunk(parts: list, finish: bool) -> dict:
+        candidate: dict = {"content": {"role": "model", "parts": parts}}
+        if finish:
+            candidate["finishReason"] = "STOP"
+        candidate["index"] = 0
+        out: dict = {"candidates": [candidate]}
+        if finish:
+            out["usageMetadata"] = usage
+        out["modelVersion"] = model
+        out["responseId"] = f"standin-{n}"
+        return out
+
+    if command is not None:
+        tool, call_input = call_of(body, command, "gemini")
+        pieces = [[{"functionCall": {"name": tool, "args": call_input}}]]
+    elif stream and len(text) >= 2:
+        half = len(text) // 2
+        pieces = [[{"text": text[:half]}], [{"text": text[half:]}]]
+    else:
+        pieces = [[{"text": text}]]
+    if not stream:
+        return _json_response(chunk(pieces[0], True))
+    events = [(None, chunk(parts, i == len(pieces) - 1)) for i, parts in enumerate(pieces)]
+    return _sse_response(_sse(events))
+
+
+def gemini_generate(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
+                    figures: dict | None = None):
+    """Gemini API ``:generateContent``: one JSON object."""
+    return _gemini(body, command, text, n, in_tok, k, figures, stream=False)
+
+
+def gemini_stream(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
+                  figures: dict | None = None):
+    """Gemini API ``:streamGenerateContent?alt=sse``: SSE ``data:`` chunks."""
+    return _gemini(body, command, text, n, in_tok, k, figures, stream=True)
+
+
 ANSWERERS = {
     "openai-chat": openai_chat,
     "anthropic-messages": anthropic_messages,
     "openai-responses": openai_responses,
+    "gemini": gemini_generate,
+    "gemini-stream": gemini_stream,
 }
 
 
@@ -701,10 +889,10 @@ class GatewayStandin:
             "comment": getattr(flow, "comment", "") or "",
             "session_ids": _json_safe(metadata.get("session_ids")),
             "api": api,
-            "stream": bool(body.get("stream")),
+            "stream": bool(body.get("stream")) or api == "gemini-stream",
             "answer": answer,
             "tool_command": None if call else command,
-            "tool_name": call_of(body, command)[0] if command is not None else None,
+            "tool_name": call_of(body, command, api)[0] if command is not None else None,
             "tool_input": command.input if call else None,
         }
         self._log(record)
