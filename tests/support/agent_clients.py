@@ -520,7 +520,12 @@ def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str,
 #   GETs ``registry.npmjs.org/@opencode-ai%2fplugin`` (the stand-in answers 404; harmless).
 # - Oh My Pi 18.2.3 (npm ``@oh-my-pi/pi-coding-agent``: ``dist/cli.js`` with ``#!/usr/bin/env
 #   bun``; Bun comes from npm ``bun``). 18.3.4, the newest, does not install: ``npm error
-#   notarget No matching version found for @oh-my-pi/omp-stats@18.3.4``. Its process sets its
+#   notarget No matching version found for @oh-my-pi/omp-stats@18.3.4``. (Checked again with
+#   ``npm view``: it pins its 11 ``@oh-my-pi/*`` siblings at exactly 18.3.4 and the registry has
+#   none of them at 18.3.4, the newest being 18.2.11, 18.2.10 for pi-natives, 18.2.9 for pi-tui
+#   and pi-utils. Forced onto those with npm ``overrides``, 18.3.4 fails at start: ``SyntaxError:
+#   Export named 'appleFmAvailability' not found in module .../pi-natives/native/index.js``.
+#   So the tests keep 18.2.3.) Its process sets its
 #   title, so ``comm`` is ``omp`` (exe ``bun.exe``). Toward OpenRouter it sends
 #   ``POST /api/v1/responses`` with body ``prompt_cache_key`` and ``session_id`` = the session
 #   uuid; the file is ``~/.omp/agent/sessions/<encode_omp(cwd)>/<time>_<uuid>.jsonl``.
@@ -632,6 +637,120 @@ def omp_session_id(path: str | os.PathLike) -> str:
     if not match:
         raise ValueError(f"no uuid in {path}")
     return match.group(0)
+
+
+# --------------------------------------------------------------------------- Qwen Code
+#
+# Checked with Qwen Code 0.24.4 (npm ``@qwen-code/qwen-code``: a Node bundle, ``cli-entry.js``;
+# the wheel's Node 24 runs it) through a mitmdump with the addon and the stand-in:
+#
+# - ``qwen --auth-type openai -p <prompt>`` with ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and
+#   ``OPENAI_MODEL`` sends ``POST <base>/chat/completions`` (streamed), user agent
+#   ``QwenCode/0.24.4 (linux; x64)``, and no session id of its own (no header, no body field).
+# - Its shell tool is ``run_shell_command`` ``{"command": ...}`` (not one of the stand-in's
+#   SHELL_TOOLS, so a scripted call is ``[[tool: run_shell_command {...}]]``, see ``qwen_shell``);
+#   in ``-p`` mode it runs only with ``--yolo`` (or ``--approval-mode yolo``).
+# - Its session file is ``~/.qwen/projects/<cwd, every [^A-Za-z0-9] -> '-'>/chats/<uuid>.jsonl``,
+#   every record holding ``sessionId`` = that uuid (and ``cwd``, ``uuid``, ``parentUuid``,
+#   ``type``). ``-c`` continues the newest session of the cwd and ``-r <uuid>`` a given one (both
+#   append to its file); ``--session-id <uuid>`` starts a new session with that uuid.
+# - After a turn that ends on the user's query (no tool call in it), the same process sends a
+#   background request with the whole conversation and a last user message "Managed memory has
+#   TWO directories. ..." (its memory extractor; its answer is logged into the same session file
+#   as ``ui_telemetry``). A turn that ran a tool sends none in ``-p`` mode.
+# - ``cli-entry.js`` starts a child ``node --expose-gc cli.js ...`` that makes the requests; under
+#   Node 24 both processes' ``comm`` is ``MainThread``. The session file is created empty ~0.3 s
+#   before its first record, and records are written asynchronously: a run's new user record
+#   sometimes lands just after the request that carries it.
+# - Without ``QWEN_USAGE_STATISTICS_ENABLED=false`` it also POSTs its RUM telemetry to
+#   ``gb4w8c3ygj-default-sea.rum.aliyuncs.com`` (twice per run).
+
+QWEN_PACKAGE = ("@qwen-code/qwen-code", "0.24.4")
+QWEN_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"  # Qwen appends /chat/completions
+QWEN_ZEN_BASE_URL = "https://opencode.ai/zen/v1"
+QWEN_OPENROUTER_MODEL = "openai/gpt-4o-mini"
+QWEN_ZEN_MODEL = "gpt-5-nano"
+QWEN_SHELL_TOOL = "run_shell_command"
+#: Flags every ``run_qwen`` passes first: the OpenAI-compatible provider from the environment.
+QWEN_AUTH_FLAGS = ["--auth-type", "openai"]
+#: Keeps Qwen Code from sending its usage statistics (RUM telemetry to aliyuncs.com).
+QWEN_QUIET_ENV = {
+    "QWEN_USAGE_STATISTICS_ENABLED": "false",
+    "QWEN_CODE_SUPPRESS_YOLO_WARNING": "1",
+}
+
+
+def qwen_prefix() -> Path:
+    return npm_install(*QWEN_PACKAGE)
+
+
+def qwen_cli() -> Path:
+    """``@qwen-code/qwen-code/cli-entry.js`` (the package's ``qwen`` bin)."""
+    path = qwen_prefix() / "node_modules" / "@qwen-code" / "qwen-code" / "cli-entry.js"
+    if not path.exists():
+        raise RuntimeError(f"Qwen Code has no {path}")
+    return path
+
+
+def qwen_command() -> list[str]:
+    """argv prefix that runs Qwen Code with the wheel's Node 24."""
+    return [node_path(), str(qwen_cli())]
+
+
+def qwen_env(proxy: Mitmdump, home: str | os.PathLike,
+             extra: Mapping[str, str | None] | None = None, *,
+             base_url: str = QWEN_OPENROUTER_BASE_URL, model: str = QWEN_OPENROUTER_MODEL,
+             quiet: bool = True) -> dict[str, str]:
+    """Environment for Qwen Code through ``proxy``: ``agent_env`` (HOME, proxy, NODE_EXTRA_CA_CERTS,
+    the fake OPENAI_API_KEY), ``OPENAI_BASE_URL=base_url``, ``OPENAI_MODEL=model`` and (``quiet``)
+    QWEN_QUIET_ENV. ``extra`` is applied last (a None value deletes)."""
+    env = agent_env(proxy, home, pi_version=None)
+    env["OPENAI_BASE_URL"] = base_url
+    env["OPENAI_MODEL"] = model
+    if quiet:
+        env.update(QWEN_QUIET_ENV)
+    return _apply(env, extra)
+
+
+def run_qwen(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+             timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run ``qwen --auth-type openai <args>`` to completion (e.g. ``["-p", "hi"]``,
+    ``["-c", "-p", "more"]``, ``["-r", uuid, "-p", "more"]``, ``["--session-id", uuid, ...]``)."""
+    return _run(qwen_command() + QWEN_AUTH_FLAGS + list(args), env, cwd, timeout, None)
+
+
+def qwen_shell(command: str) -> str:
+    """The stand-in directive for one call of Qwen's shell tool (run it with ``--yolo``)."""
+    return f"[[tool: {QWEN_SHELL_TOOL} {json.dumps({'command': command})}]]"
+
+
+def qwen_project_dir(home: str | os.PathLike, cwd: str | os.PathLike) -> Path:
+    """``<home>/.qwen/projects/<cwd, every non-[A-Za-z0-9] -> '-'>`` (Claude's rule)."""
+    return Path(home) / ".qwen" / "projects" / claude_project_dir_name(cwd)
+
+
+def qwen_session_files(home: str | os.PathLike, cwd: str | os.PathLike) -> list[Path]:
+    """``<project dir>/chats/<uuid>.jsonl`` of ``cwd``, oldest first (by the first record's time)."""
+    folder = qwen_project_dir(home, cwd) / "chats"
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.glob("*.jsonl") if _UUID_RE.fullmatch(p.stem)]
+
+    def started(path: Path):
+        records = harness.read_jsonl(path)
+        return (records[0].get("timestamp", "") if records else "", path.name)
+
+    return sorted(files, key=started)
+
+
+def qwen_session_id(path: str | os.PathLike) -> str:
+    """The session uuid of a Qwen session file (its name)."""
+    return Path(path).stem
+
+
+def qwen_session_ids_in(path: str | os.PathLike) -> set[str]:
+    """Every ``sessionId`` the records of a Qwen session file hold."""
+    return {r["sessionId"] for r in harness.read_jsonl(path) if "sessionId" in r}
 
 
 # --------------------------------------------------------------------------- as another user
