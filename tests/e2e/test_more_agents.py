@@ -2,8 +2,8 @@
 stand-in recording what arrived. Each client is installed from npm into the harness cache; a
 client that cannot install or start is skipped with the exact error.
 
-Gemini CLI and Qwen Code are not here: both run, but the addon does not find their sessions yet
-(see /tmp/more_agents.md of the session that wrote this).
+Gemini CLI and Qwen Code have files of their own: tests/e2e/test_gemini_cli.py and
+tests/e2e/test_qwen_code.py.
 """
 
 from __future__ import annotations
