@@ -753,6 +753,117 @@ def qwen_session_ids_in(path: str | os.PathLike) -> set[str]:
     return {r["sessionId"] for r in harness.read_jsonl(path) if "sessionId" in r}
 
 
+# --------------------------------------------------------------------------- Cline
+#
+# Cline 3.0.65 (npm ``cline``): ``bin/cline`` is a Node wrapper that runs the platform package's
+# Bun binary (copied to ``bin/.cline`` by its postinstall; its ``comm`` is ``.cline``).
+# Checked here, through mitmdump and the stand-in:
+# - ``cline auth -p <provider> -k KEY -m MODEL`` writes ``~/.cline/data/settings/providers.json``;
+#   ``cline --json "<prompt>"`` runs one task. ``--id <session>`` (resume) with ``--json`` is
+#   refused ("JSON output mode requires a prompt argument"), with a prompt or without.
+# - Toward OpenRouter the body has ``session_id``: the session's id (``<epoch ms>_<5 chars>``);
+#   toward Helicone (provider ``helicone``: ``https://ai-gateway.helicone.ai/v1/chat/completions``)
+#   nothing names the session. Its user agent is ``ai-sdk/openai-compatible/... runtime/bun/...``.
+# - Each session is ``~/.cline/data/sessions/<id>/<id>.json`` (``session_id``, ``pid``, ``cwd``,
+#   ``started_at``, ``status``, ``prompt``) and ``<id>.messages.json``; the request's first user
+#   turn is the prompt, which the hub stores as ``<user_input mode="act">prompt</user_input>``.
+# - ``CLINE_SESSION_BACKEND_MODE``: ``local`` runs the task in the CLI's process; ``hub`` (and
+#   ``auto`` once a hub answers) in ``.cline --cline-hub-daemon --port $CLINE_HUB_PORT`` (25463
+#   by default), a detached process that serves every later session (the manifests' ``pid``).
+#   The hub's health check is plain HTTP to 127.0.0.1: with HTTP_PROXY set and no NO_PROXY it
+#   reaches the proxy instead. The first task of a hub just started sometimes fails ("WebSocket
+#   connection ... failed: Connection ended"): ``cline hub start`` first.
+# - It reports telemetry to otel.cline.bot and data.cline.bot (the stand-in answers them).
+
+CLINE_PACKAGE = ("cline", "3.0.65")
+CLINE_HELICONE = ("helicone", "gpt-4o-mini", "ai-gateway.helicone.ai", "/v1/chat/completions")
+CLINE_OPENROUTER = ("openrouter", "openai/gpt-4o-mini", "openrouter.ai", "/api/v1/chat/completions")
+
+
+def cline_wrapper() -> Path:
+    """``cline/bin/cline`` (the package's ``cline`` bin, a Node script)."""
+    path = npm_install(*CLINE_PACKAGE) / "node_modules" / "cline" / "bin" / "cline"
+    if not path.exists():
+        raise RuntimeError(f"Cline has no {path}")
+    return path
+
+
+def cline_command() -> list[str]:
+    return [node_path(), str(cline_wrapper())]
+
+
+def cline_env(proxy: Mitmdump, home: str | os.PathLike, hub_port: int, backend: str = "local",
+              extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """``agent_env`` plus NO_PROXY for the hub on loopback, its port, and the backend mode."""
+    env = agent_env(proxy, home, pi_version=None)
+    env.update({"NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1",
+                "CLINE_HUB_PORT": str(hub_port), "CLINE_SESSION_BACKEND_MODE": backend})
+    return _apply(env, extra)
+
+
+def run_cline(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+              timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run ``cline <args>`` to completion (``["--json", "prompt"]``, ``["auth", ...]``)."""
+    return _run(cline_command() + list(args), env, cwd, timeout, None)
+
+
+def start_cline(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike) -> subprocess.Popen:
+    return subprocess.Popen(cline_command() + list(args), env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cline_sessions(home: str | os.PathLike) -> dict[str, dict]:
+    """Every session manifest under ``<home>/.cline/data/sessions``: id -> manifest."""
+    root = Path(home) / ".cline" / "data" / "sessions"
+    out = {}
+    for path in sorted(root.glob("*/*.json")) if root.is_dir() else ():
+        if path.name == f"{path.parent.name}.json":
+            out[path.parent.name] = json.loads(path.read_text())
+    return out
+
+
+def cline_hub_pids(home: str | os.PathLike) -> list[int]:
+    """The pids of the hub daemons started with this HOME (``--cline-hub-daemon``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--cline-hub-daemon" in cmdline and f"HOME={home}".encode() in environ:
+            pids.append(int(entry))
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def stop_cline_hubs(home: str | os.PathLike, timeout: float = 10) -> None:
+    """End the hub daemons of this HOME, by pid (SIGTERM, then SIGKILL)."""
+    pids = cline_hub_pids(home)
+    for pid in pids:
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _running(p)]
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
 # --------------------------------------------------------------------------- as another user
 
 

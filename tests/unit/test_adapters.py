@@ -276,3 +276,69 @@ def test_the_real_mount_table_is_read():
 
     mounts._read_at = -1e9
     assert mounts.fs_type("/") is not None and mounts.fs_type("/proc") == "proc"
+
+
+CLINE_ID = "1796206695303_o6y51"
+
+
+def cline_session(root, sid=CLINE_ID, prompt="fix the bug", cwd="/w", manifest=True):
+    folder = root / sid
+    folder.mkdir(parents=True)
+    if manifest:
+        (folder / f"{sid}.json").write_text(json.dumps(
+            {"version": 1, "session_id": sid, "source": "cli", "pid": 5051, "started_at": "2026-12-02T10:18:15.303Z",
+             "status": "running", "cwd": cwd, "prompt": prompt, "metadata": {"title": prompt}}, indent=2))
+    return folder
+
+
+def test_session_dirs_find_a_session_by_id_first_turn_and_path_as_folders_appear(tmp_path):
+    from agent_session_ids.resolution.session_dirs import SessionDirs
+    fmt = agents.by_name("cline").store.manifest
+    store = SessionDirs()
+    assert store.candidates(str(tmp_path / "missing"), fmt, ids=[CLINE_ID]) == []
+    cline_session(tmp_path, prompt='<user_input mode="act">fix the bug</user_input>')
+    (f,) = store.candidates(str(tmp_path), fmt, ids=[CLINE_ID])
+    assert (f.id, f.cwd, f.first_user, f.n_assistant) == (CLINE_ID, "/w", fingerprint("fix the bug"), 0)
+    assert f.created == pytest.approx(1796206695.303)
+    assert store.candidates(str(tmp_path), fmt, first_users=[fingerprint("fix the bug")]) == [f]
+    assert store.candidates(str(tmp_path), fmt, paths=[f.path]) == [f]
+    assert store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")]) == []
+    # a new session's folder before its manifest is there, then with it
+    folder = cline_session(tmp_path, "1796206698717_cib14", "another", manifest=False)
+    assert store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")]) == []
+    assert store.unread(str(tmp_path)) == [str(folder)]
+    (folder / "1796206698717_cib14.json").write_text('{"session_id": "1796206698717_cib14", "prom')  # not whole
+    assert store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")]) == []
+    (folder / "1796206698717_cib14.json").write_text(json.dumps(
+        {"session_id": "1796206698717_cib14", "cwd": "/v", "started_at": "2026-12-02T10:18:18.717Z", "prompt": "another"}))
+    (g,) = store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")])
+    assert (g.id, g.cwd) == ("1796206698717_cib14", "/v") and store.unread(str(tmp_path)) == []
+
+
+def test_session_dirs_survive_hostile_folders(tmp_path):
+    from agent_session_ids.resolution.session_dirs import SessionDirs
+    fmt = agents.by_name("cline").store.manifest
+    store = SessionDirs()
+    cline_session(tmp_path, "1796206698717_aaaaa", manifest=False)
+    (tmp_path / "1796206698717_aaaaa" / "1796206698717_aaaaa.json").mkdir()  # a folder, not a file
+    other = cline_session(tmp_path, "1796206698717_bbbbb", manifest=False)
+    (other / "1796206698717_bbbbb.json").write_text(json.dumps({"session_id": "someone-else", "prompt": "x"}))
+    (tmp_path / "1796206698717_ccccc").mkdir()
+    (tmp_path / "1796206698717_ccccc" / "1796206698717_ccccc.json").write_text("[1, 2]")
+    (tmp_path / "stray.json").write_text("{}")
+    assert store.candidates(str(tmp_path), fmt, ids=["1796206698717_aaaaa", "someone-else"],
+                            first_users=[fingerprint("x")]) == []
+
+
+def test_cline_sessions_are_every_session_of_its_store_whatever_the_cwd():
+    profile = agents.by_name("cline")
+    for env, root in (({"HOME": "/h"}, "/h/.cline/data/sessions"),
+                      ({"HOME": "/h", "CLINE_DATA_DIR": "/d"}, "/d/sessions"),
+                      ({"HOME": "/h", "CLINE_DIR": "/c"}, "/c/data/sessions"),
+                      ({"HOME": "/h", "CLINE_SESSION_DATA_DIR": "/s"}, "/s")):
+        process = Process(pid=1, start_ticks=1, started_at=0.0, boot_id="b", uid=0, comm=".cline", exe="/x/.cline",
+                          cmdline=(".cline", "--cline-hub-daemon"), cwd="/first/project", environ=env)
+        assert profile.recognises(process)
+        folders = agents.session_folders(profile, process)
+        assert root in [f.path for f in folders] and {f.kind for f in folders} == {"session_dirs"}
+        assert all(f.cwd_filter is None for f in folders)

@@ -52,6 +52,18 @@ class RecordFormat:
 
 
 @dataclass(frozen=True)
+class ManifestFormat:
+    """How a session folder's JSON manifest reads (a "session_dirs" store). Paths are dotted."""
+
+    file: str  # the manifest's name in its folder, "{id}" the folder's name
+    id: str
+    cwd: str
+    created: str
+    prompt: str  # the first user turn
+    prompt_wrappers: tuple[str, ...] = ()  # regexes whose group 1 is the user's own text of a prompt
+
+
+@dataclass(frozen=True)
 class Root:
     """A store root: the first set env variable (its value, then `sub`), else `default`."""
 
@@ -62,11 +74,13 @@ class Root:
 
 @dataclass(frozen=True)
 class StoreSpec:
-    kind: str  # how the sessions lie below a root (FOLDERS): "per_cwd", "date_tree", "per_project", "sqlite"
+    kind: str  # how the sessions lie below a root (FOLDERS): "per_cwd", "date_tree", "per_project", "sqlite",
+    # "session_dirs" (a folder per session with a manifest)
     roots: tuple[Root, ...]  # each root is tried; all that exist are searched
     encode: str = "pi"  # per_cwd, per_project: how a cwd maps to a folder name (ENCODERS)
     subdir: str = ""  # per_cwd, per_project: below each cwd's or project's folder (Qwen: "chats")
     format: RecordFormat | None = None
+    manifest: ManifestFormat | None = None  # session_dirs
     file_names: str | None = None  # how a file's name holds the session id (id_index.FILE_IDS); None: not
     long_cwd: str | None = None  # per_cwd: how a folder the encoder shortened is found (stores.LONG_CWD)
     # per_project: <root>/<projects_dir>/<project>/<subdir>, the project named by a registry, a JSON
@@ -365,7 +379,31 @@ OPENCODE = AgentProfile(
                     newest_of_cwd_is_session=True),
 )
 
-PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE)
+# Cline 3.x (npm `cline`, a Bun binary): checked against 3.0.65. Its session id is
+# <epoch ms>_<5 base-36 chars>, sent toward OpenRouter in the body (session_id) and toward OpenCode
+# in x-opencode-session (its llms package's stickySession), and toward no other provider. Each
+# session is a folder <data>/sessions/<id>/ with the manifest <id>.json, written as the session
+# starts (its `prompt`: the first user turn, inside <user_input mode="..."> when the hub ran it).
+# The model calls come from the CLI's own process (.cline), or from its hub daemon
+# (`.cline --cline-hub-daemon`), one process serving every session: told apart by their first
+# user turn, never by the process alone.
+CLINE = AgentProfile(
+    name="cline",
+    command="cline",
+    runtime="bun",
+    process_names=frozenset({"cline", ".cline"}),
+    hint_headers=("x-opencode-session", "x-task-id"),
+    hint_body_fields=("session_id",),
+    hint_pattern=r"[0-9]{13}_[0-9a-z]{5}",
+    store=StoreSpec("session_dirs", (
+        Root(("CLINE_SESSION_DATA_DIR",), "~/.cline/data/sessions"),
+        Root(("CLINE_DATA_DIR",), "~/.cline/data", "sessions"),
+        Root(("CLINE_DIR",), "~/.cline", "data/sessions"),
+    ), manifest=ManifestFormat(file="{id}.json", id="session_id", cwd="cwd", created="started_at",
+                               prompt="prompt", prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',))),
+)
+
+PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE, CLINE)
 
 
 @dataclass(frozen=True)
@@ -491,8 +529,15 @@ def _database(spec: StoreSpec, process: Process, project: str | None) -> list[Se
     return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, process.environ)]
 
 
+def _session_dirs(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
+    """Every session of the store, whatever the cwd: a hub daemon serves them all."""
+    roots = dict.fromkeys(root_paths(spec, process.environ))
+    return [SessionFolder(root, None, "session_dirs") for root in roots]
+
+
 # StoreSpec.kind -> the session folders of a process
-FOLDERS = {"per_cwd": _per_cwd, "date_tree": _date_tree, "per_project": _per_project, "sqlite": _database}
+FOLDERS = {"per_cwd": _per_cwd, "date_tree": _date_tree, "per_project": _per_project, "sqlite": _database,
+           "session_dirs": _session_dirs}
 
 
 def session_folders(profile: AgentProfile, process: Process, settings_session_dir: str | None = None,

@@ -1,7 +1,8 @@
 """I/O adapter: from an agent process to snapshots of the session files the resolver needs.
 
 The store kinds that differ are here: folders per cwd (JsonlStore), a date tree (Codex), a project
-registry (Gemini CLI), a SQLite database (opencode), long cwd names shortened with a hash (Claude
+registry (Gemini CLI), a SQLite database (opencode), a folder per session with a manifest
+(Cline, SessionDirs), long cwd names shortened with a hash (Claude
 Code, Qwen Code), and a settings file's session folder (pi).
 """
 
@@ -19,6 +20,7 @@ from .files import read_regular
 from .jsonl_file import clean_name, parse_time
 from .jsonl_store import JsonlStore
 from .model import Process, SessionFile
+from .session_dirs import SessionDirs
 
 DATE_TREE_RELIST_S = 10.0  # how often a date tree's older day folders are listed again
 RECENT_DAYS = 2  # the newest day folders are checked on every request
@@ -28,6 +30,7 @@ CONVERSATION_BUDGET_S = 0.15  # a search across every cwd folder stops here; the
 class Stores:
     def __init__(self) -> None:
         self.jsonl = JsonlStore()
+        self.session_dirs = SessionDirs()
         self._folders: dict[str, list[SessionFolder]] = {}  # process key -> folders
         self._days: dict[str, tuple[float, list[str]]] = {}  # date-tree root -> (listed at, day dirs)
         self._name_indexes: dict[str, tuple[int, dict[str, str]]] = {}  # path -> (read up to, names)
@@ -77,6 +80,8 @@ class Stores:
                 for i, day in enumerate(self._day_dirs(folder.path)):
                     out.extend(self.jsonl.candidates(day, fmt, ids, fps, paths, folder.cwd_filter,
                                                      relist=i < RECENT_DAYS, fresh=fresh))
+            elif folder.kind == "session_dirs" and spec_manifest(profile) is not None:
+                out.extend(self.session_dirs.candidates(folder.path, spec_manifest(profile), ids, fps, paths))
             elif folder.kind == "sqlite" and not hint:
                 row = newest_opencode_session(folder.path, process, wait_s=0.0 if self.jsonl.inline else 0.05)
                 if row is not None:
@@ -120,6 +125,15 @@ class Stores:
         self.searched = None
         for profile in profiles:
             spec = profile.store
+            if spec is not None and spec.manifest is not None:
+                for root in dict.fromkeys(roots.get(profile.name, ())):
+                    found = self.session_dirs.candidates(root, spec.manifest, first_users=[first_user])
+                    out.extend(dataclasses.replace(f, agent=profile.name) for f in found)
+                    if searched is not None:
+                        # a new session changes the root; a manifest not read yet, only its folder
+                        searched.append(root)
+                        searched.extend(self.session_dirs.unread(root))
+                continue
             if spec is None or spec.format is None or spec.kind not in ("per_cwd", "date_tree"):
                 continue
             for root in roots.get(profile.name, ()):
@@ -304,6 +318,10 @@ def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFil
                                    created=_ms(t.get("created")), mtime=updated, first_user=None, n_assistant=0,
                                    cwd=process.cwd)
     return best
+
+
+def spec_manifest(profile: AgentProfile):
+    return profile.store.manifest if profile.store else None
 
 
 def _listdir(path: str) -> list[str]:
