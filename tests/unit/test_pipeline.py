@@ -108,6 +108,38 @@ def test_a_new_session_without_a_process_keeps_its_minted_id_once_its_file_appea
     assert (cont.id, cont.trace_uuid) == (first.id, first.trace_uuid)
 
 
+def write_cline_session(home, sid, prompt, cwd="/w", started="2026-11-29T10:00:00.000Z"):
+    folder = home / ".cline" / "data" / "sessions" / sid
+    folder.mkdir(parents=True)
+    path = folder / f"{sid}.json"
+    path.write_text(json.dumps({"version": 1, "session_id": sid, "pid": 77, "started_at": started, "status": "running",
+                                "cwd": cwd, "prompt": prompt}))
+    return path
+
+
+def test_a_cline_session_is_found_by_its_manifests_prompt_without_a_process(home):
+    write_cline_session(home, "1796206581394_aaaaa", "other question")
+    path = write_cline_session(home, "1796206584743_bbbbb", '<user_input mode="act">fix the tests</user_input>', "/b")
+    s, _ = pipeline(home).find(ev(first="fix the tests", answers=1), UNREADABLE, 1000.0)
+    assert (s.id, s.agent, s.file, s.cwd) == ("1796206584743_bbbbb", "cline", str(path), "/b")
+
+
+def test_sessions_served_by_one_cline_hub_process_stay_apart(home):
+    hub = Process(pid=77, start_ticks=7, started_at=1796206500.0, boot_id="b", uid=0, cwd="/first", comm=".cline",
+                  exe="/x/.cline", cmdline=("/x/.cline", "--cline-hub-daemon"), environ={"HOME": str(home)})
+    a = write_cline_session(home, "1796206581394_aaaaa", '<user_input mode="act">first task</user_input>',
+                            started="2026-12-02T10:16:21.394Z")
+    b = write_cline_session(home, "1796206584743_bbbbb", '<user_input mode="act">second task</user_input>', "/other",
+                            started="2026-12-02T10:16:24.743Z")
+    p = pipeline(home)
+    steps = [("first task", 0, a), ("second task", 0, b), ("first task", 1, a), ("second task", 1, b),
+             ("second task", 2, b), ("first task", 2, a)]
+    for i, (first, answers, path) in enumerate(steps):
+        s, _ = p.find(ev(first=first, answers=answers, conn=f"c{i}"), Seen(hub), 1796206600.0 + i)
+        assert (s.file, s.agent, s.fallback) == (str(path), "cline", False), (i, s.source)
+        assert s.id == path.parent.name
+
+
 def test_the_connection_fallback_is_the_last_resort(home):
     s, _ = pipeline(home).find(ev(first=None), UNREADABLE, 1000.0)
     assert s.fallback and s.id.startswith("connection-") and "names no session" in s.source
