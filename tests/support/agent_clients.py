@@ -753,6 +753,66 @@ def qwen_session_ids_in(path: str | os.PathLike) -> set[str]:
     return {r["sessionId"] for r in harness.read_jsonl(path) if "sessionId" in r}
 
 
+# --------------------------------------------------------------------------- Kilo CLI
+#
+# Kilo CLI (npm ``@kilocode/cli``, an opencode fork). Its newest, 7.8.1, cannot install here: the
+# registry lacks its platform package (``@kilocode/cli-linux-x64@7.8.1``), and its postinstall
+# then runs npm in a way the wheel's npm shim breaks. The newest platform package there is, 7.7.9,
+# is installed alone: a Bun binary, ``bin/kilo`` (``comm`` ``kilo``). Checked here:
+# - ``kilo run -m openrouter/<model> <words...>`` runs one turn; an argument with a space in it
+#   reaches the model JSON-quoted, so a stand-in directive goes in space-free words; a tool that
+#   is not read-only needs ``--auto``. ``-c`` continues the cwd's last session, ``-s ID`` one.
+# - Toward OpenRouter it sends ``x-session-affinity`` and ``x-session-id``, both its ``ses_`` id;
+#   its user agent is ``Kilo-Code/7.7.9 ai-sdk/...``. Its sessions are rows of
+#   ``~/.local/share/kilo/kilo.db`` (``session.directory`` is ``$PWD``).
+# - KILO_QUIET_ENV keeps it from PostHog, models.dev, updates and session sharing.
+
+KILO_PACKAGE = ("@kilocode/cli-linux-x64", "7.7.9")
+KILO_OPENROUTER_MODEL = "openrouter/openai/gpt-4o-mini"
+KILO_QUIET_ENV = {
+    "KILO_TELEMETRY_LEVEL": "off",
+    "KILO_DISABLE_AUTOUPDATE": "1",
+    "KILO_DISABLE_MODELS_FETCH": "1",
+    "KILO_DISABLE_SHARE": "1",
+    "KILO_DISABLE_SESSION_INGEST": "1",
+}
+
+
+def kilo_binary() -> Path:
+    path = npm_install(*KILO_PACKAGE) / "node_modules" / "@kilocode" / "cli-linux-x64" / "bin" / "kilo"
+    if not path.exists():
+        raise RuntimeError(f"Kilo CLI has no {path}")
+    return path
+
+
+def kilo_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike,
+             extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """``agent_env`` plus ``PWD`` (Kilo records it as the session's directory) and KILO_QUIET_ENV."""
+    env = agent_env(proxy, home, pi_version=None)
+    env["PWD"] = str(cwd)
+    env.update(KILO_QUIET_ENV)
+    return _apply(env, extra)
+
+
+def run_kilo(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
+             timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run ``kilo <args>`` to completion (``["run", "-m", model, "word", ...]``)."""
+    return _run([str(kilo_binary())] + list(args), env, cwd, timeout, None)
+
+
+def kilo_sessions(home: str | os.PathLike) -> list[tuple[str, str]]:
+    """(id, directory) of every session in ``<home>/.local/share/kilo/kilo.db``, oldest first."""
+    import sqlite3
+    db = Path(home) / ".local" / "share" / "kilo" / "kilo.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [(r[0], r[1]) for r in conn.execute("SELECT id, directory FROM session ORDER BY time_created")]
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------- Cline
 #
 # Cline 3.0.65 (npm ``cline``): ``bin/cline`` is a Node wrapper that runs the platform package's

@@ -90,6 +90,9 @@ class StoreSpec:
     # a request that names no session is on the newest session of its cwd (a database, which
     # holds no conversation to match)
     newest_of_cwd_is_session: bool = False
+    # sqlite: the database's file in the root, and the env variable that may name another
+    database: str = "opencode.db"
+    database_env: str | None = "OPENCODE_DB"
     # names kept outside the session files: a JSONL file beside the store root (the latest wins)
     name_index: str | None = None  # its path relative to the root's parent
     name_index_fields: tuple[str, str] = ("id", "thread_name")
@@ -379,6 +382,24 @@ OPENCODE = AgentProfile(
                     newest_of_cwd_is_session=True),
 )
 
+# Kilo CLI 7.x (npm `@kilocode/cli`, an opencode fork; checked against 7.7.9's binary): toward
+# OpenRouter and OpenAI-compatible providers x-session-affinity and x-session-id, toward its own
+# gateway x-kilocode-taskid, all its ses_ id; a task sub-agent has a session of its own, whose
+# database row names its parent (X-KILOCODE-PARENT-TASKID toward the Kilo gateway, from its binary).
+KILO = AgentProfile(
+    name="kilo",
+    command="kilo",
+    runtime="bun",
+    process_names=frozenset({"kilo", ".kilo"}),
+    process_patterns=(r"@kilocode/cli",),
+    hint_headers=("x-session-affinity", "x-session-id", "x-kilo-session", "x-kilocode-taskid"),
+    hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
+    parent_headers=("x-kilocode-parent-taskid",),
+    request_signs=(("user-agent", r"^Kilo-Code/"),),
+    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "kilo"),),
+                    newest_of_cwd_is_session=True, database="kilo.db", database_env=None),
+)
+
 # Cline 3.x (npm `cline`, a Bun binary): checked against 3.0.65. Its session id is
 # <epoch ms>_<5 base-36 chars>, sent toward OpenRouter in the body (session_id) and toward OpenCode
 # in x-opencode-session (its llms package's stickySession), and toward no other provider. Each
@@ -403,7 +424,7 @@ CLINE = AgentProfile(
                                prompt="prompt", prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',))),
 )
 
-PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE, CLINE)
+PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE, KILO, CLINE)
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,11 @@ class Stores:
                                                      relist=i < RECENT_DAYS, fresh=fresh))
             elif folder.kind == "session_dirs" and spec_manifest(profile) is not None:
                 out.extend(self.session_dirs.candidates(folder.path, spec_manifest(profile), ids, fps, paths))
-            elif folder.kind == "sqlite" and not hint:
-                row = newest_opencode_session(folder.path, process, wait_s=0.0 if self.jsonl.inline else 0.05)
+            elif folder.kind == "sqlite":
+                # the session the request names, else the newest of this cwd
+                row = newest_opencode_session(folder.path, process, wait_s=0.0 if self.jsonl.inline else 0.05,
+                                              database=profile.store.database, database_env=profile.store.database_env,
+                                              session_id=hint)
                 if row is not None:
                     out.append(row)
         spec = profile.store
@@ -266,34 +269,42 @@ def read_project_registry(spec: StoreSpec, process: Process) -> str | None:
     return slug if isinstance(slug, str) and "/" not in slug else None
 
 
-def newest_opencode_session(data_dir: str, process: Process, wait_s: float = 0.05) -> SessionFile | None:
-    """opencode >= 1.2: the newest session of this cwd in its SQLite database (read-only)."""
+def newest_opencode_session(
+    data_dir: str, process: Process, wait_s: float = 0.05, database: str = "opencode.db",
+    database_env: str | None = "OPENCODE_DB", session_id: str | None = None,
+) -> SessionFile | None:
+    """opencode >= 1.2 (and its fork Kilo): the session of this id, else the newest session of
+    this cwd, in its SQLite database (read-only)."""
     env = process.environ
-    db = env.get("OPENCODE_DB") or "opencode.db"
+    db = (env.get(database_env) if database_env else None) or database
     db = db if os.path.isabs(db) else os.path.join(data_dir, db)
     if not os.path.isfile(db):
-        if wait_s <= 0:
+        if wait_s <= 0 or session_id:
             return None  # the legacy JSON files are many small files: never on the event loop
         return _newest_opencode_json_session(data_dir, process)
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=wait_s)
         try:
-            # opencode records $PWD, which can differ from the real cwd (a symlinked path)
-            dirs = tuple(dict.fromkeys(d for d in (process.cwd, env.get("PWD")) if d))
-            row = conn.execute(
-                f"SELECT id, title, time_created, time_updated FROM session WHERE directory IN "
-                f"({', '.join('?' * len(dirs))}) ORDER BY time_updated DESC LIMIT 1", dirs
-            ).fetchone()
+            if session_id:
+                row = conn.execute("SELECT id, title, time_created, time_updated, directory FROM session WHERE id = ?",
+                                   (session_id,)).fetchone()
+            else:
+                # opencode records $PWD, which can differ from the real cwd (a symlinked path)
+                dirs = tuple(dict.fromkeys(d for d in (process.cwd, env.get("PWD")) if d))
+                row = conn.execute(
+                    f"SELECT id, title, time_created, time_updated, directory FROM session WHERE directory IN "
+                    f"({', '.join('?' * len(dirs))}) ORDER BY time_updated DESC LIMIT 1", dirs
+                ).fetchone()
         finally:
             conn.close()
     except sqlite3.Error:
         return None
     if not row or not isinstance(row[0], str):
         return None
-    sid, title, created, updated = row
+    sid, title, created, updated, directory = row
     # opencode titles every session itself: not a name the user chose, so not used for the label
     return SessionFile(path=f"{db}#{sid}", id=sid, created=_ms(created), mtime=_ms(updated), first_user=None,
-                       n_assistant=0, cwd=process.cwd)
+                       n_assistant=0, cwd=directory if isinstance(directory, str) and directory else process.cwd)
 
 
 def _newest_opencode_json_session(data_dir: str, process: Process) -> SessionFile | None:
