@@ -397,6 +397,28 @@ def test_the_report_counts_branches_into_their_root_and_tree_shows_each(tmp_path
     assert "└ sub-agent a2" in page.read_text() and "↻ sent body.session_id" in page.read_text()
 
 
+def test_one_sessions_turns_name_the_sub_agent_and_a_changed_id(tmp_path, capsys):
+    path, _ = _records(tmp_path, _tree_records())
+    assert report.main(["--file", path, "--session", "r0000000", "--json", "--timezone", "UTC"]) == 0
+    turns = json.loads(capsys.readouterr().out)["turns"]
+    assert [t["subagent"] for t in turns] == [None, "a1", "a1", None]
+    assert [len(t["sent_changed"]) for t in turns] == [0, 0, 0, 1]
+    assert report.main(["--file", path, "--session", "r0000000", "--timezone", "UTC"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("TIME"))
+    assert head.split()[:2] == ["TIME", "SUB-AGENT"] and max(len(line) for line in lines) < 100
+    rows = [line for line in lines if line[:2].isdigit()]
+    assert [row.split()[1] for row in rows] == ["-", "a1", "a1", "-"]
+    assert lines[-2].strip() == "↻ sent body.session_id changed: r0000000 → release-notes-r0000000"
+    assert report.main(["--file", path, "--session", "c0000000", "--timezone", "UTC"]) == 0
+    assert "SUB-AGENT" in capsys.readouterr().out  # a2 made one of its turns
+    assert report.main(["--file", path, "--session", "other", "--timezone", "UTC"]) == 0
+    assert "SUB-AGENT" not in capsys.readouterr().out  # no column where no sub-agent made a turn
+    page = tmp_path / "one.html"
+    assert report.main(["--file", path, "--session", "r0000000", "--html", str(page)]) == 0
+    assert "<td class=l>a1</td>" in page.read_text() and "↻ sent body.session_id" in page.read_text()
+
+
 def test_top_counts_a_trees_branches_into_its_root_row():
     table = _table(_tree_records())
     lines = live_view.lines(list(table.sessions.values()), _at("2026-11-30T10:07:00Z"), 80)

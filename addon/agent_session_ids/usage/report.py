@@ -302,9 +302,14 @@ def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False)
     return "\n".join(lines + notes)
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def turn_rows(turns: list[dict], zone: tzinfo | None = None) -> list[dict]:
-    """One session's turns, each with its time, model, provider, tokens, cache hit and cost, and
-    whether its provider differs from the previous turn's."""
+    """One session's turns, each with its time, model, provider, tokens, cache hit and cost, the
+    sub-agent that made it (if any), whether its provider differs from the previous turn's, and
+    what it sent differently from its branch's previous turn (a rename)."""
     rows, previous = [], None
     for r in turns:
         provider = r.get("provider") if isinstance(r.get("provider"), str) else None
@@ -314,7 +319,9 @@ def turn_rows(turns: list[dict], zone: tzinfo | None = None) -> list[dict]:
                      **{k: r.get(k) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens",
                                               "output_tokens", "cost", "status")},
                      "cache_hit_ratio": round(ratio, 4) if ratio is not None else None,
-                     "provider_flip": bool(provider and previous and provider != previous)})
+                     "subagent": r.get("subagent") or None,
+                     "provider_flip": bool(provider and previous and provider != previous),
+                     "sent_changed": [c for c in r.get("sent_changed") or () if isinstance(c, dict)]})
         previous = provider or previous
     return rows
 
@@ -328,16 +335,23 @@ def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = 
             f"project {sums.cwd or '-'} · {len(turns)} turns · cache hit {percent(sums.cache_hit_ratio)} · "
             f"cost {cost_text(sums)}"]
     model_w = 18 if compact else 28
-    lines = [f"{'TIME':<8} {'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
+    rows = turn_rows(turns, zone)
+    # the sub-agent column only where a sub-agent made turns (the line stays under 100 columns)
+    sub_w = 10 if any(row["subagent"] for row in rows) else 0
+    sub_title = f"{'SUB-AGENT':<{sub_w}} " if sub_w else ""
+    lines = [f"{'TIME':<8} {sub_title}{'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
              f"{'OUTPUT':>6} {'COST':>9}"]
-    for row in turn_rows(turns, zone):
+    for row in rows:
         model = short_model(row["model"] or row["served_model"])
         provider = ("⚠" if row["provider_flip"] else "") + (row["provider"] or "-")
-        lines.append(f"{row['when'][11:]:<8} {model[:model_w]:<{model_w}} {provider[:12]:<12} "
+        sub = f"{_cut(row['subagent'] or '-', sub_w):<{sub_w}} " if sub_w else ""
+        lines.append(f"{row['when'][11:]:<8} {sub}{model[:model_w]:<{model_w}} {provider[:12]:<12} "
                      f"{tokens(row['input_tokens']):>7} {tokens(row['cache_read_tokens']):>7} "
                      f"{percent(row['cache_hit_ratio']):>4} {tokens(row['output_tokens']):>6} "
                      f"{money(row['cost']):>9}")
-    days = sorted({row["when"][:10] for row in turn_rows(turns, zone)})
+        lines += [f"{'':<8} ↻ sent {c.get('target')} changed: {c.get('from')} → {c.get('to')}"
+                  for c in row["sent_changed"]]
+    days = sorted({row["when"][:10] for row in rows})
     note = [f"times on {days[0]}" if len(days) == 1 else f"times from {days[0]} to {days[-1]}"]
     return "\n".join(head + [""] + lines + note)
 
@@ -457,7 +471,10 @@ def session_html(turns: list[dict], zone: tzinfo | None = None) -> str:
     data = session_json(turns, zone)
     rows = []
     for row in data["turns"]:
-        rows.append(f"<tr><td>{esc(row['when'])}</td><td class=l>{esc(str(row['model'] or row['served_model'] or '-'))}"
+        changed = "".join(f"<br><span class=meta>↻ sent {esc(str(c.get('target')))}: {esc(str(c.get('from')))} → "
+                          f"{esc(str(c.get('to')))}</span>" for c in row["sent_changed"])
+        rows.append(f"<tr><td>{esc(row['when'])}{changed}</td><td class=l>{esc(row['subagent'] or '-')}</td>"
+                    f"<td class=l>{esc(str(row['model'] or row['served_model'] or '-'))}"
                     f"</td><td class=l>{'⚠ ' if row['provider_flip'] else ''}{esc(row['provider'] or '-')}</td>"
                     f"<td>{tokens(row['input_tokens'])}</td><td>{tokens(row['cache_read_tokens'])}</td>"
                     f"<td>{percent(row['cache_hit_ratio'])}</td><td>{tokens(row['output_tokens'])}</td>"
@@ -466,7 +483,8 @@ def session_html(turns: list[dict], zone: tzinfo | None = None) -> str:
     body = [f"<h1>Session {esc(title)}</h1><p class=meta>{esc(data['session'])} · {esc(data['agent'] or '-')} · "
             f"{esc(data['cwd'] or '-')} · {len(turns)} turns · cache hit {percent(data['cache_hit_ratio'])} · "
             f"cost {esc(money(data['cost']))}</p>",
-            "<table><tr><th>time</th><th class=l>model</th><th class=l>provider</th><th>input</th><th>cached</th>"
+            "<table><tr><th>time</th><th class=l>sub-agent</th>"
+            "<th class=l>model</th><th class=l>provider</th><th>input</th><th>cached</th>"
             "<th>hit</th><th>output</th><th>cost</th></tr>", *rows, "</table>"]
     return _page(f"Session {title}", body)
 
