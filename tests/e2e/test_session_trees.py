@@ -263,6 +263,9 @@ def test_claude_code_sub_agent_keeps_the_session_and_is_named(claude, tmp_path, 
         (branch,) = tree["branches"]
         assert (branch["subagent"], branch["requests"]) == (agent_id, len(subs))
         assert f"└ sub-agent {agent_id}" in report(p, "--tree")
+        # the session's own turns, each naming the sub-agent that made it
+        turns = report(p, "--session", session_id, "--json")["turns"]
+        assert sorted(t["subagent"] or "" for t in turns) == sorted([agent_id] * len(subs) + [""] * len(own))
 
 
 # -- opencode's task tool, for real -------------------------------------------------------------------
