@@ -248,6 +248,8 @@ def test_top_once_and_bad_input(tmp_path):
     assert all(len(line) <= 80 for line in out.stdout.splitlines())
     out = _cli("top", "--once", "--window", "soon", "--file", path)
     assert out.returncode == 1 and "--window 'soon'" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("top", "--once", "--width", "0", "--file", path)
+    assert out.returncode == 1 and out.stderr.strip() == "agent-session-ids: --width 0: give at least 20 columns"
 
 
 # -- the report's views ------------------------------------------------------------------------------
@@ -345,6 +347,10 @@ def test_report_bad_input_is_one_line(tmp_path):
         assert out.returncode == 2 and why in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
     out = _cli("report", "--file", str(tmp_path / "none.jsonl"))
     assert out.returncode == 1 and "nothing was recorded yet" in out.stderr
+    for more in ([], ["--session", "a"]):  # a page that cannot be written: one line, exit 1
+        out = _cli("report", "--file", path, *more, "--html", str(tmp_path / "no" / "page.html"))
+        assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+        assert "cannot write --html" in out.stderr and "No such file or directory" in out.stderr
 
 
 def test_report_is_the_same_command_three_ways(tmp_path):

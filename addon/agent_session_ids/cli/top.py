@@ -18,6 +18,7 @@ from ..view.units import duration
 from .place import CliError, Parser
 
 QUIT_KEYS = (ord("q"), ord("Q"))
+MIN_WIDTH = 20  # narrower, no column shows a figure
 
 
 def parse_window(text: str) -> float:
@@ -91,6 +92,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--file", metavar="LEDGER", help=f"the ledger (default {ledger.DEFAULT_PATH}, "
                                                          "or $AGENT_SESSION_IDS_USAGE)")
     args = parser.parse_args(argv)
+    if args.width is not None and args.width < MIN_WIDTH:
+        raise CliError(f"--width {args.width}: give at least {MIN_WIDTH} columns")
     live = LiveLedger(ledger.path_of(args.file), parse_window(args.window))
     try:
         if args.once:

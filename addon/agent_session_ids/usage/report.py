@@ -541,9 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.session:
         return _one_session(args, records, zone)
     groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown, tree=args.tree)
-    if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write(as_html(groups, args.by, since, until, zone))
+    if args.html and not _write(args.html, as_html(groups, args.by, since, until, zone)):
+        return 1
     if args.json:
         print(json.dumps(as_json(groups, args.by), indent=2, ensure_ascii=False))
     elif not args.html:
@@ -553,15 +552,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _write(path: str, page: str) -> bool:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as e:
+        print(f"agent-session-ids report: cannot write --html {path}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _one_session(args, records: list[dict], zone: tzinfo | None) -> int:
     turns = session_turns(records, args.session)
     if not turns:
         print(f"agent-session-ids report: no turns recorded for session {args.session!r} (see the sessions with "
               "agent-session-ids report)", file=sys.stderr)
         return 1
-    if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write(session_html(turns, zone))
+    if args.html and not _write(args.html, session_html(turns, zone)):
+        return 1
     if args.json:
         print(json.dumps(session_json(turns, zone), indent=2, ensure_ascii=False))
     elif not args.html:
