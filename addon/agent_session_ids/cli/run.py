@@ -203,6 +203,20 @@ COMMANDS = {
 }
 
 
+def _is_word(arg: str) -> bool:
+    """A bare word first is a mistyped command, not the filter expression mitmdump would take it for."""
+    return arg[:1].isascii() and arg[:1].isalpha() and arg.replace("-", "").isalpha()
+
+
+def _unknown_command(word: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"unknown command {word!r}; {hint}use one of: {', '.join(COMMANDS)} (see agent-session-ids --help; "
+            "a mitmproxy filter expression starts with ~)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -210,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__.strip())
             return 0
         command = COMMANDS.get(args[0]) if args else None
+        if command is None and args and _is_word(args[0]):
+            raise CliError(_unknown_command(args[0]))
         return command(args[1:]) if command is not None else foreground(args)
     except CliError as e:
         print(f"agent-session-ids: {e}", file=sys.stderr)
