@@ -92,11 +92,11 @@ class Pane:
             assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout
 
-    def start(self, argv: list[str], width: int, height: int) -> None:
+    def start(self, argv: list[str], width: int, height: int, lang: dict[str, str] = UTF8) -> None:
         # the shell the pane runs writes the command's exit status to a file once it ends (tmux's own
         # #{pane_dead_status} is not always set: tmux 3.3a sometimes reaps its pane's process late)
         self.status_file.unlink(missing_ok=True)
-        command = (" ".join(f"{k}={v}" for k, v in UTF8.items()) + " " + shlex.join(argv)
+        command = (" ".join(f"{k}={v}" for k, v in lang.items()) + " " + shlex.join(argv)
                    + f"; echo $? > {shlex.quote(str(self.status_file))}")
         self.tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), command)
         self.started = True
@@ -332,5 +332,20 @@ def test_top_with_more_sessions_than_rows_keeps_the_totals_and_the_hint_on_scree
     assert any(re.match(r"… and \d+ more sessions", t) for t in screen), screen
     assert total_line(screen) is not None, screen
     assert any(t.startswith("q quit") for t in screen), screen
+    pane.tmux("send-keys", "-t", "top", "q")
+    assert pane.exit_status() == "0"
+
+
+def test_top_in_a_c_locale_terminal_marks_a_flip_in_ascii(pane, tmp_path):
+    # curses cannot draw ⚠ or · where the locale is C: it would drop them, and the flip's mark with them
+    ledger = tmp_path / "usage.jsonl"
+    now = time.time()
+    append(ledger, line("s1", "pi", "/x/alpha", provider="Anthropic", at=now - 20)
+           + line("s1", "pi", "/x/alpha", provider="Google", at=now - 10))
+    pane.start(top_argv(ledger), 100, 24, lang={"LANG": "C", "LC_ALL": "C"})
+    screen = pane.wait(lambda s: "s1" in rows(s), "the session")
+    assert cells(rows(screen)["s1"])["PROVIDER"] == "!Google", screen
+    assert screen[0].startswith("agent-session-ids top - 1 session active"), screen[0]
+    assert all(text.isascii() for text in screen), screen
     pane.tmux("send-keys", "-t", "top", "q")
     assert pane.exit_status() == "0"

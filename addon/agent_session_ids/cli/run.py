@@ -17,6 +17,7 @@ Bad input gets one line that says what is wrong, and a non-zero exit.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # Each command imports what it needs when it runs: the status line, run after every answer of
@@ -232,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # its reader went away (... | head): quiet, as a pipe's writer should be
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ redraws once a second needs.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 
 from ..usage import ledger, live_view
@@ -18,6 +19,8 @@ from ..view.units import duration
 from .place import CliError, Parser
 
 QUIT_KEYS = (ord("q"), ord("Q"))
+# a terminal whose locale cannot show the marks (LANG=C) gets these, so a flip stays marked
+ASCII_MARKS = str.maketrans({"⚠": "!", "·": "-", "…": "~", "→": ">", "↻": "*"})
 MIN_WIDTH = 20  # narrower, no column shows a figure
 
 
@@ -49,20 +52,29 @@ def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -
     return [line if len(line) <= width else line[: max(0, width - 1)] + "…" for line in lines]
 
 
-def _draw(screen, live: LiveLedger) -> None:
+def _marks(encoding: str):
+    """None where the terminal's encoding shows the marks, else the table to ASCII ones."""
+    try:
+        "".join(chr(c) for c in ASCII_MARKS).encode(encoding)
+        return None
+    except (UnicodeEncodeError, LookupError):
+        return ASCII_MARKS
+
+
+def _draw(screen, live: LiveLedger, marks=None) -> None:
     import curses
 
     height, width = screen.getmaxyx()
     screen.erase()
     for y, text in enumerate(frame(live, time.time(), width, height)[:height]):
         try:
-            screen.addnstr(y, 0, text, width)
+            screen.addnstr(y, 0, text.translate(marks) if marks else text, width)
         except curses.error:
             pass  # the bottom-right cell (curses cannot move past it), or a character it cannot show
     screen.refresh()
 
 
-def _loop(screen, live: LiveLedger, interval: float) -> None:
+def _loop(screen, live: LiveLedger, interval: float, marks=None) -> None:
     import curses
 
     try:
@@ -76,7 +88,7 @@ def _loop(screen, live: LiveLedger, interval: float) -> None:
         if now >= next_refresh:
             live.refresh(now)
             next_refresh = now + interval
-        _draw(screen, live)
+        _draw(screen, live, marks)
         key = screen.getch()
         if key in QUIT_KEYS:
             return
@@ -99,14 +111,20 @@ def main(argv: list[str]) -> int:
         if args.once:
             now = time.time()
             live.refresh(now)
-            print("\n".join(frame(live, now, args.width or shutil.get_terminal_size((100, 24)).columns)))
+            text = "\n".join(frame(live, now, args.width or shutil.get_terminal_size((100, 24)).columns))
+            marks = _marks(sys.stdout.encoding or "utf-8")
+            if marks:  # and a label it cannot show comes out as "?"
+                sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
+            print(text.translate(marks) if marks else text)
             return 0
         import curses
         import locale
 
         locale.setlocale(locale.LC_ALL, "")  # curses shows UTF-8 (⚠, …) only with the user's locale
         try:
-            curses.wrapper(_loop, live, 1.0)
+            # curses writes in the C library's locale, which Python's UTF-8 mode does not change
+            codeset = locale.nl_langinfo(locale.CODESET) if hasattr(locale, "nl_langinfo") else "utf-8"
+            curses.wrapper(_loop, live, 1.0, _marks(codeset))
         except curses.error as e:
             raise CliError(f"cannot drive this terminal ({e}); try --once") from None
         return 0
