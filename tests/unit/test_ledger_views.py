@@ -250,7 +250,9 @@ def test_top_once_and_bad_input(tmp_path):
     assert out.returncode == 1 and "--window 'soon'" in out.stderr and "Traceback" not in out.stderr
     out = _cli("top", "--once", "--width", "80", "--file", path, env={"PYTHONIOENCODING": "ascii"})
     assert out.returncode == 0 and "label-a" in out.stdout and " - " in out.stdout.splitlines()[0]  # not "·"
-    piped = subprocess.run(f"{Path(sys.executable).with_name('agent-session-ids')} top --once --file {path} | head -1",
+    many = str(tmp_path / "many.jsonl")  # a frame longer than a pipe holds, so that the write breaks
+    write(many, [turn(f"s{i}", clock.time() - 30) for i in range(3000)])
+    piped = subprocess.run(f"{Path(sys.executable).with_name('agent-session-ids')} top --once --file {many} | head -1",
                            shell=True, capture_output=True, text=True, timeout=60)
     assert piped.stdout.startswith("agent-session-ids top") and piped.stderr == ""  # a reader gone: quiet
     out = _cli("top", "--once", "--width", "0", "--file", path)
