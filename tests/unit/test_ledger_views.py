@@ -342,6 +342,11 @@ def test_report_one_sessions_turns(tmp_path, capsys):
     text = capsys.readouterr().out.splitlines()
     rows = [line for line in text if line[:2].isdigit()]
     assert len(rows) == 2 and "⚠Google" in rows[1] and "50%" in rows[1] and rows[0].startswith("10:00:00")
+    path, _ = _records(tmp_path, [turn("a", _at("2026-11-29T23:59:00Z")), turn("a", _at("2026-11-30T00:01:00Z"))])
+    assert report.main(["--file", path, "--session", "a", "--timezone", "UTC"]) == 0
+    text = capsys.readouterr().out.splitlines()  # the rows give the time: a line names each day
+    assert [line.split()[0] for line in text[4:-1]] == ["on", "23:59:00", "on", "00:01:00"], text
+    assert (text[4], text[6], text[-1]) == ("on 2026-11-29", "on 2026-11-30", "times from 2026-11-29 to 2026-11-30")
     assert report.main(["--file", path, "--session", "nobody"]) == 1
     assert "no turns recorded for session 'nobody'" in capsys.readouterr().err
 

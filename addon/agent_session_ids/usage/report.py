@@ -341,7 +341,12 @@ def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = 
     sub_title = f"{'SUB-AGENT':<{sub_w}} " if sub_w else ""
     lines = [f"{'TIME':<8} {sub_title}{'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
              f"{'OUTPUT':>6} {'COST':>9}"]
+    days = sorted({row["when"][:10] for row in rows})
+    day = None
     for row in rows:
+        if len(days) > 1 and row["when"][:10] != day:  # the rows give the time only: each day gets a line
+            day = row["when"][:10]
+            lines.append(f"on {day}")
         model = short_model(row["model"] or row["served_model"])
         provider = ("⚠" if row["provider_flip"] else "") + (row["provider"] or "-")
         sub = f"{_cut(row['subagent'] or '-', sub_w):<{sub_w}} " if sub_w else ""
@@ -351,7 +356,6 @@ def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = 
                      f"{money(row['cost']):>9}")
         lines += [f"{'':<8} ↻ sent {c.get('target')} changed: {c.get('from')} → {c.get('to')}"
                   for c in row["sent_changed"]]
-    days = sorted({row["when"][:10] for row in rows})
     note = [f"times on {days[0]}" if len(days) == 1 else f"times from {days[0]} to {days[-1]}"]
     return "\n".join(head + [""] + lines + note)
 
