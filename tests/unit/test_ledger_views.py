@@ -351,6 +351,18 @@ def test_report_one_sessions_turns(tmp_path, capsys):
     assert "no turns recorded for session 'nobody'" in capsys.readouterr().err
 
 
+def test_report_reads_several_ledgers_as_one(tmp_path, capsys):
+    here, there = str(tmp_path / "here.jsonl"), str(tmp_path / "there.jsonl")  # two machines' ledgers
+    write(here, [turn("a", _at("2026-11-30T10:00:00Z"), cost=0.001), turn("b", _at("2026-11-30T10:02:00Z"))])
+    write(there, [turn("a", _at("2026-11-30T10:01:00Z"), cost=0.002, provider="Google")])
+    assert report.main(["--file", here, "--file", there, "--json"]) == 0
+    groups = {g["session"]: g for g in json.loads(capsys.readouterr().out)}
+    assert groups["a"]["requests"] == 2 and groups["a"]["cost"] == pytest.approx(0.003)
+    assert [f["to"] for f in groups["a"]["flips"]] == ["Google"]  # in time order across the two
+    assert report.main(["--file", here, "--file", str(tmp_path / "none.jsonl")]) == 1
+    assert f"no usage ledger at {tmp_path / 'none.jsonl'}" in capsys.readouterr().err
+
+
 def test_report_bad_input_is_one_line(tmp_path):
     path, _ = _records(tmp_path, [turn("a")])
     for args, why in ((["--by", "hour"], "invalid choice"), (["--timezone", "Nowhere/City"], "no IANA time zone"),

@@ -527,21 +527,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compact", action="store_true", help="the narrow table (the default under 100 columns)")
     parser.add_argument("--json", action="store_true", help="one JSON object per group")
     parser.add_argument("--html", metavar="FILE", help="write a one-page HTML report (inline SVG, no scripts)")
-    parser.add_argument("--file", metavar="LEDGER", default=None,
-                        help=f"the ledger (default {DEFAULT_LEDGER}, or $AGENT_SESSION_IDS_USAGE)")
+    parser.add_argument("--file", metavar="LEDGER", action="append",
+                        help=f"the ledger (default {DEFAULT_LEDGER}, or $AGENT_SESSION_IDS_USAGE); give it "
+                             "again to read several in one report (another machine's, say)")
     args = parser.parse_args(argv)
-    path = ledger.path_of(args.file)
+    paths = [ledger.path_of(given) for given in args.file or [None]]
     try:
         zone = zone_of(args.timezone)
         since = parse_moment(args.since, zone=zone) if args.since else None
         until = parse_moment(args.until, zone=zone, option="--until", end_of_day=True) if args.until else None
     except ValueError as e:
         parser.error(str(e))
-    if not ledger.files(path):
-        print(f"no usage ledger at {path}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
+    missing = [path for path in paths if not ledger.files(path)]
+    if missing:
+        print(f"no usage ledger at {missing[0]}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
               "request; see session_usage_file)", file=sys.stderr)
         return 1
-    records, skipped = ledger.read(path, since, until)
+    records, skipped = [], 0
+    for path in paths:
+        more, more_skipped = ledger.read(path, since, until)
+        records += more
+        skipped += more_skipped
     if args.session:
         return _one_session(args, records, zone)
     groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown, tree=args.tree)
