@@ -283,7 +283,8 @@ def test_report_by_project_text_has_a_row_per_folder_and_the_total(scene):
 
 
 TURN_KEYS = {"ts", "when", "model", "served_model", "provider", "input_tokens", "cache_read_tokens",
-             "cache_write_tokens", "output_tokens", "cost", "status", "cache_hit_ratio", "provider_flip"}
+             "cache_write_tokens", "output_tokens", "cost", "status", "cache_hit_ratio", "provider_flip", "subagent",
+             "sent_changed"}
 
 
 @pytest.mark.parametrize("who", ["claude", "pi"])
@@ -304,6 +305,7 @@ def test_report_session_json_lists_each_turn(scene, who):
         assert set(turn) == TURN_KEYS, turn
         assert turn["ts"] == line["ts"] and turn["when"] == line["ts"][:10] + " " + line["ts"][11:19]
         assert (turn["model"], turn["served_model"], turn["status"]) == (model, model, 200)
+        assert (turn["subagent"], turn["sent_changed"]) == (None, [])  # no sub-agent, no rename here
         assert {k: turn[k] for k in want} == want, turn
     flips = [t["provider_flip"] for t in turns]
     assert flips == ([False, False, False, True] if who == "claude" else [False] * 3)
