@@ -49,7 +49,7 @@ def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -
         room = None if height is None else max(1, height - 7 if len(sessions) <= height - 7 else height - 8)
         lines += ["", *live_view.lines(sessions, now, width, limit=room)]
     lines += ["", "q quit · HIT: last turn's cache hit, SESS: the session's · ⚠ provider changed"]
-    return [line if len(line) <= width else line[: max(0, width - 1)] + "…" for line in lines]
+    return [live_view.cut(line, width) for line in lines]
 
 
 def _marks(encoding: str):

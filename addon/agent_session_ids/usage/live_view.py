@@ -57,7 +57,8 @@ def widths(width: int) -> dict[str, tuple[int, str]]:
     return {**fixed, **flexible}
 
 
-def _cut(text: str, width: int) -> str:
+def cut(text: str, width: int) -> str:
+    """`text` in `width` columns, its end cut with "…"."""
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
@@ -65,7 +66,7 @@ def _line(cells: dict[str, str], cols: dict[str, tuple[int, str]]) -> str:
     parts = []
     for name in ORDER:
         w, align = cols[name]
-        parts.append(f"{_cut(cells.get(name, ''), w):{align}{w}}")
+        parts.append(f"{cut(cells.get(name, ''), w):{align}{w}}")
     return " ".join(parts).rstrip()
 
 
@@ -84,7 +85,7 @@ def provider_text(g: Totals) -> str:
 def session_text(g: Totals, width: int) -> str:
     """The label, and `+N` for the sub-agents and child sessions counted in (kept when it is cut)."""
     extra = f" +{len(g.branches)}" if g.branches else ""
-    return _cut(g.label or g.key, max(1, width - len(extra))) + extra
+    return cut(g.label or g.key, max(1, width - len(extra))) + extra
 
 
 def row(g: Totals, now: float, session_width: int = 40) -> dict[str, str]:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta, tzinfo
 
 from . import ledger
-from .live_view import cost_text, short_model
+from .live_view import cost_text, cut, short_model
 from .totals import (
     FLIPS_LISTED,
     FlipWatch,
@@ -302,10 +302,6 @@ def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False)
     return "\n".join(lines + notes)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def turn_rows(turns: list[dict], zone: tzinfo | None = None) -> list[dict]:
     """One session's turns, each with its time, model, provider, tokens, cache hit and cost, the
     sub-agent that made it (if any), whether its provider differs from the previous turn's, and
@@ -349,7 +345,7 @@ def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = 
             lines.append(f"on {day}")
         model = short_model(row["model"] or row["served_model"])
         provider = ("⚠" if row["provider_flip"] else "") + (row["provider"] or "-")
-        sub = f"{_cut(row['subagent'] or '-', sub_w):<{sub_w}} " if sub_w else ""
+        sub = f"{cut(row['subagent'] or '-', sub_w):<{sub_w}} " if sub_w else ""
         lines.append(f"{row['when'][11:]:<8} {sub}{model[:model_w]:<{model_w}} {provider[:12]:<12} "
                      f"{tokens(row['input_tokens']):>7} {tokens(row['cache_read_tokens']):>7} "
                      f"{percent(row['cache_hit_ratio']):>4} {tokens(row['output_tokens']):>6} "
