@@ -242,6 +242,9 @@ def test_bad_input_gets_one_line_and_no_traceback(cli):
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, (words, result.stderr)
     bad_port = subprocess.run([CLI, "proxy", "start", "--port", "70000"], capture_output=True, text=True, timeout=30)
     assert bad_port.returncode == 1 and "not a port" in bad_port.stderr
+    missing = cli("run", "--", "/nonexistent/agent")  # nothing to run: no proxy is started for it
+    assert missing.returncode == 1 and "is not on PATH" in missing.stderr and cli.pid() is None
+    assert cli("proxy", "status").returncode == 1
     typo = cli("reprot")  # a mistyped command, not a filter for a proxy in the foreground
     assert typo.returncode == 1 and typo.stderr.count("\n") == 1 and "did you mean report?" in typo.stderr
 

@@ -92,12 +92,18 @@ def profile_of(name: str) -> agents.AgentProfile:
     raise CliError(f"unknown agent {name!r}; launch one of: {known}, or any program with: agent-session-ids run -- CMD")
 
 
-def exec_with(place: Place, argv: list[str], trust: dict[str, str], extra: tuple[tuple[str, str], ...] = ()) -> None:
-    """Replace this process by argv with the proxy's variables: its exit code, its terminal and
-    the signals sent to it are then its own."""
-    program = shutil.which(argv[0])
+def program_of(name: str) -> str:
+    """The program's path, found before anything is started for it."""
+    program = shutil.which(name)
     if program is None:
-        raise CliError(f"{argv[0]!r} is not on PATH; install it, or give its full path")
+        raise CliError(f"{name!r} is not on PATH; install it, or give its full path")
+    return program
+
+
+def exec_with(place: Place, program: str, argv: list[str], trust: dict[str, str],
+              extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """Replace this process by `program` (argv) with the proxy's variables: its exit code, its
+    terminal and the signals sent to it are then its own."""
     env = {**os.environ, **variables(place, trust), **dict(extra)}
     sys.stdout.flush()
     sys.stderr.flush()

@@ -115,8 +115,9 @@ def launch_command(argv: list[str], named: bool) -> int:
         trust, extra = env.TRUST.get(profile.runtime, env.SHELL_TRUST), profile.launch_env
     else:
         trust, extra = env.SHELL_TRUST, ()
+    program = env.program_of(command[0])  # a program that is not there starts no proxy
     proxy.start(place)  # a proxy that runs already is used as it is; one started stays up
-    env.exec_with(place, command, trust, extra)
+    env.exec_with(place, program, command, trust, extra)
     return 0  # not reached: exec
 
 
