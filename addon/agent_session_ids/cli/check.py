@@ -11,6 +11,7 @@ import sys
 
 from ..rules import RuleError, default_rules_dir, load_rules_dir
 from ..rules.matching import RuleSet
+from ..shown import shown_lines
 
 
 def check_folder(path: str) -> tuple[bool, str]:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 2
     ok, message = check_folder(args[0] if args else default_rules_dir())
-    print(message, file=sys.stdout if ok else sys.stderr)
+    print(shown_lines(message.split("\n")), file=sys.stdout if ok else sys.stderr)  # a rule file may quote anything
     return 0 if ok else 1
 
 

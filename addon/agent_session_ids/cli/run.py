@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError(_unknown_command(args[0]))
         return command(args[1:]) if command is not None else foreground(args)
     except CliError as e:
-        print(f"agent-session-ids: {e}", file=sys.stderr)
+        from ..shown import shown
+
+        print(f"agent-session-ids: {shown(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..shown import shown
 from ..usage import ledger, statusline
 from .errors import CliError
 
@@ -63,5 +64,5 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse(argv)
     session = args.get("session") or session_from(sys.stdin)
-    print(statusline.line(ledger.path_of(args.get("file")), session))
+    print(shown(statusline.line(ledger.path_of(args.get("file")), session)))
     return 0

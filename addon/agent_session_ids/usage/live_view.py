@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..shown import shown
 from ..view.units import duration, money, percent, tokens
 from .totals import Totals
 
@@ -58,8 +59,8 @@ def widths(width: int) -> dict[str, tuple[int, str]]:
 
 
 def cut(text: str, width: int) -> str:
-    """`text` in `width` columns, its end cut with "…"."""
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    """`text` in `width` columns, its end cut with "…", controls shown as escapes (shown.py)."""
+    return shown(text, width)
 
 
 def _line(cells: dict[str, str], cols: dict[str, tuple[int, str]]) -> str:
@@ -108,9 +109,9 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
     """The header, one row per session (newest activity first, at most `limit`), and the totals."""
     cols = widths(width)
     ordered = sorted(sessions, key=lambda g: -(g.last or 0))
-    shown = ordered if limit is None else ordered[:limit]
+    listed = ordered if limit is None else ordered[:limit]
     out = [_line({name: name for name in ORDER}, cols)]
-    out += [_line(row(g, now, cols["SESSION"][0]), cols) for g in shown]
+    out += [_line(row(g, now, cols["SESSION"][0]), cols) for g in listed]
     if limit is not None and len(ordered) > limit:
         out.append(f"… and {len(ordered) - limit} more sessions")
     total = Totals("TOTAL")

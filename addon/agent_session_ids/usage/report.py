@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, tzinfo
 
+from ..shown import shown, shown_lines
 from . import ledger
 from .live_view import cost_text, cut, short_model
 from .totals import (
@@ -245,7 +246,8 @@ def _name(g: Totals, by: str) -> str:
 
 
 def _cut_left(text: str, width: int) -> str:
-    """A path keeps its end: `…/src/app`."""
+    """A path keeps its end: `…/src/app` (controls shown as escapes first, shown.py)."""
+    text = shown(text)
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
@@ -552,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(as_json(groups, args.by), indent=2, ensure_ascii=False))
     elif not args.html:
-        print(text(groups, args.by, skipped, compact=_compact_wanted(args)))
+        print(shown_lines(text(groups, args.by, skipped, compact=_compact_wanted(args)).split("\n")))
     else:
         print(f"wrote {args.html}: {len(groups)} {args.by} groups, {len(records)} requests")
     return 0
@@ -579,7 +581,7 @@ def _one_session(args, records: list[dict], zone: tzinfo | None) -> int:
     if args.json:
         print(json.dumps(session_json(turns, zone), indent=2, ensure_ascii=False))
     elif not args.html:
-        print(session_text(turns, zone, compact=_compact_wanted(args)))
+        print(shown_lines(session_text(turns, zone, compact=_compact_wanted(args)).split("\n")))
     else:
         print(f"wrote {args.html}: {len(turns)} turns")
     return 0

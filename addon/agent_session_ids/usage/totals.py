@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ..shown import shown
 from ..view.units import duration, money, percent, tokens
 
 FLIPS_LISTED = 5  # per group in a text table, the latest
@@ -172,11 +173,11 @@ def table(groups: list[Totals], title: str = "SESSION", width: int = 30,
              f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"]
     for g in groups:
         name = name_of(g) if name_of is not None else (g.label or g.key if title == "SESSION" else g.key)
-        name = name if len(name) <= width else name[: width - 1] + "…"
+        name = shown(name, width)
         cost = money(g.cost)
         if g.cost is not None and g.cost_requests < g.requests:
             cost += "*"
-        lines.append(f"{name:<{width}} {(g.agent or '-')[:8]:<8} {g.requests:>5} "
+        lines.append(f"{name:<{width}} {shown(g.agent or '-')[:8]:<8} {g.requests:>5} "
                      f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
                      f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
                      f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}")

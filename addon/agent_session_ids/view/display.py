@@ -4,8 +4,8 @@ in flow.metadata["session_ids"] (saved with the flow; filter with ~meta, ~commen
 from __future__ import annotations
 
 import os
-import re
 
+from ..shown import shown
 from .units import duration, money, percent, tokens
 
 MARK_REWRITTEN = ":label:"
@@ -13,33 +13,25 @@ MARK_SKIPPED = ":warning:"
 METADATA_KEY = "session_ids"
 
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")
-
-
-def _safe(text: str, limit: int = 200) -> str:
-    text = _UNPRINTABLE.sub(" ", str(text))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def comment(session, changes: list[dict], skipped: list[str]) -> str:
     where = os.path.basename(session.file) if session.file else session.source
-    text = f"session {_safe(session.label)} ({_safe(session.agent, 40)}, {_safe(where)})"
+    text = f"session {shown(session.label, 200)} ({shown(session.agent, 40)}, {shown(where, 200)})"
     if session.subagent and session.subagent != session.id:
-        text += f", sub-agent {_safe(session.subagent, 80)}"
+        text += f", sub-agent {shown(session.subagent, 80)}"
     elif session.parent:
-        text += f", child of {_safe(session.parent, 80)}"
+        text += f", child of {shown(session.parent, 80)}"
     if changes:
         text += " → " + ", ".join(c["target"] for c in changes)
     if skipped:
         text += "; not rewritten: " + "; ".join(skipped)
-    return text
+    return shown(text)  # the targets and the reasons may quote the request
 
 
 def annotate(flow, session, process, rules, changes: list[dict], skipped: list[str],
              unreadable: str | None = None) -> None:
     flow.comment = comment(session, changes, skipped)
     if unreadable:
-        flow.comment += f"; process not read: {_safe(unreadable)}"
+        flow.comment += f"; process not read: {shown(unreadable, 200)}"
     if changes:
         flow.marked = MARK_REWRITTEN
     elif skipped:
@@ -96,10 +88,10 @@ def usage_text(figures: dict) -> str:
     if figures.get("cost") is not None:
         parts.append(money(figures["cost"]))
     if figures.get("provider"):
-        parts.append(_safe(figures["provider"], 60))
+        parts.append(shown(figures["provider"], 60))
     flip = figures.get("provider_flip")
     if flip:
-        parts.append(f"provider flip {_safe(flip['from'], 60)} → {_safe(flip['to'], 60)} "
+        parts.append(f"provider flip {shown(flip['from'], 60)} → {shown(flip['to'], 60)} "
                      f"after {duration(flip.get('idle_s'))} idle")
     if not parts:
         parts.append(f"no usage in the answer (HTTP {figures.get('status', '?')})")
