@@ -180,3 +180,15 @@ def test_the_addon_registers_the_view_on_load_and_removes_it_when_done():
         assert len(registered()) == 1
         addon.done()
         assert registered() == []
+
+
+def test_a_hostile_label_folder_and_process_name_are_shown_as_escapes_in_the_view(view):
+    hostile = "\x1b]52;c;SGk=\x07\x1b[2J\x9b31m\u202eevil"
+    meta = metadata()
+    meta["session"]["label"] = f"label{hostile}"
+    meta["process"].update(comm=f"pi{hostile}", cwd=f"/work/{hostile}")
+    f = json_flow(meta)
+    f.request.content = json.dumps({"model": f"m{hostile}", "messages": []}, ensure_ascii=False).encode()
+    _, text = show(f.request, f)
+    assert all(line.isprintable() for line in text.splitlines()), text
+    assert "label\\x1b]52;c;SGk=\\x07\\x1b[2J\\x9b31m\\u202eevil" in text

@@ -18,6 +18,7 @@ import time
 
 from mitmproxy import contentviews
 
+from ..shown import shown
 from .display import METADATA_KEY
 
 logger = logging.getLogger("agent_session_ids")
@@ -189,7 +190,8 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
         label = (meta.get("session") or {}).get("label")
         desc = f"session {label}, {changes} change{'s' if changes != 1 else ''}" if label else "session not set"
         desc = f"{NAME}: {desc}"  # mitmweb 11 shows the description as the view's title
-        return desc, lines
+        # the console draws these in a terminal: every fragment passes the one rule (shown.py)
+        return shown(desc), [[(style, shown(text)) for style, text in line] for line in lines]
     except Exception as e:  # noqa: BLE001 - a view must never raise
         logger.debug("agent-session-ids: contentview failed", exc_info=True)
         return "error", [[("error", f"agent-session-ids could not show this flow: {type(e).__name__}: {e}")]]
