@@ -22,6 +22,7 @@ from .request_flow import RequestFlow, may_stream
 from .resolution.runner import Runner
 from .rules import RuleError
 from .rules.rulebook import Rulebook
+from .shown import shown_lines
 from .view import contentview, display
 from .warn_once import WarnOnce
 
@@ -109,7 +110,7 @@ class SessionIds:
     @command.command("sessionids.check")
     def cmd_check(self, path: str) -> str:
         """Check a rules folder without using it: 'ok ...' or the first error as file:line."""
-        return check.check_folder(path)[1]
+        return shown_lines(check.check_folder(path)[1].split("\n"))
 
     @command.command("sessionids.sessions")
     def cmd_sessions(self) -> str:
@@ -118,12 +119,12 @@ class SessionIds:
         ledger = ctx.master.addons.get("usageledger")
         usage = ledger.table() if ledger is not None else []
         lines = usage or ["no answers read yet (session_usage off, or none answered)"]
-        return "\n".join([*lines, "", "How each session was decided:", *self.live.table()])
+        return shown_lines([*lines, "", "How each session was decided:", *self.live.table()])
 
     @command.command("sessionids.explain")
     def cmd_explain(self, flow: mitmflow.Flow) -> str:
         """How one flow's session was resolved, and what was set."""
-        return display.explain(flow)
+        return shown_lines(display.explain(flow).split("\n"))
 
     # -- hooks ---------------------------------------------------------------------------------
 
