@@ -350,7 +350,8 @@ class SessionFinder:
 
     @property
     def dirty(self) -> bool:
-        return self.resolver.dirty or any(s.resolver.dirty for s in self._others.values())
+        # read on the event loop while the worker may add a user: a copy made in one step
+        return self.resolver.dirty or any(s.resolver.dirty for s in tuple(self._others.values()))
 
     def export_state(self) -> dict:
         """The proxy user's bindings; other users' under "others", by uid."""
