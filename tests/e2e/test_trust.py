@@ -1154,8 +1154,9 @@ def test_another_users_request_with_the_owners_first_prompt_never_gets_the_owner
             lines = harness.ledger_lines(proxy, 2)
             assert [x["session"] for x in lines] == sent, lines
             assert not any("private" in x.get("label", "") for x in lines), lines
-            # control: the owner's own process continuing that session gets it
-            run_agent(proxy, owner_home, owner_cwd, ca=None, tag="owner", first_user=prompt, n_assistant=answers,
+            # control: the owner's own process continuing that session gets it (a continued
+            # conversation: a fresh one of a new process takes only a file created after it started)
+            run_agent(proxy, owner_home, owner_cwd, ca=None, tag="owner", first_user=prompt, n_assistant=1,
                       requests=1, targets=[OPENROUTER.replace("https:", "http:")])
             owner = [sent_session_id(x) for x in by_tag(standin_records(proxy), "owner")]
             assert len(owner) == 1 and owner[0].startswith("owner-private-plans-"), owner
