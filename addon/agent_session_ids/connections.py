@@ -35,8 +35,8 @@ class Connections:
         future = self.lookups.get(client.id) or self.connected(client)
         try:
             if future.done():
-                return Seen(*future.result())  # the usual case: looked up when the client connected
-            return Seen(*await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S))
+                return future.result()  # the usual case: looked up when the client connected
+            return await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S)
         except asyncio.TimeoutError:
             self._warn_once("lookup-timeout", "the process lookup took too long; resolving without it")
             return Seen(None, "the process lookup took too long")
@@ -52,5 +52,5 @@ class Connections:
         future = self.lookups.get(client_id)
         if future is not None and future.done() and not future.cancelled() and future.exception() is None:
             replaced = asyncio.get_running_loop().create_future()
-            replaced.set_result((proc, seen.unreadable if proc is None else None))
+            replaced.set_result(Seen(proc, seen.unreadable if proc is None else None))
             self.lookups[client_id] = replaced

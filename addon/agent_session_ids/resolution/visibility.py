@@ -1,7 +1,9 @@
-"""I/O adapter: the process behind a connection, or why it cannot be read.
+"""I/O adapter: the process behind a connection, or why it cannot be read (a `Seen`).
 
 The reason is shown to the user (flow comment, Session IDs view, sessionids.explain): without
-the process the addon still resolves from the request and the stores, and says so.
+the process the addon still resolves from the request and the stores, and says so. A socket
+seen to belong to another user carries that uid: such a request is never matched to the proxy
+user's own stores (finder.py).
 """
 
 from __future__ import annotations
@@ -11,43 +13,46 @@ import os
 import sys
 
 from . import proc
-from .model import Process
+from .model import Seen
 
 NOT_LINUX = f"not Linux ({sys.platform}): a connection's process can only be read on Linux"
 NOT_LOCAL = "no local socket: the client is on another host, in a container or another network namespace"
+NO_SOCKET = ("no socket of this host matches the connection (it closed, or the client is in another "
+             "network namespace)")
+NOT_READ = "the process holding the socket could not be read (it ended, or forked and shares it)"
 
 
-def lookup(peer: tuple, local: tuple) -> tuple[Process | None, str | None]:
-    """(the process, None), or (None, why it cannot be read)."""
+def lookup(peer: tuple, local: tuple) -> Seen:
+    """The process, or why it cannot be read (and whose the socket is, when another user's)."""
     if not sys.platform.startswith("linux"):
-        return None, NOT_LINUX
+        return Seen(None, NOT_LINUX)
     try:
         found = proc.lookup(peer, local)
     except Exception as e:  # noqa: BLE001 - an adapter failure is a reason, never an error
-        return None, f"the process lookup failed ({type(e).__name__}: {e})"
+        return Seen(None, f"the process lookup failed ({type(e).__name__}: {e})")
     if found is not None:
-        return found, None
-    return None, _why(peer, local)
+        return Seen(found)
+    return _unseen(peer, local)
 
 
-def _why(peer: tuple, local: tuple) -> str:
+def _unseen(peer: tuple, local: tuple) -> Seen:
     try:
         host = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
     except (ValueError, TypeError, IndexError):
-        return NOT_LOCAL
+        return Seen(None, NOT_LOCAL)
     if not (host.is_loopback or _is_own_address(str(host))):
-        return NOT_LOCAL
+        return Seen(None, NOT_LOCAL)
     try:
         owner = proc.socket_owner(peer, local)
     except Exception:  # noqa: BLE001
         owner = None
     if owner is None:
-        return ("no socket of this host matches the connection (it closed, or the client is in another "
-                "network namespace)")
+        return Seen(None, NO_SOCKET)
     uid = owner[1]
     if uid != os.getuid():
-        return f"another user's process (uid {uid}): only the proxy's own user's processes can be read"
-    return "the process holding the socket could not be read (it ended, or forked and shares it)"
+        return Seen(None, f"another user's process (uid {uid}): only the proxy's own user's processes can be read",
+                    other_uid=uid)
+    return Seen(None, NOT_READ)
 
 
 def _is_own_address(host: str) -> bool:
