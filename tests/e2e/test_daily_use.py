@@ -310,7 +310,7 @@ def test_the_service_unit_is_accepted_and_the_launchd_agent_is_a_valid_plist(cli
     import plistlib
 
     unit = cli("service", "unit", "--platform", "linux")
-    assert unit.returncode == 0 and "Restart=on-failure" in unit.stdout and f"-p {cli.port}" in unit.stdout
+    assert unit.returncode == 0 and "Restart=on-failure" in unit.stdout and f'"-p" "{cli.port}"' in unit.stdout
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian's systemd package)")
@@ -319,7 +319,7 @@ def test_the_service_unit_is_accepted_and_the_launchd_agent_is_a_valid_plist(cli
     verify = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
     broken = tmp_path / "broken.service"
-    broken.write_text(unit.stdout.replace("ExecStart=/", "ExecStart=no/such/"))
+    broken.write_text(unit.stdout.replace('ExecStart="/', 'ExecStart="no/such/'))
     assert subprocess.run([analyze, "verify", str(broken)], capture_output=True, timeout=60).returncode != 0
     plist = plistlib.loads(cli("service", "unit", "--platform", "macos").stdout.encode())
     assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True

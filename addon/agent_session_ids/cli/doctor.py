@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..resolution import agents
 from ..rules import default_rules_dir, load_rules_dir
+from ..shown import shown
 from ..status import PROBE_HOST
 from . import env as env_mod
 from .proxy import Place, describe, port_holder, probe
@@ -120,25 +121,9 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
                              f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))
         else:
             out.append(Check("TLS (Node, Bun: NODE_EXTRA_CA_CERTS)", "warn", "no node on PATH to try it with"))
-    proxy_var = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
-    if not proxy_var:
-        out.append(Check("HTTPS_PROXY", "warn", "not set in this shell: agents started here go direct",
-                         'eval "$(agent-session-ids env)", or start agents with agent-session-ids launch AGENT'))
-    elif proxy_var.rstrip("/") not in (place.url, f"http://localhost:{place.port}"):
-        out.append(Check("HTTPS_PROXY", "fail", f"points at {proxy_var}, not {place.url}",
-                         'eval "$(agent-session-ids env)"'))
-    else:
-        out.append(Check("HTTPS_PROXY", "ok", proxy_var))
-    hosts = set((status or {}).get("hosts") or _shipped_hosts())
-    bypass = [h.strip().lower() for h in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(",")
-              if h.strip()]
-    skipped = sorted({h for h in hosts for b in bypass
-                      if b == "*" or h == b.lstrip("*.") or h.endswith("." + b.lstrip("*."))})
-    if skipped:
-        out.append(Check("NO_PROXY", "fail", f"the gateways {', '.join(skipped)} bypass the proxy",
-                         f"remove them from NO_PROXY, or: export NO_PROXY={env_mod.NO_PROXY}"))
-    else:
-        out.append(Check("NO_PROXY", "ok", "no gateway of the rules bypasses the proxy"))
+    told = (status or {}).get("hosts")
+    hosts = {h for h in told if isinstance(h, str)} if isinstance(told, list) and told else set(_shipped_hosts())
+    out.extend(proxy_variable_checks(place, environ, hosts))
     for profile in agents.PROFILES:
         command = shutil.which(profile.command) if profile.command else None
         if command is None:
@@ -152,6 +137,46 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
     out.append(Check("state and ledger", "fail" if why else "ok", why or f"{place.folder} can be written",
                      f"make {place.folder} writable, or start with --confdir FOLDER" if why else ""))
     return out
+
+
+def proxy_variable_checks(place: Place, environ: dict[str, str], hosts: set[str]) -> list[Check]:
+    """Each spelling of a proxy variable that is set must be right: curl, Python and Node's undici
+    read the lower-case one first, Go the upper-case one."""
+    out: list[Check] = []
+    ours = (place.url, f"http://localhost:{place.port}")
+    proxies = {name: environ[name] for name in ("HTTPS_PROXY", "https_proxy") if environ.get(name)}
+    wrong = [f"{name} points at {shown(value)}" for name, value in proxies.items() if value.rstrip("/") not in ours]
+    if not proxies:
+        out.append(Check("HTTPS_PROXY", "warn", "not set in this shell: agents started here go direct",
+                         'eval "$(agent-session-ids env)", or start agents with agent-session-ids launch AGENT'))
+    elif wrong:
+        out.append(Check("HTTPS_PROXY", "fail", f"{'; '.join(wrong)}, not {place.url}",
+                         'eval "$(agent-session-ids env)"'))
+    else:
+        out.append(Check("HTTPS_PROXY", "ok", ", ".join(f"{n}={shown(v)}" for n, v in proxies.items())))
+    skipped = {name: _bypassed(hosts, environ.get(name) or "") for name in ("NO_PROXY", "no_proxy")}
+    if any(skipped.values()):
+        gateways = ", ".join(shown(h) for h in sorted(set().union(*skipped.values())))
+        names = " and ".join(name for name, found in skipped.items() if found)
+        out.append(Check("NO_PROXY", "fail", f"the gateways {gateways} bypass the proxy (in {names})",
+                         f'remove them from {names}, or: eval "$(agent-session-ids env)" '
+                         f"(NO_PROXY={env_mod.NO_PROXY})"))
+    else:
+        out.append(Check("NO_PROXY", "ok", "no gateway of the rules bypasses the proxy"))
+    # launch, run and env leave ALL_PROXY alone: HTTPS_PROXY and HTTP_PROXY win over it everywhere
+    for name in ("ALL_PROXY", "all_proxy"):
+        value = environ.get(name)
+        if value and value.rstrip("/") not in ours:
+            out.append(Check(name, "warn", f"points at {shown(value)}: only programs that read no HTTPS_PROXY "
+                             "use it, and their requests do not go through the proxy"))
+    return out
+
+
+def _bypassed(hosts: set[str], no_proxy: str) -> list[str]:
+    """The gateway hosts that a NO_PROXY value sends around the proxy."""
+    bypass = [h.strip().lower() for h in no_proxy.split(",") if h.strip()]
+    return sorted({h for h in hosts for b in bypass
+                   if b == "*" or h == b.lstrip("*.") or h.endswith("." + b.lstrip("*."))})
 
 
 def _shipped_hosts() -> list[str]:

@@ -13,7 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..private_files import private_folder, write_private
 from ..resolution import agents
+from ..shown import shown
 from .proxy import CliError, Place
 
 # how each runtime is told to trust the CA: variable -> "ca" (the mitmproxy CA) or "bundle"
@@ -26,6 +28,11 @@ TRUST: dict[str, dict[str, str]] = {
 # every runtime at once, for a shell (env)
 SHELL_TRUST = {"NODE_EXTRA_CA_CERTS": "ca", "SSL_CERT_FILE": "bundle", "REQUESTS_CA_BUNDLE": "bundle"}
 NO_PROXY = "localhost,127.0.0.1,::1"
+# Each proxy variable is set (and unset) in both spellings: curl, Python and Node's undici read the
+# lower-case one first, Go the upper-case one, so a spelling left to the user wins for some programs.
+# ALL_PROXY is left alone: every client reads it only for a scheme without its own variable.
+PROXY = {"HTTPS_PROXY": "url", "HTTP_PROXY": "url", "NO_PROXY": "loopback"}  # variable -> what it holds
+PROXY_NAMES = tuple(spelling for name in PROXY for spelling in (name, name.lower()))
 SHELLS = ("sh", "fish", "powershell")
 
 
@@ -42,20 +49,24 @@ def bundle(place: Place) -> Path:
             return path
     except OSError:
         pass
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:  # a fresh confdir has the CA but not yet the state folder
+        private_folder(place.folder)
+        write_private(path, data)
+    except OSError as e:
+        raise CliError(f"cannot write {shown(str(path))}: {shown(e.strerror or str(e))}") from None
     return path
 
 
 def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
     """The proxy and trust variables, for a proxy that has made its CA (it has started once)."""
     if not place.ca_cert.is_file():
-        raise CliError(f"no mitmproxy CA at {place.ca_cert} yet; start the proxy once: agent-session-ids proxy start")
-    files = {"ca": str(place.ca_cert)}
+        raise CliError(f"no mitmproxy CA at {shown(str(place.ca_cert))} yet; "
+                       "start the proxy once: agent-session-ids proxy start")
+    files = {"ca": os.path.abspath(place.ca_cert)}  # the program may run in another folder
     if "bundle" in trust.values():
-        files["bundle"] = str(bundle(place))
-    out = {"HTTPS_PROXY": place.url, "HTTP_PROXY": place.url, "NO_PROXY": NO_PROXY}
+        files["bundle"] = os.path.abspath(bundle(place))
+    held = {"url": place.url, "loopback": NO_PROXY}
+    out = {spelling: held[kind] for name, kind in PROXY.items() for spelling in (name, name.lower())}
     out.update({name: files[kind] for name, kind in trust.items()})
     return out
 
@@ -63,7 +74,7 @@ def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
 def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
     if shell not in SHELLS:
         raise CliError(f"unknown shell {shell!r}; use one of: {', '.join(SHELLS)}")
-    quote = _quote_powershell if shell == "powershell" else _quote_sh
+    quote = QUOTE[shell]
     lines = []
     for name, value in values.items():
         if shell == "fish":
@@ -77,11 +88,25 @@ def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
 
 
 def _quote_sh(value: str) -> str:
+    """POSIX single quotes: nothing inside is special; a ' closes, so it is written '\\''."""
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+def _quote_fish(value: str) -> str:
+    """fish single quotes: \\' and \\\\ are the only escapes inside (fish docs, "Quotes")."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# PowerShell's single-quote-character: ' and U+2018 to U+201B; inside a verbatim string any of them
+# is written twice (PowerShell Language Specification, 2.3.5.2 "String literals")
+POWERSHELL_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
 def _quote_powershell(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return "'" + "".join(ch * 2 if ch in POWERSHELL_QUOTES else ch for ch in value) + "'"
+
+
+QUOTE = {"sh": _quote_sh, "fish": _quote_fish, "powershell": _quote_powershell}
 
 
 def profile_of(name: str) -> agents.AgentProfile:

@@ -130,7 +130,7 @@ def env_command(argv: list[str]) -> int:
     parser.add_argument("--unset", action="store_true", help="the lines that undo it")
     args = parser.parse_args(argv)
     place = _place(args)
-    values = dict.fromkeys(["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", *env.SHELL_TRUST], "") if args.unset \
+    values = dict.fromkeys([*env.PROXY_NAMES, *env.SHELL_TRUST], "") if args.unset \
         else env.variables(place, env.SHELL_TRUST)
     print("\n".join(env.shell_lines(values, args.shell, args.unset)))
     return 0

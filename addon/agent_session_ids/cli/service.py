@@ -6,19 +6,50 @@ from __future__ import annotations
 
 import os
 import plistlib
-import shlex
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from ..shown import shown
 from .proxy import CliError, Place, mitmdump_argv, probe
 
 UNIT_NAME = "agent-session-ids.service"
 LAUNCHD_LABEL = "dev.agent-session-ids.proxy"
 
 
+# systemd.syntax(7) and systemd.service(5) "Command lines": a word in double quotes takes C escapes
+# (so \\ and \" are written escaped); % starts a specifier (%%); $ a variable ($$), except in the
+# executable's path, which is taken literally.
+SYSTEMD_QUOTED = str.maketrans({"\\": "\\\\", '"': '\\"', "%": "%%"})
+# systemd refuses an executable whose path holds a quote or a backslash
+SYSTEMD_EXECUTABLE_REFUSES = "\\\"'"
+# C0 and C1 controls (a newline would end the line) and the surrogates that stand for non-UTF-8 bytes
+UNWRITABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _systemd_word(word: str, dollars: bool = True) -> str:
+    quoted = word.translate(SYSTEMD_QUOTED)
+    return '"' + (quoted.replace("$", "$$") if dollars else quoted) + '"'
+
+
+def systemd_command(argv: list[str]) -> str:
+    """ExecStart's value for argv, each word taken as it is. A path with a control character (a
+    newline ends the line) cannot be written in a unit."""
+    for word in argv:
+        if UNWRITABLE.search(word):
+            raise CliError(f"a systemd unit cannot hold {shown(word)}: it has a control character "
+                           "or a byte that is not UTF-8")
+    if any(ch in SYSTEMD_EXECUTABLE_REFUSES for ch in argv[0]):
+        raise CliError(f"systemd cannot run {shown(argv[0])}: its path has a quote or a backslash")
+    path, argv0 = _systemd_word(argv[0], dollars=False), _systemd_word(argv[0])
+    # "@path argv0": argv[0] is substituted like every argument, the path never
+    head = [f"@{path}", argv0] if path != argv0 else [path]
+    return " ".join(head + [_systemd_word(word) for word in argv[1:]])
+
+
 def systemd_unit(place: Place) -> str:
-    command = " ".join(shlex.quote(a).replace("%", "%%") for a in mitmdump_argv(place, []))
+    command = systemd_command(mitmdump_argv(place, []))
     return f"""[Unit]
 Description=agent-session-ids: the session-ID proxy for coding agents on 127.0.0.1:{place.port}
 After=network.target
@@ -76,7 +107,12 @@ def _run(argv: list[str]) -> None:
 
 def unit_text(place: Place, platform: str | None = None) -> str:
     platform = platform or _platform()
-    return launchd_plist(place).decode() if platform == "macos" else systemd_unit(place)
+    if platform != "macos":
+        return systemd_unit(place)
+    try:
+        return launchd_plist(place).decode()
+    except ValueError as e:  # plistlib: no control characters in a string
+        raise CliError(f"a launchd plist cannot hold the confdir {shown(str(place.confdir))}: {e}") from None
 
 
 def install(place: Place) -> str:
