@@ -208,7 +208,7 @@ def test_top_shows_a_session_written_after_the_ledger_was_emptied_in_place_to_th
     assert [g.label for g in live.sessions(NOW + 1)] == ["before-the-truncation"]
     with open(path, "r+b") as f:
         f.truncate(0)
-        f.write(raw_line(NOW + 2, sid="after", label='"after-the-truncation"'))
+        f.write(raw_line(NOW + 2, sid="after-it", label='"after-the-truncation"'))  # longer: not shrunk
     live.refresh(NOW + 3)
     assert "after-the-truncation" in [g.label for g in live.sessions(NOW + 3)]
     live.close()
