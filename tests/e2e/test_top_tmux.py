@@ -349,3 +349,24 @@ def test_top_in_a_c_locale_terminal_marks_a_flip_in_ascii(pane, tmp_path):
     assert all(text.isascii() for text in screen), screen
     pane.tmux("send-keys", "-t", "top", "q")
     assert pane.exit_status() == "0"
+
+
+def test_top_in_a_terminal_shows_a_session_of_a_ledger_rewritten_in_place_to_a_larger_size(pane, tmp_path):
+    ledger = tmp_path / "usage.jsonl"
+    append(ledger, line("before-one", "pi", "/x/before"))
+    pane.start(top_argv(ledger), 100, 30)
+    pane.wait(lambda s: "before-one" in rows(s), "the session before the rewrite")
+    pane.ticks(1)  # top has read to the end of the file
+    # emptied and written again in place (same file, never shorter than before): one pwrite over it
+    rewritten = line("after-one", "claude", "/x/after", label="after-the-rewrite-of-the-ledger")
+    assert len(rewritten) >= ledger.stat().st_size
+    fd = os.open(ledger, os.O_WRONLY)
+    try:
+        os.pwrite(fd, rewritten, 0)
+    finally:
+        os.close(fd)
+    screen = pane.wait(lambda s: any(cells(words)["PROJECT"] == "after" for words in rows(s).values()),
+                       "the session written after the rewrite")
+    assert "unreadable" not in screen[1], screen
+    pane.tmux("send-keys", "-t", "top", "q")
+    assert pane.exit_status() == "0"

@@ -39,7 +39,10 @@ def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -
     head = (f"agent-session-ids top · {live_view.count(len(sessions), 'session')} active in the last "
             f"{duration(live.window)} · "
             f"{time.strftime('%H:%M:%S', time.localtime(now))}")
-    lines = [head, f"ledger {live.path}" + (f" · {live.skipped} unreadable lines skipped" if live.skipped else "")]
+    note = f" · {live.said()}" if live.said() else ""
+    path_room = max(2, width - len("ledger ") - len(note))  # a long path gives way to what was skipped
+    path = live.path if len(live.path) <= path_room else "…" + live.path[len(live.path) - path_room + 1:]
+    lines = [head, f"ledger {path}{note}"]
     if not live.exists():
         lines += ["", "nothing recorded yet: the proxy writes the ledger when a rule rewrites a request"]
     elif not sessions:

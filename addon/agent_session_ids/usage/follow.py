@@ -1,7 +1,10 @@
 """Following the ledger as the proxy appends to it, for `top`: each poll reads only the bytes
 appended since the last one, and follows a rotation (the file it had open is read to its end,
-then the new one from its start). A first poll with a window starts where the window does: the
-ledger is in time order, so the start is found by bisection, not by reading what lies before it.
+then the new one from its start), and a truncation in place: the bytes just before where the
+last poll ended are read again (one small pread), so a file emptied and written again to the same
+size or more is read from its start, not from the middle of its new lines. A first poll with a
+window starts where the window does: the ledger is in time order, so the start is found by
+bisection, not by reading what lies before it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ CHUNK = 1 << 20  # bytes read per call
 # a line's ts is its request's start, written when the answer ends: a long stream lands late
 LATE_S = 15 * 60
 PROBE = 4096  # bytes read to find one whole line while bisecting
+MARK = 1024  # bytes before the offset kept to notice a rewrite in place (two lines or more: a ts among them)
 
 
-class Follower:
+class Follower(ledger.Tally):
+    """`skipped`: lines that were not records; `fields`: wrong-typed fields left out."""
+
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
-        self.skipped = 0  # lines that were not whole records
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._partial = b""
+        self._mark = b""  # the bytes just before the offset, as read
         self._started = False
         # after the first poll: each file's part before where that poll began, (name, end): what a
         # reader of whole sessions still has to search (lookup.records_naming)
@@ -52,7 +59,7 @@ class Follower:
         current = _file_id(self.path)
         if current != self._id:  # rotated or removed: the rest of the old file was read above
             self.close()
-            self._partial = b""
+            self._partial, self._mark = b"", b""
             self.history = [(self._older(name), end) for name, end in self.history]
             if current is not None and self._open(None):
                 out += self._read_new()
@@ -87,14 +94,16 @@ class Follower:
         fd = self._fd
         if fd is None:
             return []
-        if os.fstat(fd).st_size < os.lseek(fd, 0, os.SEEK_CUR):  # truncated in place
+        if self._rewritten(fd):  # truncated in place: what is there now is new, from its start
             os.lseek(fd, 0, os.SEEK_SET)
-            self._partial = b""
+            self._partial, self._mark = b"", b""
+            self.history = [(name, end) for name, end in self.history if name != self.path]
         out: list[dict] = []
         while True:
             data = os.read(fd, CHUNK)
             if not data:
                 return out
+            self._mark = (self._mark + data)[-MARK:]
             data, self._partial = self._partial + data, b""
             end = data.rfind(b"\n")
             if end < 0:
@@ -102,6 +111,13 @@ class Follower:
                 continue
             self._partial = data[end + 1:]
             out += self._records(data[:end + 1].splitlines())
+
+    def _rewritten(self, fd: int) -> bool:
+        """Shorter than where the last poll ended, or other bytes just before it."""
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if os.fstat(fd).st_size < offset:
+            return True
+        return bool(self._mark) and os.pread(fd, len(self._mark), offset - len(self._mark)) != self._mark
 
     def _read_whole(self, name: str, since: float | None) -> list[dict]:
         try:
@@ -123,10 +139,8 @@ class Follower:
         for line in lines:
             if not line.strip():
                 continue
-            record = ledger.record_of(line)
-            if record is None:
-                self.skipped += 1
-            else:
+            record = ledger.record_of(line, self)
+            if record is not None:
                 out.append(record)
         return out
 

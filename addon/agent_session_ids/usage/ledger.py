@@ -44,19 +44,6 @@ def timestamp(epoch: float) -> str:
     return f"{_second[1]}{us // 1000:03d}Z"
 
 
-def parse_ts(value) -> float | None:
-    """Epoch seconds of a ledger ``ts``; None if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
-
-
 # made once: json.dumps with any option builds a new encoder at every call
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
@@ -259,26 +246,133 @@ def files(path: str, keep: int = KEEP) -> list[str]:
     return [name for name in names if os.path.isfile(name)]
 
 
-def record_of(line: bytes) -> dict | None:
-    """One whole ledger line as its record, with ``_epoch``; None if it is not one."""
+# -- the typed reader: each field against what the writer (recorder.py) writes, once, here ------------
+
+MAX_COUNT = 10**12  # tokens: as parse.py reads them
+MAX_COST = 1e6  # USD per request: as parse.py reads it
+# a ts whose year (UTC) lies here converts to an epoch and back (`timestamp`), and to a date in every
+# time zone: datetime holds years 1 to 9999, and some platforms convert no epoch before 1970
+YEARS = (1970, 9998)
+
+
+class Bad(Exception):
+    """A field of the wrong type or range."""
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise Bad
+    return safe_text(value)  # a lone surrogate ("\ud800") cannot be printed or written as UTF-8
+
+
+def _optional_text(value) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+        raise Bad
+    return value
+
+
+def _cost(value) -> float:
+    # compared before float(): 10**400 is an int that float() cannot hold
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < MAX_COST:
+        raise Bad  # NaN fails the comparison too
+    return float(value)
+
+
+def _status(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1000:
+        raise Bad
+    return value
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, bool):
+        raise Bad
+    return value
+
+
+def _changes(value) -> list[dict]:
+    """sent_changed: [{target, from, to}], `from` and `to` a text or null."""
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise Bad
+    return [{"target": _text(c.get("target")), "from": _optional_text(c.get("from")),
+             "to": _optional_text(c.get("to"))} for c in value]
+
+
+# each field the writer writes -> its check, which returns the value as the views read it or raises Bad
+FIELDS: dict[str, Callable] = {
+    "label": _text, "agent": _text, "cwd": _text, "subagent": _text, "subagent_kind": _text, "parent": _text,
+    "root": _text, "rule": _text, "host": _text, "model": _text, "served_model": _text, "provider": _text,
+    "sent_changed": _changes, "status": _status, "stream": _flag,
+    "input_tokens": _count, "cache_read_tokens": _count, "cache_write_tokens": _count, "output_tokens": _count,
+    "cost": _cost,
+}
+
+
+def epoch_of(value) -> float | None:
+    """Epoch seconds of a ledger ``ts`` that every view can show in any time zone; None if not one."""
+    if not isinstance(value, str):
+        return None
     try:
-        record = json.loads(line)
-    except ValueError:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        if not YEARS[0] <= moment.astimezone(timezone.utc).year <= YEARS[1]:
+            return None
+        return moment.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if not isinstance(record, dict):
-        return None
-    ts = parse_ts(record.get("ts"))
-    if ts is None:
-        return None
-    record["_epoch"] = ts
-    return record
 
 
-class Reading:
-    """Records read from a ledger, and how many lines were skipped (partial or not JSON)."""
+parse_ts = epoch_of
+
+
+class Tally:
+    """What a reader passed over: whole lines (not a record) and fields (of the wrong type, left out)."""
 
     def __init__(self) -> None:
         self.skipped = 0
+        self.fields = 0
+
+    def said(self) -> str:
+        """`3 unreadable ledger lines skipped, 1 wrong-typed ledger fields skipped`, as every view says
+        it; "" when nothing was."""
+        parts = [f"{self.skipped} unreadable ledger lines skipped"] if self.skipped else []
+        if self.fields:
+            parts.append(f"{self.fields} wrong-typed ledger fields skipped")
+        return ", ".join(parts)
+
+
+def record_of(line: bytes, tally: Tally | None = None) -> dict | None:
+    """One whole ledger line as its record, with ``_epoch``; None (counted in `tally`) if it is not
+    one. A line is a record when it is a JSON object with a ``ts`` every view can place and a
+    ``session`` that is text; any other field of the wrong type or range is left out (as if the
+    answer had not given it: the views then show "-" or mark the cost "*"), and counted."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        data = None
+    epoch = epoch_of(data.get("ts")) if isinstance(data, dict) else None
+    session = data.get("session") if epoch is not None else None
+    if not isinstance(session, str) or not session:
+        if tally is not None:
+            tally.skipped += 1
+        return None
+    data["session"], data["_epoch"] = safe_text(session), epoch
+    for key in FIELDS.keys() & data.keys():  # a field no view reads (a newer writer's) is kept as it is
+        try:
+            data[key] = FIELDS[key](data[key])
+        except Bad:
+            if data.pop(key) is not None and tally is not None:  # null: not given, as the writer leaves it out
+                tally.fields += 1
+    return data
+
+
+class Reading(Tally):
+    """Records read from a ledger; `skipped` lines (partial or not a record) and wrong-typed `fields`."""
 
     def records(self, path: str, since: float | None = None, until: float | None = None) -> Iterator[dict]:
         for name in files(path):
@@ -290,9 +384,8 @@ class Reading:
                         continue
                     if not line.strip():
                         continue
-                    record = record_of(line)
+                    record = record_of(line, self)
                     if record is None:
-                        self.skipped += 1
                         continue
                     ts = record["_epoch"]
                     if (since is not None and ts < since) or (until is not None and ts > until):
@@ -301,7 +394,7 @@ class Reading:
 
 
 def read(path: str, since: float | None = None, until: float | None = None) -> tuple[list[dict], int]:
-    """(records in file order, number of lines skipped)."""
+    """(records in file order, number of lines skipped); `Reading` also counts wrong-typed fields."""
     reading = Reading()
     records = list(reading.records(path, since, until))
     return records, reading.skipped

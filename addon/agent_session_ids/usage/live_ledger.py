@@ -28,6 +28,10 @@ class LiveLedger:
     def skipped(self) -> int:
         return self.follower.skipped
 
+    def said(self) -> str:
+        """What the reading passed over (ledger.Tally.said)."""
+        return self.follower.said()
+
     def exists(self) -> bool:
         return bool(ledger.files(self.path))
 
@@ -41,7 +45,7 @@ class LiveLedger:
         new = {str(r.get("session") or "?") for r in records} - known
         if first:  # only the sessions active in the window are shown: only theirs are looked up
             new = {str(r.get("session") or "?") for r in records if r["_epoch"] >= now - self.window}
-        earlier = records_naming(new, self.follower.history) if new and self.follower.history else []
+        earlier = records_naming(new, self.follower.history, self.follower) if new and self.follower.history else []
         for session in new:
             earlier += self.dormant.pop(session, [])
         for record in sorted(earlier + records, key=lambda r: r["_epoch"]):

@@ -46,9 +46,11 @@ def pattern(sessions: Iterable[str]):
     return _One(texts[0]) if len(texts) == 1 else re.compile(b"|".join(re.escape(t) for t in texts))
 
 
-def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> list[dict]:
+def records_naming(sessions: set[str], parts: list[tuple[str, int | None]],
+                   tally: ledger.Tally | None = None) -> list[dict]:
     """The records of `sessions` in each (file, end) of `parts`: the file's lines before byte
-    `end` (None: all of it). Unreadable files are passed over."""
+    `end` (None: all of it). Unreadable files are passed over; lines found that are not records
+    are counted in `tally`."""
     if not sessions:
         return []
     find = pattern(sessions)
@@ -60,13 +62,13 @@ def records_naming(sessions: set[str], parts: list[tuple[str, int | None]]) -> l
                 if size == 0 or end == 0:
                     continue
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    out += _matching(data, find, sessions, size if end is None else min(end, size))
+                    out += _matching(data, find, sessions, size if end is None else min(end, size), tally)
         except (OSError, ValueError):
             continue  # gone meanwhile (rotated), or not a regular file
     return out
 
 
-def _matching(data, find, sessions: set[str], stop: int) -> list[dict]:
+def _matching(data, find, sessions: set[str], stop: int, tally: ledger.Tally | None) -> list[dict]:
     out: list[dict] = []
     at = 0
     while True:
@@ -77,7 +79,7 @@ def _matching(data, find, sessions: set[str], stop: int) -> list[dict]:
         end = data.find(b"\n", m.end())
         if end < 0 or end >= stop:
             return out  # a partial last line, or one past the part asked for
-        record = ledger.record_of(data[start:end])
+        record = ledger.record_of(data[start:end], tally)
         if record is not None and record.get("session") in sessions:
             out.append(record)
         at = end + 1

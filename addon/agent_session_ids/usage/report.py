@@ -279,9 +279,10 @@ def _compact_row(name: str, g: Totals, width: int) -> str:
             f"{tokens(g.sums['output_tokens']):>7} {cost_text(g):>10}")
 
 
-def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False) -> str:
+def text(groups: list[Totals], by: str, skipped: str = "", compact: bool = False) -> str:
+    """`skipped`: what the reading passed over, as ledger.Tally.said() says it."""
     if not groups:
-        return "no usage recorded" + (f" ({skipped} unreadable lines skipped)" if skipped else "")
+        return "no usage recorded" + (f" ({skipped})" if skipped else "")
     total = _total(groups)
     if compact:
         lines = compact_table(groups, by) + compact_table([total], by)[1:]
@@ -300,7 +301,7 @@ def text(groups: list[Totals], by: str, skipped: int = 0, compact: bool = False)
     if any(g.cost is not None and g.cost_requests < g.requests for g in groups):
         notes.append("* cost known for only some of the requests (the gateway did not report it for the others)")
     if skipped:
-        notes.append(f"{skipped} unreadable ledger lines skipped (a partial last line is normal after a kill)")
+        notes.append(f"{skipped} (a partial last line is normal after a kill)")
     return "\n".join(lines + notes)
 
 
@@ -541,11 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no usage ledger at {missing[0]}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
               "request; see session_usage_file)", file=sys.stderr)
         return 1
-    records, skipped = [], 0
-    for path in paths:
-        more, more_skipped = ledger.read(path, since, until)
-        records += more
-        skipped += more_skipped
+    reading = ledger.Reading()  # one count over all the files
+    records = [record for path in paths for record in reading.records(path, since, until)]
+    skipped = reading.said()
+    if skipped and (args.json or args.html or args.session):  # text views say it themselves
+        print(f"agent-session-ids report: {skipped}", file=sys.stderr)
     if args.session:
         return _one_session(args, records, zone)
     groups = group(records, args.by, keep_turns=bool(args.html), zone=zone, breakdown=args.breakdown, tree=args.tree)

@@ -15,10 +15,13 @@ NO_DATA = "no usage yet"
 def line(path: str, session: str) -> str:
     """`cache 92% · $0.0421 · Anthropic`: the latest turn's cache hit, the cost billed so far, and
     the latest provider (`⚠ Google, was Anthropic` when the latest turn changed provider)."""
-    records = sorted(records_naming({session}, [(name, None) for name in ledger.files(path)]),
+    tally = ledger.Tally()
+    records = sorted(records_naming({session}, [(name, None) for name in ledger.files(path)], tally),
                      key=lambda r: r["_epoch"])
+    # the session's own lines that could not be read: its figures lack them, and it is said
+    skipped = f" · {tally.skipped + tally.fields} skipped" if tally.skipped or tally.fields else ""
     if not records:
-        return NO_DATA
+        return NO_DATA + skipped
     totals = Totals(session)
     before: str | None = None  # the provider of the turn before the latest provider change
     for record in records:
@@ -30,4 +33,4 @@ def line(path: str, session: str) -> str:
     provider = totals.last_provider or "-"
     if totals.last_flipped:
         provider = f"⚠ {provider}, was {before}"
-    return f"cache {percent(totals.last_hit)} · {cost} · {provider}"
+    return f"cache {percent(totals.last_hit)} · {cost} · {provider}{skipped}"
