@@ -54,3 +54,19 @@ def write_private(path: str | os.PathLike, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+OWN_FOLDER = "agent-session-ids"
+
+
+def folder_for(path: str | os.PathLike) -> None:
+    """The folder of a file the addon writes, made 0700 if need be; tightened as `private_folder`
+    does only when it is the addon's own (<confdir>/agent-session-ids): a folder the user named
+    for a file (--set session_state_file=...) is left as it is. Raises OSError."""
+    folder = os.path.dirname(os.fspath(path))
+    if not folder:
+        return
+    if os.path.basename(folder) == OWN_FOLDER:
+        private_folder(folder)
+    else:
+        os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)

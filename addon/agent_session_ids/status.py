@@ -2,7 +2,11 @@
 host (RFC 2606's `.invalid`, which never resolves): `agent-session-ids proxy status` and
 `doctor` ask `http://agent-session-ids.invalid/status` through the proxy, and `doctor` the same
 over TLS to check each runtime's trust in the CA. Such a request is answered here and never
-forwarded."""
+forwarded.
+
+Only the proxy's own user learns where it keeps its files and what it is: a client whose socket
+is another user's, or cannot be seen (another host, a container, no /proc/net), gets the addon's
+name and version and nothing else."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 from mitmproxy import ctx, http
 
 from . import __version__
+from .resolution import proc
 
 PROBE_HOST = "agent-session-ids.invalid"
 
@@ -23,15 +28,24 @@ class StatusProbe:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.request.host != PROBE_HOST or flow.response is not None:  # one compare per flow
             return
-        rules = self.session_ids.rules
-        status = {
-            "addon": "agent-session-ids",
-            "version": __version__,
-            "pid": os.getpid(),
-            "confdir": os.path.expanduser(ctx.options.confdir),
-            "rules": [r.name for r in rules.rules],
-            "hosts": list(rules.hosts),
-            "scheme": flow.request.scheme,
-        }
+        status: dict = {"addon": "agent-session-ids", "version": __version__}
+        if _of_this_user(flow.client_conn):  # the commands: they check the pid before a signal
+            rules = self.session_ids.rules
+            status.update({
+                "pid": os.getpid(),
+                "confdir": os.path.expanduser(ctx.options.confdir),
+                "rules": [r.name for r in rules.rules],
+                "hosts": list(rules.hosts),
+                "scheme": flow.request.scheme,
+            })
         flow.response = http.Response.make(200, json.dumps(status), {"content-type": "application/json",
                                                                       "cache-control": "no-store"})
+
+
+def _of_this_user(client) -> bool:
+    """Is the client's socket one of the proxy's own user's? (Only for the reserved host: a socket lookup.)"""
+    try:
+        owner = proc.socket_owner(client.peername, client.sockname)
+    except Exception:  # noqa: BLE001 - unseen is not this user's
+        return False
+    return owner is not None and owner[1] == os.getuid()

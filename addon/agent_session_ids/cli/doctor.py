@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,13 +81,20 @@ def node_tls(place: Place, node: str) -> str | None:
 
 
 def writable(folder: Path) -> str | None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
-            pass
-    except OSError as e:
-        return f"{folder}: {e.strerror or e}"
+    """Why the state folder cannot be written, or None. Only asked, nothing made (doctor changes
+    nothing): the folder, or where it is not there yet, its nearest parent, where it will be made."""
+    there = folder
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        return f"{there} is not a folder"
+    if not os.access(there, os.W_OK | os.X_OK):
+        return f"{there}: this user cannot write there"
     return None
+
+
+def writable_detail(folder: Path) -> str:
+    return f"{folder} can be written" if folder.is_dir() else f"{folder} can be made (at the proxy's first start)"
 
 
 def checks(place: Place, environ: dict[str, str]) -> list[Check]:
@@ -99,8 +105,7 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         out.append(Check("proxy", "ok", describe(status, place)))
     else:
         held = port_holder(place.port)
-        out.append(Check("proxy", "fail", f"{held}, which is not agent-session-ids" if held
-                         else f"no proxy answers on {place.url}",
+        out.append(Check("proxy", "fail", held or f"no proxy answers on {place.url}",
                          f"stop that program, or {start.replace(str(place.port), str(place.port + 1))}" if held
                          else start))
     if place.ca_cert.is_file():
@@ -134,7 +139,7 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         out.append(Check(f"agent {profile.name}", "ok" if readable or not roots else "fail", detail,
                          "" if readable or not roots else f"let this user read {', '.join(roots)}"))
     why = writable(place.folder)
-    out.append(Check("state and ledger", "fail" if why else "ok", why or f"{place.folder} can be written",
+    out.append(Check("state and ledger", "fail" if why else "ok", why or writable_detail(place.folder),
                      f"make {place.folder} writable, or start with --confdir FOLDER" if why else ""))
     return out
 

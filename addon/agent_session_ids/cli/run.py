@@ -88,8 +88,9 @@ def proxy_command(argv: list[str]) -> int:
     answer = proxy.probe(place)
     if answer is None:
         held = proxy.port_holder(place.port)
-        why = f"{held}, which is not agent-session-ids" if held else f"no proxy answers on {place.url}"
-        raise CliError(f"{why}; start it: agent-session-ids proxy start --port {place.port}")
+        if held:
+            raise CliError(f"{held}; use another port: agent-session-ids proxy start --port {place.port + 1}")
+        raise CliError(f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}")
     print(proxy.describe(answer, place))
     return 0
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..private_files import open_private, private_folder
 from ..shown import shown
 from .proxy import CliError, Place, mitmdump_argv, probe
 
@@ -123,7 +124,12 @@ def install(place: Place) -> str:
                        f"agent-session-ids proxy start --port {place.port}")
     path = _unit_path(platform)
     path.parent.mkdir(parents=True, exist_ok=True)
-    place.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        private_folder(place.folder)
+        os.close(open_private(place.log_file))  # launchd appends to it: made 0600 here, not by launchd
+    except OSError as e:
+        raise CliError(f"cannot write to {place.folder} ({e.strerror or e}); give another folder with --confdir") \
+            from None
     path.write_text(unit_text(place, platform))
     if platform == "macos":
         _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)])

@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 
+from ..private_files import folder_for
 from .files import read_regular
 
 
@@ -65,7 +66,7 @@ def remove_stale_temp_files(path: str, older_than_s: float = 60.0) -> None:
 def save(path: str, data: dict) -> None:
     """Replace the state file atomically; readable by the proxy's user only (0600)."""
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    folder_for(path)  # 0700 when it is the addon's own folder, whoever made it first
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -148,15 +147,12 @@ class Ledger:
         self._close_fd()
 
     def _open(self) -> int:
-        folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-        # non-blocking, and only a regular file: a FIFO at the path must not hang the writer
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        from ..private_files import folder_for, open_private
+
+        folder_for(self.path)
+        # 0600, never through a symlink, only a regular file: a FIFO at the path must not hang the writer
+        fd = open_private(self.path)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{self.path} is not a regular file")
-            os.set_blocking(fd, True)
             if os.fstat(fd).st_size > 0 and not _ends_with_newline(self.path):
                 os.write(fd, b"\n")  # a partial last line (a kill -9) stays alone on its line
         except OSError:
