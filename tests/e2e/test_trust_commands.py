@@ -242,6 +242,16 @@ def test_doctor_on_a_fresh_confdir_creates_nothing(cli):
     assert sorted(cli.folder.iterdir()) == before
 
 
+def test_doctor_beside_a_running_proxy_checks_tls_with_the_bundle_and_writes_nothing(cli):
+    cli.start()
+    (cli.folder / "ca-bundle.pem").unlink(missing_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in cli.folder.iterdir() if not p.name.endswith(".log")}
+    doctor = cli("doctor")
+    assert "OK   TLS (Python, Rust, curl: SSL_CERT_FILE bundle)" in doctor.stdout, doctor
+    after = {p.name: p.stat().st_mtime_ns for p in cli.folder.iterdir() if not p.name.endswith(".log")}
+    assert after == before, "doctor wrote to the state folder"
+
+
 def test_a_symlink_at_the_pid_file_path_leaves_its_target_untouched(cli, tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious\n")

@@ -49,11 +49,11 @@ class Check:
         return f"{text}\n     fix: {self.fix}" if self.fix else text
 
 
-def tls_through_proxy(place: Place, cafile: str) -> str | None:
-    """None when a TLS request to the reserved host through the proxy verifies with `cafile`,
-    else why not."""
+def tls_through_proxy(place: Place, cadata: str) -> str | None:
+    """None when a TLS request to the reserved host through the proxy verifies with the roots in
+    `cadata` (PEM), else why not."""
     try:
-        context = ssl.create_default_context(cafile=cafile)
+        context = ssl.create_default_context(cadata=cadata)
         with socket.create_connection(("127.0.0.1", place.port), timeout=5) as raw:
             raw.sendall(f"CONNECT {PROBE_HOST}:443 HTTP/1.1\r\nHost: {PROBE_HOST}:443\r\n\r\n".encode())
             reply = raw.recv(4096)
@@ -114,7 +114,9 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         out.append(Check("CA", "fail", f"no mitmproxy CA at {place.ca_cert}", start))
     if status is not None and place.ca_cert.is_file():
         restart = start.replace(" start", " restart")
-        why = tls_through_proxy(place, str(env_mod.bundle(place)))
+        # the bundle `env` would write, checked in memory (doctor writes nothing); PEM is ASCII, the
+        # non-ASCII in certifi's comments is dropped
+        why = tls_through_proxy(place, env_mod.bundle_data(place).decode("ascii", "ignore"))
         out.append(Check("TLS (Python, Rust, curl: SSL_CERT_FILE bundle)", "fail" if why else "ok",
                          why or "a request through the proxy verifies",
                          f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))

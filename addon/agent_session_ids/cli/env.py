@@ -36,14 +36,17 @@ PROXY_NAMES = tuple(spelling for name in PROXY for spelling in (name, name.lower
 SHELLS = ("sh", "fish", "powershell")
 
 
-def bundle(place: Place) -> Path:
-    """certifi's roots plus the mitmproxy CA, written next to the proxy's files when either changed."""
+def bundle_data(place: Place) -> bytes:
+    """certifi's roots plus the mitmproxy CA. Raises OSError."""
     import certifi
 
-    ca = place.ca_cert.read_bytes()
-    roots = Path(certifi.where()).read_bytes()
+    return Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + place.ca_cert.read_bytes()
+
+
+def bundle(place: Place) -> Path:
+    """The bundle, written next to the proxy's files when either part changed."""
     path = place.folder / "ca-bundle.pem"
-    data = roots.rstrip(b"\n") + b"\n" + ca
+    data = bundle_data(place)
     try:
         if path.read_bytes() == data:
             return path
