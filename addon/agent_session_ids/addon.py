@@ -19,6 +19,7 @@ from .connections import Connections
 from .live import LiveSessions
 from .options import DEFAULT_RULES, OPTIONS, open_listener_warning
 from .request_flow import RequestFlow, may_stream
+from .resolution.proc import ProcessTable
 from .resolution.runner import Runner
 from .rules import RuleError
 from .rules.rulebook import Rulebook
@@ -34,8 +35,10 @@ class SessionIds:
     def __init__(self) -> None:
         self._warn_once = WarnOnce()
         self.rulebook = Rulebook(self._warn_once)
-        self.runner = Runner(self._warn_once)  # runs the resolution: inline or on its worker thread
-        self.connections = Connections(self._warn_once)  # the process behind each connection
+        self.processes = ProcessTable()  # the process lookups' state, shared by the two below
+        # runs the resolution: inline or on its worker thread
+        self.runner = Runner(self._warn_once, self.processes)
+        self.connections = Connections(self._warn_once, self.processes)  # the process behind each connection
         self.live = LiveSessions()
         self.flows = RequestFlow(self.runner, self.connections, self.live, self._warn_once)
         self._running = False
@@ -163,7 +166,7 @@ class SessionIds:
         # Never raise: an exception here would also skip every script loaded after this one.
         try:
             rules = self.rules.matching(flow)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._warn_once(f"match-{type(e).__name__}", f"rule matching failed: {e!r}; request passed on unchanged")
             return
         if rules:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from .resolution import visibility
 from .resolution.model import Process, Seen
+from .resolution.proc import ProcessTable
 
 # The process lookup's wait; past it the request is resolved without the process. Generous: a
 # loaded 2-core machine must not lose the process of a request.
@@ -16,14 +17,15 @@ LOOKUP_TIMEOUT_S = 1.0
 
 
 class Connections:
-    def __init__(self, warn_once: Callable[[str, str], None]) -> None:
+    def __init__(self, warn_once: Callable[[str, str], None], processes: ProcessTable) -> None:
         self._warn_once = warn_once
+        self._processes = processes
         self.lookups: dict[str, asyncio.Future] = {}  # client id -> process lookup
 
     def connected(self, client) -> asyncio.Future:
         """Start the lookup (on mitmproxy's executor); requests on the connection await it."""
         future = self.lookups[client.id] = asyncio.get_running_loop().run_in_executor(
-            None, visibility.lookup, client.peername, client.sockname
+            None, visibility.lookup, self._processes, client.peername, client.sockname
         )
         return future
 
@@ -40,7 +42,7 @@ class Connections:
         except asyncio.TimeoutError:
             self._warn_once("lookup-timeout", "the process lookup took too long; resolving without it")
             return Seen(None, "the process lookup took too long")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._warn_once(f"lookup-{type(e).__name__}", f"the process lookup failed: {e!r}; resolving without it")
             return Seen(None, f"the process lookup failed ({type(e).__name__})")
 

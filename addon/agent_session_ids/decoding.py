@@ -17,9 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 PIECE = 256 << 10  # decoded bytes handed on at a time
 _MAX_SLICE = 64 << 10  # input bytes given at once to a decoder that cannot bound its output
 
-# Compressed bodies and answers are decoded here, never on the event loop: a bomb must not hold
-# other flows.
-DECODING = ThreadPoolExecutor(2, thread_name_prefix="session-ids-decode")
+
+def decoding_pool() -> ThreadPoolExecutor:
+    """Threads to decode compressed bodies and answers on, never the event loop: a bomb must not
+    hold other flows. Made by each part that decodes (the request's way, the usage recorder)."""
+    return ThreadPoolExecutor(2, thread_name_prefix="session-ids-decode")
 
 
 class TooLarge(Exception):

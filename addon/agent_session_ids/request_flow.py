@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from .connections import Connections
-from .decoding import DECODING, is_encoded
+from .decoding import decoding_pool, is_encoded
 from .live import LiveSessions
 from .resolution import agents
 from .resolution.model import Evidence, Process, Session
@@ -70,6 +70,7 @@ class RequestFlow:
         self.live = live
         self._warn_once = warn_once
         self._bodies = Resumes()  # per connection: where its last body's conversation ended
+        self._decoding = decoding_pool()  # compressed bodies are decoded there
         # flow id -> the headers the first pass set (lower-case name -> value), for the second
         self._first_pass: dict[str, tuple[dict[str, str], list[dict]]] = {}
         self.privacy, self.fallback = False, True
@@ -96,13 +97,13 @@ class RequestFlow:
             self._apply(flow, rules, session, proc, body, body_problem, ours, first_changes,
                         None if proc is not None else seen.unreadable, streamed)
             usage.note_request(flow, members)  # the model asked for, for the ledger
-        except Exception as e:  # noqa: BLE001 - fail open
+        except Exception as e:  # fail open
             timed_out = isinstance(e, asyncio.TimeoutError)
             reason = "session resolution took too long" if timed_out else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
             try:
                 display.annotate_failure(flow, rules, reason)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     async def _body(self, flow: http.HTTPFlow, streamed: bool) -> tuple[Body | None, str | None]:
@@ -115,7 +116,7 @@ class RequestFlow:
         try:
             encoding = flow.request.headers.get("content-encoding")
             if is_encoded(encoding):  # decoded in bounded pieces, off the event loop: a bomb holds no flow
-                raw = await asyncio.get_running_loop().run_in_executor(DECODING, decode_content, raw, encoding)
+                raw = await asyncio.get_running_loop().run_in_executor(self._decoding, decode_content, raw, encoding)
             body = read_body(raw, self._bodies.get(flow.client_conn.id))
         except RewriteError as e:
             return None, str(e)

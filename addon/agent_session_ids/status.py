@@ -16,7 +16,7 @@ import os
 from mitmproxy import ctx, http
 
 from . import __version__
-from .resolution import proc
+from .resolution.proc import ProcessTable
 
 PROBE_HOST = "agent-session-ids.invalid"
 
@@ -29,7 +29,8 @@ class StatusProbe:
         if flow.request.host != PROBE_HOST or flow.response is not None:  # one compare per flow
             return
         status: dict = {"addon": "agent-session-ids", "version": __version__}
-        if _of_this_user(flow.client_conn):  # the commands: they check the pid before a signal
+        # the commands: they check the pid before a signal
+        if _of_this_user(self.session_ids.processes, flow.client_conn):
             rules = self.session_ids.rules
             status.update({
                 "pid": os.getpid(),
@@ -42,10 +43,10 @@ class StatusProbe:
                                                                       "cache-control": "no-store"})
 
 
-def _of_this_user(client) -> bool:
+def _of_this_user(processes: ProcessTable, client) -> bool:
     """Is the client's socket one of the proxy's own user's? (Only for the reserved host: a socket lookup.)"""
     try:
-        owner = proc.socket_owner(client.peername, client.sockname)
-    except Exception:  # noqa: BLE001 - unseen is not this user's
+        owner = processes.socket_owner(client.peername, client.sockname)
+    except Exception:  # unseen is not this user's
         return False
     return owner is not None and owner[1] == os.getuid()

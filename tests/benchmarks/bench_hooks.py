@@ -42,7 +42,6 @@ from mitmproxy.test import taddons, tflow  # noqa: E402
 
 from agent_session_ids.addon import SessionIds  # noqa: E402
 from agent_session_ids.resolution.model import Seen  # noqa: E402
-from agent_session_ids.resolution.proc import read_process  # noqa: E402
 from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
 ANSWER = json.dumps({
@@ -93,7 +92,7 @@ async def main_async(args) -> None:
         addon.running()
         bench._set_comm(b"pi")
         connection = socket.socketpair()  # the client's socket: this process holds it
-        proc = dataclasses.replace(read_process(os.getpid()),
+        proc = dataclasses.replace(addon.processes.read_process(os.getpid()),
                                    inode=os.fstat(connection[0].fileno()).st_ino)
         client = tflow.tclient_conn()
         fut = asyncio.get_running_loop().create_future()

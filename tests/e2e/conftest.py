@@ -57,7 +57,7 @@ def _installed(command_fn) -> list[str]:
     try:
         argv = command_fn()
         agent_clients.client_version(argv)
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
+    except Exception as exc:  # the reason is the point
         pytest.skip(f"{command_fn.__name__} cannot run here: {exc}")
     return argv
 

@@ -59,7 +59,7 @@ def gemini(tmp_path_factory) -> list[str]:
     try:
         argv = gc.gemini_command()
         version = ac.client_version(argv, env={"HOME": str(home), "PATH": harness.node_bin_dir()})
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
+    except Exception as exc:  # the reason is the point
         pytest.skip(f"gemini_command cannot run here: {exc}")
     assert version == gc.GEMINI_PACKAGE[1]
     return argv

@@ -34,7 +34,7 @@ def kilo(tmp_path_factory) -> str:
     try:
         binary = str(ac.kilo_binary())
         version = ac.client_version([binary], {"HOME": str(tmp_path_factory.mktemp("kilo-version"))})
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
+    except Exception as exc:  # the reason is the point
         pytest.skip(f"kilo_binary cannot run here: {exc}")
     assert version == ac.KILO_PACKAGE[1]
     return binary

@@ -207,7 +207,7 @@ class Browser:
     def close(self) -> None:
         try:
             self.send("Browser.close", session=None, timeout=5)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             self.proc.wait(timeout=10)

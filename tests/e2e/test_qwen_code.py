@@ -56,7 +56,7 @@ def qwen() -> list[str]:
     try:
         argv = ac.qwen_command()
         version = ac.client_version(argv)
-    except Exception as exc:  # noqa: BLE001 - the reason is the point
+    except Exception as exc:  # the reason is the point
         pytest.skip(f"qwen_command cannot run here: {exc}")
     assert version == ac.QWEN_PACKAGE[1]
     return argv

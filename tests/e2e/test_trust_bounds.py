@@ -148,7 +148,7 @@ def small_completes_first(proxy: Mitmdump, big, started: threading.Event, order:
     def run_big() -> None:
         try:
             big()
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             failures.append(e)
         order.append("big")
 

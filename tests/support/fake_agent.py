@@ -207,7 +207,7 @@ def run_normal(cfg: dict) -> int:
                 ok += status == 200
                 failed += status != 200
                 break
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 emit({"tag": cfg.get("tag"), "seq": seq, "status": None,
                       "ms": round((time.monotonic() - t0) * 1000, 2), "error": repr(e), "attempt": attempt})
                 if not tolerate:

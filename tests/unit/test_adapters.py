@@ -19,6 +19,8 @@ from agent_session_ids.resolution.model import Process
 
 UUID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
 
+processes = proc.ProcessTable()  # one table for the module, as the addon keeps one
+
 
 def pi_file(folder, sid=UUID, first="hello", cwd="/w", extra=(), ts="2026-05-06T12:00:00.000Z"):
     path = folder / f"{ts.replace(':', '-').replace('.', '-')}_{sid}.jsonl"
@@ -145,25 +147,25 @@ def test_process_lookup_finds_the_real_client_process(tmp_path, family, host):
     try:
         conn, peer = server.accept()
         assert child.stdout.readline().strip() == b"ok"
-        found = proc.lookup(peer, conn.getsockname())
+        found = processes.lookup(peer, conn.getsockname())
         assert found is not None
         assert found.pid == child.pid
         assert found.cwd == str(tmp_path)
         assert found.environ.get("MARKER") == "lookup-test"
         assert found.cmdline[0] == sys.executable
         assert abs(found.started_at - time.time()) < 30
-        assert proc.alive(found.key)
+        assert processes.alive(found.key)
         conn.close()
     finally:
         child.kill()
         child.wait()
         server.close()
-    assert not proc.alive(found.key)
+    assert not processes.alive(found.key)
 
 
 def test_process_lookup_of_an_unknown_address_is_none():
-    assert proc.lookup(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
-    assert proc.lookup(("203.0.113.5", 5555), ("127.0.0.1", 8080)) is None
+    assert processes.lookup(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
+    assert processes.lookup(("203.0.113.5", 5555), ("127.0.0.1", 8080)) is None
 
 
 def test_a_large_file_is_read_in_budgets_and_its_latest_name_found_at_once(tmp_path, monkeypatch):
@@ -203,7 +205,7 @@ def test_a_socket_shared_with_a_forked_child_is_flagged(tmp_path):
     try:
         conn, peer = server.accept()
         forked = int(child.stdout.readline())
-        found = proc.lookup(peer, conn.getsockname())
+        found = processes.lookup(peer, conn.getsockname())
         assert found is not None and found.shared
         assert found.pid == min(child.pid, forked)
     finally:
@@ -223,7 +225,7 @@ def test_the_proc_net_fallback_finds_the_same_socket():
     client = socket.create_connection(server.getsockname())
     conn, peer = server.accept()
     try:
-        by_netlink = proc.socket_owner(peer, conn.getsockname())
+        by_netlink = processes.socket_owner(peer, conn.getsockname())
         assert proc.ProcessTable(use_netlink=False).socket_owner(peer, conn.getsockname()) == by_netlink
         assert by_netlink[0] == os.fstat(client.fileno()).st_ino
     finally:

@@ -376,7 +376,7 @@ def test_lookups_from_two_threads(tmp_path):
                 n = (i * 7 + k) % 60
                 hits = index.lookup("pi" if i % 2 else None, f"id-{n}")
                 assert len(hits) == (1 if n < 50 else 0)
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]

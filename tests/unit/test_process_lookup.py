@@ -24,6 +24,8 @@ from agent_session_ids.resolution import proc
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the process lookup reads Linux /proc")
 
+processes = proc.ProcessTable()  # one table for the module, as the addon keeps one
+
 # A client that connects to the port in argv[1], then obeys lines on stdin, answering each on stdout:
 #   fork   fork a child that holds the socket and sleeps until killed; answers the child's pid
 #   close  close this process's copy of the socket
@@ -93,7 +95,7 @@ class Holder:
 
     def lookup(self, conn=None, peer=None):
         conn, peer = conn or self.conn, peer or self.peer
-        return proc.lookup(peer, conn.getsockname())
+        return processes.lookup(peer, conn.getsockname())
 
     def close(self):
         for kid in self.kids:
@@ -121,37 +123,37 @@ def holder():
 def test_nothing_changed_gives_the_same_snapshot(holder):
     found = holder.lookup()
     assert found is not None and found.pid == holder.proc.pid and not found.shared
-    assert proc.recheck(found) is found
-    assert proc.recheck(found) is found
+    assert processes.recheck(found) is found
+    assert processes.recheck(found) is found
 
 
 def test_a_child_forked_after_the_lookup_makes_the_socket_shared(holder):
     found = holder.lookup()
     assert found is not None and found.pid == holder.proc.pid and not found.shared
     kid = holder.fork()
-    after = proc.recheck(found)
+    after = processes.recheck(found)
     assert after is not None, "the parent still holds the socket"
     assert after.shared, f"child {kid} shares the socket with {found.pid}, but the recheck says {after}"
     assert after.pid == found.pid and after.key == found.key
-    assert proc.recheck(after) is after  # nothing changed since
+    assert processes.recheck(after) is after  # nothing changed since
 
 
 def test_the_child_left_alone_with_the_socket_is_the_process_behind_it(holder):
     found = holder.lookup()
     kid = holder.fork()
     assert holder.do("close") == "closed"  # the parent goes on, without the socket
-    after = proc.recheck(found)
+    after = processes.recheck(found)
     assert after is not None and after.pid == kid and not after.shared, after
-    assert proc.recheck(after) is after
+    assert processes.recheck(after) is after
 
 
 def test_the_parent_is_alone_again_once_the_child_is_gone(holder):
     found = holder.lookup()
     holder.fork()
-    shared = proc.recheck(found)
+    shared = processes.recheck(found)
     assert shared is not None and shared.shared
     assert holder.do("reap") == "reaped"
-    alone = proc.recheck(shared)
+    alone = processes.recheck(shared)
     assert alone is not None and alone.pid == found.pid and not alone.shared
 
 
@@ -160,7 +162,7 @@ def test_the_child_of_a_parent_that_exited_is_found(holder):
     kid = holder.fork()
     holder.proc.kill()  # the parent dies; its child, reparented, keeps the socket
     holder.proc.wait()
-    after = proc.recheck(found)
+    after = processes.recheck(found)
     assert after is not None and after.pid == kid and not after.shared, after
 
 
@@ -178,7 +180,7 @@ def test_a_snapshot_without_a_socket_is_rechecked_as_before(holder):
     found = holder.lookup()
     bare = dataclasses.replace(found, inode=0)
     holder.fork()
-    assert proc.recheck(bare) is bare  # nothing to follow: only the program is checked
+    assert processes.recheck(bare) is bare  # nothing to follow: only the program is checked
 
 
 # --------------------------------------------------------------------------- defect 9: threads
@@ -251,7 +253,7 @@ def test_recent_owners_are_updated_safely_from_several_threads():
         def work():
             try:
                 results.append(pids_of_socket(table, inode, uid))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(e)
             finally:
                 note(finished)

@@ -309,6 +309,35 @@ def test_compressed_streams_are_read_and_passed_on_compressed(encoding, encode):
     assert obs.result().cache_read_tokens == 18432
 
 
+def test_a_compressed_stream_is_read_on_the_pool_it_is_given_not_the_callers_thread():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    readers: list[str] = []
+
+    class Pool(ThreadPoolExecutor):  # a real pool that notes the thread each read runs on
+        def submit(self, fn, /, *args, **kwargs):
+            def read():
+                readers.append(threading.current_thread().name)
+                return fn(*args, **kwargs)
+            return super().submit(read)
+
+    wire = gzip.compress(ANTHROPIC_SSE)
+    with Pool(2, thread_name_prefix="given-pool") as pool:
+        obs = observer.StreamObserver("gzip", None, pool)
+        assert feed(obs, wire, 11) == wire
+        assert obs.result().cache_read_tokens == 18432
+    assert readers and all(name.startswith("given-pool") for name in readers)
+
+
+def test_the_recorder_decodes_on_a_pool_of_its_own_and_stamps_with_a_clock_of_its_own():
+    from agent_session_ids.usage.recorder import Recorder
+
+    one, two = Recorder(lambda key, why: None), Recorder(lambda key, why: None)
+    assert one.decoding is not two.decoding and one.clock is not two.clock
+    assert one.clock.timestamp(1_700_000_000.25) == ledger.timestamp(1_700_000_000.25) == "2023-11-14T22:13:20.250Z"
+
+
 def test_brotli_stream():
     import brotli
 
@@ -597,10 +626,10 @@ def test_report_by_day_and_model_and_since(tmp_path):
     assert sum(days.values()) == 4 and len(days) in (2, 3)  # local days
     since = ledger.parse_ts("2026-11-21T00:00:00.000Z")
     assert [r["session"] for r in ledger.read(_ledger(tmp_path, LINES), since)[0]] == ["b", "a"]
-    assert report.parse_since("2h", now=10_000.0) == 10_000.0 - 7200
-    assert report.parse_since("2026-11-21T00:00:00+00:00") == since
+    assert report.parse_moment("2h", now=10_000.0) == 10_000.0 - 7200
+    assert report.parse_moment("2026-11-21T00:00:00+00:00") == since
     with pytest.raises(ValueError):
-        report.parse_since("yesterday")
+        report.parse_moment("yesterday")
 
 
 def test_report_command_json_and_text(tmp_path, capsys):

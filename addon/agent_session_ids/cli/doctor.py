@@ -189,7 +189,7 @@ def _bypassed(hosts: set[str], no_proxy: str) -> list[str]:
 def _shipped_hosts() -> list[str]:
     try:
         return sorted({h for r in load_rules_dir(default_rules_dir()) for h in r.match.hosts if not h.startswith("*")})
-    except Exception:  # noqa: BLE001 - only for the NO_PROXY check
+    except Exception:  # only for the NO_PROXY check
         return []
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CliError  # noqa: F401 - the commands' shared names
+from .errors import CliError  # the commands' shared names
 
 DEFAULT_PORT = 8080
 

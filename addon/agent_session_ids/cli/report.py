@@ -2,7 +2,7 @@
 
 import sys
 
-from ..usage.report import run as main  # noqa: F401 - the console script's entry
+from ..usage.report import run as main  # the console script's entry
 
 if __name__ == "__main__":
     sys.exit(main())

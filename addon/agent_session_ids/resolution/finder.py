@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 from ..jsontext import dotted
 from . import agents, mounts
-from . import proc as process_io
 from .agents import AgentProfile, safe_id
 from .id_index import IdIndex, store_roots
 from .memo import Memo, memo_key
 from .model import Evidence, Process, Seen, Session, SessionFile
+from .proc import ProcessTable
 from .resolver import Resolver
 from .stores import Stores
 
@@ -91,9 +91,12 @@ class SessionFinder:
     the evidence in the order above, the stores, the memo, and the resolver's bindings."""
 
     def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = (),
-                 recheck: Callable[[Process], Process | None] = process_io.recheck,
-                 alive: Callable[[str], bool] = process_io.alive,
+                 recheck: Callable[[Process], Process | None] | None = None,
+                 alive: Callable[[str], bool] | None = None,
                  stat: Callable[[str], os.stat_result] = os.stat) -> None:
+        if recheck is None or alive is None:  # the addon passes its table's; alone, a table of its own
+            table = ProcessTable()
+            recheck, alive = recheck or table.recheck, alive or table.alive
         self._recheck = recheck  # is the connection's process still the one looked up? (I/O)
         self._alive = alive  # is the process of this key still running? (I/O)
         self.memo = True  # off: every request is decided afresh (the tests compare both)

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import state
 from .finder import SessionFinder
 from .model import Evidence, Process, Seen, Session
+from .proc import ProcessTable
 from .tree import SessionTree
 
 # Past this, the request goes on unchanged. Generous: a loaded 2-core machine must not turn into
@@ -32,8 +33,8 @@ STATE_LOAD_WAIT_S = 5.0
 
 
 class Runner:
-    def __init__(self, warn_once: Callable[[str, str], None]) -> None:
-        self.finder = SessionFinder()
+    def __init__(self, warn_once: Callable[[str, str], None], processes: ProcessTable) -> None:
+        self.finder = SessionFinder(recheck=processes.recheck, alive=processes.alive)
         self.tree = SessionTree()  # where each session sits: on the event loop only
         self._warn_once = warn_once
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session-ids")
@@ -65,7 +66,7 @@ class Runner:
     def stop(self) -> None:
         try:
             self._worker.submit(self._save_state).result(timeout=2)
-        except Exception as e:  # noqa: BLE001 - shutting down: say why, never raise
+        except Exception as e:  # shutting down: say why, never raise
             self._warn_once("state-save", f"could not save state: {e}")
         self._worker.shutdown(wait=False)
 
@@ -132,7 +133,7 @@ class Runner:
     def _warm(self) -> None:
         try:
             self.finder.warm()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._warn_once("warm", f"listing the session stores failed: {e!r}")
         self._schedule_catch_up()
 
@@ -145,7 +146,7 @@ class Runner:
         """Read large files' tails one budget at a time, queued between requests on the worker."""
         try:
             more = self.finder.catch_up()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._warn_once("catch-up", f"reading a session file failed: {e!r}")
             more = False
         if more:
@@ -160,7 +161,7 @@ class Runner:
             state.remove_stale_temp_files(path)
             self.finder.load_state(state.load(path))
             self.finder.prune(time.time())
-        except Exception as e:  # noqa: BLE001 - StateError, or anything a damaged file provokes
+        except Exception as e:  # StateError, or anything a damaged file provokes
             self.finder.reset_bindings()
             aside = state.set_aside(path)
             kept = f"; it was kept as {aside}" if aside else ""

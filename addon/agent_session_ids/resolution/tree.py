@@ -100,10 +100,6 @@ class SessionTree:
             root=lineage_ids[0] if node.parent or subagent else None, lineage=lineage, lineage_ids=lineage_ids,
             kept=kept, kept_label=node.first_label if kept else None, kept_name=node.first_name if kept else None)
 
-    def label_of(self, session_id: str) -> str | None:
-        node = self._nodes.get(session_id)
-        return node.label if node else None
-
     # -- the parts --------------------------------------------------------------------------
 
     def _node(self, session: Session, parent: str | None) -> Node:

@@ -12,8 +12,8 @@ import ipaddress
 import os
 import sys
 
-from . import proc
 from .model import Seen
+from .proc import ProcessTable
 
 NOT_LINUX = f"not Linux ({sys.platform}): a connection's process can only be read on Linux"
 NOT_LOCAL = "no local socket: the client is on another host, in a container or another network namespace"
@@ -22,20 +22,20 @@ NO_SOCKET = ("no socket of this host matches the connection (it closed, or the c
 NOT_READ = "the process holding the socket could not be read (it ended, or forked and shares it)"
 
 
-def lookup(peer: tuple, local: tuple) -> Seen:
+def lookup(processes: ProcessTable, peer: tuple, local: tuple) -> Seen:
     """The process, or why it cannot be read (and whose the socket is, when another user's)."""
     if not sys.platform.startswith("linux"):
         return Seen(None, NOT_LINUX)
     try:
-        found = proc.lookup(peer, local)
-    except Exception as e:  # noqa: BLE001 - an adapter failure is a reason, never an error
+        found = processes.lookup(peer, local)
+    except Exception as e:  # an adapter failure is a reason, never an error
         return Seen(None, f"the process lookup failed ({type(e).__name__}: {e})")
     if found is not None:
         return Seen(found)
-    return _unseen(peer, local)
+    return _unseen(processes, peer, local)
 
 
-def _unseen(peer: tuple, local: tuple) -> Seen:
+def _unseen(processes: ProcessTable, peer: tuple, local: tuple) -> Seen:
     try:
         host = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
     except (ValueError, TypeError, IndexError):
@@ -43,8 +43,8 @@ def _unseen(peer: tuple, local: tuple) -> Seen:
     if not (host.is_loopback or _is_own_address(str(host))):
         return Seen(None, NOT_LOCAL)
     try:
-        owner = proc.socket_owner(peer, local)
-    except Exception:  # noqa: BLE001
+        owner = processes.socket_owner(peer, local)
+    except Exception:
         owner = None
     if owner is None:
         return Seen(None, NO_SOCKET)

@@ -77,7 +77,7 @@ def decode_content(raw: bytes, encoding: str | None) -> bytes:
         raise BodyError(f"the body cannot be decoded: {e}") from None
     except decoding.Unsupported as e:
         raise BodyError(f"the body's content-encoding {e} cannot be decoded") from None
-    except Exception as e:  # noqa: BLE001 - each decoder raises its own error for a corrupt stream
+    except Exception as e:  # each decoder raises its own error for a corrupt stream
         raise BodyError(f"the body cannot be decoded ({type(e).__name__}: {e})") from None
 
 

@@ -155,7 +155,3 @@ class Rule:
     # the session, and a weaker one (a fallback) is never written over it
     client_fields: tuple[ClientField, ...] = ()
     enabled: bool = True  # off: loaded and checked, but used only once session_enable names it
-
-    @property
-    def sets_body(self) -> bool:
-        return any(a.target == "body" for a in self.actions)

@@ -80,5 +80,5 @@ class Rulebook:
                     self.reload()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._warn_once("watch", f"watching the rules folder failed: {e!r}")

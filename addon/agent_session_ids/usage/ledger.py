@@ -25,22 +25,30 @@ MAX_BATCH = 1000  # whole lines written with one write()
 LINGER = 0.2  # seconds the writer waits for more lines before it writes (a kill -9 loses at most these)
 
 
-_second: tuple[float, str] = (-1.0, "")  # the last whole second formatted, and its text
+class Clock:
+    """Writes the ledger's ``ts`` for one writer of many records (the recorder): strftime once a
+    second, not once a request."""
+
+    def __init__(self) -> None:
+        self._second: tuple[float, str] = (-1.0, "")  # the last whole second formatted, and its text
+
+    def timestamp(self, epoch: float) -> str:
+        """``2026-11-21T10:00:00.123Z``: the ledger's ``ts``."""
+        frac, whole = math.modf(epoch)  # rounded as datetime.fromtimestamp rounds
+        us = round(frac * 1e6)
+        if us >= 1_000_000:
+            whole, us = whole + 1, us - 1_000_000
+        if us < 0:  # before 1970: no cache
+            moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+            return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        if whole != self._second[0]:
+            self._second = (whole, datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+        return f"{self._second[1]}{us // 1000:03d}Z"
 
 
 def timestamp(epoch: float) -> str:
-    """``2026-11-21T10:00:00.123Z``: the ledger's ``ts``."""
-    global _second
-    frac, whole = math.modf(epoch)  # rounded as datetime.fromtimestamp rounds
-    us = round(frac * 1e6)
-    if us >= 1_000_000:
-        whole, us = whole + 1, us - 1_000_000
-    if us < 0:  # before 1970: no cache
-        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    if whole != _second[0]:  # strftime once a second, not once a request
-        _second = (whole, datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
-    return f"{_second[1]}{us // 1000:03d}Z"
+    """``2026-11-21T10:00:00.123Z``: the ledger's ``ts``, for one record (a writer of many keeps a Clock)."""
+    return Clock().timestamp(epoch)
 
 
 # made once: json.dumps with any option builds a new encoder at every call

@@ -14,12 +14,12 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 
-from ..decoding import DECODING, PIECE, TooLarge, Unsupported, decode_bounded, decoder_for
+from ..decoding import PIECE, TooLarge, Unsupported, decode_bounded, decoder_for
 from .parse import EventState, Usage, usage_in_tail
 
-__all__ = ["PIECE", "TooLarge", "Unsupported", "decode_bounded", "decoder_for", "DECODING",
+__all__ = ["PIECE", "TooLarge", "Unsupported", "decode_bounded", "decoder_for",
            "SseReader", "StreamObserver", "TailObserver"]
 
 MAX_EVENT = 1 << 20  # bytes of one event's data (or one line) kept whole
@@ -102,11 +102,14 @@ class SseReader:
 
 class StreamObserver:
     """The ``flow.response.stream`` callable (see the module doc). A compressed stream's chunks
-    are decoded and read on DECODING, one chunk after another; `settled()` says when all of them
-    were read."""
+    are decoded and read on `decoding` (the recorder's pool), one chunk after another; `settled()`
+    says when all of them were read. Without a pool (a test, a tool) they are read at once, on
+    the caller's thread."""
 
-    def __init__(self, encoding: str | None, inner: Callable | None = None) -> None:
+    def __init__(self, encoding: str | None, inner: Callable | None = None,
+                 decoding: Executor | None = None) -> None:
         self.inner = inner if callable(inner) else None
+        self._decoding = decoding
         self.decode = decoder_for(encoding)  # raises Unsupported
         self.reader = SseReader()
         self.failure: str | None = None
@@ -115,7 +118,7 @@ class StreamObserver:
         self.decoded = 0  # bytes the decoder gave (MAX_DECODED at most are read)
         self._queue: deque[bytes] = deque()  # compressed chunks not read yet
         self._lock = threading.Lock()
-        self._reading = False  # a DECODING task reads the queue
+        self._reading = False  # a task on `decoding` reads the queue
         self._waiters: list[Future] = []
 
     def __call__(self, chunk: bytes):
@@ -131,7 +134,7 @@ class StreamObserver:
     def _safely(self, chunk: bytes) -> None:
         try:
             self._see(chunk)
-        except Exception as e:  # noqa: BLE001 - the reading stops, the stream goes on
+        except Exception as e:  # the reading stops, the stream goes on
             self.failure = f"{type(e).__name__}: {e}"
             self.reader = SseReader()  # drop what was kept
 
@@ -141,7 +144,10 @@ class StreamObserver:
             if self._reading:
                 return
             self._reading = True
-        DECODING.submit(self._read_queue)
+        if self._decoding is None:
+            self._read_queue()
+        else:
+            self._decoding.submit(self._read_queue)
 
     def _read_queue(self) -> None:
         while True:
@@ -200,7 +206,7 @@ class StreamObserver:
         if not self.finished and self.failure is None:
             try:
                 self.reader.finish()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self.failure = f"{type(e).__name__}: {e}"
         return self.reader.state.result()
 
@@ -209,8 +215,9 @@ class TailObserver(StreamObserver):
     """For a JSON answer that is streamed anyway (past ``stream_large_bodies``, or by another
     addon): keeps the head while the whole answer fits, else only the tail, where the usage is."""
 
-    def __init__(self, encoding: str | None, inner: Callable | None = None) -> None:
-        super().__init__(encoding, inner)
+    def __init__(self, encoding: str | None, inner: Callable | None = None,
+                 decoding: Executor | None = None) -> None:
+        super().__init__(encoding, inner, decoding)
         self._kept = bytearray()
         self._whole = True
 

@@ -19,12 +19,12 @@ import os
 import time
 from collections.abc import Callable
 
-from ..decoding import is_encoded
+from ..decoding import decoding_pool, is_encoded
 from ..rules.matching import gateway_host
 from ..view import display
 from . import ledger as ledger_mod
 from . import live_view
-from .observer import DECODING, SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
+from .observer import SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
 from .totals import SessionTable, Totals, duration, hit_ratio
 
@@ -47,7 +47,7 @@ def is_sse(response) -> bool:
 
 def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
     """An answer mitmproxy held whole, decoded in bounded pieces (a compressed bomb stops at
-    MAX_JSON_BYTES): (content, None), or (None, (key, why)) to be said once. Runs on DECODING."""
+    MAX_JSON_BYTES): (content, None), or (None, (key, why)) to be said once. Runs on the decoding pool."""
     raw = response.raw_content
     if not raw or len(raw) > MAX_JSON_BYTES:
         return None, None
@@ -57,7 +57,7 @@ def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
         return None, ("usage-too-large", f"an answer is too large to read its usage ({e})")
     except Unsupported as e:
         return None, (f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
-    except Exception as e:  # noqa: BLE001 - a corrupt body: the decoders raise their own errors
+    except Exception as e:  # a corrupt body: the decoders raise their own errors
         return None, ("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not "
                                       "read")
 
@@ -98,6 +98,8 @@ class Recorder:
         self._streams: dict[str, StreamObserver] = {}
         self.live = SessionTable(MAX_SESSIONS)
         self._sent: dict[str, dict] = {}  # per session and sub-agent: what its last turn sent, per target
+        self.decoding = decoding_pool()  # compressed answers are decoded there, never on the event loop
+        self.clock = ledger_mod.Clock()  # the records' ts
 
     # -- options ----------------------------------------------------------------------------------
 
@@ -124,11 +126,11 @@ class Recorder:
         try:
             if self.sessions:
                 logger.info("agent-session-ids: usage this run\n" + "\n".join(self.summary()))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logger.warning(f"agent-session-ids: no usage summary: {e!r}")
         try:
             self.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logger.warning(f"agent-session-ids: could not write out the usage ledger: {e!r}")
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class Recorder:
             inner = response.stream if callable(response.stream) else None
             kind = StreamObserver if sse else TailObserver
             try:
-                observer = kind(response.headers.get("content-encoding"), inner)
+                observer = kind(response.headers.get("content-encoding"), inner, self.decoding)
             except Unsupported as e:
                 self.warn(f"usage-encoding-{e}", f"usage of streamed answers with content-encoding {e} is not read")
                 return
@@ -154,12 +156,12 @@ class Recorder:
                 self._streams.pop(next(iter(self._streams)))
             response.stream = observer
             self._streams[flow.id] = observer
-        except Exception as e:  # noqa: BLE001 - fail open
+        except Exception as e:  # fail open
             self.warn(f"usage-headers-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
 
     def response(self, flow):
         """Records the answer now, or returns a coroutine for mitmproxy to await when a compressed
-        answer is still being decoded on DECODING (never on the event loop)."""
+        answer is still being decoded on the decoding pool (never on the event loop)."""
         observer = self._streams.pop(flow.id, None)
         try:
             if not self.enabled or flow.is_replay or flow.response is None:
@@ -173,7 +175,7 @@ class Recorder:
             if observer is None and response.raw_content and is_encoded(response.headers.get("content-encoding")):
                 return self._record_when_decoded(flow, meta, None)
             self._record(flow, meta, observer)
-        except Exception as e:  # noqa: BLE001 - fail open
+        except Exception as e:  # fail open
             self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
         return None
 
@@ -186,9 +188,9 @@ class Recorder:
                 except asyncio.TimeoutError:
                     pass  # observer.result() says so
             else:
-                held = await asyncio.get_running_loop().run_in_executor(DECODING, _decode_held, flow.response)
+                held = await asyncio.get_running_loop().run_in_executor(self.decoding, _decode_held, flow.response)
             self._record(flow, meta, observer, held)
-        except Exception as e:  # noqa: BLE001 - fail open
+        except Exception as e:  # fail open
             self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
 
     def error(self, flow):
@@ -226,7 +228,7 @@ class Recorder:
         session = meta["session"]
         changes = meta.get("changes") or []
         rules = meta.get("rules") or []
-        record: dict = {"ts": ledger_mod.timestamp(flow.request.timestamp_start or time.time()),
+        record: dict = {"ts": self.clock.timestamp(flow.request.timestamp_start or time.time()),
                         "session": session.get("id")}
         for key, value in (("label", session.get("label")), ("agent", session.get("agent")),
                            ("cwd", session.get("cwd")), ("subagent", session.get("subagent")),

@@ -85,10 +85,6 @@ def parse_moment(text: str, now: float | None = None, zone: tzinfo | None = None
     return moment.timestamp()  # naive: local time
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    return parse_moment(text, now)
-
-
 def _local(epoch: float, zone: tzinfo | None) -> datetime:
     return datetime.fromtimestamp(epoch, zone) if zone is not None else datetime.fromtimestamp(epoch)
 

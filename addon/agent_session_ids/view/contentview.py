@@ -192,7 +192,7 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
         desc = f"{NAME}: {desc}"  # mitmweb 11 shows the description as the view's title
         # the console draws these in a terminal: every fragment passes the one rule (shown.py)
         return shown(desc), [[(style, shown(text)) for style, text in line] for line in lines]
-    except Exception as e:  # noqa: BLE001 - a view must never raise
+    except Exception as e:  # a view must never raise
         logger.debug("agent-session-ids: contentview failed", exc_info=True)
         return "error", [[("error", f"agent-session-ids could not show this flow: {type(e).__name__}: {e}")]]
 
@@ -200,7 +200,7 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
 def priority(flow, http_message) -> float:
     try:
         return PRIORITY if _meta_of(flow, http_message) is not None else -1
-    except Exception:  # noqa: BLE001
+    except Exception:
         return -1
 
 
@@ -219,7 +219,7 @@ if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
             try:
                 _, lines = render(data, getattr(metadata, "flow", None), getattr(metadata, "http_message", None))
                 return to_text(lines)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 return f"agent-session-ids could not show this flow: {type(e).__name__}: {e}"
 
         def render_priority(self, data: bytes, metadata) -> float:
@@ -265,12 +265,12 @@ def register() -> None:
     try:
         _remove()
         _add(SessionIdsView())
-    except Exception as e:  # noqa: BLE001 - the view is a nicety: never stop the addon
+    except Exception as e:  # the view is a nicety: never stop the addon
         logger.warning(f"agent-session-ids: could not add the '{NAME}' contentview: {e!r}")
 
 
 def unregister() -> None:
     try:
         _remove()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         logger.warning(f"agent-session-ids: could not remove the '{NAME}' contentview: {e!r}")

@@ -7,8 +7,8 @@ anything else gives None, and the caller falls back.
 
 One concern a module: `netlink`, `procnet` (the socket), `holders` (its processes), `snapshot`
 (the process), `forks` (forks after the lookup), `procfs` (the /proc readers they share). Their
-state between calls is owned by one `ProcessTable`; the functions here are those of the addon's
-one table, `default_table`.
+state between calls is owned by one `ProcessTable`, made by its owner (the addon makes one and
+hands it to the parts that look processes up) and passed in: nothing here is module state.
 """
 
 from .netlink import (
@@ -20,15 +20,7 @@ from .netlink import (
 )
 from .table import ProcessTable
 
-default_table = ProcessTable()
-lookup = default_table.lookup
-recheck = default_table.recheck
-alive = default_table.alive
-socket_owner = default_table.socket_owner
-read_process = default_table.read_process
-
 __all__ = [
     "NETLINK_FAILURES_BEFORE_PAUSE", "NETLINK_PAUSE_MAX_S", "NETLINK_PAUSE_S", "NetlinkUnavailable",
-    "ProcessTable", "alive", "default_table", "lookup", "parse_netlink_reply", "read_process",
-    "recheck", "socket_owner",
+    "ProcessTable", "parse_netlink_reply",
 ]

@@ -3,8 +3,8 @@ check, on each later request, that it is still that process.
 
 The socket is found by its addresses (netlink.py, else procnet.py), its holders by their fd
 links (holders.py), the process read as a snapshot (snapshot.py), and the socket watched for
-forks (forks.py). The table owns the state those keep between calls; the addon uses one (the
-package's `default_table`), a test builds its own.
+forks (forks.py). The table owns the state those keep between calls; the addon makes one (addon.py)
+and passes it to its connections, the status probe and the finder; a test builds its own.
 """
 
 from __future__ import annotations
