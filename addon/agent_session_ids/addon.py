@@ -35,7 +35,7 @@ class SessionIds:
     def __init__(self) -> None:
         self._warn_once = WarnOnce()
         self.rulebook = Rulebook(self._warn_once)
-        self.processes = ProcessTable()  # the process lookups' state, shared by the two below
+        self.processes = ProcessTable()  # the lookups, rechecks and status probe share its state
         # runs the resolution: inline or on its worker thread
         self.runner = Runner(self._warn_once, self.processes)
         self.connections = Connections(self._warn_once, self.processes)  # the process behind each connection

@@ -272,7 +272,7 @@ def feed(obs, body: bytes, step: int) -> bytes:
     for i in range(0, len(body), step):
         out += obs(body[i:i + step])
     out += obs(b"") or b""
-    obs.settled().result(30)  # a compressed stream is read on DECODING: as the recorder, wait for it
+    obs.settled().result(30)  # a compressed stream may be read on a pool: as the recorder, wait for it
     return out
 
 
