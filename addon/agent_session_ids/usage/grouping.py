@@ -69,31 +69,38 @@ def group(records: list[dict], by: str = "session", keep_turns: bool = False, zo
         if tree and by == "session":
             branch = (session, record.get("subagent") or None)
             if branch != (key, None):
-                part = totals.tree.get(branch)
-                if part is None:
-                    part = totals.tree[branch] = Group(session)
-                part.add(record, epoch)
+                _part(totals.tree, branch, session).add(record, epoch)
         if breakdown:
             model = model_of(record)
-            part = totals.breakdown.get(model)
-            if part is None:
-                part = totals.breakdown[model] = Group(model)
-            part.add(record, epoch)
+            _part(totals.breakdown, model, model).add(record, epoch)
         flip = watch.see(session, record.get("provider"), epoch)
         if flip is not None:
             flip.update(session=session, label=record.get("label") or session, ts=record.get("ts"),
                         when=when(epoch, zone))
             totals.flips.append(flip)
     if tree and by == "session":
-        # a child session's parent (a sub-agent's own "parent" is the session it runs in)
-        parents = {str(r.get("session")): r.get("parent") for r in records if r.get("parent") and not r.get("subagent")}
-        for g in groups.values():
-            for (session, subagent), part in g.tree.items():
-                part.depth = _depth(session, g.key, parents) + (1 if subagent and subagent != session else 0)
-                part.parent = session if subagent and subagent != session else parents.get(session)
-                if subagent and subagent != session:
-                    part.label = f"sub-agent {subagent}"
+        _place_branches(list(groups.values()), records)
     return sorted(groups.values(), key=lambda g: -(g.last or 0))
+
+
+def _part(parts: dict, key, name: str) -> Group:
+    """A group's part (a branch of its tree, a model of its breakdown), made when first seen."""
+    part = parts.get(key)
+    if part is None:
+        part = parts[key] = Group(name)
+    return part
+
+
+def _place_branches(groups: list[Group], records: list[dict]) -> None:
+    """Each branch's depth below its root, its parent, and a sub-agent's label."""
+    # a child session's parent (a sub-agent's own "parent" is the session it runs in)
+    parents = {str(r.get("session")): r.get("parent") for r in records if r.get("parent") and not r.get("subagent")}
+    for g in groups:
+        for (session, subagent), part in g.tree.items():
+            part.depth = _depth(session, g.key, parents) + (1 if subagent and subagent != session else 0)
+            part.parent = session if subagent and subagent != session else parents.get(session)
+            if subagent and subagent != session:
+                part.label = f"sub-agent {subagent}"
 
 
 def _depth(session: str, root: str, parents: dict) -> int:

@@ -76,15 +76,19 @@ class Totals:
             del self.sent_changes[:-20]
         if self.last is None or epoch >= self.last:
             self.last = epoch
-            if branch == (self.key, None) or self.cwd is None:
-                self.cwd = record.get("cwd") or self.cwd
-            value = record.get("input_tokens")
-            self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
-            self.last_hit = ratio
-            self.last_model = model if isinstance(model, str) else self.last_model
-            if isinstance(provider, str):
-                self.last_flipped = self.last_provider is not None and provider != self.last_provider
-                self.last_provider = provider
+            self._latest(record, branch == (self.key, None), ratio, model, provider)
+
+    def _latest(self, record: dict, own: bool, ratio: float | None, model, provider) -> None:
+        """The latest turn's own figures; `own`: the turn is the root's own, not a branch's."""
+        if own or self.cwd is None:
+            self.cwd = record.get("cwd") or self.cwd
+        value = record.get("input_tokens")
+        self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
+        self.last_hit = ratio
+        self.last_model = model if isinstance(model, str) else self.last_model
+        if isinstance(provider, str):
+            self.last_flipped = self.last_provider is not None and provider != self.last_provider
+            self.last_provider = provider
 
     def merge(self, other: Totals) -> None:
         """Add another group's sums into this one (a total, a root of a tree)."""
