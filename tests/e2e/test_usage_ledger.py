@@ -238,7 +238,7 @@ def test_real_pi_over_several_streamed_turns_is_one_session_in_the_report(dirs, 
         lines = ledger_lines(p, 3)
         assert len(lines) == 3
         ledger = p.confdir / "agent-session-ids" / "usage.jsonl"
-        from agent_session_ids.usage import report
+        from agent_session_ids.cli import report
 
         out = tmp_path / "report.json"
         import contextlib

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    from agent_session_ids.usage import report
+    from agent_session_ids.cli import report
 
     for name, args in (("report.txt", []), ("report.json", ["--json"]), ("report-by-model.txt", ["--by", "model"])):
         buffer = io.StringIO()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent_session_ids.cli import report, top
 from agent_session_ids.cli import statusline as statusline_cli
-from agent_session_ids.cli import top
-from agent_session_ids.usage import follow, ledger, report
+from agent_session_ids.usage import follow, ledger, timespec
 from agent_session_ids.usage.live_ledger import LiveLedger
 
 NOW = time.time() - 120  # inside top's default window of an hour
@@ -161,7 +161,7 @@ def test_a_time_the_reader_accepts_converts_both_ways_in_any_zone():
         epoch = ledger.epoch_of(ts)
         assert epoch is not None
         for zone in (None, ZoneInfo("Pacific/Kiritimati"), ZoneInfo("Etc/GMT+12")):
-            report.when(epoch, zone)
+            timespec.when(epoch, zone)
         assert ledger.epoch_of(ledger.timestamp(epoch)) == pytest.approx(epoch, abs=2e-3)  # ms, as the ledger writes it
     for ts in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00",
                "1969-12-31T23:59:59Z", "soon", 5):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent_session_ids.cli import report, top
 from agent_session_ids.cli import statusline as statusline_cli
-from agent_session_ids.cli import top
-from agent_session_ids.usage import follow, ledger, live_view, lookup, report, statusline
+from agent_session_ids.usage import follow, grouping, ledger, live_view, lookup, statusline, timespec
 from agent_session_ids.usage.live_ledger import LiveLedger
 from agent_session_ids.usage.totals import SessionTable
 
@@ -278,26 +278,26 @@ def test_report_buckets_follow_the_time_zone(tmp_path):
         turn("a", _at("2026-11-30T10:00:00Z")),
         turn("b", _at("2026-12-01T02:00:00Z"), agent="claude", cwd="/work/beta"),
     ])
-    utc, tokyo = report.zone_of("UTC"), report.zone_of("Asia/Tokyo")
-    assert {g.key: g.requests for g in report.group(records, "day", zone=utc)} == {
+    utc, tokyo = timespec.zone_of("UTC"), timespec.zone_of("Asia/Tokyo")
+    assert {g.key: g.requests for g in grouping.group(records, "day", zone=utc)} == {
         "2026-11-29": 1, "2026-11-30": 1, "2026-12-01": 1}
-    assert {g.key: g.requests for g in report.group(records, "day", zone=tokyo)} == {"2026-11-30": 2, "2026-12-01": 1}
-    assert {g.key: g.requests for g in report.group(records, "week", zone=utc)} == {"2026-11-23": 1, "2026-11-30": 2}
-    assert {g.key: g.requests for g in report.group(records, "week", zone=tokyo)} == {"2026-11-30": 3}
-    assert {g.key: g.requests for g in report.group(records, "month", zone=utc)} == {"2026-11": 2, "2026-12": 1}
-    assert {g.key: g.requests for g in report.group(records, "project")} == {"/work/a-project": 2, "/work/beta": 1}
-    assert {g.key: g.requests for g in report.group(records, "agent")} == {"pi": 2, "claude": 1}
+    assert {g.key: g.requests for g in grouping.group(records, "day", zone=tokyo)} == {"2026-11-30": 2, "2026-12-01": 1}
+    assert {g.key: g.requests for g in grouping.group(records, "week", zone=utc)} == {"2026-11-23": 1, "2026-11-30": 2}
+    assert {g.key: g.requests for g in grouping.group(records, "week", zone=tokyo)} == {"2026-11-30": 3}
+    assert {g.key: g.requests for g in grouping.group(records, "month", zone=utc)} == {"2026-11": 2, "2026-12": 1}
+    assert {g.key: g.requests for g in grouping.group(records, "project")} == {"/work/a-project": 2, "/work/beta": 1}
+    assert {g.key: g.requests for g in grouping.group(records, "agent")} == {"pi": 2, "claude": 1}
     with pytest.raises(ValueError, match="no IANA time zone"):
-        report.zone_of("Mars/Olympus")
+        timespec.zone_of("Mars/Olympus")
 
 
 def test_until_a_bare_date_includes_that_day_in_the_zone(tmp_path):
-    berlin = report.zone_of("Europe/Berlin")
-    until = report.parse_moment("2026-11-30", zone=berlin, option="--until", end_of_day=True)
+    berlin = timespec.zone_of("Europe/Berlin")
+    until = timespec.parse_moment("2026-11-30", zone=berlin, option="--until", end_of_day=True)
     assert until == _at("2026-11-30T22:59:59.999999Z")
-    assert report.parse_moment("2026-11-30", zone=berlin) == _at("2026-11-29T23:00:00Z")
+    assert timespec.parse_moment("2026-11-30", zone=berlin) == _at("2026-11-29T23:00:00Z")
     with pytest.raises(ValueError, match="--until 'later'"):
-        report.parse_moment("later", option="--until")
+        timespec.parse_moment("later", option="--until")
 
 
 def test_report_command_views_in_text_json_and_html(tmp_path, capsys):

@@ -18,7 +18,8 @@ import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
 from agent_session_ids.addon import DEFAULT_RULES, SessionIds
-from agent_session_ids.usage import ledger, observer, parse, report
+from agent_session_ids.cli import report
+from agent_session_ids.usage import grouping, ledger, observer, parse, timespec
 from agent_session_ids.usage.addon import UsageLedger
 from agent_session_ids.usage.parse import Usage
 
@@ -606,7 +607,7 @@ LINES = [
 
 def test_report_groups_by_session_with_flips(tmp_path):
     records, _ = ledger.read(_ledger(tmp_path, LINES))
-    groups = {g.key: g for g in report.group(records)}
+    groups = {g.key: g for g in grouping.group(records)}
     a = groups["a"]
     assert a.requests == 3 and a.sums["input_tokens"] == 3300 and a.sums["cache_read_tokens"] == 900
     assert a.sums["cache_write_tokens"] == 900 and a.sums["output_tokens"] == 60
@@ -620,16 +621,16 @@ def test_report_groups_by_session_with_flips(tmp_path):
 
 def test_report_by_day_and_model_and_since(tmp_path):
     records, _ = ledger.read(_ledger(tmp_path, LINES))
-    by_model = {g.key: g.requests for g in report.group(records, "model")}
+    by_model = {g.key: g.requests for g in grouping.group(records, "model")}
     assert by_model == {"claude": 3, "gpt": 1}
-    days = {g.key: g.requests for g in report.group(records, "day")}
+    days = {g.key: g.requests for g in grouping.group(records, "day")}
     assert sum(days.values()) == 4 and len(days) in (2, 3)  # local days
     since = ledger.parse_ts("2026-11-21T00:00:00.000Z")
     assert [r["session"] for r in ledger.read(_ledger(tmp_path, LINES), since)[0]] == ["b", "a"]
-    assert report.parse_moment("2h", now=10_000.0) == 10_000.0 - 7200
-    assert report.parse_moment("2026-11-21T00:00:00+00:00") == since
+    assert timespec.parse_moment("2h", now=10_000.0) == 10_000.0 - 7200
+    assert timespec.parse_moment("2026-11-21T00:00:00+00:00") == since
     with pytest.raises(ValueError):
-        report.parse_moment("yesterday")
+        timespec.parse_moment("yesterday")
 
 
 def test_report_command_json_and_text(tmp_path, capsys):

@@ -25,7 +25,7 @@ MIN_WIDTH = 20  # narrower, no column shows a figure
 
 
 def parse_window(text: str) -> float:
-    from ..usage.report import span_seconds
+    from ..usage.timespec import span_seconds
 
     seconds = span_seconds(text)
     if seconds is None or seconds <= 0:

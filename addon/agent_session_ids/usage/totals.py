@@ -1,15 +1,13 @@
-"""Sums of ledger records per group, and provider flips: shared by the report (from the ledger)
-and the live view in the proxy (sessionids.sessions, the summary on exit)."""
+"""Sums of ledger records per group, and provider flips: shared by the report (from the ledger,
+usage/grouping.py adds what its views need) and the live views (the proxy's sessionids.sessions
+and summary on exit, top, the status line)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
-from ..shown import shown
-from ..view.units import duration, money, percent, tokens
+from ..view.units import duration  # noqa: F401 - usage/recorder.py imports it from here
 
-FLIPS_LISTED = 5  # per group in a text table, the latest
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 
 
@@ -31,9 +29,7 @@ class Totals:
         self.first: float | None = None
         self.last: float | None = None
         self.flips: list[dict] = []
-        self.turns: list[tuple[float, float | None, str | None]] = []  # (epoch, hit ratio, provider)
         self.cwd: str | None = None
-        self.breakdown: dict[str, Totals] = {}  # the report's per-model parts of this group
         # the latest turn's own figures (what top and the status line show beside the sums)
         self.last_input: int | None = None
         self.last_hit: float | None = None
@@ -44,11 +40,8 @@ class Totals:
         # turns; and the turns where the ids it sent changed (a rename)
         self.branches: set[tuple[str, str | None]] = set()
         self.sent_changes: list[dict] = []
-        self.tree: dict[tuple[str, str | None], Totals] = {}  # the report's --tree: each branch's own figures
-        self.depth = 0  # a branch's level below its root
-        self.parent: str | None = None  # a branch's parent session
 
-    def add(self, record: dict, epoch: float, keep_turns: bool = False) -> None:
+    def add(self, record: dict, epoch: float) -> None:
         self.requests += 1
         session = record.get("session")
         branch = (str(session), record.get("subagent") or None)
@@ -83,17 +76,19 @@ class Totals:
             del self.sent_changes[:-20]
         if self.last is None or epoch >= self.last:
             self.last = epoch
-            if branch == (self.key, None) or self.cwd is None:
-                self.cwd = record.get("cwd") or self.cwd
-            value = record.get("input_tokens")
-            self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
-            self.last_hit = ratio
-            self.last_model = model if isinstance(model, str) else self.last_model
-            if isinstance(provider, str):
-                self.last_flipped = self.last_provider is not None and provider != self.last_provider
-                self.last_provider = provider
-        if keep_turns:
-            self.turns.append((epoch, ratio, provider if isinstance(provider, str) else None))
+            self._latest(record, branch == (self.key, None), ratio, model, provider)
+
+    def _latest(self, record: dict, own: bool, ratio: float | None, model, provider) -> None:
+        """The latest turn's own figures; `own`: the turn is the root's own, not a branch's."""
+        if own or self.cwd is None:
+            self.cwd = record.get("cwd") or self.cwd
+        value = record.get("input_tokens")
+        self.last_input = value if isinstance(value, int) and not isinstance(value, bool) else None
+        self.last_hit = ratio
+        self.last_model = model if isinstance(model, str) else self.last_model
+        if isinstance(provider, str):
+            self.last_flipped = self.last_provider is not None and provider != self.last_provider
+            self.last_provider = provider
 
     def merge(self, other: Totals) -> None:
         """Add another group's sums into this one (a total, a root of a tree)."""
@@ -157,43 +152,6 @@ class FlipWatch:
         if before is None or before[0] == provider:
             return None
         return {"from": before[0], "to": provider, "idle_s": round(max(0.0, epoch - before[1]), 3)}
-
-
-def providers_text(providers: dict[str, int]) -> str:
-    if not providers:
-        return "-"
-    return ", ".join(f"{name} ({n})" if len(providers) > 1 else name
-                     for name, n in sorted(providers.items(), key=lambda kv: -kv[1]))
-
-
-def table(groups: list[Totals], title: str = "SESSION", width: int = 30,
-          name_of: Callable[[Totals], str] | None = None) -> list[str]:
-    """The report's text table; `name_of` names a group's row (default: a session's label, else the key)."""
-    lines = [f"{title:<{width}} {'AGENT':<8} {'REQS':>5} {'INPUT':>8} {'CACHED':>8} {'HIT':>4} "
-             f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"]
-    for g in groups:
-        name = name_of(g) if name_of is not None else (g.label or g.key if title == "SESSION" else g.key)
-        name = shown(name, width)
-        cost = money(g.cost)
-        if g.cost is not None and g.cost_requests < g.requests:
-            cost += "*"
-        lines.append(f"{name:<{width}} {shown(g.agent or '-')[:8]:<8} {g.requests:>5} "
-                     f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
-                     f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
-                     f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}")
-        for flip in g.flips[-FLIPS_LISTED:]:
-            lines.append(f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
-                         f"after {duration(flip['idle_s'])} idle")
-        if len(g.flips) > FLIPS_LISTED:
-            lines.append(f"{'':<{width}} ⚠ {len(g.flips) - FLIPS_LISTED} earlier provider flips (--json lists all)")
-        lines += [f"{'':<{width}} {text}" for text in sent_change_lines(g)]
-    return lines
-
-
-def sent_change_lines(g: Totals) -> list[str]:
-    """The turns where what was sent changed (a session renamed with session_rename follow)."""
-    return [f"↻ sent {c.get('target')} changed {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['epoch']))}: "
-            f"{c.get('from')} → {c.get('to')}" for c in g.sent_changes[-FLIPS_LISTED:]]
 
 
 class SessionTable:
