@@ -16,6 +16,7 @@ from mitmproxy.utils import human
 
 from .cli import check
 from .connections import Connections
+from .flow_state import FlowState, FlowStates
 from .live import LiveSessions
 from .options import DEFAULT_RULES, OPTIONS, open_listener_warning
 from .request_flow import RequestFlow, may_stream
@@ -40,7 +41,8 @@ class SessionIds:
         self.runner = Runner(self._warn_once, self.processes)
         self.connections = Connections(self._warn_once, self.processes)  # the process behind each connection
         self.live = LiveSessions()
-        self.flows = RequestFlow(self.runner, self.connections, self.live, self._warn_once)
+        self.states = FlowStates()  # what the rewrite decided for each flow: the view and the ledger read it
+        self.flows = RequestFlow(self.runner, self.connections, self.live, self.states, self._warn_once)
         self._running = False
         self._stream_limit: int | None = None  # read at every request: kept here, not in ctx.options
 
@@ -151,18 +153,12 @@ class SessionIds:
         # belong to another process, so it must not reach the live state.
         if flow.response or flow.error or not flow.live or flow.is_replay:
             return
-        again = display.METADATA_KEY in flow.metadata
-        if again and (flow.request.stream or flow.request.raw_content is None):
+        first = self.states.get(flow)  # requestheaders' pass, when it ran
+        if first is not None and (flow.request.stream or flow.request.raw_content is None):
             return  # streamed: done in requestheaders, and the body has gone
-        await self._handle(flow, streamed=False, again=again)
+        await self._handle(flow, streamed=False, first=first)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.flows.forget_flow(flow.id)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.flows.forget_flow(flow.id)
-
-    async def _handle(self, flow: http.HTTPFlow, streamed: bool, again: bool = False) -> None:
+    async def _handle(self, flow: http.HTTPFlow, streamed: bool, first: FlowState | None = None) -> None:
         # Never raise: an exception here would also skip every script loaded after this one.
         try:
             rules = self.rules.matching(flow)
@@ -170,4 +166,4 @@ class SessionIds:
             self._warn_once(f"match-{type(e).__name__}", f"rule matching failed: {e!r}; request passed on unchanged")
             return
         if rules:
-            await self.flows.handle(flow, rules, streamed, again)
+            await self.flows.handle(flow, rules, streamed, first)

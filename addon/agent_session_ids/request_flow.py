@@ -17,15 +17,15 @@ from mitmproxy import http
 
 from .connections import Connections
 from .decoding import decoding_pool, is_encoded
+from .flow_state import FlowState, FlowStates, model_asked
 from .live import LiveSessions
 from .resolution import agents
-from .resolution.model import Evidence, Process, Session
+from .resolution.model import Evidence
 from .resolution.runner import Runner
 from .rewrite.apply import apply_rules
 from .rewrite.body import Body, Resumes, decode_content, read_body
 from .rewrite.fields import RewriteError
 from .rules import Rule
-from .usage import recorder as usage
 from .view import display
 
 _EVIDENCE_NAMES = frozenset(agents.EVIDENCE_HEADERS)
@@ -63,46 +63,48 @@ def evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -
 
 
 class RequestFlow:
-    def __init__(self, runner: Runner, connections: Connections, live: LiveSessions,
+    def __init__(self, runner: Runner, connections: Connections, live: LiveSessions, states: FlowStates,
                  warn_once: Callable[[str, str], None]) -> None:
         self.runner = runner
         self.connections = connections
         self.live = live
+        self.states = states  # flow -> what its last pass decided (the second pass, the view and the ledger read it)
         self._warn_once = warn_once
         self._bodies = Resumes()  # per connection: where its last body's conversation ended
         self._decoding = decoding_pool()  # compressed bodies are decoded there
-        # flow id -> the headers the first pass set (lower-case name -> value), for the second
-        self._first_pass: dict[str, tuple[dict[str, str], list[dict]]] = {}
         self.privacy, self.fallback = False, True
 
     def forget_connection(self, connection_id: str) -> None:
         self._bodies.forget(connection_id)
 
-    def forget_flow(self, flow_id: str) -> None:
-        self._first_pass.pop(flow_id, None)
-
-    async def handle(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool, again: bool = False) -> None:
+    async def handle(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool,
+                     first: FlowState | None = None) -> None:
+        """One pass over the flow; `first`: the first pass's record, when this is the second."""
+        state = FlowState(rules, streamed=streamed, second=first is not None)
         try:
             seen = await self.connections.process_of(flow.client_conn)
             body, body_problem = await self._body(flow, streamed)
             members = body.members if body is not None else None
-            ours, first_changes = self._first_pass.pop(flow.id, ({}, [])) if again else ({}, [])
+            ours = first.set_headers if first is not None else {}
             evidence = Evidence(evidence_headers(flow.request.headers, rules, ours), members,
                                 body.conversation if body is not None else None,
                                 flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
-            session, proc = await self.runner.resolve(evidence, seen)
-            self.connections.remember(flow.client_conn.id, proc, seen)
-            if not again:
-                self.live.count(session, proc, seen.unreadable)
-            self._apply(flow, rules, session, proc, body, body_problem, ours, first_changes,
-                        None if proc is not None else seen.unreadable, streamed)
-            usage.note_request(flow, members)  # the model asked for, for the ledger
+            state.session, state.process = await self.runner.resolve(evidence, seen)
+            self.connections.remember(flow.client_conn.id, state.process, seen)
+            if first is None:
+                self.live.count(state.session, state.process, seen.unreadable)
+            state.unreadable = None if state.process is not None else seen.unreadable
+            self._apply(flow, state, body, body_problem, first)
+            state.model = model_asked(members)  # for the ledger
+            self.states[flow] = state
+            display.annotate(flow, state)
         except Exception as e:  # fail open
             timed_out = isinstance(e, asyncio.TimeoutError)
             reason = "session resolution took too long" if timed_out else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
+            failed = self.states[flow] = FlowState(rules, streamed=streamed, second=first is not None, error=reason)
             try:
-                display.annotate_failure(flow, rules, reason)
+                display.annotate(flow, failed)
             except Exception:
                 pass
 
@@ -123,18 +125,18 @@ class RequestFlow:
         self._bodies.put(flow.client_conn.id, body.resume)
         return body, None
 
-    def _apply(self, flow, rules, session: Session, proc: Process | None, body: Body | None, body_problem,
-               ours: dict[str, str], first_changes: list[dict], unreadable: str | None, streamed: bool) -> None:
-        outcome = apply_rules(rules, session, flow.request.headers, body, body_problem, ours,
+    def _apply(self, flow: http.HTTPFlow, state: FlowState, body: Body | None, body_problem: str | None,
+               first: FlowState | None) -> None:
+        """The rules applied for the resolved session: what was set and skipped goes in `state`."""
+        assert state.session is not None  # resolved
+        outcome = apply_rules(state.rules, state.session, flow.request.headers, body, body_problem,
+                              first.set_headers if first is not None else {},
                               privacy=self.privacy, fallback_ids=self.fallback)
         for key, message in outcome.warnings:
             self._warn_once(key, message)
         if outcome.body is not None:
             flow.request.content = outcome.body  # re-encodes, fixes content-length
-        changes = outcome.changes
-        if first_changes:  # the first pass's header changes still hold
-            targets = {x["target"] for x in changes}
-            changes = [c for c in first_changes if c["target"] not in targets] + changes
-        if streamed:  # what this pass set, for the second one (if the body does not stream after all)
-            self._first_pass[flow.id] = (outcome.set_headers, changes)
-        display.annotate(flow, session, proc, rules, changes, outcome.skipped, unreadable)
+        state.changes, state.skipped, state.set_headers = outcome.changes, outcome.skipped, outcome.set_headers
+        if first is not None and first.changes:  # the first pass's header changes still hold
+            targets = {x["target"] for x in state.changes}
+            state.changes = [c for c in first.changes if c["target"] not in targets] + state.changes

@@ -36,3 +36,15 @@ def shown(text: object, limit: int | None = None) -> str:
 def shown_lines(lines) -> str:
     """Lines joined for a terminal, each passed through `shown`: the last guard at a command's output."""
     return "\n".join(shown(line) for line in lines)
+
+
+def safe_text(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD: what UTF-8 (the ledger, a saved flow) can hold.
+    Not for the screen (that is `shown`): for what is stored."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")  # one C-level pass: nothing to replace
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)

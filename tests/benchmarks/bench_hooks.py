@@ -74,7 +74,6 @@ async def run(addons: tuple[SessionIds, UsageLedger] | None, client, body: bytes
         f.response = http.Response.make(200, ANSWER, answer_headers)
         if addons is not None:
             ledger.responseheaders(f)
-            session_ids.response(f)
             ledger.response(f)
         if append:  # as pi does after each answer
             bench._append_answer(append, k)

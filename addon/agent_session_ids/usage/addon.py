@@ -28,6 +28,9 @@ class UsageLedger:
         )
 
     def configure(self, updated: set[str]) -> None:
+        # what SessionIds decided for each flow, read from its own table (mitmproxy names it by its class)
+        session_ids = ctx.master.addons.get("sessionids")
+        self.recorder.states = session_ids.states if session_ids is not None else {}
         if updated & {"session_usage", "session_usage_file", "confdir"}:
             self.recorder.configure(ctx.options.session_usage, ctx.options.session_usage_file, ctx.options.confdir)
 

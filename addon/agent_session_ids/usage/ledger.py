@@ -13,10 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+
+from ..shown import safe_text
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (the status line starts without it)
+if TYPE_CHECKING:
+    from .ledger_line import LedgerLine
 
 MAX_BYTES = 32 << 20  # per file: about 90,000 turns
 KEEP = 3  # rotated files kept beside the current one
@@ -55,18 +60,10 @@ def timestamp(epoch: float) -> str:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def safe_text(text: str) -> str:
-    """`text` with each lone surrogate as U+FFFD: what UTF-8 (the ledger, a saved flow) can hold."""
-    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
-
-
-def encode(record: dict) -> bytes:
+def encode(record: dict | LedgerLine) -> bytes:
     """One ledger line. JSON never holds a raw newline, so a line is always one record. A lone
     surrogate (a client's `"\\ud800"`, which UTF-8 cannot hold) becomes U+FFFD."""
-    text = _ENCODER.encode(record) + "\n"
+    text = _ENCODER.encode(record if isinstance(record, dict) else record.as_dict()) + "\n"
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -98,7 +95,7 @@ class Ledger:
 
     # -- the caller's side (the event loop) --------------------------------------------------------
 
-    def append(self, record: dict) -> bool:
+    def append(self, record: dict | LedgerLine) -> bool:
         try:
             line = encode(record)
         except (TypeError, ValueError) as e:

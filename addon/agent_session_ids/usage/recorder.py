@@ -17,13 +17,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..decoding import decoding_pool, is_encoded
+from ..flow_state import FlowState
 from ..rules.matching import gateway_host
 from ..view import display
 from . import ledger as ledger_mod
 from . import live_view
+from .ledger_line import LedgerLine
 from .observer import SETTLE_S, StreamObserver, TailObserver, TooLarge, Unsupported, decode_bounded
 from .parse import Usage, from_headers, from_json, from_sse
 from .totals import SessionTable, Totals, duration, hit_ratio
@@ -73,20 +75,23 @@ def _usage_of_held(response, content: bytes) -> Usage:
         return Usage()
 
 
-def _session_meta(flow) -> dict | None:
-    """The session a rule resolved for this flow (metadata written by display.annotate)."""
-    meta = flow.metadata.get(display.METADATA_KEY)
-    if isinstance(meta, dict) and isinstance(meta.get("session"), dict):
-        return meta
-    return None
-
-
-def note_request(flow, body: dict | None) -> None:
-    """Keep the model the request asked for (its JSON body's ``model``), for the ledger."""
-    meta = flow.metadata.get(display.METADATA_KEY)
-    model = body.get("model") if isinstance(body, dict) else None
-    if isinstance(meta, dict) and isinstance(model, str) and model and len(model) <= 200:
-        meta["model"] = ledger_mod.safe_text(model)
+def _line(flow, state: FlowState, usage: Usage, ts: str) -> LedgerLine:
+    """The ledger line of one answered turn, from what the rewrite decided (`state`) and the answer."""
+    session = state.session
+    assert session is not None  # state.rewritten
+    tree = bool(session.subagent or session.parent)  # its place in a tree: only where it has one
+    changes, rules = state.changes, state.rules
+    return LedgerLine(
+        ts=ts, session=session.id,
+        label=session.label, agent=session.agent, cwd=state.cwd,
+        subagent=session.subagent if tree else None, subagent_kind=session.subagent_kind if tree else None,
+        parent=session.parent if tree else None,
+        root=(session.root or session.id) if tree and session.parent else None,
+        rule=changes[0].get("rule") if changes else (rules[0].name if rules else None),
+        host=gateway_host(flow), model=state.model, served_model=usage.served_model, provider=usage.provider,
+        status=flow.response.status_code, stream=is_sse(flow.response),
+        input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens, cost=usage.cost)
 
 
 class Recorder:
@@ -100,6 +105,8 @@ class Recorder:
         self._sent: dict[str, dict] = {}  # per session and sub-agent: what its last turn sent, per target
         self.decoding = decoding_pool()  # compressed answers are decoded there, never on the event loop
         self.clock = ledger_mod.Clock()  # the records' ts
+        # flow -> what the rewrite decided (SessionIds' FlowStates): the flows it rewrote are read
+        self.states: Mapping = {}
 
     # -- options ----------------------------------------------------------------------------------
 
@@ -137,7 +144,7 @@ class Recorder:
 
     def responseheaders(self, flow) -> None:
         try:
-            if not self.enabled or flow.is_replay or _session_meta(flow) is None:
+            if not self.enabled or flow.is_replay or self._rewritten(flow) is None:
                 return
             response = flow.response
             if response.raw_content is not None:
@@ -166,20 +173,20 @@ class Recorder:
         try:
             if not self.enabled or flow.is_replay or flow.response is None:
                 return None
-            meta = _session_meta(flow)
-            if meta is None:
+            state = self._rewritten(flow)
+            if state is None:
                 return None
             if observer is not None and observer.decode is not None:
-                return self._record_when_decoded(flow, meta, observer)
+                return self._record_when_decoded(flow, state, observer)
             response = flow.response
             if observer is None and response.raw_content and is_encoded(response.headers.get("content-encoding")):
-                return self._record_when_decoded(flow, meta, None)
-            self._record(flow, meta, observer)
+                return self._record_when_decoded(flow, state, None)
+            self._record(flow, state, observer)
         except Exception as e:  # fail open
             self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
         return None
 
-    async def _record_when_decoded(self, flow, meta: dict, observer: StreamObserver | None) -> None:
+    async def _record_when_decoded(self, flow, state: FlowState, observer: StreamObserver | None) -> None:
         try:
             held = None
             if observer is not None:
@@ -189,7 +196,7 @@ class Recorder:
                     pass  # observer.result() says so
             else:
                 held = await asyncio.get_running_loop().run_in_executor(self.decoding, _decode_held, flow.response)
-            self._record(flow, meta, observer, held)
+            self._record(flow, state, observer, held)
         except Exception as e:  # fail open
             self.warn(f"usage-{type(e).__name__}", f"reading usage failed ({e!r}); the answer passes unchanged")
 
@@ -198,6 +205,11 @@ class Recorder:
         if flow.id in self._streams:
             return self.response(flow)
         return None
+
+    def _rewritten(self, flow) -> FlowState | None:
+        """What the rewrite decided for this flow, when it resolved a session and applied the rules."""
+        state = self.states.get(flow)
+        return state if state is not None and state.rewritten else None
 
     # -- the figures --------------------------------------------------------------------------------
 
@@ -223,36 +235,16 @@ class Recorder:
         # Opper and Fireworks: the figures in headers win (a stream has no cost header)
         return usage.update(from_headers(response.headers))
 
-    def _record(self, flow, meta: dict, observer: StreamObserver | None, held: tuple | None = None) -> None:
-        usage = self._figures(flow, observer, held)
-        session = meta["session"]
-        changes = meta.get("changes") or []
-        rules = meta.get("rules") or []
-        record: dict = {"ts": self.clock.timestamp(flow.request.timestamp_start or time.time()),
-                        "session": session.get("id")}
-        for key, value in (("label", session.get("label")), ("agent", session.get("agent")),
-                           ("cwd", session.get("cwd")), ("subagent", session.get("subagent")),
-                           ("subagent_kind", session.get("subagent_kind")), ("parent", session.get("parent")),
-                           ("root", session.get("root") if session.get("parent") else None),
-                           ("rule", changes[0].get("rule") if changes else (rules[0].get("name") if rules else None)),
-                           ("host", gateway_host(flow)), ("model", meta.get("model"))):
-            if value is not None:
-                record[key] = value
-        known = usage.known()
-        for key in ("served_model", "provider"):
-            if key in known:
-                record[key] = known.pop(key)
-        changed = self._sent_changes(record, changes)
-        if changed:
-            record["sent_changed"] = changed
-        record["status"] = flow.response.status_code
-        record["stream"] = is_sse(flow.response)
-        record.update(known)
+    def _record(self, flow, state: FlowState, observer: StreamObserver | None, held: tuple | None = None) -> None:
+        ts = self.clock.timestamp(flow.request.timestamp_start or time.time())
+        line = _line(flow, state, self._figures(flow, observer, held), ts)
+        line.sent_changed = self._sent_changes(line, state.changes) or None
         if self.ledger is not None:
-            self.ledger.append(record)
+            self.ledger.append(line)
+        record = line.as_dict()
         flip = self.live.add(record, flow.request.timestamp_start or time.time())
         if flip is not None:
-            logger.warning(f"agent-session-ids: session {record.get('label') or record['session']} was served by "
+            logger.warning(f"agent-session-ids: session {line.label or line.session} was served by "
                            f"{flip['to']}, its previous turn by {flip['from']} ({duration(flip['idle_s'])} before): "
                            f"a provider flip loses the prompt cache")
         figures = {k: v for k, v in record.items() if k not in _NOT_FIGURES}
@@ -263,10 +255,10 @@ class Recorder:
             figures["provider_flip"] = flip
         display.annotate_usage(flow, figures)
 
-    def _sent_changes(self, record: dict, changes: list[dict]) -> list[dict]:
+    def _sent_changes(self, line: LedgerLine, changes: list[dict]) -> list[dict]:
         """What this turn sent differently from its branch's previous turn (a rename, with
         session_rename follow): [{target, from, to}]."""
-        key = f"{record.get('session')}/{record.get('subagent') or ''}"
+        key = f"{line.session}/{line.subagent or ''}"
         sent = {c["target"]: c.get("after") for c in changes if isinstance(c, dict) and "target" in c}
         before = self._sent.pop(key, None)
         if len(self._sent) >= MAX_SESSIONS:

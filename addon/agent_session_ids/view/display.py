@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ..flow_state import FlowState
 from ..shown import shown
 from .units import duration, money, percent, tokens
 
@@ -27,8 +28,18 @@ def comment(session, changes: list[dict], skipped: list[str]) -> str:
     return shown(text)  # the targets and the reasons may quote the request
 
 
-def annotate(flow, session, process, rules, changes: list[dict], skipped: list[str],
-             unreadable: str | None = None) -> None:
+def annotate(flow, state: FlowState) -> None:
+    """The comment, the marker and metadata["session_ids"] of a flow, from what the rewrite decided."""
+    if state.rewritten:
+        _annotate_rewrite(flow, state)
+    else:
+        _annotate_failure(flow, state)
+
+
+def _annotate_rewrite(flow, state: FlowState) -> None:
+    session, process, changes, skipped, unreadable = \
+        state.session, state.process, state.changes, state.skipped, state.unreadable
+    assert session is not None  # state.rewritten
     flow.comment = comment(session, changes, skipped)
     if unreadable:
         flow.comment += f"; process not read: {shown(unreadable, 200)}"
@@ -36,7 +47,7 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
         flow.marked = MARK_REWRITTEN
     elif skipped:
         flow.marked = MARK_SKIPPED
-    flow.metadata[METADATA_KEY] = {
+    meta: dict[str, object] = {
         "session": {
             "id": session.id,
             "label": session.label,
@@ -46,8 +57,7 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "file": session.file,
             "source": session.source,
             "fallback": session.fallback,
-            # the session's folder: its file's word first, else the process's
-            "cwd": session.cwd or (process.cwd if process is not None else None),
+            "cwd": state.cwd,
             # its place in a tree (resolution/tree.py): only where it has one
             **({"subagent": session.subagent, "subagent_kind": session.subagent_kind,
                 "subagent_file": session.subagent_file, "parent": session.parent,
@@ -61,17 +71,21 @@ def annotate(flow, session, process, rules, changes: list[dict], skipped: list[s
             "cwd": process.cwd,
             "started_at": process.started_at,
         },
-        "rules": [_rule(r) for r in rules],
+        "rules": [_rule(r) for r in state.rules],
         "changes": changes,
         "skipped": skipped,
     }
+    if state.model is not None:
+        meta["model"] = state.model  # the model the request asked for
+    flow.metadata[METADATA_KEY] = meta
 
 
-def annotate_failure(flow, rules, reason: str) -> None:
+def _annotate_failure(flow, state: FlowState) -> None:
+    reason = state.error or "no session"
     flow.comment = f"session not set: {reason}"
     flow.marked = MARK_SKIPPED
     flow.metadata[METADATA_KEY] = {
-        "rules": [_rule(r) for r in rules],
+        "rules": [_rule(r) for r in state.rules],
         "error": reason,
     }
 
