@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from .formats import ANY, ManifestFormat, RecordFormat
 from .ids import SAFE_ID_RE, is_safe_id, normal_id
 from .kinds import Database, DateTree, PerCwd, PerProject, PerSession, Root, StoreKind
+from .kinds.base import Encoder
 from .model import Process
 
 
@@ -91,9 +92,9 @@ class AgentProfile:
             if value and pattern.match(value.strip()):
                 return normal_id(value.strip()), f"header {name}"
         for name in self.hint_body_fields:
-            value = body.get(name) if body else None
-            if isinstance(value, str) and pattern.match(value.strip()):
-                return normal_id(value.strip()), f"body {name}"
+            member = body.get(name) if body else None
+            if isinstance(member, str) and pattern.match(member.strip()):
+                return normal_id(member.strip()), f"body {name}"
         return None, ""
 
 
@@ -198,8 +199,11 @@ GEMINI_FORMAT = RecordFormat(
 )
 
 
-PI_CUSTOM_DIR = dict(custom_dir_flag="--session-dir", custom_dir_env="PI_CODING_AGENT_SESSION_DIR",
-                     custom_dir_setting="settings.json:sessionDir")
+def _pi_store(root: Root, encode: Encoder, fmt: RecordFormat) -> PerCwd:
+    """pi's store, and its fork Oh My Pi's: a session folder chosen by --session-dir, by
+    PI_CODING_AGENT_SESSION_DIR or by settings.json's sessionDir comes before the cwd's."""
+    return PerCwd((root,), encode, fmt, file_names="time_id", custom_dir_flag="--session-dir",
+                  custom_dir_env="PI_CODING_AGENT_SESSION_DIR", custom_dir_setting="settings.json:sessionDir")
 
 PI = AgentProfile(
     name="pi",
@@ -209,8 +213,7 @@ PI = AgentProfile(
     # every pi sends session_id and prompt_cache_key to Responses-API models.
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=PerCwd((Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), encode_pi, PI_FORMAT,
-                 file_names="time_id", **PI_CUSTOM_DIR),
+    store=_pi_store(Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"), encode_pi, PI_FORMAT),
     request_signs=(("x-opencode-client", r"^pi$"), ("user-agent", r"^pi[/ ]")),
     # pi >= 0.82 gives the commands of its bash tool PI_SESSION_ID: a pi started there inherits its
     # parent's (CHANGELOG 0.82.0)
@@ -225,8 +228,8 @@ OMP = AgentProfile(
     process_patterns=(r"oh-my-pi",),
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=PerCwd((Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"),), encode_omp,
-                 OMP_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
+    store=_pi_store(Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"), encode_omp,
+                    OMP_FORMAT),
     request_signs=(("x-opencode-client", r"^omp$"), ("user-agent", r"^(omp|oh-my-pi)[/ ]")),
 )
 

@@ -87,9 +87,10 @@ class StoreIO:
     def kept(self, kind: type[T]) -> T:
         """A kind's own memory (made on first use): its listings and indexes."""
         state = self._kept.get(kind)
-        if state is None:
-            state = self._kept[kind] = kind()
-        return state  # type: ignore[return-value]
+        if not isinstance(state, kind):
+            state = kind()
+            self._kept[kind] = state
+        return state
 
 
 class StoreKind:
