@@ -45,9 +45,9 @@ def memo_key(ev: Evidence, proc: Process | None) -> tuple | None:
             tuple(_typed(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made at every request, and a frozen one is slower to make
 class Stamp:
-    """What of the store a decision came from, as one look saw it."""
+    """What of the store a decision came from, as one look saw it (never changed once made)."""
 
     file: tuple[int, int, int]  # the session file's size, mtime and inode
     rest: tuple  # each folder's mtime (None: gone), then the bindings' generation when the decision read them
