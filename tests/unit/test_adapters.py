@@ -15,6 +15,7 @@ from agent_session_ids.resolution import agents, proc, state
 from agent_session_ids.resolution.agents import PI_FORMAT
 from agent_session_ids.resolution.conversation import fingerprint
 from agent_session_ids.resolution.jsonl_store import JsonlStore
+from agent_session_ids.resolution.kinds import PerSession, SessionFolder
 from agent_session_ids.resolution.model import Process
 
 UUID = "019dbbc7-c8c5-748c-8710-3fdf6fefc083"
@@ -91,19 +92,19 @@ def test_store_survives_hostile_files(tmp_path):
 
 
 def folders(process):
-    return agents.session_folders(agents.PI, process)
+    return agents.PI.store.folders(process)
 
 
 def test_pi_session_folders_follow_the_agents_environment():
     p = Process(1, 1, 0.0, "b", 0, "/home/u/my proj", "pi", "/usr/bin/node", ("pi",), {"HOME": "/home/u"})
-    assert folders(p) == [agents.SessionFolder("/home/u/.pi/agent/sessions/--home-u-my proj--", None)]
+    assert folders(p) == [SessionFolder("/home/u/.pi/agent/sessions/--home-u-my proj--", None)]
     p2 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_DIR": "~/agent"})
     assert folders(p2)[0].path == "/h/agent/sessions/--w--"
     p3 = Process(1, 1, 0.0, "b", 0, "/w", "pi", "", ("pi",), {"HOME": "/h", "PI_CODING_AGENT_SESSION_DIR": "/s"})
-    assert folders(p3) == [agents.SessionFolder("/s", "/w")]
+    assert folders(p3) == [SessionFolder("/s", "/w")]
     p4 = Process(1, 1, 0.0, "b", 0, "/w", "node", "", ("pi", "--session-dir", "rel"), {"HOME": "/h"})
-    assert folders(p4) == [agents.SessionFolder("/w/rel", "/w")]
-    assert agents.session_folders(agents.PI, p2, "/from/settings")[0].path == "/from/settings"
+    assert folders(p4) == [SessionFolder("/w/rel", "/w")]
+    assert agents.PI.store.folders_from(p2, "/from/settings")[0].path == "/from/settings"
 
 
 def test_hint_headers_take_any_id_within_a_safe_charset():
@@ -262,11 +263,9 @@ def test_a_big_folder_is_indexed_newest_first_and_on_demand(tmp_path, monkeypatc
 
 
 def test_mount_table_tells_local_from_network_filesystems(monkeypatch):
-    from agent_session_ids.resolution import mounts
+    from agent_session_ids.resolution.mounts import MountTable
 
-    monkeypatch.setattr(mounts, "_mounts", [("/mnt/nfs", "nfs4"), ("/mnt/fuse", "fuse.sshfs"), ("/", "ext4")])
-    monkeypatch.setattr(mounts.time, "monotonic", lambda: 0.0)
-    monkeypatch.setattr(mounts, "_read_at", 0.0)
+    mounts = MountTable(read=lambda: [("/mnt/nfs", "nfs4"), ("/mnt/fuse", "fuse.sshfs"), ("/", "ext4")])
     assert mounts.is_local("/home/u/.pi/agent/sessions")
     assert not mounts.is_local("/mnt/nfs/home/.pi")
     assert not mounts.is_local("/mnt/fuse/x")
@@ -274,9 +273,9 @@ def test_mount_table_tells_local_from_network_filesystems(monkeypatch):
 
 
 def test_the_real_mount_table_is_read():
-    from agent_session_ids.resolution import mounts
+    from agent_session_ids.resolution.mounts import MountTable
 
-    mounts._read_at = -1e9
+    mounts = MountTable()
     assert mounts.fs_type("/") is not None and mounts.fs_type("/proc") == "proc"
 
 
@@ -341,6 +340,6 @@ def test_cline_sessions_are_every_session_of_its_store_whatever_the_cwd():
         process = Process(pid=1, start_ticks=1, started_at=0.0, boot_id="b", uid=0, comm=".cline", exe="/x/.cline",
                           cmdline=(".cline", "--cline-hub-daemon"), cwd="/first/project", environ=env)
         assert profile.recognises(process)
-        folders = agents.session_folders(profile, process)
-        assert root in [f.path for f in folders] and {f.kind for f in folders} == {"session_dirs"}
+        folders = profile.store.folders(process)
+        assert root in [f.path for f in folders] and isinstance(profile.store, PerSession)
         assert all(f.cwd_filter is None for f in folders)

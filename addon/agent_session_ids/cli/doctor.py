@@ -135,7 +135,7 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         command = shutil.which(profile.command) if profile.command else None
         if command is None:
             continue
-        roots = [r for r in agents.root_paths(profile.store, environ) if os.path.isdir(r)] if profile.store else []
+        roots = [r for r in profile.store.root_paths(environ) if os.path.isdir(r)] if profile.store else []
         readable = [r for r in roots if os.access(r, os.R_OK | os.X_OK)]
         detail = f"{command}; sessions in {', '.join(readable) or 'no store yet'}"
         out.append(Check(f"agent {profile.name}", "ok" if readable or not roots else "fail", detail,

@@ -1,11 +1,10 @@
 """Agent profiles, as data: how to recognise an agent's process, where its session store is, how its
 records read, and which request fields carry its own session id.
 
-Adding an agent whose store is of a known kind is one more profile in PROFILES, no new code: how
-its store differs is fields of its StoreSpec, each value naming its code in a table (FOLDERS,
-ENCODERS, id_index.FILE_IDS, stores.LONG_CWD). The kinds: a folder of JSONL files per cwd (pi,
-Oh My Pi, Claude Code, Qwen Code), a date tree with the cwd inside each file (Codex), a folder per
-project with a registry of the projects (Gemini CLI), and a SQLite database (opencode).
+Adding an agent whose store is of a known kind is one more profile in PROFILES, no new code: its
+`store` is the spec of its kind (kinds/: a folder per cwd, a date tree, a folder per project, a
+SQLite database, a folder per session), with the fields of that kind; a cwd's encoding is one of
+the encoders below, a file name's id one of id_index.FILE_IDS.
 
 Everything here is pure: paths come from the AGENT's environment and cwd, not the proxy's.
 """
@@ -18,7 +17,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .formats import ANY, ManifestFormat, RecordFormat
 from .ids import SAFE_ID_RE, is_safe_id, normal_id
+from .kinds import Database, DateTree, PerCwd, PerProject, PerSession, Root, StoreKind
+from .kinds.base import Encoder
 from .model import Process
 
 
@@ -28,80 +30,6 @@ def safe_id(value: object) -> str | None:
         return None
     value = value.strip()
     return normal_id(value) if is_safe_id(value) else None
-
-
-ANY = object()  # a record condition that only asks for the field to be there
-
-
-@dataclass(frozen=True)
-class RecordFormat:
-    """How an agent's JSONL records read. Paths are dotted; conditions map paths to values."""
-
-    header: Mapping[str, object]  # the record that holds the session's id and cwd
-    id: str
-    cwd: str | None
-    created: str | None
-    user: Mapping[str, object]  # a user-turn record
-    user_content: str
-    assistant: tuple[bytes, ...]  # a line holding any of these is an assistant turn ...
-    assistant_not: tuple[bytes, ...] = (b'"stopReason":"error"', b'"stopReason":"aborted"')  # ... unless
-    parent: str | None = None
-    name: Mapping[str, object] | None = None  # a record that names the session (the latest wins)
-    name_field: str | None = None
-    name_marker: bytes = b""  # cheap pre-check for name records
-
-
-@dataclass(frozen=True)
-class ManifestFormat:
-    """How a session folder's JSON manifest reads (a "session_dirs" store). Paths are dotted."""
-
-    file: str  # the manifest's name in its folder, "{id}" the folder's name
-    id: str
-    cwd: str
-    created: str
-    prompt: str  # the first user turn
-    prompt_wrappers: tuple[str, ...] = ()  # regexes whose group 1 is the user's own text of a prompt
-
-
-@dataclass(frozen=True)
-class Root:
-    """A store root: the first set env variable (its value, then `sub`), else `default`."""
-
-    env: tuple[str, ...]
-    default: str  # may start with ~ (the agent's HOME)
-    sub: str = ""
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    kind: str  # how the sessions lie below a root (FOLDERS): "per_cwd", "date_tree", "per_project", "sqlite",
-    # "session_dirs" (a folder per session with a manifest)
-    roots: tuple[Root, ...]  # each root is tried; all that exist are searched
-    encode: str = "pi"  # per_cwd, per_project: how a cwd maps to a folder name (ENCODERS)
-    subdir: str = ""  # per_cwd, per_project: below each cwd's or project's folder (Qwen: "chats")
-    format: RecordFormat | None = None
-    manifest: ManifestFormat | None = None  # session_dirs
-    file_names: str | None = None  # how a file's name holds the session id (id_index.FILE_IDS); None: not
-    long_cwd: str | None = None  # per_cwd: how a folder the encoder shortened is found (stores.LONG_CWD)
-    # per_project: <root>/<projects_dir>/<project>/<subdir>, the project named by a registry, a JSON
-    # file in the first root ("<file>:<key>", the key holding {cwd: project}), or by the cwd's encoding
-    projects_dir: str = ""
-    project_registry: str | None = None
-    # a request that names no session is on the newest session of its cwd (a database, which
-    # holds no conversation to match)
-    newest_of_cwd_is_session: bool = False
-    # sqlite: the database's file in the root, and the env variable that may name another
-    database: str = "opencode.db"
-    database_env: str | None = "OPENCODE_DB"
-    # names kept outside the session files: a JSONL file beside the store root (the latest wins)
-    name_index: str | None = None  # its path relative to the root's parent
-    name_index_fields: tuple[str, str] = ("id", "thread_name")
-    # a session folder the user chose instead of the per-cwd ones, strongest first: a command-line
-    # flag (when the command line shows it), an env variable, a settings file's key (a JSON file
-    # beside the store root: "<file>:<key>")
-    custom_dir_flag: str | None = None
-    custom_dir_env: str | None = None
-    custom_dir_setting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +50,7 @@ class AgentProfile:
     parent_headers: tuple[str, ...] = ()
     parent_env: tuple[str, ...] = ()
     subagent_file: str = ""  # a sub-agent's transcript, beside its session's file ("{stem}", "{id}")
-    store: StoreSpec | None = None
+    store: StoreKind | None = None
     # how a request shows it comes from this agent when its process cannot be read: headers
     # whose value matches a regex ("" = present at all); any one sign is enough
     request_signs: tuple[tuple[str, str], ...] = ()
@@ -164,9 +92,9 @@ class AgentProfile:
             if value and pattern.match(value.strip()):
                 return normal_id(value.strip()), f"header {name}"
         for name in self.hint_body_fields:
-            value = body.get(name) if body else None
-            if isinstance(value, str) and pattern.match(value.strip()):
-                return normal_id(value.strip()), f"body {name}"
+            member = body.get(name) if body else None
+            if isinstance(member, str) and pattern.match(member.strip()):
+                return normal_id(member.strip()), f"body {name}"
         return None, ""
 
 
@@ -211,7 +139,7 @@ def _base36(n: int) -> str:
 
 def encode_claude(cwd: str, environ: Mapping[str, str]) -> str:
     """Claude Code and Qwen Code: every UTF-16 unit that is not [a-zA-Z0-9] becomes '-';
-    past 200 chars, the first 200 plus '-' and a base-36 hash (stores.py also accepts any hash)."""
+    past 200 chars, the first 200 plus '-' and a base-36 hash (kinds/per_cwd.py also accepts any hash)."""
     units = cwd.encode("utf-16-le")
     out = []
     for i in range(0, len(units), 2):
@@ -226,9 +154,6 @@ def encode_claude(cwd: str, environ: Mapping[str, str]) -> str:
 def encode_sha256(cwd: str, environ: Mapping[str, str]) -> str:
     """Gemini CLI's project hash (before its projects.json registry)."""
     return hashlib.sha256(cwd.encode()).hexdigest()
-
-
-ENCODERS = {"pi": encode_pi, "omp": encode_omp, "claude": encode_claude, "sha256": encode_sha256}
 
 
 # -- the profiles ---------------------------------------------------------------------------------
@@ -274,8 +199,11 @@ GEMINI_FORMAT = RecordFormat(
 )
 
 
-PI_CUSTOM_DIR = dict(custom_dir_flag="--session-dir", custom_dir_env="PI_CODING_AGENT_SESSION_DIR",
-                     custom_dir_setting="settings.json:sessionDir")
+def _pi_store(root: Root, encode: Encoder, fmt: RecordFormat) -> PerCwd:
+    """pi's store, and its fork Oh My Pi's: a session folder chosen by --session-dir, by
+    PI_CODING_AGENT_SESSION_DIR or by settings.json's sessionDir comes before the cwd's."""
+    return PerCwd((root,), encode, fmt, file_names="time_id", custom_dir_flag="--session-dir",
+                  custom_dir_env="PI_CODING_AGENT_SESSION_DIR", custom_dir_setting="settings.json:sessionDir")
 
 PI = AgentProfile(
     name="pi",
@@ -285,8 +213,7 @@ PI = AgentProfile(
     # every pi sends session_id and prompt_cache_key to Responses-API models.
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=StoreSpec("per_cwd", (Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"),), "pi",
-                    format=PI_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
+    store=_pi_store(Root(("PI_CODING_AGENT_DIR",), "~/.pi/agent", "sessions"), encode_pi, PI_FORMAT),
     request_signs=(("x-opencode-client", r"^pi$"), ("user-agent", r"^pi[/ ]")),
     # pi >= 0.82 gives the commands of its bash tool PI_SESSION_ID: a pi started there inherits its
     # parent's (CHANGELOG 0.82.0)
@@ -301,9 +228,8 @@ OMP = AgentProfile(
     process_patterns=(r"oh-my-pi",),
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=StoreSpec("per_cwd", (
-        Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"),
-    ), "omp", format=OMP_FORMAT, file_names="time_id", **PI_CUSTOM_DIR),
+    store=_pi_store(Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"), encode_omp,
+                    OMP_FORMAT),
     request_signs=(("x-opencode-client", r"^omp$"), ("user-agent", r"^(omp|oh-my-pi)[/ ]")),
 )
 
@@ -322,10 +248,10 @@ CLAUDE = AgentProfile(
     subagent_parent_headers=("x-claude-code-parent-agent-id",),
     subagent_file="{stem}/subagents/agent-{id}.jsonl",
     request_signs=(("x-claude-code-session-id", ""), ("user-agent", r"^claude-cli/")),
-    store=StoreSpec("per_cwd", (
+    store=PerCwd((
         Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
         Root((), "~/.config/claude", "projects"),
-    ), "claude", format=CLAUDE_FORMAT, file_names="uuid", long_cwd="hashed"),
+    ), encode_claude, CLAUDE_FORMAT, file_names="uuid", hashed_long_names=True),
 )
 
 QWEN = AgentProfile(
@@ -334,8 +260,8 @@ QWEN = AgentProfile(
     process_names=frozenset({"qwen"}),
     process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
     request_signs=(("user-agent", r"(?i)^qwen-?code"),),
-    store=StoreSpec("per_cwd", (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), "claude", subdir="chats",
-                    format=QWEN_FORMAT, file_names="uuid", long_cwd="hashed"),
+    store=PerCwd((Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), encode_claude, QWEN_FORMAT, subdir="chats",
+                 file_names="uuid", hashed_long_names=True),
 )
 
 CODEX = AgentProfile(
@@ -352,8 +278,8 @@ CODEX = AgentProfile(
     subagent_kind_headers=("x-openai-subagent",),
     hint_body_fields=("prompt_cache_key",),
     request_signs=(("x-codex-turn-metadata", ""), ("originator", r"^codex"), ("user-agent", r"^codex")),
-    store=StoreSpec("date_tree", (Root(("CODEX_HOME",), "~/.codex", "sessions"),), format=CODEX_FORMAT,
-                    file_names="rollout", name_index="session_index.jsonl"),
+    store=DateTree((Root(("CODEX_HOME",), "~/.codex", "sessions"),), CODEX_FORMAT, file_names="rollout",
+                   name_index="session_index.jsonl"),
 )
 
 GEMINI = AgentProfile(
@@ -363,8 +289,8 @@ GEMINI = AgentProfile(
     process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
     request_signs=(("user-agent", r"(?i)^gemini-?cli"),),
     # no file_names: its files' names hold only a prefix of the id
-    store=StoreSpec("per_project", (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), "sha256", subdir="chats",
-                    format=GEMINI_FORMAT, projects_dir="tmp", project_registry="projects.json:projects"),
+    store=PerProject((Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), encode_sha256, GEMINI_FORMAT, subdir="chats",
+                     projects_dir="tmp", project_registry="projects.json:projects"),
 )
 
 OPENCODE = AgentProfile(
@@ -378,8 +304,7 @@ OPENCODE = AgentProfile(
     # a task-tool sub-agent has a session of its own (packages/opencode/src/session/llm/request.ts)
     parent_headers=("x-parent-session-id",),
     request_signs=(("user-agent", r"^opencode/"), ("x-opencode-client", r"^(cli|opencode)")),
-    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),),
-                    newest_of_cwd_is_session=True),
+    store=Database((Root(("XDG_DATA_HOME",), "~/.local/share", "opencode"),)),
 )
 
 # Kilo CLI 7.x (npm `@kilocode/cli`, an opencode fork; checked against 7.7.9's binary): toward
@@ -396,8 +321,7 @@ KILO = AgentProfile(
     hint_pattern=r"ses_[0-9A-Za-z]{20,40}",
     parent_headers=("x-kilocode-parent-taskid",),
     request_signs=(("user-agent", r"^Kilo-Code/"),),
-    store=StoreSpec("sqlite", (Root(("XDG_DATA_HOME",), "~/.local/share", "kilo"),),
-                    newest_of_cwd_is_session=True, database="kilo.db", database_env=None),
+    store=Database((Root(("XDG_DATA_HOME",), "~/.local/share", "kilo"),), database="kilo.db", database_env=None),
 )
 
 # Cline 3.x (npm `cline`, a Bun binary): checked against 3.0.65. Its session id is
@@ -416,12 +340,12 @@ CLINE = AgentProfile(
     hint_headers=("x-opencode-session", "x-task-id"),
     hint_body_fields=("session_id",),
     hint_pattern=r"[0-9]{13}_[0-9a-z]{5}",
-    store=StoreSpec("session_dirs", (
+    store=PerSession((
         Root(("CLINE_SESSION_DATA_DIR",), "~/.cline/data/sessions"),
         Root(("CLINE_DATA_DIR",), "~/.cline/data", "sessions"),
         Root(("CLINE_DIR",), "~/.cline", "data/sessions"),
-    ), manifest=ManifestFormat(file="{id}.json", id="session_id", cwd="cwd", created="started_at",
-                               prompt="prompt", prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',))),
+    ), ManifestFormat(file="{id}.json", id="session_id", cwd="cwd", created="started_at", prompt="prompt",
+                      prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',))),
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE, KILO, CLINE)
@@ -490,93 +414,3 @@ _BY_NAME = {p.name: p for p in PROFILES}
 
 def by_name(name: str) -> AgentProfile | None:
     return _BY_NAME.get(name)
-
-
-# -- where a process's sessions are ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionFolder:
-    path: str
-    cwd_filter: str | None  # a folder of every cwd's files: keep those whose header names this cwd
-    kind: str = "per_cwd"
-
-
-def expand(path: str, environ: Mapping[str, str]) -> str:
-    home = environ.get("HOME", "")
-    if path == "~" or path.startswith("~/"):
-        path = home + path[1:]
-    return path
-
-
-def _flag(cmdline: tuple[str, ...], flag: str) -> str | None:
-    for i, arg in enumerate(cmdline):
-        if arg == flag and i + 1 < len(cmdline):
-            return cmdline[i + 1]
-        if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
-    return None
-
-
-def root_paths(spec: StoreSpec, environ: Mapping[str, str]) -> list[str]:
-    out = []
-    for root in spec.roots:
-        base = next((environ[e] for e in root.env if environ.get(e)), None) or root.default
-        out.append(os.path.join(expand(base, environ), root.sub) if root.sub else expand(base, environ))
-    return out
-
-
-def _per_cwd(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
-    name = ENCODERS[spec.encode](process.cwd, process.environ)
-    folders = [os.path.join(root, name) for root in root_paths(spec, process.environ)]
-    return [SessionFolder(os.path.join(f, spec.subdir) if spec.subdir else f, None) for f in folders]
-
-
-def _date_tree(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
-    return [SessionFolder(root, process.cwd, "date_tree") for root in root_paths(spec, process.environ)]
-
-
-def _per_project(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
-    """The registered project's folder first, then the one named by the cwd's encoding."""
-    out = []
-    for root in root_paths(spec, process.environ):
-        for name in filter(None, (project, ENCODERS[spec.encode](process.cwd, process.environ))):
-            parts = filter(None, (spec.projects_dir, name, spec.subdir))
-            out.append(SessionFolder(os.path.join(root, *parts), None))
-    return out
-
-
-def _database(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
-    return [SessionFolder(root, process.cwd, "sqlite") for root in root_paths(spec, process.environ)]
-
-
-def _session_dirs(spec: StoreSpec, process: Process, project: str | None) -> list[SessionFolder]:
-    """Every session of the store, whatever the cwd: a hub daemon serves them all."""
-    roots = dict.fromkeys(root_paths(spec, process.environ))
-    return [SessionFolder(root, None, "session_dirs") for root in roots]
-
-
-# StoreSpec.kind -> the session folders of a process
-FOLDERS = {"per_cwd": _per_cwd, "date_tree": _date_tree, "per_project": _per_project, "sqlite": _database,
-           "session_dirs": _session_dirs}
-
-
-def session_folders(profile: AgentProfile, process: Process, settings_session_dir: str | None = None,
-                    project: str | None = None) -> list[SessionFolder]:
-    """Where this process keeps its sessions. For pi and omp, --session-dir (when the command line
-    shows it), PI_CODING_AGENT_SESSION_DIR and settings.json's sessionDir come first. project: the
-    name the store's project registry gives the process's cwd."""
-    spec = profile.store
-    if spec is None:
-        return []
-    env = process.environ
-    if spec.custom_dir_flag or spec.custom_dir_env or spec.custom_dir_setting:
-        for custom in (_flag(process.cmdline, spec.custom_dir_flag) if spec.custom_dir_flag else None,
-                       env.get(spec.custom_dir_env) if spec.custom_dir_env else None, settings_session_dir):
-            if custom:
-                custom = expand(custom, env)
-                if not os.path.isabs(custom):
-                    custom = os.path.join(process.cwd, custom)
-                return [SessionFolder(os.path.normpath(custom), process.cwd)]
-    folders = FOLDERS.get(spec.kind)
-    return folders(spec, process, project) if folders is not None else []

@@ -19,7 +19,6 @@ Cheap with 10,000 files, and bounded per lookup:
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import os
 import stat
@@ -29,8 +28,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .agents import AgentProfile, StoreSpec, root_paths
+from .agents import AgentProfile
 from .ids import is_safe_id, is_uuid, normal_id
+from .kinds import StoreKind
 
 RECHECK_S = 1.0  # a miss re-stats every folder of a store this often at most
 HOT = 8  # the folders changed last, stat'ed on every miss: where new sessions appear
@@ -62,12 +62,10 @@ def _rollout(stem: str) -> str | None:  # Codex: `rollout-<time>-<uuid>`
     return stem[-36:] if stem.startswith("rollout-") and is_uuid(stem[-36:]) else None
 
 
-# StoreSpec.file_names -> the id a file's name (without .jsonl) holds
+# a store kind's IdLayout.file_names -> the id a file's name (without .jsonl) holds
 FILE_IDS: dict[str, Callable[[str], str | None]] = {
     "time_id": _time_then_id, "uuid": _uuid_only, "rollout": _rollout,
 }
-# StoreSpec.kind -> the folder levels between a root and its files; other kinds are not indexed
-DEPTHS = {"per_cwd": 1, "date_tree": 3}
 
 
 def _number(name: str) -> bool:
@@ -81,10 +79,11 @@ class _Layout:
     file_id: Callable[[str], str | None]
 
 
-def _layout(spec: StoreSpec | None) -> _Layout | None:
-    if spec is None or spec.file_names is None or spec.kind not in DEPTHS:
+def _layout(spec: StoreKind | None) -> _Layout | None:
+    layout = spec.id_layout() if spec is not None else None
+    if layout is None:
         return None  # Gemini names files by a prefix of the id; opencode keeps a database
-    return _Layout(DEPTHS[spec.kind], spec.subdir, FILE_IDS[spec.file_names])
+    return _Layout(layout.depth, layout.subdir, FILE_IDS[layout.file_names])
 
 
 # -- where the proxy's user (and extra HOMEs) keep their stores ------------------------------------
@@ -105,10 +104,9 @@ def store_roots(profiles: Iterable[AgentProfile], environ: Mapping[str, str],
             for root in spec.roots:
                 if not any(env.get(e) for e in root.env) and root.default.startswith("~") and not env.get("HOME"):
                     continue
-                for path in root_paths(dataclasses.replace(spec, roots=(root,)), env):
-                    path = os.path.normpath(path)
-                    if os.path.isabs(path) and path not in roots:
-                        roots.append(path)
+                path = os.path.normpath(root.path(env))
+                if os.path.isabs(path) and path not in roots:
+                    roots.append(path)
         out[profile.name] = roots
     return out
 

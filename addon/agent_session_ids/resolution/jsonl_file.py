@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..jsontext import dotted
-from .agents import ANY, RecordFormat
 from .conversation import fingerprint, text_of
 from .files import open_regular
+from .formats import ANY, RecordFormat
 from .ids import UUID_RE, is_safe_id, normal_id
 from .model import SessionFile
 

@@ -17,8 +17,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .agents import RecordFormat
 from .files import open_regular
+from .formats import RecordFormat
 from .jsonl_file import (  # noqa: F401 - the limits, re-exported for the tests and the docs
     CHUNK,
     HEAD_LIMIT,
@@ -41,6 +41,36 @@ WAIT_RECHECK_S = 1.0  # a folder's files that had no user turn yet are looked at
 WAIT_RECHECK_FILES = 16  # ... and only the newest of them (a session being written is a new one)
 MAX_FOLDERS = 512  # folders kept in memory; the least recently used is forgotten first
 MAX_KEPT_FDS = 32  # session files kept open for the memo's check (one pread per request)
+DB_WAIT_S = 0.05  # how long a database's lock is waited for, off the event loop
+
+
+@dataclass(frozen=True)
+class ReadBudget:
+    """How much one resolution may read now. On the event loop every read is a small step, and
+    what is left (a long tail, a backward name scan, a folder's index) is done between requests.
+    The limits are read when used, from this module's constants."""
+
+    inline: bool  # resolved on the event loop
+
+    @property
+    def index_wait_s(self) -> float:  # how long a continued session waits for its folder's index
+        return INDEX_STEP_S if self.inline else INDEX_WAIT_S
+
+    @property
+    def tail_bytes(self) -> int:
+        return INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET
+
+    @property
+    def backward_names(self) -> bool:  # a large file's latest name read backwards from its end
+        return not self.inline
+
+    @property
+    def db_wait_s(self) -> float:
+        return 0.0 if self.inline else DB_WAIT_S
+
+
+ON_WORKER = ReadBudget(inline=False)
+INLINE = ReadBudget(inline=True)
 
 
 @dataclass
@@ -66,9 +96,6 @@ class JsonlStore:
         self._kept: OrderedDict[str, tuple[int, int]] = OrderedDict()  # path -> (fd, inode): memo'd files
         self._behind: dict[str, tuple[FileState, RecordFormat]] = {}  # files with more tail to read
         self._unindexed: dict[str, tuple[_DirState, RecordFormat]] = {}  # folders with heads to read
-        # set while a request is resolved on the event loop: every read is then a small step,
-        # and what is left (a long tail, a backward name scan) is done between requests
-        self.inline = False
 
     def candidates(
         self,
@@ -80,6 +107,7 @@ class JsonlStore:
         cwd: str | None = None,
         relist: bool = True,
         fresh: bool = False,
+        budget: ReadBudget = ON_WORKER,
     ) -> list[SessionFile]:
         """Fresh snapshots of the folder's files with one of these ids, first user turns or paths.
         With `cwd`, files found by their first user turn must name that cwd in their header (for
@@ -95,7 +123,7 @@ class JsonlStore:
             if d.order:
                 # a continued session's file may be any file: look for it (newest first) a while;
                 # a new session's file is among the newest, which the first step reads
-                wait = INDEX_WAIT_S if missing and not fresh and not self.inline else INDEX_STEP_S
+                wait = budget.index_wait_s if missing and not fresh else INDEX_STEP_S
                 self._index(d, fmt, missing, wait)
                 if d.order:
                     self._unindexed[folder] = (d, fmt)
@@ -114,7 +142,7 @@ class JsonlStore:
         out = []
         for path in sorted(wanted):
             f = d.files[path]
-            if not self._refresh_tail(f, fmt):
+            if not self._refresh_tail(f, fmt, budget):
                 self._forget(d, path)
                 continue
             if wanted[path] and f.cwd is not None and f.cwd != cwd:
@@ -122,7 +150,8 @@ class JsonlStore:
             out.append(snapshot(f))
         return out
 
-    def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None) -> tuple[bool, str | None]:
+    def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None,
+                 budget: ReadBudget = ON_WORKER) -> tuple[bool, str | None]:
         """A known file's latest name, after reading what was appended to it: (known, name).
         (False, None) when the file was never read or is gone. The memo's check, at every request
         whose session file grew: no listing, no snapshot. With `st`, the file's stat just taken by
@@ -132,10 +161,10 @@ class JsonlStore:
         if f is None:
             return False, None
         if st is None or not stat.S_ISREG(st.st_mode):
-            known = self._refresh_tail(f, fmt)
+            known = self._refresh_tail(f, fmt, budget)
         else:
             fd = self._kept_fd(path, st.st_ino)
-            known = fd is not None and self._read_tail(fd, f, fmt, st)
+            known = fd is not None and self._read_tail(fd, f, fmt, st, budget)
         if not known:
             self._forget(d, path)
             self._close_kept(path)
@@ -289,7 +318,7 @@ class JsonlStore:
     # -- one file ------------------------------------------------------------------------------
 
 
-    def _refresh_tail(self, f: FileState, fmt: RecordFormat) -> bool:
+    def _refresh_tail(self, f: FileState, fmt: RecordFormat, budget: ReadBudget) -> bool:
         """Count answered turns and find the latest name in what was appended since the last look.
 
         At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
@@ -299,11 +328,11 @@ class JsonlStore:
         if fd is None:
             return False
         try:
-            return self._read_tail(fd, f, fmt, st)
+            return self._read_tail(fd, f, fmt, st, budget)
         finally:
             os.close(fd)
 
-    def _read_tail(self, fd: int, f: FileState, fmt: RecordFormat, st: os.stat_result) -> bool:
+    def _read_tail(self, fd: int, f: FileState, fmt: RecordFormat, st: os.stat_result, budget: ReadBudget) -> bool:
         try:
             if st.st_size < f.offset or (f.ino and st.st_ino != f.ino):
                 # truncated or replaced: start over
@@ -312,18 +341,19 @@ class JsonlStore:
             f.mtime = st.st_mtime
             if st.st_size == f.size:
                 return True
-            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None and not self.inline:
+            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None \
+                    and budget.backward_names:
                 latest_name(fd, f, fmt, st.st_size)
             f.size = st.st_size
-            self._scan(fd, f, fmt)
+            self._scan(fd, f, fmt, budget.tail_bytes)
             return True
         except OSError:
             return False
 
 
-    def _scan(self, fd: int, f: FileState, fmt: RecordFormat) -> None:
+    def _scan(self, fd: int, f: FileState, fmt: RecordFormat, tail_bytes: int) -> None:
         """One budget of the file's tail; a file with more to read is left `behind`."""
-        if scan(fd, f, fmt, INLINE_TAIL_BUDGET if self.inline else TAIL_BUDGET):
+        if scan(fd, f, fmt, tail_bytes):
             self._behind[f.path] = (f, fmt)
         else:
             self._behind.pop(f.path, None)
@@ -350,7 +380,7 @@ class JsonlStore:
             self._behind.pop(path, None)
             return bool(self._behind)
         try:
-            self._scan(fd, f, fmt)
+            self._scan(fd, f, fmt, TAIL_BUDGET)
         except OSError:
             self._behind.pop(path, None)
         finally:

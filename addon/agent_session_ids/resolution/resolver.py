@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from . import ids
+from . import ids, keys
 from .conversation import Conversation
 from .model import Process, Session, SessionFile
 
@@ -65,8 +65,8 @@ class OnProcess:
 
 class Resolver:
     def __init__(self) -> None:
-        self.bound: dict[str, Bound] = {}  # "<agent>:<agent session id>" -> Bound
-        self.pending: dict[str, Pending] = {}  # process key -> Pending
+        self.bound: dict[str, Bound] = {}  # keys.agent_session / keys.named -> Bound
+        self.pending: dict[str, Pending] = {}  # process key, keys.orphan / keys.conversation -> Pending
         self.on: dict[str, OnProcess] = {}  # process key -> OnProcess
         self._by_first_user: dict[str, set[str]] = {}  # first-turn fingerprint -> pending keys
         self.generation = 0  # counts the changes to bound and pending (a memo's check)
@@ -129,8 +129,8 @@ class Resolver:
         # the client's own id, never a minted one; the binding only keeps the trace UUID stable
         # from a first request that came before the file (keyed by the id: the agent may be
         # unknown then)
-        key = f"id:{hint}"
-        b = self.bound.get(key) or self.bound.get(f"{agent}:{hint}")
+        key = keys.named(hint)
+        b = self.bound.get(key) or self.bound.get(keys.agent_session(agent, hint))
         if f is None and b is None:
             b = self._bind(key, hint, ids.trace_uuid(key), now)
         if process is not None:
@@ -152,7 +152,7 @@ class Resolver:
         moment cannot be told apart this way. A minted ID of a client that is no known agent
         counts as a fallback (rules may refuse those)."""
         fp = conversation.first_user
-        key = f"conv:{fp}"
+        key = keys.conversation(fp)
         fitting = [f for f in files if f.first_user is not None and f.first_user == fp]
         p = self.pending.get(key)
         if p is not None and conversation.fresh and now - p.since > NO_PROCESS_WINDOW_S:
@@ -163,7 +163,7 @@ class Resolver:
                     and self._bound_id(f) in (None, p.id)]
             if mine:
                 f = min(mine, key=lambda f: (f.created, f.path))
-                self._bind(f"{f.agent or agent}:{f.id}", p.id, p.trace_uuid, now)
+                self._bind(keys.agent_session(f.agent or agent, f.id), p.id, p.trace_uuid, now)
                 self._drop_pending(key)
                 return self._file_session(f.agent or agent, f, "session file with this first turn, bound to the ID "
                                                                f"of its first request ({why})")
@@ -189,7 +189,7 @@ class Resolver:
                                      fallback=not known_agent)
 
     def _bound_id(self, f: SessionFile) -> str | None:
-        b = self.bound.get(f"{f.agent}:{f.id}") if f.agent else None
+        b = self.bound.get(keys.agent_session(f.agent, f.id)) if f.agent else None
         return b.id if b else None
 
     def _by_conversation(self, agent, process, conv: Conversation, files, now) -> Session:
@@ -239,7 +239,7 @@ class Resolver:
             # the process moved on (/new) before its file showed up: keep it as an orphan
             self._drop_pending(process.key)
             previous.ended = True
-            self._add_pending(f"{process.key}#{previous.id}", previous)
+            self._add_pending(keys.orphan(process.key, previous.id), previous)
         self._add_pending(process.key, pending)
         self.on[process.key] = OnProcess(None, None, conv.first_user, now, pending)
         return self._pending_session(pending, "minted at the first request; no session file yet")
@@ -258,7 +258,7 @@ class Resolver:
         for f in fitting:
             if f.created < process.started_at - SLACK_S or f.path in others:
                 continue
-            b = self.bound.get(f"{agent}:{f.id}")
+            b = self.bound.get(keys.agent_session(agent, f.id))
             if b is not None and b.id != mine:
                 continue
             candidates.append(f)
@@ -278,14 +278,14 @@ class Resolver:
     # -- building sessions ------------------------------------------------------------------------------
 
     def _file_session(self, agent, f: SessionFile, source: str) -> Session:
-        b = self.bound.get(f"{agent}:{f.id}")
+        b = self.bound.get(keys.agent_session(agent, f.id))
         if b is None and f.first_user in self._by_first_user:
             b = self._adopt(agent, f)
             if b is not None:
                 source += ", bound to the ID its first request got"
         sid = b.id if b else f.id
         if b is None:
-            b = self.bound.get(f"id:{f.id}")  # named by the request before its file was written
+            b = self.bound.get(keys.named(f.id))  # named by the request before its file was written
         trace = b.trace_uuid if b else ids.trace_uuid(f.path)
         return Session(sid, ids.label(f.name, sid), trace, agent, source, f.name, f.path, cwd=f.cwd)
 
@@ -299,9 +299,10 @@ class Resolver:
         if f is not None:
             return self._file_session(agent, f, source)
         sid = on.agent_session or "?"
-        b = self.bound.get(f"{agent}:{sid}")
+        key = keys.agent_session(agent, sid)
+        b = self.bound.get(key)
         return Session(b.id if b else sid, b.id if b else sid,
-                       b.trace_uuid if b else ids.trace_uuid(on.file or f"{agent}:{sid}"), agent, source,
+                       b.trace_uuid if b else ids.trace_uuid(on.file or key), agent, source,
                        file=on.file)
 
     def _on(self, process_key: str) -> OnProcess | None:
@@ -315,7 +316,7 @@ class Resolver:
     def _attach(self, agent, process_key: str, on: OnProcess, f: SessionFile, now: float) -> None:
         p = on.pending
         assert p is not None
-        self._bind(f"{agent}:{f.id}", p.id, p.trace_uuid, now)
+        self._bind(keys.agent_session(agent, f.id), p.id, p.trace_uuid, now)
         self._drop_pending(process_key)
         self.on[process_key] = OnProcess(f.id, f.path, on.first_user, on.since)
 
@@ -334,7 +335,7 @@ class Resolver:
             return None
         p = self.pending[best]
         self._drop_pending(best)
-        return self._bind(f"{agent}:{f.id}", p.id, p.trace_uuid, p.since)
+        return self._bind(keys.agent_session(agent, f.id), p.id, p.trace_uuid, p.since)
 
     def _add_pending(self, key: str, p: Pending) -> None:
         self.pending[key] = p
@@ -368,7 +369,7 @@ class Resolver:
         if p is not None:
             self._drop_pending(process_key)
             p.ended = True
-            self._add_pending(f"{process_key}#{p.id}", p)
+            self._add_pending(keys.orphan(process_key, p.id), p)
 
     def prune(self, alive: Iterable[str], now: float) -> None:
         """Forget processes that are gone. Their minted sessions stay a while as orphans."""

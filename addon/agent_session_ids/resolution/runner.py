@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import state
 from .finder import SessionFinder
+from .jsonl_store import INLINE
 from .model import Evidence, Process, Seen, Session
 from .proc import ProcessTable
 from .tree import SessionTree
@@ -81,10 +82,10 @@ class Runner:
         proc = seen.process
         if proc is None:
             # the request of a process that cannot be read, continuing its session: the memo
-            session = self._inline(finder.unseen_from_memo, evidence, seen)
+            session = self._inline(finder.unseen_from_memo, evidence, seen, INLINE)
         if session is None:
             if self._inline_ok(proc):
-                result = self._inline(finder.find, evidence, seen, time.time())
+                result = self._inline(finder.find, evidence, seen, time.time(), INLINE)
             else:
                 result = None
             if result is None:
@@ -98,20 +99,20 @@ class Runner:
         return self.tree.place(session, evidence.headers, proc), proc
 
     def _inline(self, fn, *args):
-        """fn(*args) on the event loop, in small reading steps; None if the worker has the lock."""
+        """fn(*args) on the event loop (given the INLINE read budget: every read a small step);
+        None if the worker has the lock."""
         if not self._lock.acquire(blocking=False):
             return None
-        self.finder.reading_inline(True)
         try:
             return fn(*args)
         finally:
-            self.finder.reading_inline(False)
             self._lock.release()
 
     def _inline_ok(self, proc: Process | None) -> bool:
         """Only when everything the resolution reads is known, on local filesystems, and no folder
         is still being indexed."""
-        return proc is not None and self.finder.inline_ok(proc.key)
+        stores = self.finder.stores
+        return proc is not None and not stores.io.jsonl.behind and stores.warm_and_local(proc.key)
 
     def _locked(self, fn, *args):
         with self._lock:
@@ -124,7 +125,7 @@ class Runner:
         now = time.time()
         if self.finder.prune_due(now):
             self._worker.submit(self._locked, self.finder.prune, now)
-        if self.finder.dirty and not self._save_pending:
+        if self.finder.scopes.dirty and not self._save_pending:
             # batch state writes: at most one a second, off the request path
             self._save_pending = True
             asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
@@ -132,20 +133,20 @@ class Runner:
 
     def _warm(self) -> None:
         try:
-            self.finder.warm()
+            self.finder.scopes.warm()
         except Exception as e:
             self._warn_once("warm", f"listing the session stores failed: {e!r}")
         self._schedule_catch_up()
 
     def _schedule_catch_up(self) -> None:
-        if self.finder.behind and not self._catching_up:
+        if self.finder.stores.io.jsonl.behind and not self._catching_up:
             self._catching_up = True
             self._worker.submit(self._locked, self._catch_up)
 
     def _catch_up(self) -> None:
         """Read large files' tails one budget at a time, queued between requests on the worker."""
         try:
-            more = self.finder.catch_up()
+            more = self.finder.stores.io.jsonl.catch_up()
         except Exception as e:
             self._warn_once("catch-up", f"reading a session file failed: {e!r}")
             more = False
@@ -162,7 +163,7 @@ class Runner:
             self.finder.load_state(state.load(path))
             self.finder.prune(time.time())
         except Exception as e:  # StateError, or anything a damaged file provokes
-            self.finder.reset_bindings()
+            self.finder.scopes.reset_bindings()
             aside = state.set_aside(path)
             kept = f"; it was kept as {aside}" if aside else ""
             self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
@@ -170,7 +171,7 @@ class Runner:
 
     def _save_state(self) -> None:
         self._save_pending = False
-        if self._state_path and self.finder.dirty:
+        if self._state_path and self.finder.scopes.dirty:
             try:
                 state.save(self._state_path, self.finder.export_state())
             except OSError as e:

@@ -17,9 +17,9 @@ import re
 from collections.abc import Sequence
 
 from ..jsontext import dotted
-from .agents import ManifestFormat
 from .conversation import fingerprint
 from .files import read_regular
+from .formats import ManifestFormat
 from .jsonl_file import parse_time
 from .model import SessionFile
 
