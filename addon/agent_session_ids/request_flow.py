@@ -11,6 +11,7 @@ Fail open: whatever goes wrong, the request passes on unmodified and the reason 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from mitmproxy import http
@@ -103,10 +104,8 @@ class RequestFlow:
             reason = "session resolution took too long" if timed_out else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
             failed = self.states[flow] = FlowState(rules, streamed=streamed, second=first is not None, error=reason)
-            try:
+            with contextlib.suppress(Exception):
                 display.annotate(flow, failed)
-            except Exception:
-                pass
 
     async def _body(self, flow: http.HTTPFlow, streamed: bool) -> tuple[Body | None, str | None]:
         """The request's JSON body as read, or why there is none to rewrite."""

@@ -113,7 +113,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -127,9 +127,12 @@ MODEL = "anthropic/claude-sonnet-4"
 
 # --------------------------------------------------------------------------- realistic content
 
-_WORDS = ("session request handler config parse token cache buffer stream client server state "
-          "value index result error retry timeout folder record header body field rule match "
-          "process socket thread worker queue store label trace module import return yield").split()
+_WORDS = [
+    "session", "request", "handler", "config", "parse", "token", "cache", "buffer", "stream", "client", "server",
+    "state", "value", "index", "result", "error", "retry", "timeout", "folder", "record", "header", "body", "field",
+    "rule", "match", "process", "socket", "thread", "worker", "queue", "store", "label", "trace", "module", "import",
+    "return", "yield"
+]
 
 
 def _code(rng: random.Random, size: int) -> str:
@@ -245,7 +248,7 @@ def pi_folder(home: Path, cwd: Path) -> Path:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _dumps(obj) -> str:

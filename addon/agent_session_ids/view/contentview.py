@@ -12,6 +12,7 @@ and calls them again, so they work by the view's name, not by the instance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -152,10 +153,8 @@ def _body_lines(data: bytes) -> list[Line]:
     if not data:
         return [[("highlight", "Body (as sent)")], [("content_none", "  (empty)")]]
     text = data[:MAX_BODY_CHARS].decode("utf-8", "replace")
-    try:
+    with contextlib.suppress(ValueError, RecursionError):  # not JSON: shown as sent
         text = json.dumps(json.loads(data), indent=2, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        pass
     if len(text) > MAX_BODY_CHARS:
         text = text[:MAX_BODY_CHARS] + "\n… (cut)"
     return [[("highlight", "Body (as sent)")]] + [[("text", line)] for line in text.splitlines()]
