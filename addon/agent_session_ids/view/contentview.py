@@ -207,10 +207,12 @@ def to_text(lines: list[Line]) -> str:
     return "\n".join("".join(text for _, text in line) for line in lines)
 
 
+# mypy reads the branch of the other release too: its names are ignored there (name-defined, attr-defined),
+# and checked under the release that has them
 if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
     MITMPROXY_API = 12
 
-    class SessionIdsView(contentviews.Contentview):
+    class SessionIdsView(contentviews.Contentview):  # type: ignore[name-defined,unused-ignore]
         name = NAME
         syntax_highlight = "none"
 
@@ -232,7 +234,7 @@ if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
 
     def _remove() -> None:
         # 12.x has no public removal (contentviews.remove is a no-op): drop it by name.
-        by_name = getattr(contentviews.registry, "_by_name", None)
+        by_name = getattr(contentviews.registry, "_by_name", None)  # type: ignore[attr-defined,unused-ignore]
         if isinstance(by_name, dict):
             by_name.pop(NAME.lower(), None)
 
