@@ -174,7 +174,7 @@ def rows(screen: list[str]) -> dict[str, list[str]]:
 
 def cells(words: list[str]) -> dict[str, str]:
     """AGENT, SESSION (possibly several words), then the nine last columns by their titles."""
-    return {"AGENT": words[0], "SESSION": " ".join(words[1:-9]), **dict(zip(TITLES[2:], words[-9:]))}
+    return {"AGENT": words[0], "SESSION": " ".join(words[1:-9]), **dict(zip(TITLES[2:], words[-9:], strict=True))}
 
 
 def fits(cell: str, full: str) -> bool:
