@@ -45,11 +45,8 @@ def _rendered(action: SetAction, session: Session, privacy: bool) -> str:
     return render(action, session.fields(privacy=privacy))
 
 
-def _not_for(rule: Rule, session: Session, headers, top: dict | None, ours: dict[str, str],
-             fallback_ids: bool) -> str | None:
+def _not_for(rule: Rule, headers, top: dict | None, ours: dict[str, str], fallback_ids: bool) -> str | None:
     """Why `rule` sets nothing for a fallback session, in words; None: it applies."""
-    if not session.fallback:
-        return None
     if not (rule.fallback and fallback_ids):
         return "fallback IDs are off (session_fallback)" if rule.fallback else f"rule {rule.name} uses no fallback IDs"
     sent = client_field_sent(headers, top, rule.client_fields, ours)
@@ -128,8 +125,7 @@ def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None,
     top = body.members if body is not None else None
     edit = _BodyEdit(body, body_problem)
     for rule in rules:
-        why_not = _not_for(rule, session, headers, top, ours, fallback_ids)
-        if why_not is not None:
+        if session.fallback and (why_not := _not_for(rule, headers, top, ours, fallback_ids)):
             out.skipped.append(why_not)
             continue
         for action in rule.actions:
