@@ -39,7 +39,7 @@ class Connections:
             if future.done():
                 return future.result()  # the usual case: looked up when the client connected
             return await asyncio.wait_for(asyncio.shield(future), LOOKUP_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._warn_once("lookup-timeout", "the process lookup took too long; resolving without it")
             return Seen(None, "the process lookup took too long")
         except Exception as e:

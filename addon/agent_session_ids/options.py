@@ -51,7 +51,7 @@ def _is_loopback(host: str) -> bool:
 def open_listener_warning(options) -> str | None:
     """Said at start-up when the proxy listens beyond loopback and asks no one for a password."""
     host = getattr(options, "listen_host", "127.0.0.1")
-    auth = getattr(options, "proxyauth", None) if "proxyauth" in options.keys() else None
+    auth = getattr(options, "proxyauth", None) if "proxyauth" in options else None
     if _is_loopback(host) or auth:
         return None
     return (f"the proxy listens on {host or 'every interface'} without proxyauth: anyone who can reach it "

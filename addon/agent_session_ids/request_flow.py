@@ -11,6 +11,7 @@ Fail open: whatever goes wrong, the request passes on unmodified and the reason 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from mitmproxy import http
@@ -86,9 +87,11 @@ class RequestFlow:
             body, body_problem = await self._body(flow, streamed)
             members = body.members if body is not None else None
             ours = first.set_headers if first is not None else {}
+            # a ClientField unpacks as the (target, key) pair Evidence names (until it names ClientField)
+            client_fields = tuple(f for r in rules for f in r.client_fields)
             evidence = Evidence(evidence_headers(flow.request.headers, rules, ours), members,
                                 body.conversation if body is not None else None,
-                                flow.client_conn.id, tuple(f for r in rules for f in r.client_fields))
+                                flow.client_conn.id, client_fields)  # type: ignore[arg-type]
             state.session, state.process = await self.runner.resolve(evidence, seen)
             self.connections.remember(flow.client_conn.id, state.process, seen)
             if first is None:
@@ -103,10 +106,8 @@ class RequestFlow:
             reason = "session resolution took too long" if timed_out else f"{type(e).__name__}: {e}"
             self._warn_once(f"rewrite-{type(e).__name__}", f"request passed on unchanged: {reason}")
             failed = self.states[flow] = FlowState(rules, streamed=streamed, second=first is not None, error=reason)
-            try:
+            with contextlib.suppress(Exception):
                 display.annotate(flow, failed)
-            except Exception:
-                pass
 
     async def _body(self, flow: http.HTTPFlow, streamed: bool) -> tuple[Body | None, str | None]:
         """The request's JSON body as read, or why there is none to rewrite."""

@@ -113,7 +113,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -127,9 +127,12 @@ MODEL = "anthropic/claude-sonnet-4"
 
 # --------------------------------------------------------------------------- realistic content
 
-_WORDS = ("session request handler config parse token cache buffer stream client server state "
-          "value index result error retry timeout folder record header body field rule match "
-          "process socket thread worker queue store label trace module import return yield").split()
+_WORDS = [
+    "session", "request", "handler", "config", "parse", "token", "cache", "buffer", "stream", "client", "server",
+    "state", "value", "index", "result", "error", "retry", "timeout", "folder", "record", "header", "body", "field",
+    "rule", "match", "process", "socket", "thread", "worker", "queue", "store", "label", "trace", "module", "import",
+    "return", "yield"
+]
 
 
 def _code(rng: random.Random, size: int) -> str:
@@ -245,7 +248,7 @@ def pi_folder(home: Path, cwd: Path) -> Path:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _dumps(obj) -> str:
@@ -446,87 +449,106 @@ def _append_answer(path: str | None, k: int) -> None:
         os.close(fd)
 
 
+class _Worker:
+    """One client process's commands by name: each takes the command, the proxy's port and CA."""
+
+    def __init__(self) -> None:
+        self.client = Client()
+        self.templates: dict[str, tuple[bytes, bytes]] = {}
+
+    def template(self, kind: str) -> tuple[bytes, bytes]:
+        if kind not in self.templates:
+            self.templates[kind] = body_template(BODY_SIZES[kind])
+        return self.templates[kind]
+
+    def prepare(self, cmd: dict, port, ca) -> dict:
+        """Make the body templates before the clock starts."""
+        for kind in cmd["bodies"]:
+            self.template(kind)
+        return {"ok": True}
+
+    def probe(self, cmd: dict, port, ca) -> dict:
+        """One request that asks the stand-in what the proxy set (x-bench-info)."""
+        body = make_body(self.template(cmd.get("body", "8k")), first_text(cmd.get("session", 0)))
+        t0 = time.perf_counter()
+        c, _ = self.client.conn(port, ca)
+        r, _ = self.client.post(c, body, probe=True, extra=cmd.get("headers"))
+        ms = (time.perf_counter() - t0) * 1000
+        info = r.getheader("x-bench-info")
+        return {"ms": ms, "info": json.loads(base64.b64decode(info)) if info else None}
+
+    def warm(self, cmd: dict, port, ca) -> dict:
+        """Requests on one kept connection from start_at for `seconds`: their latencies."""
+        body = make_body(self.template(cmd["body"]), first_text(cmd.get("session", 0)))
+        extra = cmd.get("headers")
+        c, fresh = self.client.conn(port, ca)
+        if fresh:
+            self.client.post(c, body, extra=extra)
+        while time.time() < cmd["start_at"]:
+            time.sleep(0.002)
+        end = cmd["start_at"] + cmd["seconds"]
+        lat = []
+        k = 0
+        append = cmd.get("append")
+        perf = time.perf_counter
+        while time.time() < end:
+            t0 = perf()
+            self.client.post(c, body, extra=extra)
+            lat.append(round((perf() - t0) * 1000, 4))
+            k += 1
+            _append_answer(append, os.getpid() * 1000000 + k)
+        return {"n": len(lat), "lat": lat}
+
+    def newconn(self, cmd: dict, port, ca) -> dict:
+        """`count` requests, each on a new connection: connect, answer and total times."""
+        body = make_body(self.template(cmd["body"]), first_text(cmd.get("session", 0)))
+        self.client.drop(port)
+        rows = []
+        perf = time.perf_counter
+        for _ in range(cmd["count"]):
+            t0 = perf()
+            c = self.client.new_conn(port, ca)
+            t1 = perf()
+            self.client.post(c, body, extra=cmd.get("headers"))
+            t2 = perf()
+            c.close()
+            rows.append([round((t2 - t0) * 1000, 4), round((t1 - t0) * 1000, 4), round((t2 - t1) * 1000, 4)])
+        return {"rows": rows}
+
+    def memory(self, cmd: dict, port, ca) -> dict:
+        """One request per session in `sessions`, every probe_every-th asking what was set."""
+        tpl = self.template(cmd["body"])
+        c, _ = self.client.conn(port, ca)
+        probes = []
+        every = cmd.get("probe_every", 0)
+        t0 = time.perf_counter()
+        for j, s in enumerate(cmd["sessions"]):
+            probe = bool(every) and j % every == every - 1
+            r, _ = self.client.post(c, make_body(tpl, first_text(s)), probe=probe)
+            if probe:
+                info = r.getheader("x-bench-info")
+                info = json.loads(base64.b64decode(info)) if info else {}
+                probes.append([s, info.get("session_id")])
+        return {"n": len(cmd["sessions"]), "seconds": time.perf_counter() - t0, "probes": probes}
+
+
+WORKER_OPS = {"prepare": _Worker.prepare, "probe": _Worker.probe, "warm": _Worker.warm, "newconn": _Worker.newconn,
+              "memory": _Worker.memory}
+
+
 def worker_main() -> None:
     """`bench.py --worker`: one client process. Commands as JSON lines on stdin, answers on stdout."""
     _set_comm(b"pi")
-    client = Client()
-    templates: dict[str, tuple[bytes, bytes]] = {}
+    worker = _Worker()
     out = sys.stdout
-
-    def template(kind: str) -> tuple[bytes, bytes]:
-        if kind not in templates:
-            templates[kind] = body_template(BODY_SIZES[kind])
-        return templates[kind]
-
     for raw in sys.stdin:
         cmd = json.loads(raw)
         op = cmd["cmd"]
         try:
             if op == "quit":
                 break
-            port, ca = cmd.get("port"), cmd.get("ca")
-            if op == "prepare":
-                for kind in cmd["bodies"]:
-                    template(kind)
-                res = {"ok": True}
-            elif op == "probe":
-                body = make_body(template(cmd.get("body", "8k")), first_text(cmd.get("session", 0)))
-                t0 = time.perf_counter()
-                c, _ = client.conn(port, ca)
-                r, _ = client.post(c, body, probe=True, extra=cmd.get("headers"))
-                ms = (time.perf_counter() - t0) * 1000
-                info = r.getheader("x-bench-info")
-                res = {"ms": ms, "info": json.loads(base64.b64decode(info)) if info else None}
-            elif op == "warm":
-                body = make_body(template(cmd["body"]), first_text(cmd.get("session", 0)))
-                extra = cmd.get("headers")
-                c, fresh = client.conn(port, ca)
-                if fresh:
-                    client.post(c, body, extra=extra)
-                while time.time() < cmd["start_at"]:
-                    time.sleep(0.002)
-                end = cmd["start_at"] + cmd["seconds"]
-                lat = []
-                k = 0
-                append = cmd.get("append")
-                perf = time.perf_counter
-                while time.time() < end:
-                    t0 = perf()
-                    client.post(c, body, extra=extra)
-                    lat.append(round((perf() - t0) * 1000, 4))
-                    k += 1
-                    _append_answer(append, os.getpid() * 1000000 + k)
-                res = {"n": len(lat), "lat": lat}
-            elif op == "newconn":
-                body = make_body(template(cmd["body"]), first_text(cmd.get("session", 0)))
-                client.drop(port)
-                rows = []
-                perf = time.perf_counter
-                for _ in range(cmd["count"]):
-                    t0 = perf()
-                    c = client.new_conn(port, ca)
-                    t1 = perf()
-                    client.post(c, body, extra=cmd.get("headers"))
-                    t2 = perf()
-                    c.close()
-                    rows.append([round((t2 - t0) * 1000, 4), round((t1 - t0) * 1000, 4), round((t2 - t1) * 1000, 4)])
-                res = {"rows": rows}
-            elif op == "memory":
-                tpl = template(cmd["body"])
-                c, _ = client.conn(port, ca)
-                probes = []
-                every = cmd.get("probe_every", 0)
-                t0 = time.perf_counter()
-                for j, s in enumerate(cmd["sessions"]):
-                    probe = bool(every) and j % every == every - 1
-                    r, _ = client.post(c, make_body(tpl, first_text(s)), probe=probe)
-                    if probe:
-                        info = r.getheader("x-bench-info")
-                        info = json.loads(base64.b64decode(info)) if info else {}
-                        probes.append([s, info.get("session_id")])
-                res = {"n": len(cmd["sessions"]), "seconds": time.perf_counter() - t0, "probes": probes}
-            else:
-                res = {"error": f"unknown command {op}"}
+            run = WORKER_OPS.get(op)
+            res = run(worker, cmd, cmd.get("port"), cmd.get("ca")) if run else {"error": f"unknown command {op}"}
         except Exception as e:
             res = {"error": f"{type(e).__name__}: {e}"}
         out.write(json.dumps(res) + "\n")
@@ -563,7 +585,7 @@ class Workers:
         ]
 
     def send(self, cmds: list[dict]) -> list[dict]:
-        for p, c in zip(self.procs, cmds):
+        for p, c in zip(self.procs, cmds, strict=False):  # fewer commands than workers: the first ones
             if self.ca_map and c.get("ca") in self.ca_map:
                 c = {**c, "ca": self.ca_map[c["ca"]]}
             p.stdin.write(json.dumps(c) + "\n")
@@ -797,7 +819,7 @@ class Bench:
         per = {"addon": [], "plain": []}
         cpu = {"addon": 0.0, "plain": 0.0}  # the proxy process's CPU seconds (all its threads) in the runs
         gc_runs = {"addon": [0, 0, 0], "plain": [0, 0, 0]}  # its garbage collections, per generation
-        for r in range(rounds):
+        for _ in range(rounds):
             for name, proxy in (("addon", self.A), ("plain", self.B)):
                 gc_before = fetch_counters(proxy).get("gc") or [0, 0, 0]
                 start_at = time.time() + 0.15
@@ -806,11 +828,12 @@ class Bench:
                                              append=append, **kw)] * n)
                 cpu[name] += proc_cpu(proxy.pid) - before
                 gc_runs[name] = [x + b - a for x, a, b in zip(gc_runs[name], gc_before,
-                                                              fetch_counters(proxy).get("gc") or [0, 0, 0])]
+                                                              fetch_counters(proxy).get("gc") or [0, 0, 0],
+                                                              strict=False)]
                 per[name].append({"n": sum(x["n"] for x in res), "lat": [v for x in res for v in x["lat"]]})
         counters = self.check_counters(f"warm {body}")
         na, nb = sum(x["n"] for x in per["addon"]), sum(x["n"] for x in per["plain"])
-        ratios = [a["n"] / b["n"] for a, b in zip(per["addon"], per["plain"]) if b["n"]]
+        ratios = [a["n"] / b["n"] for a, b in zip(per["addon"], per["plain"], strict=True) if b["n"]]
         la = [v for x in per["addon"] for v in x["lat"]]
         lb = [v for x in per["plain"] for v in x["lat"]]
         return {
@@ -904,7 +927,7 @@ class Bench:
                 log(f"newconn: {a.newconn} new connections per round, {nproc} processes on the machine")
                 direct = lookup_direct()
                 rows = {"addon": [], "plain": []}
-                for r in range(a.rounds):
+                for _ in range(a.rounds):
                     for name, proxy in (("addon", self.A), ("plain", self.B)):
                         res = workers.send([self.cmd(proxy, cmd="newconn", body="8k", count=a.newconn)])[0]
                         rows[name] += res["rows"]
@@ -918,7 +941,7 @@ class Bench:
                        "added_p50": pct(ta, 50) - pct(tb, 50), "added_p99": pct(ta, 99) - pct(tb, 99),
                        "first_request_added_p50": pct(fa, 50) - pct(fb, 50),
                        "lookup_direct": direct, "counters": counters,
-                       "tcp_lines": sum(1 for _ in open("/proc/net/tcp")) - 1}
+                       "tcp_lines": len(Path("/proc/net/tcp").read_text().splitlines()) - 1}
                 if a.profile:
                     res["profile"] = self.profile_round(
                         f"newconn-{label}",
@@ -943,7 +966,7 @@ class Bench:
         expected = {s["index"]: s["label"] for s in store["sessions"]}
         done, samples, t_start, bad, probes = 0, [], time.time(), 0, 0
         prof = None
-        for w, count in enumerate(waves):
+        for count in waves:
             workers = Workers(C, store["cwd"], str(self.home))
             try:
                 workers.all({"cmd": "prepare", "bodies": ["8k"]})
@@ -1238,14 +1261,11 @@ VARIANTS = {  # the store variants of issue 13: results key -> title in the tabl
 }
 
 
-def _report(res: dict) -> None:
-    P = res["phases"]
-    f2 = lambda v: "—" if v is None or v != v else f"{v:.2f}"  # noqa: E731
-    print("\n=== agent-session-ids benchmark (A = addon, B = plain mitmdump; A/B alternated) ===")
-    cfg = res["config"]
-    print(f"addon sources {res.get('addon_sources')}, "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, clients {cfg['clients']}, "
-          f"rounds {cfg['rounds']} x {cfg['seconds']}s (throughput), {cfg['lat_seconds']}s (latency)")
+def _f2(v) -> str:
+    return "—" if v is None or v != v else f"{v:.2f}"
+
+
+def _report_warm(P: dict, cfg: dict) -> None:
     print("\nWarm connections" + (f" (store variants: {cfg.get('variant_seconds')} s throughput, "
                                     f"{cfg.get('variant_lat_seconds')} s latency per run)"
                                     if any(k in P for k in VARIANTS) else ""))
@@ -1270,7 +1290,7 @@ def _report(res: dict) -> None:
                   f"{c['rewritten']:>6}/{c['responses']:<5}")
     print("  (rps: requests/s with the clients; ratio A/B (per-round min-max); A p50, +p50, +p99: one client, ms)")
     print("  under load (clients):  " + "; ".join(
-        f"{k}/{b}: +p50 {f2(P[k][f'load_{b}']['added_p50'])} +p99 {f2(P[k][f'load_{b}']['added_p99'])} ms"
+        f"{k}/{b}: +p50 {_f2(P[k][f'load_{b}']['added_p50'])} +p99 {_f2(P[k][f'load_{b}']['added_p99'])} ms"
         for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k") if f"load_{b}" in P[k]))
     print("  proxy CPU per request under load (A / B, µs; all its threads):  " + "; ".join(
         f"{k}/{b}: {P[k][f'load_{b}']['cpu_us_addon']:.0f} / {P[k][f'load_{b}']['cpu_us_plain']:.0f} "
@@ -1279,6 +1299,9 @@ def _report(res: dict) -> None:
         if P[k].get(f"load_{b}", {}).get("cpu_us_addon") is not None))
     if "skipped" in P.get("unseen", {}):
         print(f"  other user's clients: skipped ({P['unseen']['skipped']})")
+
+
+def _report_cold(P: dict) -> None:
     print("\nCold first request on a new store (A minus B, ms; resolved in time?)")
     for key in ("base", "files", "big", *VARIANTS):
         if key in P and "probe" in P[key]:
@@ -1290,29 +1313,48 @@ def _report(res: dict) -> None:
                   + ("" if pr["resolved_first"] else
                      f" ({(pr['addon']['first'] or {}).get('error')}; {pr['failed_before_resolved']} requests "
                      f"unresolved, resolved after {pr['seconds_until_resolved']} s)"))
+
+
+def _report_newconn(P: dict) -> None:
+    nc = P["newconn"]
+    warm = P.get("base", {}).get("lat_8k", {}).get("added_p50")  # None without the base phase
+    print("\nNew connection + first request (8 KB), one client")
+    for key, r in nc.items():
+        if not key.startswith("procs_"):
+            continue
+        d = r["lookup_direct"]
+        print(f"  {r['processes']:>5} processes: A p50 {r['p50_addon']:.2f} ms, B p50 {r['p50_plain']:.2f} ms, "
+              f"added p50 {r['added_p50']:.2f} / p99 {r['added_p99']:.2f} ms, beyond warm {_f2(r['added_p50'] - warm) if warm is not None else 'n/a'} ms;"
+              f" first request alone +{r['first_request_added_p50']:.2f} ms")
+        if "lookup" in d:
+            print(f"      lookup direct: {d['lookup']:.2f} ms = socket owner {d['socket_owner']:.2f} + "
+                  f"/proc/*/fd {d['pid_of_socket']:.2f} + read {d['read_process']:.2f} "
+                  + (f"(uncached {d['lookup_uncached']:.2f} ms) " if "lookup_uncached" in d else "")
+                  + f"({r['tcp_lines']} lines in /proc/net/tcp)")
+
+
+def _report_memory(P: dict) -> None:
+    m = P["memory"]
+    print(f"\nMemory (addon): {m['requests']} requests over {m['sessions']} sessions, {m['waves']} waves of "
+          f"{m['clients_per_wave']} fresh clients, {m['rps']:.0f} req/s")
+    print(f"  RSS after {m['first_count']}: {m['rss_after_first']} MiB; after {m['requests']}: "
+          f"{m['rss_after_all']} MiB; growth {m['growth_mib']} MiB; probes wrong {m['probes_wrong']}/{m['probes']}; "
+          f"rewritten {m['counters']['rewritten']}/{m['counters']['responses']}")
+
+
+def _report(res: dict) -> None:
+    P = res["phases"]
+    print("\n=== agent-session-ids benchmark (A = addon, B = plain mitmdump; A/B alternated) ===")
+    cfg = res["config"]
+    print(f"addon sources {res.get('addon_sources')}, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, clients {cfg['clients']}, "
+          f"rounds {cfg['rounds']} x {cfg['seconds']}s (throughput), {cfg['lat_seconds']}s (latency)")
+    _report_warm(P, cfg)
+    _report_cold(P)
     if "newconn" in P:
-        nc = P["newconn"]
-        warm = P.get("base", {}).get("lat_8k", {}).get("added_p50")  # None without the base phase
-        print("\nNew connection + first request (8 KB), one client")
-        for key, r in nc.items():
-            if not key.startswith("procs_"):
-                continue
-            d = r["lookup_direct"]
-            print(f"  {r['processes']:>5} processes: A p50 {r['p50_addon']:.2f} ms, B p50 {r['p50_plain']:.2f} ms, "
-                  f"added p50 {r['added_p50']:.2f} / p99 {r['added_p99']:.2f} ms, beyond warm {f2(r['added_p50'] - warm) if warm is not None else 'n/a'} ms;"
-                  f" first request alone +{r['first_request_added_p50']:.2f} ms")
-            if "lookup" in d:
-                print(f"      lookup direct: {d['lookup']:.2f} ms = socket owner {d['socket_owner']:.2f} + "
-                      f"/proc/*/fd {d['pid_of_socket']:.2f} + read {d['read_process']:.2f} "
-                      + (f"(uncached {d['lookup_uncached']:.2f} ms) " if "lookup_uncached" in d else "")
-                      + f"({r['tcp_lines']} lines in /proc/net/tcp)")
+        _report_newconn(P)
     if "memory" in P:
-        m = P["memory"]
-        print(f"\nMemory (addon): {m['requests']} requests over {m['sessions']} sessions, {m['waves']} waves of "
-              f"{m['clients_per_wave']} fresh clients, {m['rps']:.0f} req/s")
-        print(f"  RSS after {m['first_count']}: {m['rss_after_first']} MiB; after {m['requests']}: "
-              f"{m['rss_after_all']} MiB; growth {m['growth_mib']} MiB; probes wrong {m['probes_wrong']}/{m['probes']}; "
-              f"rewritten {m['counters']['rewritten']}/{m['counters']['responses']}")
+        _report_memory(P)
     r = res.get("rss_end", {})
     print(f"\nPeak RSS (VmHWM): addon {r.get('addon', {}).get('VmHWM')} MiB, plain {r.get('plain', {}).get('VmHWM')} MiB")
     for key in ("base", "files", "big", *VARIANTS, "newconn"):

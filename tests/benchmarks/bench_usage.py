@@ -175,6 +175,21 @@ def run_load(port: int, clients: int, seconds: float) -> tuple[int, int]:
 # -- main -------------------------------------------------------------------------------------------
 
 
+def _variants(args, work: Path, redirect: Path) -> dict[str, dict]:
+    """The proxies compared, by name: each one's Mitmdump arguments."""
+    variants = {
+        "ledger": dict(scripts=[REPO / "addon" / "session_ids.py", redirect]),
+        "plain": dict(scripts=[redirect]),
+    }
+    if args.stream_baseline:
+        stream_sse = work / "stream_sse.py"
+        stream_sse.write_text(STREAM_SSE)
+        variants["plain-stream"] = dict(scripts=[redirect, stream_sse])
+        variants["addon-stream"] = dict(scripts=[REPO / "addon" / "session_ids.py", redirect, stream_sse],
+                                        sets=["session_usage=false"])
+    return variants
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -196,16 +211,7 @@ def main() -> int:
     redirect = work / "to_upstream.py"
     redirect.write_text(REDIRECT)
     env = {"BENCH_UPSTREAM_PORT": port_file.read_text()}
-    variants = {
-        "ledger": dict(scripts=[REPO / "addon" / "session_ids.py", redirect]),
-        "plain": dict(scripts=[redirect]),
-    }
-    if args.stream_baseline:
-        stream_sse = work / "stream_sse.py"
-        stream_sse.write_text(STREAM_SSE)
-        variants["plain-stream"] = dict(scripts=[redirect, stream_sse])
-        variants["addon-stream"] = dict(scripts=[REPO / "addon" / "session_ids.py", redirect, stream_sse],
-                                        sets=["session_usage=false"])
+    variants = _variants(args, work, redirect)
     proxies = {name: Mitmdump(env=env, extra_args=["--set", "flow_detail=0"], **kw).start() for name, kw in variants.items()}
     figures: dict[str, list[tuple[int, int]]] = {name: [] for name in variants}
     try:
@@ -230,7 +236,7 @@ def main() -> int:
         upstream.terminate()
 
     total = {name: sum(d for d, _ in runs) for name, runs in figures.items()}
-    ratios = [a[0] / b[0] for a, b in zip(figures["ledger"], figures["plain"]) if b[0]]
+    ratios = [a[0] / b[0] for a, b in zip(figures["ledger"], figures["plain"], strict=True) if b[0]]
     result = {
         "kb": args.kb, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
         "answers_per_s": {name: total[name] / (args.seconds * args.rounds) for name in total},

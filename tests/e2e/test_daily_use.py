@@ -161,7 +161,7 @@ def test_run_with_nothing_running_starts_the_proxy_and_it_stays_up(cli, tmp_path
     assert run.returncode == 7, (run.stdout, run.stderr)  # the program's own exit code
     proxy_url, bundle = run.stdout.split()
     assert proxy_url == f"http://127.0.0.1:{cli.port}"
-    assert open(cli.confdir / "mitmproxy-ca-cert.pem").read() in open(bundle).read()  # roots + the CA
+    assert (cli.confdir / "mitmproxy-ca-cert.pem").read_text() in Path(bundle).read_text()  # roots + the CA
     pid = cli.pid()
     assert pid and alive(pid), "run did not leave the proxy up for the next agents"
     again = cli("run", "--", sys.executable, "-c", "pass")

@@ -7,6 +7,7 @@ that are missing) with `apt-get download` into the test cache and runs it from t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,10 +189,8 @@ def _deb_fish() -> Fish:
             unpacked = Path(work) / "root"
             for package in Path(work).glob("*.deb"):
                 subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)], check=True, timeout=120)
-            try:
-                os.replace(unpacked, folder)  # whole, or not at all (another session may have won)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # another session may have won
+                os.replace(unpacked, folder)  # whole, or not at all
     libs = os.pathsep.join(str(p) for p in folder.glob("usr/lib/*-linux-gnu"))
     return Fish(str(binary), {"LD_LIBRARY_PATH": libs} if libs else {})
 

@@ -12,6 +12,7 @@ JSON on fds 3 and 4), so no port, websocket client or extra Python package is ne
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -98,7 +99,7 @@ class Browser:
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
 
-        self._log = open(Path(self._profile) / "chromium.log", "wb")
+        self._log = open(Path(self._profile) / "chromium.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             # close_fds would close 3 and 4 after wire_pipes(); Python's own fds are not inheritable.
@@ -205,20 +206,16 @@ class Browser:
             return ""
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.send("Browser.close", session=None, timeout=5)
-        except Exception:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)  # its own process group only
             self.proc.wait(timeout=10)
         for fd in (self._to_child, self._from_child):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._log.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 
@@ -263,7 +260,7 @@ class Mitmweb:
         env = {k: v for k, v in os.environ.items()
                if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
         env.update(STANDIN_LOG=str(self.workdir / "standin.jsonl"), PYTHONUNBUFFERED="1")
-        self._out = open(self.workdir / "mitmweb.out", "wb")
+        self._out = open(self.workdir / "mitmweb.out", "wb")  # noqa: SIM115 - held for the process, closed with it
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
                                      env=env, cwd=self.workdir, start_new_session=True)
         self._wait()

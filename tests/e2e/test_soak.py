@@ -49,9 +49,8 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def _plan(tmp_path, home) -> list:
+    """Each agent's session written to disk, beside its decoys, and the ids its requests may carry."""
     plan = []  # (tag, cwd, first user, n_assistant, expected ids)
     for i in range(AGENTS):
         # every 5th pair of agents shares a cwd
@@ -70,6 +69,13 @@ def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
         if name:
             label.add(f"soak-task-{i}-{sid.replace('-', '')[-8:]}")
         plan.append((f"soak-{i}", cwd, f"soak session {i}", n, label))
+    return plan
+
+
+def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    plan = _plan(tmp_path, home)
     rss: list[tuple[float, int]] = []
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0"]) as proxy:
         stop = threading.Event()
@@ -103,7 +109,7 @@ def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
     lost = misattributed = unattributed = 0
     all_ids = set().union(*(expected for *_, expected in plan))
     wrong, missing = [], []
-    for tag, cwd, first, n, expected in plan:
+    for tag, _cwd, _first, _n, expected in plan:
         got = [r for r in records if header(r, "x-fake-agent") == tag]
         seqs = sorted(int(header(r, "x-fake-seq")) for r in got)
         lost += REQUESTS - len(set(seqs))

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ if not (os.path.exists(TMUX) or shutil.which("tmux")):
 
 def ts(epoch: float) -> str:
     """The ledger's ``ts``: UTC to the millisecond, ``2026-11-21T10:00:00.123Z``."""
-    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -174,7 +174,7 @@ def rows(screen: list[str]) -> dict[str, list[str]]:
 
 def cells(words: list[str]) -> dict[str, str]:
     """AGENT, SESSION (possibly several words), then the nine last columns by their titles."""
-    return {"AGENT": words[0], "SESSION": " ".join(words[1:-9]), **dict(zip(TITLES[2:], words[-9:]))}
+    return {"AGENT": words[0], "SESSION": " ".join(words[1:-9]), **dict(zip(TITLES[2:], words[-9:], strict=True))}
 
 
 def fits(cell: str, full: str) -> bool:

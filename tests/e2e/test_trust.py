@@ -423,7 +423,7 @@ def _send_streamed(tmp_path, cases) -> tuple[list[dict], str]:
 
 
 def _check_streamed(cases, received):
-    for (host, path, chunked), got in zip(cases, received):
+    for (host, path, chunked), got in zip(cases, received, strict=False):
         assert got["body"] == STREAMED_BODY, f"{host}{path}: streamed body changed"
         names = {k.lower(): v for k, v in got["headers"]}
         assert names["host"] == host
@@ -497,6 +497,40 @@ def _safe_header(value: str) -> bool:
     return all(0x20 <= ord(c) <= 0x7E for c in value)
 
 
+def _check_hostile_record(tag: str, sid: str, r: dict) -> None:
+    """One request of a hostile session, as the gateway received it: no header injected, valid JSON."""
+    meta = r["session_ids"]["session"]
+    # the file was resolved, not a fallback; a header id that is no plain id is not used
+    # (the file name's uuid stands for the session then)
+    assert not meta["fallback"], (tag, meta["source"])
+    if re.fullmatch(r"[\w.:-]{1,128}", sid, re.ASCII):
+        assert meta["id"] == sid.lower(), (tag, meta["id"])
+    else:
+        assert re.fullmatch(r"[0-9a-f-]{36}", meta["id"]) and meta["file"].endswith(meta["id"] + ".jsonl")
+    for k, v in r["headers"]:
+        assert _safe_header(v), f"{tag}: header {k} carries {v[:80]!r}"
+        assert k.lower() != "x-injected", f"{tag}: header injected"
+    body = json.loads(base64.b64decode(r["body_b64"]))  # valid JSON
+    assert "injected" not in body
+    if r["host"] == "openrouter.ai":
+        value = body["session_id"]
+        assert isinstance(value, str) and 0 < len(value) <= 128, (tag, value)
+        assert not any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF or ord(c) == 0x7F for c in value)
+    elif r["host"] == "opencode.ai":
+        value = header(r, "x-opencode-session")
+        assert value and len(value) <= 30 and _safe_header(value), (tag, value)
+    elif r["host"] == "api.opper.ai":
+        trace, span = header(r, "x-opper-trace-id"), header(r, "x-opper-parent-span-id")
+        assert trace == span and str(uuid.UUID(trace)) == trace, (tag, trace)
+    else:
+        for h in ("x-session-name", "x-session-label", "x-session-id-full"):
+            value = header(r, h)
+            assert value is None or _safe_header(value), (tag, h, value)
+        meta_body = body["meta"]
+        for v in meta_body.values():
+            assert not any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in v), (tag, v[:80])
+
+
 def test_hostile_session_names_and_ids_never_inject_a_header_or_break_the_json(home, tmp_path):
     long_name = EVIL + "n" * 10_000
     long_id = "id" + EVIL + "é" * 10_000
@@ -509,7 +543,7 @@ def test_hostile_session_names_and_ids_never_inject_a_header_or_break_the_json(h
         "only-controls": ("hostile controls", new_uuid(), "\r\n\x00\x7f\u2028"),
         "quotes": ("hostile quotes", '"},{"injected":true,"x":"', '"},"session_id":"x'),
     }
-    for i, (tag, (first, sid, name)) in enumerate(sessions.items()):
+    for i, (first, sid, name) in enumerate(sessions.values()):
         # the file name keeps a plain uuid (a name cannot hold NUL or '/'); the header id is hostile
         path = fake_agent.write_pi_session(str(home), str(cwd), new_uuid(), first, 1, name,
                                            ts=f"2026-05-0{i + 1}T12:00:00.000Z")
@@ -528,40 +562,11 @@ def test_hostile_session_names_and_ids_never_inject_a_header_or_break_the_json(h
         records = standin_records(proxy)
         out = proxy.output()
     bad_comments = []
-    for tag, (first, sid, name) in sessions.items():
+    for tag, (_first, sid, _name) in sessions.items():
         mine = by_tag(records, tag)
         assert len(mine) == len(targets), tag
         for r in mine:
-            meta = r["session_ids"]["session"]
-            # the file was resolved, not a fallback; a header id that is no plain id is not used
-            # (the file name's uuid stands for the session then)
-            assert not meta["fallback"], (tag, meta["source"])
-            if re.fullmatch(r"[\w.:-]{1,128}", sid, re.ASCII):
-                assert meta["id"] == sid.lower(), (tag, meta["id"])
-            else:
-                assert re.fullmatch(r"[0-9a-f-]{36}", meta["id"]) and meta["file"].endswith(meta["id"] + ".jsonl")
-            for k, v in r["headers"]:
-                assert _safe_header(v), f"{tag}: header {k} carries {v[:80]!r}"
-                assert k.lower() != "x-injected", f"{tag}: header injected"
-            body = json.loads(base64.b64decode(r["body_b64"]))  # valid JSON
-            assert "injected" not in body
-            if r["host"] == "openrouter.ai":
-                value = body["session_id"]
-                assert isinstance(value, str) and 0 < len(value) <= 128, (tag, value)
-                assert not any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF or ord(c) == 0x7F for c in value)
-            elif r["host"] == "opencode.ai":
-                value = header(r, "x-opencode-session")
-                assert value and len(value) <= 30 and _safe_header(value), (tag, value)
-            elif r["host"] == "api.opper.ai":
-                trace, span = header(r, "x-opper-trace-id"), header(r, "x-opper-parent-span-id")
-                assert trace == span and str(uuid.UUID(trace)) == trace, (tag, trace)
-            else:
-                for h in ("x-session-name", "x-session-label", "x-session-id-full"):
-                    value = header(r, h)
-                    assert value is None or _safe_header(value), (tag, h, value)
-                meta_body = body["meta"]
-                for v in meta_body.values():
-                    assert not any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in v), (tag, v[:80])
+            _check_hostile_record(tag, sid, r)
             # the comment a user reads in mitmweb is one line (checked last, below)
             if any(c in r["comment"] for c in "\r\n\x00"):
                 bad_comments.append((tag, r["comment"][:120]))
@@ -697,7 +702,7 @@ def test_hostile_store_keeps_the_proxy_serving_and_the_good_session_resolved(pro
     hostile = run_agent(proxy, home, cwd, tag="good", first_user="the good session", requests=10, connection="mixed")
     assert base[-1]["ok"] == 10 and hostile[-1]["ok"] == 10, (base, hostile)
     others = {}
-    for first, (sid, n) in real.items():
+    for first, (_sid, n) in real.items():
         lines = run_agent(proxy, home, cwd, tag=first, first_user=first, n_assistant=n, requests=3)
         assert lines[-1]["ok"] == 3, lines
         others[first] = lines
@@ -826,7 +831,7 @@ def test_a_client_that_exits_right_after_sending_never_gets_another_sessions_id(
             sent += 16
             # the proxy is done with a request once the addon has decided for it or its flow died
             tags = {f"exit-{i}" for i in range(sent)}
-            assert _wait_for(lambda: tags <= {e["tag"] for e in _observed(log)}, timeout=120), \
+            assert _wait_for(lambda tags=tags: tags <= {e["tag"] for e in _observed(log)}, timeout=120), \
                 f"the proxy never finished with {sorted(tags - {e['tag'] for e in _observed(log)})}"
             decided = {int(e["tag"][5:]): e["session"] for e in _observed(log)
                        if e["event"] == "request" and e["session"] and (e["tag"] or "").startswith("exit-")}

@@ -93,7 +93,7 @@ def test_every_format_streamed_or_not_lands_in_the_ledger_with_the_standins_figu
     by_model = {line["model"]: line for line in lines}
     answers = [r for r in harness.read_standin_log(proxy.standin_log) if r.get("kind") == "answer"]
     assert len(answers) == len(CASES)
-    for (host, api, stream, model, received), answer in zip(sent, answers):
+    for (host, api, stream, model, received), answer in zip(sent, answers, strict=True):
         line = by_model[model]
         assert strip(line) == expected(api, host, model, stream), (host, api, stream)
         assert line["rule"] in ("openrouter-session-id", "opper-trace") and line["agent"]
@@ -260,7 +260,7 @@ def test_real_pi_over_several_streamed_turns_is_one_session_in_the_report(dirs, 
 
 def test_the_summary_on_exit_is_tops_view_of_the_run(tmp_path):
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
-        for i, provider in enumerate(("Anthropic", "Google")):
+        for provider in ("Anthropic", "Google"):
             text = f"hi [[usage: in=12000 cached=11040 out=240 cost=0.0041 provider={provider}]]"
             body = json.dumps(request_body("openai-chat", "anthropic/claude-sonnet-4", False, text)).encode()
             raw = odd_requests.build_h1("POST", PATHS["openrouter.ai", "openai-chat"], "openrouter.ai",

@@ -156,7 +156,7 @@ def row_cells(line: str) -> dict[str, str]:
     """A session row's cells: AGENT first, the eight last by their titles, SESSION what is between."""
     words = line.split()
     assert len(words) >= 11, line
-    tail = dict(zip(TOP_TITLES[2:], words[-9:]))
+    tail = dict(zip(TOP_TITLES[2:], words[-9:], strict=True))
     return {"AGENT": words[0], "SESSION": " ".join(words[1:-9]), **tail}
 
 
@@ -301,7 +301,7 @@ def test_report_session_json_lists_each_turn(scene, who):
     assert data["cost"] == pytest.approx(sum(t["cost"] for t in expected_turns))
     turns = data["turns"]
     assert len(turns) == len(lines)
-    for turn, line, want in zip(turns, lines, expected_turns):
+    for turn, line, want in zip(turns, lines, expected_turns, strict=True):
         assert set(turn) == TURN_KEYS, turn
         assert turn["ts"] == line["ts"] and turn["when"] == line["ts"][:10] + " " + line["ts"][11:19]
         assert (turn["model"], turn["served_model"], turn["status"]) == (model, model, 200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -212,10 +213,8 @@ def test_a_socket_shared_with_a_forked_child_is_flagged(tmp_path):
     finally:
         child.kill()
         child.wait()
-        try:
+        with contextlib.suppress(OSError, UnboundLocalError):  # UnboundLocalError: it never forked
             os.kill(forked, 9)
-        except (OSError, UnboundLocalError):
-            pass
         server.close()
 
 

@@ -173,7 +173,7 @@ def test_a_body_that_could_stream_but_did_not_still_gets_body_rules(tmp_path):
         addon = SessionIds()
         with taddons.context(addon) as tctx:
             # mitmproxy's proxy server addon owns this option; it is not loaded here
-            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")
+            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # noqa: UP045 - the type mitmproxy declares this option with (a value, no annotation)
             tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES, stream_large_bodies="1m")
             f = flow()
             del f.request.headers["content-length"]  # chunked: the length is not known in requestheaders
@@ -235,7 +235,8 @@ def test_two_passes_agree_the_header_set_first_is_set_again_from_the_body(tmp_pa
 
         addon = SessionIds()
         with taddons.context(addon) as tctx:
-            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # the proxy server's
+            # the proxy server's
+            tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # noqa: UP045 - the type mitmproxy declares this option with (a value, no annotation)
             tctx.configure(addon, confdir=str(tmp_path), session_rules=DEFAULT_RULES, stream_large_bodies="10")
             return await go(addon, tctx)
 

@@ -60,7 +60,7 @@ def test_a_growing_conversation_reads_as_json_loads_says(key, head, tails, turns
     messages: list = []
     last = None
     resumed = 0
-    for added, tail in zip(turns, tails):  # the members after the list change, or stay the same
+    for added, tail in zip(turns, tails, strict=False):  # the members after the list change, or stay the same
         messages = messages + added
         doc = {**head, key: messages, **{k: v for k, v in tail.items() if k not in head}}
         body = check(dump(doc, ascii_, indent), last)

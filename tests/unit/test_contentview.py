@@ -83,7 +83,8 @@ def test_feature_detection_matches_installed_mitmproxy():
     # the installed release says which API to expect, not the attribute the detection itself reads
     major = int(importlib.metadata.version("mitmproxy").split(".")[0])
     assert major >= 11
-    assert cv.MITMPROXY_API == (12 if major >= 12 else 11)
+    expected_api = 12 if major >= 12 else 11
+    assert expected_api == cv.MITMPROXY_API
     base = contentviews.Contentview if major >= 12 else contentviews.View
     assert base in cv.SessionIdsView.__mro__  # 12's Contentview is a Protocol: no issubclass()
 

@@ -37,7 +37,8 @@ def _flow(host="openrouter.ai", path="/api/v1/chat/completions", model="anthropi
 async def _with_addons(tmp_path, go, **options):
     session_ids, usage_ledger = SessionIds(), UsageLedger()
     with taddons.context(session_ids, usage_ledger) as tctx:
-        tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # the proxy server's
+        # the proxy server's
+        tctx.options.add_option("stream_large_bodies", Optional[str], None, "")  # noqa: UP045 - the type mitmproxy declares this option with (a value, no annotation)
         tctx.configure(session_ids, confdir=str(tmp_path), session_rules=DEFAULT_RULES, **options)
         try:
             return await go(session_ids, usage_ledger)

@@ -7,6 +7,7 @@ for the netlink reply parser. Every wait is on a condition (a line from a child,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -99,10 +100,8 @@ class Holder:
 
     def close(self):
         for kid in self.kids:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(kid, signal.SIGKILL)
-            except OSError:
-                pass
         self.proc.kill()
         self.proc.wait()
         for c in self.conns:

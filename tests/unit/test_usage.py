@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from mitmproxy.test import taddons, tflow, tutils
@@ -507,7 +508,7 @@ def test_ledger_appends_lines_with_mode_0600(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     records, skipped = ledger.read(path)
     assert [r["session"] for r in records] == ["s0", "s1", "s2"] and skipped == 0
-    assert open(path, "rb").read().count(b"\n") == 3
+    assert Path(path).read_bytes().count(b"\n") == 3
 
 
 def test_a_partial_last_line_is_skipped_and_the_next_writer_starts_a_fresh_line(tmp_path):
@@ -551,7 +552,7 @@ def test_kill_9_of_a_writer_leaves_only_whole_lines_and_at_most_one_partial(tmp_
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     lines = data.split(b"\n")
     whole, partial = lines[:-1], lines[-1]
     assert all(json.loads(x)["session"] == "s" for x in whole)

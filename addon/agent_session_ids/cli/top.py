@@ -9,6 +9,7 @@ redraws once a second needs.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -70,20 +71,17 @@ def _draw(screen, live: LiveLedger, marks=None) -> None:
     height, width = screen.getmaxyx()
     screen.erase()
     for y, text in enumerate(frame(live, time.time(), width, height)[:height]):
-        try:
+        # the bottom-right cell (curses cannot move past it), or a character it cannot show
+        with contextlib.suppress(curses.error):
             screen.addnstr(y, 0, text.translate(marks) if marks else text, width)
-        except curses.error:
-            pass  # the bottom-right cell (curses cannot move past it), or a character it cannot show
     screen.refresh()
 
 
 def _loop(screen, live: LiveLedger, interval: float, marks=None) -> None:
     import curses
 
-    try:
+    with contextlib.suppress(curses.error):
         curses.curs_set(0)  # no cursor over the table
-    except curses.error:
-        pass
     screen.timeout(int(interval * 1000))
     next_refresh = 0.0
     while True:

@@ -45,64 +45,99 @@ def _rendered(action: SetAction, session: Session, privacy: bool) -> str:
     return render(action, session.fields(privacy=privacy))
 
 
+def _not_for(rule: Rule, headers, top: dict | None, ours: dict[str, str], fallback_ids: bool) -> str | None:
+    """Why `rule` sets nothing for a fallback session, in words; None: it applies."""
+    if not (rule.fallback and fallback_ids):
+        return "fallback IDs are off (session_fallback)" if rule.fallback else f"rule {rule.name} uses no fallback IDs"
+    sent = client_field_sent(headers, top, rule.client_fields, ours)
+    if sent:
+        # never weaker than the client: its own session id stays as it is
+        return f"rule {rule.name}: the client sent its own session in {sent}; kept"
+    return None
+
+
+# what an action changed: (the value before, the value as sent); None: nothing (set already, or not set)
+Changed = tuple[object, str] | None
+
+
+def _set_header(out: Outcome, action: SetAction, value: str, headers, ours: dict[str, str]) -> Changed:
+    # a header this addon set in the first pass is no client's: set it again
+    mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
+    try:
+        old, changed = set_header(headers, action.key, value, mode, action.json_key, action.max_entries)
+    except RewriteError as e:  # a JSON header of the client's that cannot take the member
+        out.skipped.append(f"{action.describe}: {e}")
+        return None
+    if not changed:
+        return None
+    # with a json_key, what is sent is the client's object with the member merged in
+    return old, headers[action.key] if action.json_key else value
+
+
+class _BodyEdit:
+    """The body as the actions change it: the bytes as read until an action changes them."""
+
+    __slots__ = ("body", "problem", "new")
+
+    def __init__(self, body: Body | None, problem: str | None) -> None:
+        self.body, self.problem = body, problem
+        self.new = body.raw if body is not None else b""
+
+    def set(self, out: Outcome, rule: Rule, action: SetAction, value: str) -> Changed:
+        body = self.body
+        if body is None:
+            out.warnings.append((f"body-{rule.name}-{self.problem}",
+                                 f"rule {rule.name}: {action.describe} not set: {self.problem}"))
+            out.skipped.append(f"{action.describe}: {self.problem}")
+            return None
+        top, as_read = body.members, self.new is body.raw
+        if as_read and action.body_path[0] not in top:
+            # the common case: a member the body does not have, added to its bytes
+            self.new = insert_member(self.new, action.body_path, value, not top)
+            return None, value
+        try:
+            text = body.decoded() if as_read else self.new.decode("utf-8")
+            parsed = top if as_read and not isinstance(top.get(action.body_path[0]), Elided) else None
+            new_text, old, changed = set_field(text, action.body_path, value, action.if_present, parsed)
+        except RewriteError as e:
+            out.warnings.append((f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}"))
+            out.skipped.append(f"{action.describe}: {e}")
+            return None
+        if not changed:
+            return None
+        self.new = new_text.encode("utf-8", "surrogatepass")
+        return old, value
+
+
+def _note_change(out: Outcome, rule: Rule, action: SetAction, old: object, value: str) -> None:
+    if action.target == "header":
+        if action.key.lower() in SECRET_HEADERS:
+            old, value = "<redacted>" if old is not None else None, "<redacted>"
+        out.set_headers[action.key.lower()] = value
+    out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
+
+
 def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None, body_problem: str | None,
                 ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
     """Set each rule's fields for `session`. Headers are set in place; the new body is returned.
     `ours`: headers an earlier pass of this addon set (lower-case name -> value), no client's."""
     out = Outcome()
     top = body.members if body is not None else None
-    new_body = body.raw if body is not None else None
+    edit = _BodyEdit(body, body_problem)
     for rule in rules:
-        if session.fallback and not (rule.fallback and fallback_ids):
-            out.skipped.append(f"rule {rule.name} uses no fallback IDs" if not rule.fallback
-                               else "fallback IDs are off (session_fallback)")
+        if session.fallback and (why_not := _not_for(rule, headers, top, ours, fallback_ids)):
+            out.skipped.append(why_not)
             continue
-        if session.fallback:
-            sent = client_field_sent(headers, top, rule.client_fields, ours)
-            if sent:
-                # never weaker than the client: its own session id stays as it is
-                out.skipped.append(f"rule {rule.name}: the client sent its own session in {sent}; kept")
-                continue
         for action in rule.actions:
             value = _rendered(action, session, privacy)
             if not value:  # an empty value says nothing (a session with no name): not set
                 continue
             if action.target == "header":
-                # a header this addon set in the first pass is no client's: set it again
-                mode = "replace" if ours.get(action.key.lower()) == headers.get(action.key) else action.if_present
-                try:
-                    old, changed = set_header(headers, action.key, value, mode, action.json_key, action.max_entries)
-                except RewriteError as e:  # a JSON header of the client's that cannot take the member
-                    out.skipped.append(f"{action.describe}: {e}")
-                    continue
-                if action.json_key:
-                    value = headers.get(action.key)  # what is sent: the client's object, the member merged in
-            elif new_body is None:
-                out.warnings.append((f"body-{rule.name}-{body_problem}",
-                                     f"rule {rule.name}: {action.describe} not set: {body_problem}"))
-                out.skipped.append(f"{action.describe}: {body_problem}")
-                continue
-            elif new_body is body.raw and action.body_path[0] not in top:
-                # the common case: a member the body does not have, added to its bytes
-                new_body, old, changed = insert_member(new_body, action.body_path, value, not top), None, True
+                changed = _set_header(out, action, value, headers, ours)
             else:
-                try:
-                    text = body.decoded() if new_body is body.raw else new_body.decode("utf-8")
-                    parsed = top if new_body is body.raw and not isinstance(top.get(action.body_path[0]), Elided) \
-                        else None
-                    new_text, old, changed = set_field(text, action.body_path, value, action.if_present, parsed)
-                    if changed:
-                        new_body = new_text.encode("utf-8", "surrogatepass")
-                except RewriteError as e:
-                    out.warnings.append((f"body-{rule.name}-{e}", f"rule {rule.name}: {action.describe} not set: {e}"))
-                    out.skipped.append(f"{action.describe}: {e}")
-                    continue
-            if changed:
-                if action.target == "header" and action.key.lower() in SECRET_HEADERS:
-                    old, value = "<redacted>" if old is not None else None, "<redacted>"
-                out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
-                if action.target == "header":
-                    out.set_headers[action.key.lower()] = value
-    if body is not None and new_body is not body.raw:
-        out.body = new_body
+                changed = edit.set(out, rule, action, value)
+            if changed is not None:
+                _note_change(out, rule, action, *changed)
+    if body is not None and edit.new is not body.raw:
+        out.body = edit.new
     return out

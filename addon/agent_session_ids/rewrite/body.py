@@ -191,15 +191,15 @@ def _resume(raw: bytes, last: Resume) -> Body | None:
         pos, last_end, empty, n = _elements(rest, 0, tally, need_comma=not last.empty, last_end=0)
         tail = rest[pos:]
         if last.tail_members is not None and tail == last.tail:
-            tail_members = last.tail_members  # the same members after the list as last time: read already
+            tail_members: dict | None = last.tail_members  # the same members after the list as last time
         else:
             tail_members = _tail(tail, last.head)
-            if tail_members is None:
-                return None
+        if tail_members is None:
+            return None
     except (ValueError, RecursionError, RewriteError):
         return None  # read whole, for the error message
     head = dict(last.head)
-    head[last.key] = Elided(head[last.key].length + n)  # type: ignore[union-attr]
+    head[last.key] = Elided(head[last.key].length + n)
     # no new element: last_end is 0, and the list still ends where it did
     at = last.at + (last_end if len(rest) == len(raw) - last.at else len(rest[:last_end].encode("utf-8")))
     resume = Resume(raw, at, last.key, empty and last.empty, head, tally, tail, tail_members)

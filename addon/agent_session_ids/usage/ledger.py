@@ -10,12 +10,13 @@ ones move up, and the oldest beyond ``keep`` is removed. Files are created with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..shown import safe_text
 
@@ -44,10 +45,10 @@ class Clock:
         if us >= 1_000_000:
             whole, us = whole + 1, us - 1_000_000
         if us < 0:  # before 1970: no cache
-            moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+            moment = datetime.fromtimestamp(epoch, tz=UTC)
             return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
         if whole != self._second[0]:
-            self._second = (whole, datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+            self._second = (whole, datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S."))
         return f"{self._second[1]}{us // 1000:03d}Z"
 
 
@@ -196,22 +197,16 @@ class Ledger:
         for n in range(self.keep, 0, -1):
             older = f"{self.path}.{n}"
             if n == self.keep:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(older)
-                except FileNotFoundError:
-                    pass
             newer = f"{self.path}.{n - 1}" if n > 1 else self.path
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.replace(newer, older)
-            except FileNotFoundError:
-                pass
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = None
 
 
@@ -320,8 +315,8 @@ def epoch_of(value) -> float | None:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        if not YEARS[0] <= moment.astimezone(timezone.utc).year <= YEARS[1]:
+            moment = moment.replace(tzinfo=UTC)
+        if not YEARS[0] <= moment.astimezone(UTC).year <= YEARS[1]:
             return None
         return moment.timestamp()
     except (ValueError, OverflowError):

@@ -103,7 +103,7 @@ class Usage:
     output_tokens: int | None = None
     cost: float | None = None  # USD, as the gateway reported it
 
-    def update(self, other: "Usage") -> "Usage":
+    def update(self, other: Usage) -> Usage:
         """Take every figure ``other`` knows (later answers' parts win)."""
         for name in FIGURES:
             value = getattr(other, name)

@@ -13,6 +13,7 @@ Fail open: any failure here is logged once and the answer passes on unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -67,7 +68,7 @@ def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
 def _usage_of_held(response, content: bytes) -> Usage:
     if is_sse(response):
         return from_sse(content)
-    if not content.lstrip()[:1] == b"{":
+    if content.lstrip()[:1] != b"{":
         return Usage()
     try:
         return from_json(json.loads(content))
@@ -190,10 +191,8 @@ class Recorder:
         try:
             held = None
             if observer is not None:
-                try:
+                with contextlib.suppress(TimeoutError):  # observer.result() says so
                     await asyncio.wait_for(asyncio.wrap_future(observer.settled()), SETTLE_S)
-                except asyncio.TimeoutError:
-                    pass  # observer.result() says so
             else:
                 held = await asyncio.get_running_loop().run_in_executor(self.decoding, _decode_held, flow.response)
             self._record(flow, state, observer, held)

@@ -12,6 +12,7 @@ and calls them again, so they work by the view's name, not by the instance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -152,10 +153,8 @@ def _body_lines(data: bytes) -> list[Line]:
     if not data:
         return [[("highlight", "Body (as sent)")], [("content_none", "  (empty)")]]
     text = data[:MAX_BODY_CHARS].decode("utf-8", "replace")
-    try:
+    with contextlib.suppress(ValueError, RecursionError):  # not JSON: shown as sent
         text = json.dumps(json.loads(data), indent=2, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        pass
     if len(text) > MAX_BODY_CHARS:
         text = text[:MAX_BODY_CHARS] + "\n… (cut)"
     return [[("highlight", "Body (as sent)")]] + [[("text", line)] for line in text.splitlines()]
@@ -208,10 +207,12 @@ def to_text(lines: list[Line]) -> str:
     return "\n".join("".join(text for _, text in line) for line in lines)
 
 
+# mypy reads the branch of the other release too: its names are ignored there (name-defined, attr-defined),
+# and checked under the release that has them
 if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
     MITMPROXY_API = 12
 
-    class SessionIdsView(contentviews.Contentview):
+    class SessionIdsView(contentviews.Contentview):  # type: ignore[name-defined,unused-ignore]
         name = NAME
         syntax_highlight = "none"
 
@@ -233,7 +234,7 @@ if hasattr(contentviews, "Contentview"):  # mitmproxy 12 and later
 
     def _remove() -> None:
         # 12.x has no public removal (contentviews.remove is a no-op): drop it by name.
-        by_name = getattr(contentviews.registry, "_by_name", None)
+        by_name = getattr(contentviews.registry, "_by_name", None)  # type: ignore[attr-defined,unused-ignore]
         if isinstance(by_name, dict):
             by_name.pop(NAME.lower(), None)
 
