@@ -68,7 +68,9 @@ def chromium() -> str:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     started = time.monotonic()
     # the emoji font only makes the flow's marker legible in the screenshot
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "fonts-noto-color-emoji"]
+    # waiting for dpkg's lock, which the other Python's run in CI may hold installing the same
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
+               "chromium", "fonts-noto-color-emoji"]
     result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:  # perhaps no package lists yet
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=300)
@@ -197,7 +199,10 @@ class Browser:
     def screenshot(self, path: Path) -> None:
         data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        # whole or not at all: the other Python's run in CI writes the same file at the same time
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        part.write_bytes(base64.b64decode(data))
+        os.replace(part, path)
 
     def log(self) -> str:
         try:

@@ -17,6 +17,7 @@ Node is needed. npm packages are installed once into a cache folder,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -89,14 +90,25 @@ def npm_install(package: str, version: str, timeout: float = 600) -> Path:
     """Install ``package@version`` with the wheel's npm into the cache; return the prefix.
 
     The package ends up in ``<prefix>/node_modules/<package>``. A finished install is marked
-    by ``<prefix>/.complete``; installs go to a temporary folder renamed into place, so two
-    processes racing each end up using one complete install.
+    by ``<prefix>/.complete``. One process installs a package at a time (a lock file beside its
+    prefix): another that needs it meanwhile (the other Python's run in CI) waits for that install
+    and uses it. Installs go to a temporary folder renamed into place, so a process killed halfway
+    leaves no half install behind.
     """
     base = cache_dir() / "npm"
     base.mkdir(parents=True, exist_ok=True)
     prefix = base / f"{_safe_name(package)}-{version}"
     if (prefix / ".complete").exists():
         return prefix
+    with open(base / f".{prefix.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if (prefix / ".complete").exists():  # installed by the process that held the lock
+            return prefix
+        return _npm_install_locked(package, version, prefix, timeout)
+
+
+def _npm_install_locked(package: str, version: str, prefix: Path, timeout: float) -> Path:
+    base = prefix.parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.", dir=base))
     tmp.chmod(0o755)
     try:
