@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -82,6 +83,7 @@ class Cli:
         self.folder = self.confdir / "agent-session-ids"
         self.pid_file = self.folder / f"proxy-{self.port}.pid"
         self.env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+        self.started: list[int] = []  # the proxies this test started, by pid
 
     def argv(self, *words: str) -> list[str]:
         where = ["--port", str(self.port), "--confdir", str(self.confdir)]
@@ -96,7 +98,8 @@ class Cli:
     def start(self) -> int:
         started = self("proxy", "start")
         assert started.returncode == 0 and started.stdout.startswith("started: "), started
-        return int(self.pid_file.read_text())
+        self.started.append(int(self.pid_file.read_text()))
+        return self.started[-1]
 
 
 @pytest.fixture
@@ -104,6 +107,9 @@ def cli(tmp_path):
     c = Cli(tmp_path)
     yield c
     subprocess.run(c.argv("proxy", "stop"), env=c.env, capture_output=True, timeout=60)
+    for pid in c.started:  # a test that failed with the pid file rewritten leaves no proxy behind
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Issue 4 at the unit level: property-based tests of the pure rewrite that tests/unit/test_rewrite.py
+"""Issue 4 at the unit level: property-based tests of the pure rewrite that tests/unit/test_fields.py
 does not cover (arbitrary JSON text with any whitespace, an existing session_id kept or replaced,
 dotted paths, hostile values), and the store and state adapters against hostile files."""
 
