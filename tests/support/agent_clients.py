@@ -33,6 +33,7 @@ What was checked with these versions (see ``/tmp/clients_facts.md`` of the sessi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -40,8 +41,8 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import harness
 from harness import Mitmdump, agent_env, node_path, npm_install
@@ -909,19 +910,15 @@ def stop_cline_hubs(home: str | os.PathLike, timeout: float = 10) -> None:
     """End the hub daemons of this HOME, by pid (SIGTERM, then SIGKILL)."""
     pids = cline_hub_pids(home)
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 15)
-        except OSError:
-            pass
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
         pids = [p for p in pids if _running(p)]
         time.sleep(0.1)
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- as another user

@@ -160,7 +160,7 @@ import os
 import re
 import threading
 import time
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from mitmproxy import http
 
@@ -248,23 +248,28 @@ def _gemini_state(body: dict) -> tuple[str, int]:
     return last_text, results_after
 
 
+def _responses_state(body: dict) -> tuple[str, int]:
+    last_text, results_after = "", 0
+    items = body.get("input")
+    if isinstance(items, str):
+        return items, 0
+    for item in items or []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") == "user" and item.get("type", "message") == "message":
+            last_text, results_after = _text_of(item.get("content")), 0
+        elif item.get("type") == "function_call_output":
+            results_after += 1
+    return last_text, results_after
+
+
 def conversation_state(api: str, body: dict) -> tuple[str, int]:
     """(text of the last human user message, number of tool results after it)."""
     if api in GEMINI_APIS:
         return _gemini_state(body)
-    last_text, results_after = "", 0
     if api == "openai-responses":
-        items = body.get("input")
-        if isinstance(items, str):
-            return items, 0
-        for item in items or []:
-            if not isinstance(item, dict):
-                continue
-            if item.get("role") == "user" and item.get("type", "message") == "message":
-                last_text, results_after = _text_of(item.get("content")), 0
-            elif item.get("type") == "function_call_output":
-                results_after += 1
-        return last_text, results_after
+        return _responses_state(body)
+    last_text, results_after = "", 0
     for msg in body.get("messages") or []:
         if not isinstance(msg, dict):
             continue
@@ -350,7 +355,7 @@ class ToolCall(NamedTuple):
 
 
 #: A step of the plan: a shell command (``[[bash]]``) or a call of a named tool (``[[tool]]``).
-Step = Union[str, ToolCall]
+Step = str | ToolCall
 
 
 def call_of(body: dict, step: Step, api: str | None = None) -> tuple[str, dict]:
@@ -965,7 +970,7 @@ class StreamingStandin:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    def start(self) -> "StreamingStandin":
+    def start(self) -> StreamingStandin:
         import http.server
         import socketserver
 

@@ -48,8 +48,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import harness
 from harness import Mitmdump, agent_env, node_path, npm_install

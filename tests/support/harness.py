@@ -17,6 +17,7 @@ Node is needed. npm packages are installed once into a cache folder,
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -28,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 HERE = Path(__file__).resolve().parent
 STANDIN_SCRIPT = HERE / "gateway_standin.py"
@@ -137,10 +138,8 @@ def _npm_install_locked(package: str, version: str, prefix: Path, timeout: float
             # Someone else finished first (or a stale incomplete dir is there).
             if not (prefix / ".complete").exists():
                 shutil.rmtree(prefix, ignore_errors=True)
-                try:
+                with contextlib.suppress(OSError):
                     os.rename(tmp, prefix)
-                except OSError:
-                    pass
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -167,7 +166,7 @@ def pi_entry(version_key: str) -> Path:
     try:
         package, version = PI_VERSIONS[version_key]
     except KeyError:
-        raise ValueError(f"unknown pi version {version_key!r}; known: {sorted(PI_VERSIONS)}")
+        raise ValueError(f"unknown pi version {version_key!r}; known: {sorted(PI_VERSIONS)}") from None
     return _package_bin(npm_install(package, version), package, "pi")
 
 
@@ -280,7 +279,7 @@ class Mitmdump:
             argv += ["--set", value]
         return argv + self.extra_args
 
-    def start(self) -> "Mitmdump":
+    def start(self) -> Mitmdump:
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError("mitmdump already running")
         env = dict(os.environ)
@@ -290,7 +289,7 @@ class Mitmdump:
         env["STANDIN_LOG"] = str(self.standin_log)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
-        self._out_file = open(self._out_path, "ab")
+        self._out_file = open(self._out_path, "ab")  # noqa: SIM115 - open while mitmdump runs; closed in stop()
         self._out_offset = self._out_path.stat().st_size
         port = self.port or 0
         self._proc = subprocess.Popen(
@@ -336,23 +335,19 @@ class Mitmdump:
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # its own session/group only
-            except ProcessLookupError:
-                pass
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(timeout=timeout)
         if self._out_file is not None:
             self._out_file.close()
             self._out_file = None
 
-    def restart(self) -> "Mitmdump":
+    def restart(self) -> Mitmdump:
         """Stop and start again on the same port, confdir (so the same CA) and stand-in log."""
         self.stop()
         deadline = time.monotonic() + 10
@@ -385,7 +380,7 @@ class Mitmdump:
         if self._own_confdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def __enter__(self) -> "Mitmdump":
+    def __enter__(self) -> Mitmdump:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -395,7 +390,7 @@ class Mitmdump:
 # --------------------------------------------------------------------------- stand-in log
 
 
-def ledger_lines(proxy: "Mitmdump", count: int, wait: float = 60.0) -> list[dict]:
+def ledger_lines(proxy: Mitmdump, count: int, wait: float = 60.0) -> list[dict]:
     """The proxy's usage ledger lines, once there are ``count`` of them (its writer is a thread of
     its own that lingers), or what there is after ``wait`` seconds."""
     path = proxy.confdir / "agent-session-ids" / "usage.jsonl"
@@ -500,7 +495,7 @@ def apply_env(env: dict[str, str], extra: Mapping[str, str | None] | None) -> di
     return env
 
 
-def assert_ran(result: subprocess.CompletedProcess, proxy: "Mitmdump") -> None:
+def assert_ran(result: subprocess.CompletedProcess, proxy: Mitmdump) -> None:
     """An agent run ended well, and nothing tried to reach the network through the proxy."""
     assert result.returncode == 0, (result.stdout, result.stderr, proxy.output()[-3000:])
     assert not proxy.blocked_connects()
@@ -759,7 +754,7 @@ class OtherUser:
     ``cleanup()`` removes it.
     """
 
-    def __init__(self, proxy: "Mitmdump", root: str | os.PathLike | None = None,
+    def __init__(self, proxy: Mitmdump, root: str | os.PathLike | None = None,
                  uid: int = OTHER_UID, gid: int = OTHER_GID) -> None:
         self.uid, self.gid = uid, gid
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="as-other-user-"))
@@ -783,10 +778,8 @@ class OtherUser:
         os.chown(top, self.uid, self.gid)
         for dirpath, dirnames, filenames in os.walk(top):
             for name in dirnames + filenames:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.chown(os.path.join(dirpath, name), self.uid, self.gid, follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` with the proxy's CA replaced by this user's readable copy."""
