@@ -87,11 +87,10 @@ class RequestFlow:
             body, body_problem = await self._body(flow, streamed)
             members = body.members if body is not None else None
             ours = first.set_headers if first is not None else {}
-            # a ClientField unpacks as the (target, key) pair Evidence names (until it names ClientField)
             client_fields = tuple(f for r in rules for f in r.client_fields)
             evidence = Evidence(evidence_headers(flow.request.headers, rules, ours), members,
                                 body.conversation if body is not None else None,
-                                flow.client_conn.id, client_fields)  # type: ignore[arg-type]
+                                flow.client_conn.id, client_fields)
             state.session, state.process = await self.runner.resolve(evidence, seen)
             self.connections.remember(flow.client_conn.id, state.process, seen)
             if first is None:

@@ -6,20 +6,20 @@ import os
 import stat
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result] | tuple[None, None]:
+def open_regular(path: str) -> tuple[int, os.stat_result] | None:
     """An fd of a regular file and its stat, never blocking (FIFOs, devices and sockets give None)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return None, None
+        return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            return None, None
+            return None
     except OSError:
         os.close(fd)
-        return None, None
+        return None
     return fd, st
 
 

@@ -59,10 +59,7 @@ def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None
         if value:
             return value, f"{field.where} {field.name}"
     for target, key in ev.client_fields:
-        if target == "header":
-            value = safe_id(ev.headers.get(key))
-        else:
-            value = safe_id(dotted(ev.body, key))
+        value = safe_id(ev.headers.get(key) if target == "header" else dotted(ev.body, key))
         if value:
             return value, f"{target} {key}"
     return None, ""

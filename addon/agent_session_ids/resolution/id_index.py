@@ -306,7 +306,8 @@ class IdIndex:
         return out
 
     def _hits(self, trees: list[tuple[str, _Tree]], key: str) -> list[IdHit]:
-        out, seen = [], {}
+        out: list[IdHit] = []
+        seen: dict[str, float | None] = {}  # path -> its mtime, None when it is no regular file now
         for agent, tree in trees:
             for path, folder in list(tree.by_id.get(key, {}).items()):
                 if path not in seen:
@@ -315,8 +316,9 @@ class IdIndex:
                         seen[path] = st.st_mtime if stat.S_ISREG(st.st_mode) else None
                     except (OSError, ValueError):
                         seen[path] = None
-                if seen[path] is None:
+                mtime = seen[path]
+                if mtime is None:
                     tree.drop_file(path, key)
                 else:
-                    out.append(IdHit(agent, path, folder, seen[path]))
+                    out.append(IdHit(agent, path, folder, mtime))
         return sorted(out, key=lambda h: (-h.mtime, h.agent, h.path))

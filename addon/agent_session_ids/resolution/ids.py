@@ -10,6 +10,7 @@ import secrets
 import string
 import time
 import uuid
+from typing import TypeGuard
 
 # The namespace of Opper's pi extension (opper-ai/cli data/pi-opper-extension/opper-session.ts).
 OPPER_NAMESPACE = uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
@@ -26,7 +27,7 @@ _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _BASE36 = string.digits + string.ascii_lowercase
 
 
-def is_safe_id(value: object) -> bool:
+def is_safe_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and SAFE_ID.match(value) is not None
 
 

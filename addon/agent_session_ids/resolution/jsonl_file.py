@@ -127,9 +127,10 @@ def matches(record: dict, conditions) -> bool:
 
 def read_head(f: FileState, fmt: RecordFormat) -> bool:
     """Read the header and the first user turn; False if the file is gone or not regular."""
-    fd, st = open_regular(f.path)
-    if fd is None:
+    opened = open_regular(f.path)
+    if opened is None:
         return False
+    fd, st = opened
     try:
         if st.st_size == f.head_size:
             return True  # nothing new since the last try

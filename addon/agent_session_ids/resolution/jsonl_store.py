@@ -88,6 +88,21 @@ class _DirState:
 
 
 
+def _listing(folder: str) -> dict[str, float]:
+    """The folder's *.jsonl files and their mtimes; what cannot be listed or stat'ed is left out."""
+    entries = {}
+    try:
+        for e in os.scandir(folder):
+            if e.name.endswith(".jsonl"):
+                try:
+                    entries[e.path] = e.stat().st_mtime
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return entries
+
+
 class JsonlStore:
     """Session folders of JSONL files, one file per session, read as a RecordFormat says."""
 
@@ -119,26 +134,8 @@ class JsonlStore:
             return []
         first_users = list(first_users)
         if d.incomplete:
-            missing = {fp for fp in first_users if fp not in d.by_first_user}
-            if d.order:
-                # a continued session's file may be any file: look for it (newest first) a while;
-                # a new session's file is among the newest, which the first step reads
-                wait = budget.index_wait_s if missing and not fresh else INDEX_STEP_S
-                self._index(d, fmt, missing, wait)
-                if d.order:
-                    self._unindexed[folder] = (d, fmt)
-            if missing and d.waiting:
-                self._recheck_waiting(d, fmt)
-        wanted: dict[str, bool] = {}  # path -> filter on cwd?
-        for fp in first_users:
-            for path in d.by_first_user.get(fp, ()):
-                wanted[path] = cwd is not None
-        for sid in ids:
-            if sid in d.by_id:
-                wanted[d.by_id[sid]] = False
-        for p in paths:
-            if p in d.files:
-                wanted[p] = False
+            self._read_heads(folder, d, fmt, first_users, fresh, budget)
+        wanted = self._wanted(d, first_users, ids, paths, cwd)
         out = []
         for path in sorted(wanted):
             f = d.files[path]
@@ -150,6 +147,37 @@ class JsonlStore:
             out.append(snapshot(f))
         return out
 
+    def _read_heads(self, folder: str, d: _DirState, fmt: RecordFormat, first_users: list[str],
+                    fresh: bool, budget: ReadBudget) -> None:
+        """Index the folder's unread heads until the first user turns sought are found, as long
+        as the budget allows; what is left goes to the background work."""
+        missing = {fp for fp in first_users if fp not in d.by_first_user}
+        if d.order:
+            # a continued session's file may be any file: look for it (newest first) a while;
+            # a new session's file is among the newest, which the first step reads
+            wait = budget.index_wait_s if missing and not fresh else INDEX_STEP_S
+            self._index(d, fmt, missing, wait)
+            if d.order:
+                self._unindexed[folder] = (d, fmt)
+        if missing and d.waiting:
+            self._recheck_waiting(d, fmt)
+
+    @staticmethod
+    def _wanted(d: _DirState, first_users: list[str], ids: Iterable[str], paths: Iterable[str],
+                cwd: str | None) -> dict[str, bool]:
+        """The known files sought, path -> whether the file must name `cwd` (found by first turn)."""
+        wanted: dict[str, bool] = {}
+        for fp in first_users:
+            for path in d.by_first_user.get(fp, ()):
+                wanted[path] = cwd is not None
+        for sid in ids:
+            if sid in d.by_id:
+                wanted[d.by_id[sid]] = False
+        for p in paths:
+            if p in d.files:
+                wanted[p] = False
+        return wanted
+
     def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None,
                  budget: ReadBudget = ON_WORKER) -> tuple[bool, str | None]:
         """A known file's latest name, after reading what was appended to it: (known, name).
@@ -158,7 +186,7 @@ class JsonlStore:
         its path: the file is then read through an fd kept open for it (one pread)."""
         d = self._dirs.get(os.path.dirname(path))
         f = d.files.get(path) if d is not None else None
-        if f is None:
+        if d is None or f is None:
             return False, None
         if st is None or not stat.S_ISREG(st.st_mode):
             known = self._refresh_tail(f, fmt, budget)
@@ -178,9 +206,10 @@ class JsonlStore:
             os.close(kept[0])
             kept = None
         if kept is None:
-            fd, st = open_regular(path)
-            if fd is None:
+            opened = open_regular(path)
+            if opened is None:
                 return None
+            fd, st = opened
             if st.st_ino != ino:  # replaced just now
                 os.close(fd)
                 return None
@@ -215,26 +244,20 @@ class JsonlStore:
             self._dirs.move_to_end(folder)
         if st.st_mtime_ns != d.mtime_ns:
             d.mtime_ns = st.st_mtime_ns
-            entries = {}
-            try:
-                for e in os.scandir(folder):
-                    if e.name.endswith(".jsonl"):
-                        try:
-                            entries[e.path] = e.stat().st_mtime
-                        except OSError:
-                            continue
-            except OSError:
-                pass
-            for path in [p for p in d.files if p not in entries]:
-                self._forget(d, path)
-            new = entries.keys() - d.files.keys()
-            for path in new:
-                f = d.files[path] = FileState(path, id_from_name(path), mtime=entries[path])
-                d.by_id[f.id] = path
-                d.incomplete.add(path)
-            if new:
-                d.order = sorted(set(d.order) | new, key=lambda p: d.files[p].mtime, reverse=True)
+            self._relist(d, _listing(folder))
         return d
+
+    def _relist(self, d: _DirState, entries: dict[str, float]) -> None:
+        """Forget the files gone from the folder's listing, add the new ones (heads not read yet)."""
+        for path in [p for p in d.files if p not in entries]:
+            self._forget(d, path)
+        new = entries.keys() - d.files.keys()
+        for path in new:
+            f = d.files[path] = FileState(path, id_from_name(path), mtime=entries[path])
+            d.by_id[f.id] = path
+            d.incomplete.add(path)
+        if new:
+            d.order = sorted(set(d.order) | new, key=lambda p: d.files[p].mtime, reverse=True)
 
     def _index(self, d: _DirState, fmt: RecordFormat, until: set[str], budget_s: float) -> None:
         """Read heads of not yet indexed files, newest first, for at most budget_s, or until the
@@ -324,9 +347,10 @@ class JsonlStore:
         At most TAIL_BUDGET bytes are read per call; a file with more to read is left `behind`, for
         catch_up() to finish between requests. The latest name of a large file is found at once by
         reading backwards from its end."""
-        fd, st = open_regular(f.path)
-        if fd is None:
+        opened = open_regular(f.path)
+        if opened is None:
             return False
+        fd, st = opened
         try:
             return self._read_tail(fd, f, fmt, st, budget)
         finally:
@@ -375,10 +399,11 @@ class JsonlStore:
         if not self._behind:
             return False
         path, (f, fmt) = next(iter(self._behind.items()))
-        fd, _ = open_regular(path)
-        if fd is None:
+        opened = open_regular(path)
+        if opened is None:
             self._behind.pop(path, None)
             return bool(self._behind)
+        fd, _ = opened
         try:
             self._scan(fd, f, fmt, TAIL_BUDGET)
         except OSError:

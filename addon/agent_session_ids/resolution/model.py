@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .conversation import Conversation
+
+if TYPE_CHECKING:  # the rules import the resolution at run time, never the other way round
+    from ..rules.model import ClientField
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ class Evidence:
     body: Mapping[str, object] | None  # the JSON body's top-level members
     conversation: Conversation | None
     connection_id: str
-    client_fields: Sequence[tuple[str, str]] = ()  # where the target gateway honours a client's id (ClientField)
+    # where the target gateway honours a client's id (the rules' fields); read unpacked as (target, key)
+    client_fields: Sequence[ClientField] = ()
 
 
 @dataclass(frozen=True)

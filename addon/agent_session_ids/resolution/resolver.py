@@ -68,7 +68,7 @@ class Resolver:
         self.bound: dict[str, Bound] = {}  # keys.agent_session / keys.named -> Bound
         self.pending: dict[str, Pending] = {}  # process key, keys.orphan / keys.conversation -> Pending
         self.on: dict[str, OnProcess] = {}  # process key -> OnProcess
-        self._by_first_user: dict[str, set[str]] = {}  # first-turn fingerprint -> pending keys
+        self._by_first_user: dict[str | None, set[str]] = {}  # first-turn fingerprint (or None) -> pending keys
         self.generation = 0  # counts the changes to bound and pending (a memo's check)
         self.dirty = False  # bound/pending changed since the last export
 
@@ -141,6 +141,7 @@ class Resolver:
             trace = b.trace_uuid if b else ids.trace_uuid(f.path)
             return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path,
                            named_by_request=True, cwd=f.cwd)
+        assert b is not None  # bound above when the request's id has no file
         return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)",
                        named_by_request=True)
 
@@ -170,10 +171,10 @@ class Resolver:
             return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
                                          fallback=not known_agent)
         if not conversation.fresh:
-            f = self._pick_continued(fitting, conversation, None)
-            if f is not None:
-                return self._file_session(f.agent or agent, f, "session file whose conversation the request "
-                                                               f"continues ({why})")
+            continued = self._pick_continued(fitting, conversation, None)
+            if continued is not None:
+                return self._file_session(continued.agent or agent, continued,
+                                          f"session file whose conversation the request continues ({why})")
         else:
             # a file already holding just this first turn, unanswered (written before the request)
             new = [f for f in fitting if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S
@@ -328,9 +329,9 @@ class Resolver:
             p = self.pending[key]
             if not p.ended or p.agent != agent or (f.cwd is not None and f.cwd != p.cwd):
                 continue
-            if p.started_at - SLACK_S <= f.created <= p.since + SLACK_S:
-                if best is None or p.since < self.pending[best].since:
-                    best = key
+            in_window = p.started_at - SLACK_S <= f.created <= p.since + SLACK_S
+            if in_window and (best is None or p.since < self.pending[best].since):
+                best = key
         if best is None:
             return None
         p = self.pending[best]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from . import state
 from .finder import SessionFinder
@@ -31,6 +32,8 @@ from .tree import SessionTree
 RESOLVE_TIMEOUT_S = 2.0
 STATE_SAVE_DELAY_S = 1.0
 STATE_LOAD_WAIT_S = 5.0
+
+_T = TypeVar("_T")
 
 
 class Runner:
@@ -84,10 +87,7 @@ class Runner:
             # the request of a process that cannot be read, continuing its session: the memo
             session = self._inline(finder.unseen_from_memo, evidence, seen, INLINE)
         if session is None:
-            if self._inline_ok(proc):
-                result = self._inline(finder.find, evidence, seen, time.time(), INLINE)
-            else:
-                result = None
+            result = self._inline(finder.find, evidence, seen, time.time(), INLINE) if self._inline_ok(proc) else None
             if result is None:
                 result = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(
@@ -98,7 +98,7 @@ class Runner:
         self._between_requests()
         return self.tree.place(session, evidence.headers, proc), proc
 
-    def _inline(self, fn, *args):
+    def _inline(self, fn: Callable[..., _T], *args: object) -> _T | None:
         """fn(*args) on the event loop (given the INLINE read budget: every read a small step);
         None if the worker has the lock."""
         if not self._lock.acquire(blocking=False):
@@ -114,7 +114,7 @@ class Runner:
         stores = self.finder.stores
         return proc is not None and not stores.io.jsonl.behind and stores.warm_and_local(proc.key)
 
-    def _locked(self, fn, *args):
+    def _locked(self, fn: Callable[..., _T], *args: object) -> _T:
         with self._lock:
             return fn(*args)
 

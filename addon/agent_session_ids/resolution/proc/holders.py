@@ -39,29 +39,39 @@ def holders(inode: int, uid: int, recent: RecentOwners) -> dict[int, int]:
     parent if the parent holds it too, and its children that hold it (a fork that shares the
     connection, before or after the holder was found)."""
     target = f"socket:[{inode}]"
+    first = _first_holder(target, uid, recent)
+    if first is None:
+        return {}
+    holder, fd = first
+    recent.remember(holder)
+    return _with_sharers(holder, fd, target)
+
+
+def _first_holder(target: str, uid: int, recent: RecentOwners) -> tuple[int, int] | None:
+    """(pid, fd) of the first process found holding `target`: the recent owners first, then the
+    processes of `uid` from the newest pid down."""
     looked_at = recent.listed()
-    seen = set(looked_at)
-    holder = fd = None
     for pid in looked_at:
         fd = procfs.fd_of(pid, target)
         if fd is not None:
-            holder = pid
-            break
-    if holder is None:
-        try:
-            pids = sorted(procfs.pids(), reverse=True)
-        except OSError:
-            return {}
-        for pid in pids:
-            if pid in seen:
-                continue
-            fd = procfs.fd_if_owned(pid, uid, target)
-            if fd is not None:
-                holder = pid
-                break
-    if holder is None or fd is None:
-        return {}
-    recent.remember(holder)
+            return pid, fd
+    seen = set(looked_at)
+    try:
+        pids = sorted(procfs.pids(), reverse=True)
+    except OSError:
+        return None
+    for pid in pids:
+        if pid in seen:
+            continue
+        fd = procfs.fd_if_owned(pid, uid, target)
+        if fd is not None:
+            return pid, fd
+    return None
+
+
+def _with_sharers(holder: int, fd: int, target: str) -> dict[int, int]:
+    """{pid: fd} of the holder, its parent if the parent holds `target` too, and its children
+    that share it."""
     found = {holder: fd}
     parent = procfs.ppid(holder)
     if parent and parent > 1:
