@@ -27,8 +27,11 @@ REAL_CLIENT_MODULES = {"test_beyond_process.py"}
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "real_client: the test runs a real agent client (pi, Claude Code, Codex, "
-                                       "opencode, Oh My Pi); under CI=true it may not skip")
+    config.addinivalue_line(
+        "markers",
+        "real_client: the test runs a real agent client (pi, Claude Code, Codex, "
+        "opencode, Oh My Pi); under CI=true it may not skip",
+    )
 
 
 def in_ci() -> bool:
@@ -50,15 +53,17 @@ def allowed_skip_reasons(readme: str | None = None) -> list[str]:
 
 
 def runs_a_real_client(item) -> bool:
-    return (item.get_closest_marker("real_client") is not None
-            or bool(REAL_CLIENT_FIXTURES & set(getattr(item, "fixturenames", ())))
-            or os.path.basename(str(item.fspath)) in REAL_CLIENT_MODULES)
+    return (
+        item.get_closest_marker("real_client") is not None
+        or bool(REAL_CLIENT_FIXTURES & set(getattr(item, "fixturenames", ())))
+        or os.path.basename(str(item.fspath)) in REAL_CLIENT_MODULES
+    )
 
 
 def _skip_reason(report) -> str:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
-    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -71,6 +76,8 @@ def pytest_runtest_makereport(item, call):
     if any(reason.startswith(allowed) for allowed in allowed_skip_reasons()):
         return
     report.outcome = "failed"
-    report.longrepr = (f"a real-client test skipped under CI=true: {reason}\n"
-                       f"Make the client run here, or say in README.md why it cannot: a list item between "
-                       f"{ALLOWED_BEGIN} and {ALLOWED_END} whose first `code` span starts this reason.")
+    report.longrepr = (
+        f"a real-client test skipped under CI=true: {reason}\n"
+        f"Make the client run here, or say in README.md why it cannot: a list item between "
+        f"{ALLOWED_BEGIN} and {ALLOWED_END} whose first `code` span starts this reason."
+    )

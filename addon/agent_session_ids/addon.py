@@ -32,6 +32,7 @@ __all__ = ["DEFAULT_RULES", "SessionIds"]
 
 logger = logging.getLogger("agent_session_ids")
 
+
 class SessionIds:
     def __init__(self) -> None:
         self._warn_once = WarnOnce()
@@ -86,11 +87,14 @@ class SessionIds:
             if bad:
                 raise exceptions.OptionsError(
                     f"session_store_homes: {bad[0]!r} is not an absolute path; give folders such as "
-                    f"/srv/agent-home, separated by '{os.pathsep}'")
+                    f"/srv/agent-home, separated by '{os.pathsep}'"
+                )
             self.runner.set_homes(os.path.expanduser(h) for h in homes)
         if "session_state_file" in updated or "confdir" in updated:
-            self.runner.use_state_file(options.session_state_file or os.path.join(
-                os.path.expanduser(options.confdir), "agent-session-ids", "state.json"))
+            self.runner.use_state_file(
+                options.session_state_file
+                or os.path.join(os.path.expanduser(options.confdir), "agent-session-ids", "state.json")
+            )
 
     def running(self) -> None:
         self._running = True

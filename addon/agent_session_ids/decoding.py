@@ -82,7 +82,7 @@ class _Sliced:
         at = 0
         while at < len(data):
             n = self._slice
-            out = self._step(data[at:at + n])
+            out = self._step(data[at : at + n])
             at += n
             if len(out) > PIECE:
                 self._slice = max(1, n >> 3)

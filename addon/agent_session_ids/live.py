@@ -21,8 +21,14 @@ class LiveSessions:
             if len(self.sessions) >= self.limit:
                 del self.sessions[min(self.sessions, key=lambda k: self.sessions[k]["last"])]
             live = self.sessions[session.id] = {"agent": session.agent, "id": session.id, "requests": 0}
-        live.update(name=session.name, pid=proc.pid if proc else None, cwd=proc.cwd if proc else None,
-                    last=time.time(), source=session.source, unreadable=None if proc else unreadable)
+        live.update(
+            name=session.name,
+            pid=proc.pid if proc else None,
+            cwd=proc.cwd if proc else None,
+            last=time.time(),
+            source=session.source,
+            unreadable=None if proc else unreadable,
+        )
         live["requests"] += 1
 
     def table(self) -> list[str]:
@@ -31,8 +37,10 @@ class LiveSessions:
             return ["no sessions yet"]
         lines = [f"{'AGENT':<8} {'REQS':>5}  {'PID':>7}  {'ID':<38} {'NAME':<24} CWD"]
         for s in sorted(self.sessions.values(), key=lambda s: -s["last"]):
-            lines.append(f"{s['agent']:<8} {s['requests']:>5}  {s['pid'] or '-':>7}  {s['id']:<38} "
-                         f"{(s['name'] or '-')[:24]:<24} {s['cwd'] or '-'}")
+            lines.append(
+                f"{s['agent']:<8} {s['requests']:>5}  {s['pid'] or '-':>7}  {s['id']:<38} "
+                f"{(s['name'] or '-')[:24]:<24} {s['cwd'] or '-'}"
+            )
             lines.append(f"{'':<8} decided by {s.get('source') or '?'}")
             if s.get("unreadable") and s.get("unreadable") not in (s.get("source") or ""):
                 lines.append(f"{'':<8} process not read: {s['unreadable']}")

@@ -64,8 +64,14 @@ def evidence_headers(request_headers, rules: list[Rule], ours: dict[str, str]) -
 
 
 class RequestFlow:
-    def __init__(self, runner: Runner, connections: Connections, live: LiveSessions, states: FlowStates,
-                 warn_once: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        connections: Connections,
+        live: LiveSessions,
+        states: FlowStates,
+        warn_once: Callable[[str, str], None],
+    ) -> None:
         self.runner = runner
         self.connections = connections
         self.live = live
@@ -78,8 +84,9 @@ class RequestFlow:
     def forget_connection(self, connection_id: str) -> None:
         self._bodies.forget(connection_id)
 
-    async def handle(self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool,
-                     first: FlowState | None = None) -> None:
+    async def handle(
+        self, flow: http.HTTPFlow, rules: list[Rule], streamed: bool, first: FlowState | None = None
+    ) -> None:
         """One pass over the flow; `first`: the first pass's record, when this is the second."""
         state = FlowState(rules, streamed=streamed, second=first is not None)
         try:
@@ -88,9 +95,13 @@ class RequestFlow:
             members = body.members if body is not None else None
             ours = first.set_headers if first is not None else {}
             client_fields = tuple(f for r in rules for f in r.client_fields)
-            evidence = Evidence(evidence_headers(flow.request.headers, rules, ours), members,
-                                body.conversation if body is not None else None,
-                                flow.client_conn.id, client_fields)
+            evidence = Evidence(
+                evidence_headers(flow.request.headers, rules, ours),
+                members,
+                body.conversation if body is not None else None,
+                flow.client_conn.id,
+                client_fields,
+            )
             state.session, state.process = await self.runner.resolve(evidence, seen)
             self.connections.remember(flow.client_conn.id, state.process, seen)
             if first is None:
@@ -125,13 +136,26 @@ class RequestFlow:
         self._bodies.put(flow.client_conn.id, body.resume)
         return body, None
 
-    def _apply(self, flow: http.HTTPFlow, state: FlowState, body: Body | None, body_problem: str | None,
-               first: FlowState | None) -> None:
+    def _apply(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        body: Body | None,
+        body_problem: str | None,
+        first: FlowState | None,
+    ) -> None:
         """The rules applied for the resolved session: what was set and skipped goes in `state`."""
         assert state.session is not None  # resolved
-        outcome = apply_rules(state.rules, state.session, flow.request.headers, body, body_problem,
-                              first.set_headers if first is not None else {},
-                              privacy=self.privacy, fallback_ids=self.fallback)
+        outcome = apply_rules(
+            state.rules,
+            state.session,
+            flow.request.headers,
+            body,
+            body_problem,
+            first.set_headers if first is not None else {},
+            privacy=self.privacy,
+            fallback_ids=self.fallback,
+        )
         for key, message in outcome.warnings:
             self._warn_once(key, message)
         if outcome.body is not None:

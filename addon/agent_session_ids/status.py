@@ -32,15 +32,18 @@ class StatusProbe:
         # the commands: they check the pid before a signal
         if _of_this_user(self.session_ids.processes, flow.client_conn):
             rules = self.session_ids.rules
-            status.update({
-                "pid": os.getpid(),
-                "confdir": os.path.expanduser(ctx.options.confdir),
-                "rules": [r.name for r in rules.rules],
-                "hosts": list(rules.hosts),
-                "scheme": flow.request.scheme,
-            })
-        flow.response = http.Response.make(200, json.dumps(status), {"content-type": "application/json",
-                                                                      "cache-control": "no-store"})
+            status.update(
+                {
+                    "pid": os.getpid(),
+                    "confdir": os.path.expanduser(ctx.options.confdir),
+                    "rules": [r.name for r in rules.rules],
+                    "hosts": list(rules.hosts),
+                    "scheme": flow.request.scheme,
+                }
+            )
+        flow.response = http.Response.make(
+            200, json.dumps(status), {"content-type": "application/json", "cache-control": "no-store"}
+        )
 
 
 def _of_this_user(processes: ProcessTable, client) -> bool:

@@ -46,8 +46,10 @@ class WarnOnce:
         if len(self.said) >= self.limit:
             if not self.full:
                 self.full = True
-                logger.warning(f"agent-session-ids: {self.limit} distinct problems were said; further ones are not "
-                               "logged (sessionids.explain tells about a flow)")
+                logger.warning(
+                    f"agent-session-ids: {self.limit} distinct problems were said; further ones are not "
+                    "logged (sessionids.explain tells about a flow)"
+                )
             return
         self.said.add(key)
         logger.warning(f"agent-session-ids: {shown(message, MAX_MESSAGE)}")

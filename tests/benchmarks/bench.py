@@ -128,10 +128,43 @@ MODEL = "anthropic/claude-sonnet-4"
 # --------------------------------------------------------------------------- realistic content
 
 _WORDS = [
-    "session", "request", "handler", "config", "parse", "token", "cache", "buffer", "stream", "client", "server",
-    "state", "value", "index", "result", "error", "retry", "timeout", "folder", "record", "header", "body", "field",
-    "rule", "match", "process", "socket", "thread", "worker", "queue", "store", "label", "trace", "module", "import",
-    "return", "yield"
+    "session",
+    "request",
+    "handler",
+    "config",
+    "parse",
+    "token",
+    "cache",
+    "buffer",
+    "stream",
+    "client",
+    "server",
+    "state",
+    "value",
+    "index",
+    "result",
+    "error",
+    "retry",
+    "timeout",
+    "folder",
+    "record",
+    "header",
+    "body",
+    "field",
+    "rule",
+    "match",
+    "process",
+    "socket",
+    "thread",
+    "worker",
+    "queue",
+    "store",
+    "label",
+    "trace",
+    "module",
+    "import",
+    "return",
+    "yield",
 ]
 
 
@@ -150,7 +183,7 @@ def _code(rng: random.Random, size: int) -> str:
         elif kind < 0.7:
             line = f"        return self.{w[0]}_{w[1]}({w[2]}, {w[3]}={rng.randint(0, 99)!r})"
         else:
-            line = f"    {w[0]}_{w[1]} = {w[2]}.get(\"{w[3]}\", {rng.random():.4f})"
+            line = f'    {w[0]}_{w[1]} = {w[2]}.get("{w[3]}", {rng.random():.4f})'
         out.append(line)
         n += len(line) + 1
     return "\n".join(out)
@@ -160,9 +193,11 @@ def first_text(i: int) -> str:
     """The first user turn of session i (distinct per i)."""
     rng = random.Random(1000 + i)
     w = rng.sample(_WORDS, 6)
-    return (f"Task {i}: the {w[0]} {w[1]} in src/{w[2]}/{w[3]}.py drops the {w[4]} when the "
-            f"{w[5]} times out. Find out why, add a regression test, and fix it without changing "
-            f"the public API. Run the test suite when you are done.")
+    return (
+        f"Task {i}: the {w[0]} {w[1]} in src/{w[2]}/{w[3]}.py drops the {w[4]} when the "
+        f"{w[5]} times out. Find out why, add a regression test, and fix it without changing "
+        f"the public API. Run the test suite when you are done."
+    )
 
 
 SYSTEM_PROMPT = (
@@ -170,26 +205,48 @@ SYSTEM_PROMPT = (
     "by reading files, executing commands, editing code, and writing new files.\n\nAvailable tools:\n"
     "- read: Read file contents\n- bash: Execute bash commands (ls, grep, find, etc.)\n"
     "- edit: Make surgical edits to files (find exact text and replace)\n- write: Create or overwrite files\n\n"
-    "Guidelines:\n" + "\n".join(f"- {_code(random.Random(k), 160).splitlines()[0]}" for k in range(14))
+    "Guidelines:\n"
+    + "\n".join(f"- {_code(random.Random(k), 160).splitlines()[0]}" for k in range(14))
     + "\n\nCurrent date: 2026-11-21\nCurrent working directory: /home/user/project"
 )
 
 TOOLS = [
-    {"type": "function", "function": {
-        "name": name, "description": desc,
-        "parameters": {"type": "object", "properties": props, "required": list(props)[:1]}}}
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": desc,
+            "parameters": {"type": "object", "properties": props, "required": list(props)[:1]},
+        },
+    }
     for name, desc, props in [
-        ("read", "Read the contents of a file. Supports text files and images.",
-         {"path": {"type": "string", "description": "Path to the file to read"},
-          "offset": {"type": "number", "description": "Line number to start reading from"},
-          "limit": {"type": "number", "description": "Maximum number of lines to read"}}),
-        ("bash", "Execute a bash command in the current working directory.",
-         {"command": {"type": "string", "description": "Bash command to execute"},
-          "timeout": {"type": "number", "description": "Timeout in seconds"}}),
-        ("edit", "Edit a file by replacing exact text.",
-         {"path": {"type": "string"}, "oldText": {"type": "string"}, "newText": {"type": "string"}}),
-        ("write", "Write content to a file. Creates the file if it does not exist.",
-         {"path": {"type": "string"}, "content": {"type": "string"}}),
+        (
+            "read",
+            "Read the contents of a file. Supports text files and images.",
+            {
+                "path": {"type": "string", "description": "Path to the file to read"},
+                "offset": {"type": "number", "description": "Line number to start reading from"},
+                "limit": {"type": "number", "description": "Maximum number of lines to read"},
+            },
+        ),
+        (
+            "bash",
+            "Execute a bash command in the current working directory.",
+            {
+                "command": {"type": "string", "description": "Bash command to execute"},
+                "timeout": {"type": "number", "description": "Timeout in seconds"},
+            },
+        ),
+        (
+            "edit",
+            "Edit a file by replacing exact text.",
+            {"path": {"type": "string"}, "oldText": {"type": "string"}, "newText": {"type": "string"}},
+        ),
+        (
+            "write",
+            "Write content to a file. Creates the file if it does not exist.",
+            {"path": {"type": "string"}, "content": {"type": "string"}},
+        ),
     ]
 ]
 
@@ -214,12 +271,21 @@ def body_template(target: int, seed: int = 7) -> tuple[bytes, bytes]:
     while True:
         k += 1
         call_id = f"toolu_{rng.getrandbits(64):016x}"
-        messages.append({"role": "assistant", "content": None, "tool_calls": [{
-            "id": call_id, "type": "function",
-            "function": {"name": "read", "arguments": json.dumps({"path": f"src/mod_{k}.py"})}}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "read", "arguments": json.dumps({"path": f"src/mod_{k}.py"})},
+                    }
+                ],
+            }
+        )
         room = target - size() - 400
-        messages.append({"role": "tool", "tool_call_id": call_id,
-                         "content": _code(rng, max(100, min(per_tool, room)))})
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": _code(rng, max(100, min(per_tool, room)))})
         if k % 3 == 0:
             messages.append({"role": "assistant", "content": f"Step {k}: the {rng.choice(_WORDS)} looks right."})
             messages.append({"role": "user", "content": [{"type": "text", "text": "Go on."}]})
@@ -227,8 +293,14 @@ def body_template(target: int, seed: int = 7) -> tuple[bytes, bytes]:
             break
     messages.append({"role": "assistant", "content": "I found the cause; now writing the test."})
     messages.append({"role": "user", "content": [{"type": "text", "text": "Good, continue."}]})
-    body = {"model": MODEL, "messages": messages, "tools": TOOLS, "tool_choice": "auto",
-            "max_completion_tokens": 16384, "stream": False}
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "tools": TOOLS,
+        "tool_choice": "auto",
+        "max_completion_tokens": 16384,
+        "stream": False,
+    }
     text = json.dumps(body, separators=(",", ":"))
     prefix, suffix = text.split(json.dumps(_PLACEHOLDER), 1)
     return prefix.encode(), suffix.encode()
@@ -279,38 +351,75 @@ class Entries:
         return line
 
     def user(self, text: str) -> str:
-        return self.entry("message", message={"role": "user", "content": [{"type": "text", "text": text}],
-                                              "timestamp": int(self.t * 1000)})
+        return self.entry(
+            "message",
+            message={"role": "user", "content": [{"type": "text", "text": text}], "timestamp": int(self.t * 1000)},
+        )
 
     def assistant(self, content: list, stop: str = "stop") -> str:
-        return self.entry("message", message={
-            "role": "assistant", "content": content, "api": "openai-completions", "provider": "openrouter",
-            "model": MODEL, "usage": {"input": 2400, "output": 160, "cacheRead": 0, "cacheWrite": 0,
-                                      "totalTokens": 2560, "cost": {"total": 0.0096}},
-            "stopReason": stop, "timestamp": int(self.t * 1000)})
+        return self.entry(
+            "message",
+            message={
+                "role": "assistant",
+                "content": content,
+                "api": "openai-completions",
+                "provider": "openrouter",
+                "model": MODEL,
+                "usage": {
+                    "input": 2400,
+                    "output": 160,
+                    "cacheRead": 0,
+                    "cacheWrite": 0,
+                    "totalTokens": 2560,
+                    "cost": {"total": 0.0096},
+                },
+                "stopReason": stop,
+                "timestamp": int(self.t * 1000),
+            },
+        )
 
     def tool_turn(self, size: int) -> list[str]:
         call = f"toolu_{self.rng.getrandbits(64):016x}"
         return [
-            self.assistant([{"type": "toolCall", "id": call, "name": "bash",
-                             "arguments": {"command": f"grep -rn {self.rng.choice(_WORDS)} src/"}}], "toolUse"),
-            self.entry("message", message={"role": "toolResult", "toolCallId": call, "toolName": "bash",
-                                           "content": [{"type": "text", "text": _code(self.rng, size)}],
-                                           "isError": False, "timestamp": int(self.t * 1000)}),
+            self.assistant(
+                [
+                    {
+                        "type": "toolCall",
+                        "id": call,
+                        "name": "bash",
+                        "arguments": {"command": f"grep -rn {self.rng.choice(_WORDS)} src/"},
+                    }
+                ],
+                "toolUse",
+            ),
+            self.entry(
+                "message",
+                message={
+                    "role": "toolResult",
+                    "toolCallId": call,
+                    "toolName": "bash",
+                    "content": [{"type": "text", "text": _code(self.rng, size)}],
+                    "isError": False,
+                    "timestamp": int(self.t * 1000),
+                },
+            ),
         ]
 
 
-def write_session(folder: Path, cwd: Path, i: int, created: float, name: str | None,
-                  big_bytes: int = 0, extra_turns: int = 0) -> dict:
+def write_session(
+    folder: Path, cwd: Path, i: int, created: float, name: str | None, big_bytes: int = 0, extra_turns: int = 0
+) -> dict:
     rng = random.Random(f"{cwd}:{i}:{int(created)}")  # distinct ids across stores (one HOME holds several)
     sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     path = folder / f"{_iso(created).replace(':', '-').replace('.', '-')}_{sid}.jsonl"
     e = Entries(rng, created)
-    lines = [_dumps({"type": "session", "version": 3, "id": sid, "timestamp": _iso(created), "cwd": str(cwd)}),
-             e.entry("model_change", provider="openrouter", modelId=MODEL),
-             e.entry("thinking_level_change", thinkingLevel="off"),
-             e.user(first_text(i)),
-             e.assistant([{"type": "text", "text": "Let me look at the code first."}])]
+    lines = [
+        _dumps({"type": "session", "version": 3, "id": sid, "timestamp": _iso(created), "cwd": str(cwd)}),
+        e.entry("model_change", provider="openrouter", modelId=MODEL),
+        e.entry("thinking_level_change", thinkingLevel="off"),
+        e.user(first_text(i)),
+        e.assistant([{"type": "text", "text": "Let me look at the code first."}]),
+    ]
     for _ in range(extra_turns):
         lines += e.tool_turn(rng.randint(200, 1200))
     with open(path, "w", encoding="utf-8") as f:
@@ -343,10 +452,15 @@ def make_store(home: Path, cwd: Path, n_files: int, newest_name: str, big_bytes:
     sessions = []
     for i in range(n_files):
         name = newest_name if i == 0 else (f"Fix {first_text(i).split()[3]} issue {i}" if i % 3 == 0 else None)
-        sessions.append(write_session(folder, cwd, i, now - i * 60, name,
-                                      big_bytes=big_bytes if i == 0 else 0, extra_turns=i % 3))
-    return {"cwd": str(cwd), "folder": str(folder), "sessions": sessions,
-            "newest_bytes": os.path.getsize(sessions[0]["path"])}
+        sessions.append(
+            write_session(folder, cwd, i, now - i * 60, name, big_bytes=big_bytes if i == 0 else 0, extra_turns=i % 3)
+        )
+    return {
+        "cwd": str(cwd),
+        "folder": str(folder),
+        "sessions": sessions,
+        "newest_bytes": os.path.getsize(sessions[0]["path"]),
+    }
 
 
 def make_headeronly_store(home: Path, cwd: Path, n_header: int, big_bytes: int, name: str) -> dict:
@@ -362,11 +476,18 @@ def make_headeronly_store(home: Path, cwd: Path, n_header: int, big_bytes: int, 
         created = now - 7200 + (k + 0.5) * (7000 / max(1, n_header))
         sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         path = folder / f"{_iso(created).replace(':', '-').replace('.', '-')}_{sid}.jsonl"
-        path.write_text(_dumps({"type": "session", "version": 3, "id": sid, "timestamp": _iso(created),
-                                "cwd": str(cwd)}) + "\n", encoding="utf-8")
+        path.write_text(
+            _dumps({"type": "session", "version": 3, "id": sid, "timestamp": _iso(created), "cwd": str(cwd)}) + "\n",
+            encoding="utf-8",
+        )
         os.utime(path, (created, created))
-    return {"cwd": str(cwd), "folder": str(folder), "sessions": [big], "files": n_header + 1,
-            "newest_bytes": os.path.getsize(big["path"])}
+    return {
+        "cwd": str(cwd),
+        "folder": str(folder),
+        "sessions": [big],
+        "files": n_header + 1,
+        "newest_bytes": os.path.getsize(big["path"]),
+    }
 
 
 # --------------------------------------------------------------------------- client worker
@@ -414,8 +535,7 @@ class Client:
         c = self.conns[port] = self.new_conn(port, ca)
         return c, True
 
-    def post(self, c: http.client.HTTPSConnection, body: bytes, probe: bool = False,
-             extra: dict | None = None):
+    def post(self, c: http.client.HTTPSConnection, body: bytes, probe: bool = False, extra: dict | None = None):
         headers = dict(self.HEADERS)
         if extra:
             headers.update(extra)
@@ -437,11 +557,27 @@ class Client:
 def _append_answer(path: str | None, k: int) -> None:
     if not path:
         return
-    line = _dumps({"type": "message", "id": f"{k:08x}", "parentId": None, "timestamp": _iso(time.time()),
-                   "message": {"role": "assistant", "content": [{"type": "text", "text": f"ok {k}"}],
-                               "api": "openai-completions", "provider": "openrouter", "model": MODEL,
-                               "usage": {"input": 2400, "output": 5}, "stopReason": "stop",
-                               "timestamp": int(time.time() * 1000)}}) + "\n"
+    line = (
+        _dumps(
+            {
+                "type": "message",
+                "id": f"{k:08x}",
+                "parentId": None,
+                "timestamp": _iso(time.time()),
+                "message": {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": f"ok {k}"}],
+                    "api": "openai-completions",
+                    "provider": "openrouter",
+                    "model": MODEL,
+                    "usage": {"input": 2400, "output": 5},
+                    "stopReason": "stop",
+                    "timestamp": int(time.time() * 1000),
+                },
+            }
+        )
+        + "\n"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line.encode())
@@ -532,8 +668,13 @@ class _Worker:
         return {"n": len(cmd["sessions"]), "seconds": time.perf_counter() - t0, "probes": probes}
 
 
-WORKER_OPS = {"prepare": _Worker.prepare, "probe": _Worker.probe, "warm": _Worker.warm, "newconn": _Worker.newconn,
-              "memory": _Worker.memory}
+WORKER_OPS = {
+    "prepare": _Worker.prepare,
+    "probe": _Worker.probe,
+    "warm": _Worker.warm,
+    "newconn": _Worker.newconn,
+    "memory": _Worker.memory,
+}
 
 
 def worker_main() -> None:
@@ -579,8 +720,9 @@ class Workers:
             for key in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
                 env.pop(key, None)
         self.procs = [
-            subprocess.Popen(argv, cwd=cwd, env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            )
             for _ in range(n)
         ]
 
@@ -626,8 +768,7 @@ def python_for_nobody() -> str | None:
     """A Python that uid 65534 can run (as tests/e2e/test_trust.py finds one)."""
     for python in (sys.executable, "/usr/bin/python3"):
         try:
-            r = subprocess.run([*NOBODY, python, "-c", "import ssl, ctypes"], capture_output=True, cwd="/",
-                               timeout=30)
+            r = subprocess.run([*NOBODY, python, "-c", "import ssl, ctypes"], capture_output=True, cwd="/", timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             continue
         if r.returncode == 0:
@@ -678,9 +819,13 @@ class Bench:
         self.args = args
         self.root = Path(tempfile.mkdtemp(prefix="asi-bench-"))
         self.home = self.root / "home"
-        self.results: dict = {"config": {k: v for k, v in vars(args).items()}, "phases": {},
-                              "addon_sources": addon_fingerprint(), "python": sys.version.split()[0],
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.results: dict = {
+            "config": {k: v for k, v in vars(args).items()},
+            "phases": {},
+            "addon_sources": addon_fingerprint(),
+            "python": sys.version.split()[0],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         self.A = self.B = None
         self.extra: list[subprocess.Popen] = []
         self.nobody_root: Path | None = None  # the ``unseen`` variant's 0755 folder (another user's)
@@ -757,8 +902,12 @@ class Bench:
         for name, proxy in (("addon", self.A), ("plain", self.B)):
             first = workers.send([self.cmd(proxy, cmd="probe", body=body, **kw)])[0]
             second = workers.send([self.cmd(proxy, cmd="probe", body=body, **kw)])[0]
-            out[name] = {"first_ms": first["ms"], "second_ms": second["ms"], "first": first["info"],
-                         "second": second["info"]}
+            out[name] = {
+                "first_ms": first["ms"],
+                "second_ms": second["ms"],
+                "first": first["info"],
+                "second": second["info"],
+            }
         a = out["addon"]
         ok_first = self.resolved_ok(store, (a["first"] or {}).get("session_id"))
         out["expected"] = want
@@ -779,8 +928,10 @@ class Bench:
         out["failed_before_resolved"] = 0 if ok_first else tries
         out["seconds_until_resolved"] = 0.0 if ok_first else round(time.time() - t0 + a["first_ms"] / 1000, 2)
         if not ok_first:
-            log(f"note: the cold first request was not resolved in time: {a['first']}; "
-                f"resolved after {out['seconds_until_resolved']} s: {ok}")
+            log(
+                f"note: the cold first request was not resolved in time: {a['first']}; "
+                f"resolved after {out['seconds_until_resolved']} s: {ok}"
+            )
         if not ok:
             raise RuntimeError(f"the addon did not resolve the session: expected session_id {want!r}, got {last!r}")
         if (out["plain"]["second"] or {}).get("session_id") is not None:
@@ -795,9 +946,27 @@ class Bench:
         outdir.mkdir(parents=True, exist_ok=True)
         dest = outdir / f"{label}.txt"
         secs = self.args.profile_seconds
-        sp = subprocess.Popen([self.pyspy, "record", "-p", str(self.A.pid), "-r", "250", "-d", str(int(secs) + 2),
-                               "-f", "raw", "-t", "--gil", "-o", str(dest)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sp = subprocess.Popen(
+            [
+                self.pyspy,
+                "record",
+                "-p",
+                str(self.A.pid),
+                "-r",
+                "250",
+                "-d",
+                str(int(secs) + 2),
+                "-f",
+                "raw",
+                "-t",
+                "--gil",
+                "-o",
+                str(dest),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(0.7)
         run(secs)
         try:
@@ -812,8 +981,16 @@ class Bench:
         print_profile(label, summary)
         return summary
 
-    def warm_runs(self, workers: Workers, body: str, seconds: float, rounds: int, n: int | None = None,
-                  append: str | None = None, kw: dict | None = None) -> dict:
+    def warm_runs(
+        self,
+        workers: Workers,
+        body: str,
+        seconds: float,
+        rounds: int,
+        n: int | None = None,
+        append: str | None = None,
+        kw: dict | None = None,
+    ) -> dict:
         kw = kw or {}
         n = n or len(workers.procs)
         per = {"addon": [], "plain": []}
@@ -824,12 +1001,17 @@ class Bench:
                 gc_before = fetch_counters(proxy).get("gc") or [0, 0, 0]
                 start_at = time.time() + 0.15
                 before = proc_cpu(proxy.pid)
-                res = workers.send([self.cmd(proxy, cmd="warm", body=body, seconds=seconds, start_at=start_at,
-                                             append=append, **kw)] * n)
+                res = workers.send(
+                    [self.cmd(proxy, cmd="warm", body=body, seconds=seconds, start_at=start_at, append=append, **kw)]
+                    * n
+                )
                 cpu[name] += proc_cpu(proxy.pid) - before
-                gc_runs[name] = [x + b - a for x, a, b in zip(gc_runs[name], gc_before,
-                                                              fetch_counters(proxy).get("gc") or [0, 0, 0],
-                                                              strict=False)]
+                gc_runs[name] = [
+                    x + b - a
+                    for x, a, b in zip(
+                        gc_runs[name], gc_before, fetch_counters(proxy).get("gc") or [0, 0, 0], strict=False
+                    )
+                ]
                 per[name].append({"n": sum(x["n"] for x in res), "lat": [v for x in res for v in x["lat"]]})
         counters = self.check_counters(f"warm {body}")
         na, nb = sum(x["n"] for x in per["addon"]), sum(x["n"] for x in per["plain"])
@@ -837,20 +1019,32 @@ class Bench:
         la = [v for x in per["addon"] for v in x["lat"]]
         lb = [v for x in per["plain"] for v in x["lat"]]
         return {
-            "clients": n, "body": body, "seconds": seconds, "rounds": rounds,
-            "rps_addon": na / (seconds * rounds), "rps_plain": nb / (seconds * rounds),
-            "ratio": na / nb if nb else float("nan"), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "p50_addon": pct(la, 50), "p50_plain": pct(lb, 50), "p99_addon": pct(la, 99), "p99_plain": pct(lb, 99),
-            "added_p50": pct(la, 50) - pct(lb, 50), "added_p99": pct(la, 99) - pct(lb, 99),
+            "clients": n,
+            "body": body,
+            "seconds": seconds,
+            "rounds": rounds,
+            "rps_addon": na / (seconds * rounds),
+            "rps_plain": nb / (seconds * rounds),
+            "ratio": na / nb if nb else float("nan"),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "p50_addon": pct(la, 50),
+            "p50_plain": pct(lb, 50),
+            "p99_addon": pct(la, 99),
+            "p99_plain": pct(lb, 99),
+            "added_p50": pct(la, 50) - pct(lb, 50),
+            "added_p99": pct(la, 99) - pct(lb, 99),
             "cpu_us_addon": 1e6 * cpu["addon"] / na if na else None,
             "cpu_us_plain": 1e6 * cpu["plain"] / nb if nb else None,
-            "gc_addon": gc_runs["addon"], "gc_plain": gc_runs["plain"],
+            "gc_addon": gc_runs["addon"],
+            "gc_plain": gc_runs["plain"],
             "counters": counters,
         }
 
     # -- phases
-    def warm_phase(self, key: str, store: dict, bodies: list[str], seconds: float | None = None,
-                   lat_seconds: float | None = None) -> dict:
+    def warm_phase(
+        self, key: str, store: dict, bodies: list[str], seconds: float | None = None, lat_seconds: float | None = None
+    ) -> dict:
         """The store's clients: `store` may also say which first user turn they send
         (client_session), extra headers, which file they append to (append; None: none), another
         HOME and user (home, runas), and what the addon must give (expect, expect_prefix)."""
@@ -861,27 +1055,41 @@ class Bench:
         workers = Workers(a.clients, store["cwd"], store.get("home", str(self.home)), runas=store.get("runas"))
         try:
             workers.all({"cmd": "prepare", "bodies": bodies})
-            out = {"files": store.get("files", len(store["sessions"])), "newest_bytes": store["newest_bytes"],
-                   "seconds": seconds, "lat_seconds": lat_seconds, "probe": self.probe(workers, store)}
+            out = {
+                "files": store.get("files", len(store["sessions"])),
+                "newest_bytes": store["newest_bytes"],
+                "seconds": seconds,
+                "lat_seconds": lat_seconds,
+                "probe": self.probe(workers, store),
+            }
             append = store["append"] if "append" in store else store["sessions"][0]["path"]
             # one warm-up request per worker and proxy, then the measured rounds
             for proxy in (self.A, self.B):
-                workers.all(self.cmd(proxy, cmd="warm", body=bodies[0], seconds=0.05, start_at=0, append=append,
-                                     **kw))
+                workers.all(self.cmd(proxy, cmd="warm", body=bodies[0], seconds=0.05, start_at=0, append=append, **kw))
             self.check_counters("warm-up")
             for body in bodies:
                 log(f"{key}: throughput, {a.clients} clients, {body} bodies")
                 out[f"load_{body}"] = self.warm_runs(workers, body, seconds, a.rounds, append=append, kw=kw)
                 log(f"{key}: latency, 1 client, {body} bodies")
-                out[f"lat_{body}"] = self.warm_runs(workers, body, lat_seconds, a.rounds, n=1, append=append,
-                                                    kw=kw)
+                out[f"lat_{body}"] = self.warm_runs(workers, body, lat_seconds, a.rounds, n=1, append=append, kw=kw)
                 if a.profile:
                     out[f"profile_{body}"] = self.profile_round(
                         f"{key}-warm-{body}",
-                        lambda s, body=body: workers.send([self.cmd(self.A, cmd="warm", body=body, seconds=s,
-                                                                    start_at=time.time() + 0.1, append=append,
-                                                                    **kw)]
-                                                          * len(workers.procs)))
+                        lambda s, body=body: workers.send(
+                            [
+                                self.cmd(
+                                    self.A,
+                                    cmd="warm",
+                                    body=body,
+                                    seconds=s,
+                                    start_at=time.time() + 0.1,
+                                    append=append,
+                                    **kw,
+                                )
+                            ]
+                            * len(workers.procs)
+                        ),
+                    )
                     self.check_counters("profile")
             out["rss"] = self.rss()
             out["newest_bytes_after"] = os.path.getsize(append) if append else None
@@ -903,11 +1111,17 @@ class Bench:
         try:
             workers.all({"cmd": "prepare", "bodies": ["8k"]})
             holder = {}
-            summary = self.profile_round(f"{key}-cold", lambda s: holder.update(
-                first=workers.send([self.cmd(self.A, cmd="probe", body="8k", **self.client_kw(copy))])[0]))
+            summary = self.profile_round(
+                f"{key}-cold",
+                lambda s: holder.update(
+                    first=workers.send([self.cmd(self.A, cmd="probe", body="8k", **self.client_kw(copy))])[0]
+                ),
+            )
             first = holder.get("first", {})
-            log(f"{key}: cold request under py-spy: {first.get('ms', 0):.0f} ms, "
-                f"resolved: {self.resolved_ok(copy, (first.get('info') or {}).get('session_id'))}")
+            log(
+                f"{key}: cold request under py-spy: {first.get('ms', 0):.0f} ms, "
+                f"resolved: {self.resolved_ok(copy, (first.get('info') or {}).get('session_id'))}"
+            )
             self.check_counters("cold profile")
             return summary
         finally:
@@ -936,17 +1150,25 @@ class Bench:
                 tb = [x[0] for x in rows["plain"]]
                 fa = [x[2] for x in rows["addon"]]
                 fb = [x[2] for x in rows["plain"]]
-                res = {"processes": nproc, "connections": len(ta),
-                       "p50_addon": pct(ta, 50), "p50_plain": pct(tb, 50),
-                       "added_p50": pct(ta, 50) - pct(tb, 50), "added_p99": pct(ta, 99) - pct(tb, 99),
-                       "first_request_added_p50": pct(fa, 50) - pct(fb, 50),
-                       "lookup_direct": direct, "counters": counters,
-                       "tcp_lines": len(Path("/proc/net/tcp").read_text().splitlines()) - 1}
+                res = {
+                    "processes": nproc,
+                    "connections": len(ta),
+                    "p50_addon": pct(ta, 50),
+                    "p50_plain": pct(tb, 50),
+                    "added_p50": pct(ta, 50) - pct(tb, 50),
+                    "added_p99": pct(ta, 99) - pct(tb, 99),
+                    "first_request_added_p50": pct(fa, 50) - pct(fb, 50),
+                    "lookup_direct": direct,
+                    "counters": counters,
+                    "tcp_lines": len(Path("/proc/net/tcp").read_text().splitlines()) - 1,
+                }
                 if a.profile:
                     res["profile"] = self.profile_round(
                         f"newconn-{label}",
-                        lambda s: _repeat_for(s, lambda: workers.send([self.cmd(self.A, cmd="newconn", body="8k",
-                                                                                count=50)])))
+                        lambda s: _repeat_for(
+                            s, lambda: workers.send([self.cmd(self.A, cmd="newconn", body="8k", count=50)])
+                        ),
+                    )
                     self.check_counters("profile")
                 out[label] = res
                 if procs:
@@ -973,8 +1195,9 @@ class Bench:
                 cmds = []
                 for k in range(C):
                     js = range(done + k, done + count, C)
-                    cmds.append(self.cmd(self.A, cmd="memory", body="8k", sessions=[j % n_sessions for j in js],
-                                         probe_every=97))
+                    cmds.append(
+                        self.cmd(self.A, cmd="memory", body="8k", sessions=[j % n_sessions for j in js], probe_every=97)
+                    )
                 res = workers.send(cmds)
             finally:
                 workers.close()
@@ -984,21 +1207,41 @@ class Bench:
                     bad += got != expected[s]
             done += count
             st = proc_status(self.A.pid)
-            samples.append({"requests": done, "rss_mib": st.get("VmRSS"), "hwm_mib": st.get("VmHWM"),
-                            "elapsed_s": round(time.time() - t_start, 1)})
+            samples.append(
+                {
+                    "requests": done,
+                    "rss_mib": st.get("VmRSS"),
+                    "hwm_mib": st.get("VmHWM"),
+                    "elapsed_s": round(time.time() - t_start, 1),
+                }
+            )
             log(f"memory: {done} requests, addon RSS {st.get('VmRSS')} MiB")
         counters = self.check_counters("memory", expect=total)
-        return {"requests": total, "sessions": n_sessions, "clients_per_wave": C, "waves": len(waves),
-                "rss_after_first": samples[0]["rss_mib"], "rss_after_all": samples[-1]["rss_mib"],
-                "first_count": waves[0], "growth_mib": samples[-1]["rss_mib"] - samples[0]["rss_mib"],
-                "samples": samples, "probes": probes, "probes_wrong": bad, "counters": counters,
-                "rps": total / (time.time() - t_start), "profile": prof}
+        return {
+            "requests": total,
+            "sessions": n_sessions,
+            "clients_per_wave": C,
+            "waves": len(waves),
+            "rss_after_first": samples[0]["rss_mib"],
+            "rss_after_all": samples[-1]["rss_mib"],
+            "first_count": waves[0],
+            "growth_mib": samples[-1]["rss_mib"] - samples[0]["rss_mib"],
+            "samples": samples,
+            "probes": probes,
+            "probes_wrong": bad,
+            "counters": counters,
+            "rps": total / (time.time() - t_start),
+            "profile": prof,
+        }
 
     def spawn_extra(self, n: int) -> None:
         log(f"starting {n} idle processes")
         for _ in range(n):
-            self.extra.append(subprocess.Popen(["sleep", "36000"], stdin=subprocess.DEVNULL,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.extra.append(
+                subprocess.Popen(
+                    ["sleep", "36000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
 
     def kill_extra(self) -> None:
         for p in self.extra:
@@ -1056,37 +1299,52 @@ class Bench:
         if need_files:
             stores["files"] = make_store(self.home, self.root / "work-files", a.files, "Speed up the session store")
         if "big" in phases:
-            stores["big"] = make_store(self.home, self.root / "work-big", 10, "The long migration",
-                                       big_bytes=int(a.big_mb * (1 << 20)))
+            stores["big"] = make_store(
+                self.home, self.root / "work-big", 10, "The long migration", big_bytes=int(a.big_mb * (1 << 20))
+            )
         if "headeronly" in phases:
             name, size = "Ship the new importer", int(a.header_mb * (1 << 20))
-            maker = lambda cwd: {**make_headeronly_store(self.home, cwd, a.header_files, size, name),  # noqa: E731
-                                 "make": maker}
+            maker = lambda cwd: {  # noqa: E731
+                **make_headeronly_store(self.home, cwd, a.header_files, size, name),
+                "make": maker,
+            }
             stores["headeronly"] = maker(self.root / "work-headeronly")
         if "nomatch" in phases:
             # the clients continue a conversation whose first user turn is in no file of the folder
-            maker = lambda cwd: {**make_store(self.home, cwd, 10, "Tidy the logging"),  # noqa: E731
-                                 "client_session": NOMATCH_SESSION, "append": None,
-                                 "expect_prefix": "ephemeral-", "make": maker}
+            maker = lambda cwd: {  # noqa: E731
+                **make_store(self.home, cwd, 10, "Tidy the logging"),
+                "client_session": NOMATCH_SESSION,
+                "append": None,
+                "expect_prefix": "ephemeral-",
+                "make": maker,
+            }
             stores["nomatch"] = maker(self.root / "work-nomatch")
         if "unseen" in phases and self.nobody_root:
             stores["unseen"] = self.unseen_store("Review the parser change")
         log(f"stores written in {time.time() - t:.1f}s under {self.root}")
         variant = dict(seconds=a.variant_seconds, lat_seconds=a.variant_lat_seconds)
         both = ["8k", "200k"]
-        jobs = [("base", "base", lambda: self.warm_phase("base", stores["base"], both)),
-                ("files", "files", lambda: self.warm_phase("files", stores["files"], ["8k"])),
-                ("big", "big", lambda: self.warm_phase("big", stores["big"], ["8k"])),
-                ("headeronly", "headeronly",
-                 lambda: self.warm_phase("headeronly", stores["headeronly"], both, **variant)),
-                ("nomatch", "nomatch", lambda: self.warm_phase("nomatch", stores["nomatch"], both, **variant)),
-                # pi 0.86+ names its session in x-session-id; older pi names none
-                ("unseen", "unseen_hdr", lambda: self.warm_phase(
-                    "unseen_hdr", {**stores["unseen"], "headers": {"x-session-id": stores["unseen"]["sessions"][0]["id"]}},
-                    both, **variant)),
-                ("unseen", "unseen_nohdr", lambda: self.warm_phase("unseen_nohdr", stores["unseen"], both, **variant)),
-                ("newconn", "newconn", lambda: self.newconn_phase(stores["base"])),
-                ("memory", "memory", lambda: self.memory_phase(stores["files"]))]
+        jobs = [
+            ("base", "base", lambda: self.warm_phase("base", stores["base"], both)),
+            ("files", "files", lambda: self.warm_phase("files", stores["files"], ["8k"])),
+            ("big", "big", lambda: self.warm_phase("big", stores["big"], ["8k"])),
+            ("headeronly", "headeronly", lambda: self.warm_phase("headeronly", stores["headeronly"], both, **variant)),
+            ("nomatch", "nomatch", lambda: self.warm_phase("nomatch", stores["nomatch"], both, **variant)),
+            # pi 0.86+ names its session in x-session-id; older pi names none
+            (
+                "unseen",
+                "unseen_hdr",
+                lambda: self.warm_phase(
+                    "unseen_hdr",
+                    {**stores["unseen"], "headers": {"x-session-id": stores["unseen"]["sessions"][0]["id"]}},
+                    both,
+                    **variant,
+                ),
+            ),
+            ("unseen", "unseen_nohdr", lambda: self.warm_phase("unseen_nohdr", stores["unseen"], both, **variant)),
+            ("newconn", "newconn", lambda: self.newconn_phase(stores["base"])),
+            ("memory", "memory", lambda: self.memory_phase(stores["files"])),
+        ]
         for phase, key, job in jobs:
             if phase not in phases or (phase == "unseen" and unseen_skip):
                 continue
@@ -1099,8 +1357,10 @@ class Bench:
         end = addon_fingerprint()
         if end != self.results["addon_sources"]:
             self.results["addon_sources_at_end"] = end
-            log(f"WARNING: the addon's sources changed during the run ({self.results['addon_sources']} -> {end}); "
-                "the proxies run the version they started with")
+            log(
+                f"WARNING: the addon's sources changed during the run ({self.results['addon_sources']} -> {end}); "
+                "the proxies run the version they started with"
+            )
         return self.results
 
 
@@ -1162,8 +1422,12 @@ def lookup_direct(n: int = 30) -> dict:
             t4 = time.perf_counter()
             table.lookup(peer, local)
             t5 = time.perf_counter()
-            for k, v in (("socket_owner", t1 - t0), ("pid_of_socket", t2 - t1), ("read_process", t3 - t2),
-                         ("lookup", t5 - t4)):
+            for k, v in (
+                ("socket_owner", t1 - t0),
+                ("pid_of_socket", t2 - t1),
+                ("read_process", t3 - t2),
+                ("lookup", t5 - t4),
+            ):
                 times[k].append(v * 1000)
     except Exception as e:
         return {"error": repr(e)}
@@ -1219,16 +1483,22 @@ def summarize_profile(path: Path, top: int = 15) -> dict:
         if names:
             fn, file = names[-1]
             self_all[f"{file.split('site-packages/')[-1]}:{fn}"] += n
-    return {"samples": total, "addon_samples": in_addon,
-            "addon_share": in_addon / total if total else 0.0,
-            "threads": dict(threads.most_common(6)),
-            "addon_inclusive": addon_incl.most_common(top), "addon_exits": addon_edge.most_common(top),
-            "self_top": self_all.most_common(top)}
+    return {
+        "samples": total,
+        "addon_samples": in_addon,
+        "addon_share": in_addon / total if total else 0.0,
+        "threads": dict(threads.most_common(6)),
+        "addon_inclusive": addon_incl.most_common(top),
+        "addon_exits": addon_edge.most_common(top),
+        "self_top": self_all.most_common(top),
+    }
 
 
 def print_profile(label: str, s: dict) -> None:
-    print(f"\n-- profile {label}: {s['samples']} samples, {100 * s['addon_share']:.1f}% with addon frames; "
-          f"threads {s['threads']}")
+    print(
+        f"\n-- profile {label}: {s['samples']} samples, {100 * s['addon_share']:.1f}% with addon frames; "
+        f"threads {s['threads']}"
+    )
     print("   addon functions (inclusive % of all samples):")
     for key, n in s["addon_inclusive"][:12]:
         print(f"     {100 * n / s['samples']:5.1f}%  {key}")
@@ -1266,15 +1536,27 @@ def _f2(v) -> str:
 
 
 def _report_warm(P: dict, cfg: dict) -> None:
-    print("\nWarm connections" + (f" (store variants: {cfg.get('variant_seconds')} s throughput, "
-                                    f"{cfg.get('variant_lat_seconds')} s latency per run)"
-                                    if any(k in P for k in VARIANTS) else ""))
-    head = (f"{'variant':<26}{'body':>5}{'rps A':>8}{'rps B':>8}{'ratio':>14}"
-            f"{'A p50':>8}{'+p50':>7}{'+p99':>7}{'rewritten':>11}")
+    print(
+        "\nWarm connections"
+        + (
+            f" (store variants: {cfg.get('variant_seconds')} s throughput, "
+            f"{cfg.get('variant_lat_seconds')} s latency per run)"
+            if any(k in P for k in VARIANTS)
+            else ""
+        )
+    )
+    head = (
+        f"{'variant':<26}{'body':>5}{'rps A':>8}{'rps B':>8}{'ratio':>14}"
+        f"{'A p50':>8}{'+p50':>7}{'+p99':>7}{'rewritten':>11}"
+    )
     print(head)
     print("-" * len(head))
-    for key, title in (("base", "10 files, newest 1 KB"), ("files", "{files} files"), ("big", "newest {mb} MB"),
-                       *VARIANTS.items()):
+    for key, title in (
+        ("base", "10 files, newest 1 KB"),
+        ("files", "{files} files"),
+        ("big", "newest {mb} MB"),
+        *VARIANTS.items(),
+    ):
         ph = P.get(key)
         if not ph or "load_8k" not in ph:
             continue
@@ -1284,19 +1566,34 @@ def _report_warm(P: dict, cfg: dict) -> None:
             if not load:
                 continue
             c = load["counters"]
-            print(f"{title:<26}{body:>5}{load['rps_addon']:>8.0f}{load['rps_plain']:>8.0f}"
-                  f"{load['ratio']:>6.3f} ({load['ratio_min']:.2f}-{load['ratio_max']:.2f})"
-                  f"{lat['p50_addon']:>8.2f}{lat['added_p50']:>7.2f}{lat['added_p99']:>7.2f}"
-                  f"{c['rewritten']:>6}/{c['responses']:<5}")
+            print(
+                f"{title:<26}{body:>5}{load['rps_addon']:>8.0f}{load['rps_plain']:>8.0f}"
+                f"{load['ratio']:>6.3f} ({load['ratio_min']:.2f}-{load['ratio_max']:.2f})"
+                f"{lat['p50_addon']:>8.2f}{lat['added_p50']:>7.2f}{lat['added_p99']:>7.2f}"
+                f"{c['rewritten']:>6}/{c['responses']:<5}"
+            )
     print("  (rps: requests/s with the clients; ratio A/B (per-round min-max); A p50, +p50, +p99: one client, ms)")
-    print("  under load (clients):  " + "; ".join(
-        f"{k}/{b}: +p50 {_f2(P[k][f'load_{b}']['added_p50'])} +p99 {_f2(P[k][f'load_{b}']['added_p99'])} ms"
-        for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k") if f"load_{b}" in P[k]))
-    print("  proxy CPU per request under load (A / B, µs; all its threads):  " + "; ".join(
-        f"{k}/{b}: {P[k][f'load_{b}']['cpu_us_addon']:.0f} / {P[k][f'load_{b}']['cpu_us_plain']:.0f} "
-        f"(full GCs {P[k][f'load_{b}']['gc_addon'][2]} / {P[k][f'load_{b}']['gc_plain'][2]})"
-        for k in ("base", "files", "big", *VARIANTS) if k in P for b in ("8k", "200k")
-        if P[k].get(f"load_{b}", {}).get("cpu_us_addon") is not None))
+    print(
+        "  under load (clients):  "
+        + "; ".join(
+            f"{k}/{b}: +p50 {_f2(P[k][f'load_{b}']['added_p50'])} +p99 {_f2(P[k][f'load_{b}']['added_p99'])} ms"
+            for k in ("base", "files", "big", *VARIANTS)
+            if k in P
+            for b in ("8k", "200k")
+            if f"load_{b}" in P[k]
+        )
+    )
+    print(
+        "  proxy CPU per request under load (A / B, µs; all its threads):  "
+        + "; ".join(
+            f"{k}/{b}: {P[k][f'load_{b}']['cpu_us_addon']:.0f} / {P[k][f'load_{b}']['cpu_us_plain']:.0f} "
+            f"(full GCs {P[k][f'load_{b}']['gc_addon'][2]} / {P[k][f'load_{b}']['gc_plain'][2]})"
+            for k in ("base", "files", "big", *VARIANTS)
+            if k in P
+            for b in ("8k", "200k")
+            if P[k].get(f"load_{b}", {}).get("cpu_us_addon") is not None
+        )
+    )
     if "skipped" in P.get("unseen", {}):
         print(f"  other user's clients: skipped ({P['unseen']['skipped']})")
 
@@ -1306,13 +1603,21 @@ def _report_cold(P: dict) -> None:
     for key in ("base", "files", "big", *VARIANTS):
         if key in P and "probe" in P[key]:
             pr = P[key]["probe"]
-            print(f"  {key:<12} files {P[key]['files']:>6}, newest {P[key]['newest_bytes'] / 1024:>8.0f} KB: "
-                  f"+{pr['cold_added_ms']:8.1f} ms, resolved on first request: {pr['resolved_first']}"
-                  + (f" ({pr.get('got')}, want {pr['expected']}{'' if pr.get('stable') else ', CHANGED on the 2nd'})"
-                     if key in VARIANTS else "")
-                  + ("" if pr["resolved_first"] else
-                     f" ({(pr['addon']['first'] or {}).get('error')}; {pr['failed_before_resolved']} requests "
-                     f"unresolved, resolved after {pr['seconds_until_resolved']} s)"))
+            print(
+                f"  {key:<12} files {P[key]['files']:>6}, newest {P[key]['newest_bytes'] / 1024:>8.0f} KB: "
+                f"+{pr['cold_added_ms']:8.1f} ms, resolved on first request: {pr['resolved_first']}"
+                + (
+                    f" ({pr.get('got')}, want {pr['expected']}{'' if pr.get('stable') else ', CHANGED on the 2nd'})"
+                    if key in VARIANTS
+                    else ""
+                )
+                + (
+                    ""
+                    if pr["resolved_first"]
+                    else f" ({(pr['addon']['first'] or {}).get('error')}; {pr['failed_before_resolved']} requests "
+                    f"unresolved, resolved after {pr['seconds_until_resolved']} s)"
+                )
+            )
 
 
 def _report_newconn(P: dict) -> None:
@@ -1323,32 +1628,42 @@ def _report_newconn(P: dict) -> None:
         if not key.startswith("procs_"):
             continue
         d = r["lookup_direct"]
-        print(f"  {r['processes']:>5} processes: A p50 {r['p50_addon']:.2f} ms, B p50 {r['p50_plain']:.2f} ms, "
-              f"added p50 {r['added_p50']:.2f} / p99 {r['added_p99']:.2f} ms, beyond warm {_f2(r['added_p50'] - warm) if warm is not None else 'n/a'} ms;"
-              f" first request alone +{r['first_request_added_p50']:.2f} ms")
+        print(
+            f"  {r['processes']:>5} processes: A p50 {r['p50_addon']:.2f} ms, B p50 {r['p50_plain']:.2f} ms, "
+            f"added p50 {r['added_p50']:.2f} / p99 {r['added_p99']:.2f} ms, beyond warm {_f2(r['added_p50'] - warm) if warm is not None else 'n/a'} ms;"
+            f" first request alone +{r['first_request_added_p50']:.2f} ms"
+        )
         if "lookup" in d:
-            print(f"      lookup direct: {d['lookup']:.2f} ms = socket owner {d['socket_owner']:.2f} + "
-                  f"/proc/*/fd {d['pid_of_socket']:.2f} + read {d['read_process']:.2f} "
-                  + (f"(uncached {d['lookup_uncached']:.2f} ms) " if "lookup_uncached" in d else "")
-                  + f"({r['tcp_lines']} lines in /proc/net/tcp)")
+            print(
+                f"      lookup direct: {d['lookup']:.2f} ms = socket owner {d['socket_owner']:.2f} + "
+                f"/proc/*/fd {d['pid_of_socket']:.2f} + read {d['read_process']:.2f} "
+                + (f"(uncached {d['lookup_uncached']:.2f} ms) " if "lookup_uncached" in d else "")
+                + f"({r['tcp_lines']} lines in /proc/net/tcp)"
+            )
 
 
 def _report_memory(P: dict) -> None:
     m = P["memory"]
-    print(f"\nMemory (addon): {m['requests']} requests over {m['sessions']} sessions, {m['waves']} waves of "
-          f"{m['clients_per_wave']} fresh clients, {m['rps']:.0f} req/s")
-    print(f"  RSS after {m['first_count']}: {m['rss_after_first']} MiB; after {m['requests']}: "
-          f"{m['rss_after_all']} MiB; growth {m['growth_mib']} MiB; probes wrong {m['probes_wrong']}/{m['probes']}; "
-          f"rewritten {m['counters']['rewritten']}/{m['counters']['responses']}")
+    print(
+        f"\nMemory (addon): {m['requests']} requests over {m['sessions']} sessions, {m['waves']} waves of "
+        f"{m['clients_per_wave']} fresh clients, {m['rps']:.0f} req/s"
+    )
+    print(
+        f"  RSS after {m['first_count']}: {m['rss_after_first']} MiB; after {m['requests']}: "
+        f"{m['rss_after_all']} MiB; growth {m['growth_mib']} MiB; probes wrong {m['probes_wrong']}/{m['probes']}; "
+        f"rewritten {m['counters']['rewritten']}/{m['counters']['responses']}"
+    )
 
 
 def _report(res: dict) -> None:
     P = res["phases"]
     print("\n=== agent-session-ids benchmark (A = addon, B = plain mitmdump; A/B alternated) ===")
     cfg = res["config"]
-    print(f"addon sources {res.get('addon_sources')}, "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, clients {cfg['clients']}, "
-          f"rounds {cfg['rounds']} x {cfg['seconds']}s (throughput), {cfg['lat_seconds']}s (latency)")
+    print(
+        f"addon sources {res.get('addon_sources')}, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, clients {cfg['clients']}, "
+        f"rounds {cfg['rounds']} x {cfg['seconds']}s (throughput), {cfg['lat_seconds']}s (latency)"
+    )
     _report_warm(P, cfg)
     _report_cold(P)
     if "newconn" in P:
@@ -1356,7 +1671,9 @@ def _report(res: dict) -> None:
     if "memory" in P:
         _report_memory(P)
     r = res.get("rss_end", {})
-    print(f"\nPeak RSS (VmHWM): addon {r.get('addon', {}).get('VmHWM')} MiB, plain {r.get('plain', {}).get('VmHWM')} MiB")
+    print(
+        f"\nPeak RSS (VmHWM): addon {r.get('addon', {}).get('VmHWM')} MiB, plain {r.get('plain', {}).get('VmHWM')} MiB"
+    )
     for key in ("base", "files", "big", *VARIANTS, "newconn"):
         if key in P and "rss" in P[key]:
             x = P[key]["rss"]
@@ -1368,8 +1685,9 @@ def main() -> None:
     if "--worker" in sys.argv:
         worker_main()
         return
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small scale, about two minutes")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, help="per throughput run (default 2.5, quick 1)")
@@ -1384,21 +1702,36 @@ def main() -> None:
     ap.add_argument("--mem-waves", type=int, help="fresh client waves after the first 1%% (default 9, quick 3)")
     ap.add_argument("--header-files", type=int, default=2000, help="headeronly: files holding only their session line")
     ap.add_argument("--header-mb", type=float, default=50, help="headeronly: size of the named session")
-    ap.add_argument("--variant-seconds", type=float, help="store variants: per throughput run (default --seconds, quick 0.75)")
-    ap.add_argument("--variant-lat-seconds", type=float,
-                    help="store variants: per latency run (default --lat-seconds, quick 0.75)")
+    ap.add_argument(
+        "--variant-seconds", type=float, help="store variants: per throughput run (default --seconds, quick 0.75)"
+    )
+    ap.add_argument(
+        "--variant-lat-seconds", type=float, help="store variants: per latency run (default --lat-seconds, quick 0.75)"
+    )
     ap.add_argument("--phases", default="base,files,big,headeronly,nomatch,unseen,newconn,memory")
-    ap.add_argument("--addon-set", action="append", metavar="OPTION=VALUE",
-                    help="an option for the addon proxy (e.g. session_usage=false), as mitmdump --set")
+    ap.add_argument(
+        "--addon-set",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="an option for the addon proxy (e.g. session_usage=false), as mitmdump --set",
+    )
     ap.add_argument("--profile", metavar="DIR", help="extra py-spy round per phase (not in the figures)")
     ap.add_argument("--profile-seconds", type=float, default=4.0)
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stores")
     args = ap.parse_args()
     q = args.quick
-    defaults = dict(seconds=(1.0, 2.5), lat_seconds=(1.0, 2.0), rounds=(2, 5), files=(2000, 10000),
-                    big_mb=(20, 100), procs=(300, 1000), newconn=(40, 150), mem_requests=(3000, 100000),
-                    mem_waves=(3, 9))
+    defaults = dict(
+        seconds=(1.0, 2.5),
+        lat_seconds=(1.0, 2.0),
+        rounds=(2, 5),
+        files=(2000, 10000),
+        big_mb=(20, 100),
+        procs=(300, 1000),
+        newconn=(40, 150),
+        mem_requests=(3000, 100000),
+        mem_waves=(3, 9),
+    )
     for k, (qv, fv) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, qv if q else fv)

@@ -44,19 +44,32 @@ from agent_session_ids.addon import SessionIds  # noqa: E402
 from agent_session_ids.resolution.model import Seen  # noqa: E402
 from agent_session_ids.usage.addon import UsageLedger  # noqa: E402
 
-ANSWER = json.dumps({
-    "id": "gen-1", "provider": "Anthropic", "model": bench.MODEL, "object": "chat.completion",
-    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-    "usage": {"prompt_tokens": 2400, "completion_tokens": 5, "total_tokens": 2405, "cost": 0.0012,
-              "prompt_tokens_details": {"cached_tokens": 2048}},
-}).encode()
+ANSWER = json.dumps(
+    {
+        "id": "gen-1",
+        "provider": "Anthropic",
+        "model": bench.MODEL,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {
+            "prompt_tokens": 2400,
+            "completion_tokens": 5,
+            "total_tokens": 2405,
+            "cost": 0.0012,
+            "prompt_tokens_details": {"cached_tokens": 2048},
+        },
+    }
+).encode()
 
 
 def new_flow(client, body: bytes) -> http.HTTPFlow:
     f = tflow.tflow(client_conn=client)
-    f.request = http.Request.make("POST", "https://openrouter.ai/api/v1/chat/completions", body,
-                                  {"content-type": "application/json", "authorization": "Bearer x",
-                                   "user-agent": "OpenAI/JS 5.0"})
+    f.request = http.Request.make(
+        "POST",
+        "https://openrouter.ai/api/v1/chat/completions",
+        body,
+        {"content-type": "application/json", "authorization": "Bearer x", "user-agent": "OpenAI/JS 5.0"},
+    )
     f.live = True  # as a flow in a running proxy (tflow's are not)
     return f
 
@@ -86,13 +99,19 @@ async def main_async(args) -> None:
     addon, ledger = SessionIds(), UsageLedger()
     addons = (addon, ledger)
     with taddons.context(addon, ledger) as tctx:
-        tctx.configure(addon, session_rules=str(ROOT / "rules"), session_state_file=str(tmp / "state.json"), session_usage_file=str(tmp / "usage.jsonl"),
-                       session_usage=not args.no_usage)
+        tctx.configure(
+            addon,
+            session_rules=str(ROOT / "rules"),
+            session_state_file=str(tmp / "state.json"),
+            session_usage_file=str(tmp / "usage.jsonl"),
+            session_usage=not args.no_usage,
+        )
         addon.running()
         bench._set_comm(b"pi")
         connection = socket.socketpair()  # the client's socket: this process holds it
-        proc = dataclasses.replace(addon.processes.read_process(os.getpid()),
-                                   inode=os.fstat(connection[0].fileno()).st_ino)
+        proc = dataclasses.replace(
+            addon.processes.read_process(os.getpid()), inode=os.fstat(connection[0].fileno()).st_ino
+        )
         client = tflow.tclient_conn()
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(Seen(proc))  # as resolution/visibility.py gives it
@@ -115,8 +134,10 @@ async def main_async(args) -> None:
             else:  # the best of --repeat runs of each: the least disturbed by the rest of the machine
                 base = min([await run(None, client, body, args.n, None) for _ in range(args.repeat)])
                 with_addon = min([await run(addons, client, body, args.n, append) for _ in range(args.repeat)])
-            print(f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
-                  f"the addon {with_addon - base:6.1f} µs per request")
+            print(
+                f"{size:>5}: flow only {base:7.1f} µs, with the addon {with_addon:7.1f} µs: "
+                f"the addon {with_addon - base:6.1f} µs per request"
+            )
             if args.profile == size:
                 stats = pstats.Stats(prof).sort_stats(args.sort)
                 if args.callees:
@@ -135,8 +156,11 @@ def main() -> None:
         store = bench.make_store(home, cwd, 10, "Fix the proxy")
         (tmp / "store.json").write_text(json.dumps(store))
         os.chdir(cwd)
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, "HOME": str(home), "ASI_HOOKS_STORE": str(tmp)})
+        os.execve(
+            sys.executable,
+            [sys.executable, __file__, *sys.argv[1:]],
+            {**os.environ, "HOME": str(home), "ASI_HOOKS_STORE": str(tmp)},
+        )
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["8k", "200k"], choices=list(bench.BODY_SIZES))
     p.add_argument("-n", type=int, default=2000)

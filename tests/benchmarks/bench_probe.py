@@ -60,8 +60,12 @@ class BenchProbe:
                 sent = json.loads(flow.request.get_content(strict=False) or b"{}").get("session_id")
             except ValueError:
                 sent = None
-            info = {"session_id": sent, "comment": flow.comment,
-                    "session": (md or {}).get("session"), "error": (md or {}).get("error")}
+            info = {
+                "session_id": sent,
+                "comment": flow.comment,
+                "session": (md or {}).get("session"),
+                "error": (md or {}).get("error"),
+            }
             flow.response.headers["x-bench-info"] = base64.b64encode(json.dumps(info).encode()).decode()
 
 

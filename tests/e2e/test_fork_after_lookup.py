@@ -52,8 +52,9 @@ def client(cfg: dict) -> int:
         os.chdir(child["cwd"])
         try:
             sock.sendall(fake_agent.raw_request(child, 1))
-            fake_agent.emit({"tag": child["tag"], "seq": 1, "status": fake_agent.read_response(sock),
-                             "pid": os.getpid()})
+            fake_agent.emit(
+                {"tag": child["tag"], "seq": 1, "status": fake_agent.read_response(sock), "pid": os.getpid()}
+            )
         finally:
             os._exit(0)
     os.close(go_r)
@@ -81,8 +82,10 @@ import pytest  # noqa: E402
 import harness  # noqa: E402
 from harness import header  # noqa: E402
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(sys.platform != "linux", reason="the process lookup reads Linux /proc")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(sys.platform != "linux", reason="the process lookup reads Linux /proc"),
+]
 
 
 def _env(home: Path) -> dict:
@@ -119,11 +122,24 @@ def test_a_child_forked_after_the_lookup_never_gets_its_parents_session(proxy, t
     fake_agent.write_pi_session(str(home), str(a_cwd), a, "session of A", 1)
     fake_agent.write_pi_session(str(home), str(b_cwd), b, "session of B", 1)
     tag = f"fork-after-{parent}"
-    cfg = {"proxy": proxy.proxy_url, "timeout": 30, "tag": tag, "first_user": "session of A", "n_assistant": 1,
-           "parent": parent,
-           "child": {"cwd": str(b_cwd), "tag": f"{tag}-child", "first_user": "session of B", "n_assistant": 1}}
-    run = subprocess.run([sys.executable, __file__, json.dumps(cfg)], cwd=str(a_cwd), env=_env(home),
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    cfg = {
+        "proxy": proxy.proxy_url,
+        "timeout": 30,
+        "tag": tag,
+        "first_user": "session of A",
+        "n_assistant": 1,
+        "parent": parent,
+        "child": {"cwd": str(b_cwd), "tag": f"{tag}-child", "first_user": "session of B", "n_assistant": 1},
+    }
+    run = subprocess.run(
+        [sys.executable, __file__, json.dumps(cfg)],
+        cwd=str(a_cwd),
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
     want = {(tag, 0), (f"{tag}-child", 1)} | ({(tag, 2)} if parent == "keep" else set())
     assert {(x["tag"], x["seq"]) for x in lines if x["status"] == 200} == want, (lines, run.stderr)
@@ -133,8 +149,10 @@ def test_a_child_forked_after_the_lookup_never_gets_its_parents_session(proxy, t
     meta = kid["session_ids"]
     assert _sent_id(first) == a
     got = _sent_id(kid)
-    assert got != a, f"the child forked after the lookup (pid {meta['process']['pid']}, in {b_cwd}) " \
-                     f"got its parent's session: {meta['session']['source']}"
+    assert got != a, (
+        f"the child forked after the lookup (pid {meta['process']['pid']}, in {b_cwd}) "
+        f"got its parent's session: {meta['session']['source']}"
+    )
     if parent == "keep":
         # parent and child both hold the socket: who sent cannot be told
         assert got.startswith(FALLBACK_PREFIXES), (got, meta["session"]["source"])

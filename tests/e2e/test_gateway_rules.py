@@ -66,8 +66,11 @@ def proxy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bifrost_proxy():
     """A reverse proxy in front of a Bifrost on this machine, Bifrost's rule switched on for it."""
-    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["session_enable=bifrost-session@localhost"],
-                  extra_args=["--mode", "reverse:http://localhost:8080"]) as p:
+    with Mitmdump(
+        scripts=[ADDON, harness.STANDIN_SCRIPT],
+        sets=["session_enable=bifrost-session@localhost"],
+        extra_args=["--mode", "reverse:http://localhost:8080"],
+    ) as p:
         yield p
         assert not p.blocked_connects()
 
@@ -81,8 +84,16 @@ def _record(proxy: Mitmdump, case: str) -> dict:
     return found[0]
 
 
-def send(proxy: Mitmdump, host: str, path: str, case: str, headers=(), body: dict | bytes = CHAT,
-         chunked: bool = False, status: int = 200) -> tuple[dict, list[list[str]], bytes]:
+def send(
+    proxy: Mitmdump,
+    host: str,
+    path: str,
+    case: str,
+    headers=(),
+    body: dict | bytes = CHAT,
+    chunked: bool = False,
+    status: int = 200,
+) -> tuple[dict, list[list[str]], bytes]:
     """POST through the proxy over HTTPS. Returns (the stand-in's record, the headers as sent, the
     body as sent)."""
     raw_body = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -94,7 +105,9 @@ def send(proxy: Mitmdump, host: str, path: str, case: str, headers=(), body: dic
     return _record(proxy, case), [["Host", host], *[[k, v] for k, v in headers], *framing], raw_body
 
 
-def send_reverse(proxy: Mitmdump, path: str, case: str, headers=(), body: dict = CHAT) -> tuple[dict, list[list[str]], bytes]:
+def send_reverse(
+    proxy: Mitmdump, path: str, case: str, headers=(), body: dict = CHAT
+) -> tuple[dict, list[list[str]], bytes]:
     """POST in plain HTTP to a reverse proxy, as an agent whose base URL is the proxy does."""
     raw_body = json.dumps(body).encode()
     headers = [("Content-Type", "application/json"), (CASE, case), *headers]
@@ -150,13 +163,21 @@ def test_helicone_gets_the_session_id_and_path_and_no_empty_name(proxy):
 
 def test_helicone_gets_the_name_of_a_named_session(proxy):
     # pi names its session in x-session-id; the proxy finds its file (and name) in the store by that id
-    record, sent, body = send(proxy, "anthropic.helicone.ai", "/v1/messages", "helicone-named",
-                              [("x-session-id", NAMED_SID)])
+    record, sent, body = send(
+        proxy, "anthropic.helicone.ai", "/v1/messages", "helicone-named", [("x-session-id", NAMED_SID)]
+    )
     session = session_of(record)
     assert (session["id"], session["name"], session["fallback"]) == (NAMED_SID, "Secret Project", False)
-    arrived_as(record, sent, body, added=[["Helicone-Session-Id", NAMED_SID],
-                                          ["Helicone-Session-Path", f"/{session['label']}"],
-                                          ["Helicone-Session-Name", "Secret Project"]])
+    arrived_as(
+        record,
+        sent,
+        body,
+        added=[
+            ["Helicone-Session-Id", NAMED_SID],
+            ["Helicone-Session-Path", f"/{session['label']}"],
+            ["Helicone-Session-Name", "Secret Project"],
+        ],
+    )
 
 
 def test_helicone_keeps_the_clients_own_session_id(proxy):
@@ -164,8 +185,14 @@ def test_helicone_keeps_the_clients_own_session_id(proxy):
     session = session_of(record)
     assert (session["id"], session["fallback"]) == ("client-chose-7", False)  # the client's id is the session
     arrived_as(record, sent, body, added=[["Helicone-Session-Path", f"/{session['label']}"]])
-    assert record["session_ids"]["changes"] == [{"rule": "helicone-session", "target": "header Helicone-Session-Path",
-                                                 "before": None, "after": f"/{session['label']}"}]
+    assert record["session_ids"]["changes"] == [
+        {
+            "rule": "helicone-session",
+            "target": "header Helicone-Session-Path",
+            "before": None,
+            "after": f"/{session['label']}",
+        }
+    ]
 
 
 def test_helicone_a_client_id_that_is_no_usable_id_keeps_the_fallback_off(proxy):
@@ -173,7 +200,8 @@ def test_helicone_a_client_id_that_is_no_usable_id_keeps_the_fallback_off(proxy)
     fallback_id(record)
     arrived_as(record, sent, body)  # untouched: not even a path is added to the client's session
     assert record["session_ids"]["skipped"] == [
-        "rule helicone-session: the client sent its own session in header helicone-session-id; kept"]
+        "rule helicone-session: the client sent its own session in header helicone-session-id; kept"
+    ]
 
 
 # --------------------------------------------------------------------------- Portkey
@@ -182,8 +210,9 @@ def test_helicone_a_client_id_that_is_no_usable_id_keeps_the_fallback_off(proxy)
 def test_portkey_gets_a_trace_per_session_and_keeps_the_clients(proxy):
     record, sent, body = send(proxy, "api.portkey.ai", "/v1/chat/completions", "portkey-bare")
     arrived_as(record, sent, body, added=[["x-portkey-trace-id", fallback_id(record)]])
-    record, sent, body = send(proxy, "api.portkey.ai", "/v1/chat/completions", "portkey-own",
-                              [("x-portkey-trace-id", "trace-from-app-1")])
+    record, sent, body = send(
+        proxy, "api.portkey.ai", "/v1/chat/completions", "portkey-own", [("x-portkey-trace-id", "trace-from-app-1")]
+    )
     assert session_of(record)["id"] == "trace-from-app-1"
     arrived_as(record, sent, body)
 
@@ -215,13 +244,19 @@ def test_cloudflare_merges_through_both_passes_of_a_chunked_request(proxy):
     assert [c["target"] for c in record["session_ids"]["changes"]] == ["header cf-aig-metadata"]
 
 
-@pytest.mark.parametrize("theirs, why", [
-    ('{"session": "my-run-5", "team": "AI"}', None),  # the client's own session: it is the session
-    ('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already, the most the gateway keeps; kept as sent"),
-    ("team=AI", "is not a JSON object; kept as sent"),
-    ('{"session": "my own session", "team": "AI"}', "the client sent its own session in header cf-aig-metadata "
-                                                    "(session)"),
-], ids=["own-session", "five-entries", "not-json", "own-session-no-usable-id"])
+@pytest.mark.parametrize(
+    "theirs, why",
+    [
+        ('{"session": "my-run-5", "team": "AI"}', None),  # the client's own session: it is the session
+        ('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already, the most the gateway keeps; kept as sent"),
+        ("team=AI", "is not a JSON object; kept as sent"),
+        (
+            '{"session": "my own session", "team": "AI"}',
+            "the client sent its own session in header cf-aig-metadata (session)",
+        ),
+    ],
+    ids=["own-session", "five-entries", "not-json", "own-session-no-usable-id"],
+)
 def test_cloudflare_never_writes_over_the_clients_metadata(proxy, theirs, why):
     record, sent, body = send(proxy, *CLOUDFLARE, f"cf-keep-{theirs}", [("cf-aig-metadata", theirs)])
     arrived_as(record, sent, body)
@@ -236,7 +271,9 @@ def test_cloudflare_never_writes_over_the_clients_metadata(proxy, theirs, why):
 
 
 def test_openai_gets_a_prompt_cache_key_in_the_body(proxy):
-    record, sent, body = send(proxy, "api.openai.com", "/v1/responses", "openai-bare", body={"model": "m", "input": "hi"})
+    record, sent, body = send(
+        proxy, "api.openai.com", "/v1/responses", "openai-bare", body={"model": "m", "input": "hi"}
+    )
     key = fallback_id(record)
     assert len(key) <= 64
     new_body = body[:-1] + b',"prompt_cache_key":' + json.dumps(key).encode() + b"}"  # only the member is added
@@ -252,8 +289,9 @@ def test_openai_keeps_the_clients_prompt_cache_key(proxy):
 
 
 def test_openai_paths_the_rule_does_not_name_pass_untouched(proxy):
-    record, sent, body = send(proxy, "api.openai.com", "/v1/embeddings", "openai-other-path",
-                              body={"model": "m", "input": "hi"}, status=404)  # the stand-in answers no embeddings
+    record, sent, body = send(
+        proxy, "api.openai.com", "/v1/embeddings", "openai-other-path", body={"model": "m", "input": "hi"}, status=404
+    )  # the stand-in answers no embeddings
     arrived_as(record, sent, body)
     assert record["session_ids"] is None
 
@@ -289,11 +327,14 @@ def test_llmgateway_gets_x_session_id(proxy):
 
 
 def test_llmgateway_keeps_the_clients_session_and_agrees_with_its_affinity_header(proxy):
-    record, sent, body = send(proxy, "api.llmgateway.io", "/v1/messages", "llmgateway-own", [("x-session-id", "conv-9f8e")])
+    record, sent, body = send(
+        proxy, "api.llmgateway.io", "/v1/messages", "llmgateway-own", [("x-session-id", "conv-9f8e")]
+    )
     arrived_as(record, sent, body)
     # opencode sends x-session-affinity: x-session-id (read first by the gateway) says the same
-    record, sent, body = send(proxy, *LLMGATEWAY, "llmgateway-affinity",
-                              [("x-session-affinity", "ses_0123456789abcdefghijklmnop")])
+    record, sent, body = send(
+        proxy, *LLMGATEWAY, "llmgateway-affinity", [("x-session-affinity", "ses_0123456789abcdefghijklmnop")]
+    )
     arrived_as(record, sent, body, added=[["x-session-id", "ses_0123456789abcdefghijklmnop"]])
 
 
@@ -311,8 +352,9 @@ def test_litellm_switched_on_for_its_host_gets_its_session_header(proxy):
 def test_litellm_keeps_the_clients_session_from_a_header_or_the_body(proxy):
     record, sent, body = send(proxy, *LITELLM, "litellm-own", [("x-litellm-session-id", "agent-run-abc123")])
     arrived_as(record, sent, body)
-    record, sent, body = send(proxy, "litellm.test", "/chat/completions", "litellm-own-body",
-                              body={**CHAT, "litellm_session_id": "run-9"})
+    record, sent, body = send(
+        proxy, "litellm.test", "/chat/completions", "litellm-own-body", body={**CHAT, "litellm_session_id": "run-9"}
+    )
     arrived_as(record, sent, body, added=[["x-litellm-session-id", "run-9"]])
 
 
@@ -334,12 +376,16 @@ def test_bifrost_switched_on_in_reverse_mode_gets_its_session_header(bifrost_pro
 
 
 def test_bifrost_keeps_the_clients_session_and_claude_codes_own(bifrost_proxy):
-    record, sent, body = send_reverse(bifrost_proxy, "/v1/messages", "bifrost-own", [("x-bf-session-id", "user-123-session-abc")])
+    record, sent, body = send_reverse(
+        bifrost_proxy, "/v1/messages", "bifrost-own", [("x-bf-session-id", "user-123-session-abc")]
+    )
     assert [v for k, v in record["headers"] if k.lower() == "x-bf-session-id"] == ["user-123-session-abc"]
     assert record["session_ids"]["changes"] == []
     # Claude Code names its session itself; Bifrost would adopt that header, and the rule sets the same id
     claude = "5f0c6a1e-2b7d-4c1a-9e3f-0123456789ab"
-    record, sent, body = send_reverse(bifrost_proxy, "/v1/messages", "bifrost-claude", [("x-claude-code-session-id", claude)])
+    record, sent, body = send_reverse(
+        bifrost_proxy, "/v1/messages", "bifrost-claude", [("x-claude-code-session-id", claude)]
+    )
     assert header(record, "x-bf-session-id") == claude
 
 

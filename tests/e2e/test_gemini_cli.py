@@ -48,7 +48,8 @@ ROUTER_XFAIL = (
     "drops the first as injected text and Tally fingerprints only the first user entry, so the "
     "conversation has first_user=None and the resolver answers 'fallback: agent request without a "
     "conversation' (a process-<pid>-... id) instead of the session's id (a resumed session's "
-    "router request, whose history comes first, gets the right id)")
+    "router request, whose history comes first, gets the right id)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,10 @@ def _run(proxy, args: list[str], env, work, reply: str | None = None) -> list[di
     assert records, "gemini made no request"
     for r in records:
         assert (r["method"], r["host"], r["api"]) in {("POST", gc.GEMINI_HOST, api) for api in MODEL_APIS}, (
-            r["method"], r["host"], r["path"])
+            r["method"],
+            r["host"],
+            r["path"],
+        )
         assert r["path"].startswith(gc.GEMINI_PATH_PREFIX), r["path"]
         assert header(r, "x-goog-api-key") == gc.GEMINI_API_KEY
         assert header(r, "user-agent").startswith(f"GeminiCLI-tui/{gc.GEMINI_PACKAGE[1]}/")
@@ -111,9 +115,12 @@ def _is_turn(record: dict) -> bool:
 def _is_router(record: dict) -> bool:
     body = json.loads(record["body"])
     config = body.get("generationConfig") or {}
-    return (record["api"] == "gemini" and not _is_turn(record)
-            and config.get("responseMimeType") == "application/json"
-            and "complexity_score" in json.dumps(config.get("responseJsonSchema")))
+    return (
+        record["api"] == "gemini"
+        and not _is_turn(record)
+        and config.get("responseMimeType") == "application/json"
+        and "complexity_score" in json.dumps(config.get("responseJsonSchema"))
+    )
 
 
 def _check_rule(record: dict) -> None:
@@ -136,8 +143,11 @@ def _check_own_session(record: dict, sid: str, path: Path) -> None:
 
 def _session_of(home, work, first_prompt: str) -> tuple[str, Path]:
     """(``sessionId``, file) of the Gemini CLI session whose first prompt starts so."""
-    found = [(gc.gemini_session_id(f), f) for f in gc.gemini_session_files(home, work)
-             if (gc.gemini_user_prompts(f) or [""])[0].startswith(first_prompt)]
+    found = [
+        (gc.gemini_session_id(f), f)
+        for f in gc.gemini_session_files(home, work)
+        if (gc.gemini_user_prompts(f) or [""])[0].startswith(first_prompt)
+    ]
     assert len(found) == 1, (first_prompt, gc.gemini_session_files(home, work))
     return found[0]
 
@@ -146,14 +156,31 @@ def _three_runs(proxy, home, work, extra: list[str]) -> dict:
     """Session A, session B in the same folder, then ``--resume <A's id>``; each run calls the
     shell tool once, then answers."""
     env = gc.gemini_env(proxy, home)
-    runs = {"a": _run(proxy, ["--yolo", *extra, "-p", "first session [[bash: echo one > one.txt]] [[reply: done one]]"],
-                      env, work, "done one")}
+    runs = {
+        "a": _run(
+            proxy,
+            ["--yolo", *extra, "-p", "first session [[bash: echo one > one.txt]] [[reply: done one]]"],
+            env,
+            work,
+            "done one",
+        )
+    }
     sid_a, file_a = _session_of(home, work, "first session")
-    runs["b"] = _run(proxy, ["--yolo", *extra, "-p", "second session [[bash: echo two > two.txt]] [[reply: done two]]"],
-                     env, work, "done two")
+    runs["b"] = _run(
+        proxy,
+        ["--yolo", *extra, "-p", "second session [[bash: echo two > two.txt]] [[reply: done two]]"],
+        env,
+        work,
+        "done two",
+    )
     sid_b, file_b = _session_of(home, work, "second session")
-    runs["c"] = _run(proxy, ["--yolo", *extra, "--resume", sid_a, "-p",
-                             "resumed [[bash: echo three > three.txt]] [[reply: done three]]"], env, work, "done three")
+    runs["c"] = _run(
+        proxy,
+        ["--yolo", *extra, "--resume", sid_a, "-p", "resumed [[bash: echo three > three.txt]] [[reply: done three]]"],
+        env,
+        work,
+        "done three",
+    )
     return {"runs": runs, "a": (sid_a, file_a), "b": (sid_b, file_b), "home": home, "work": work}
 
 
@@ -185,7 +212,8 @@ def test_gemini_two_sessions_and_a_resume(gemini, addon_proxy, dirs):
     runs = done["runs"]
     # each run: the tool call, then the text, both to the model of -m, streamed
     assert [[(r["api"], r["answer"]) for r in runs[k]] for k in "abc"] == [
-        [("gemini-stream", "tool_call"), ("gemini-stream", "text")]] * 3
+        [("gemini-stream", "tool_call"), ("gemini-stream", "text")]
+    ] * 3
     assert all(f"/models/{gc.GEMINI_FIXED_MODEL}:streamGenerateContent" in r["path"] for k in "abc" for r in runs[k])
     assert all(r["tool_name"] == gc.GEMINI_SHELL_TOOL for k in "abc" for r in runs[k] if r["answer"] == "tool_call")
     (sid_a, file_a), (sid_b, file_b) = done["a"], done["b"]
@@ -236,7 +264,10 @@ def test_gemini_default_routing_turns_get_the_session_id(routed):
     runs = routed["runs"]
     for k in "abc":
         assert [(_is_router(r), _is_turn(r), r["answer"]) for r in runs[k]] == [
-            (True, False, "text"), (False, True, "tool_call"), (False, True, "text")], k
+            (True, False, "text"),
+            (False, True, "tool_call"),
+            (False, True, "text"),
+        ], k
         assert ":generateContent" in runs[k][0]["path"] and "flash-lite" in runs[k][0]["path"]
         for r in runs[k]:
             assert _sent_session(r) == _addon_id(r)
@@ -255,6 +286,5 @@ def test_gemini_new_session_router_request_gets_the_session_id(routed):
     as the turn it routes, as a resumed session's does."""
     runs = routed["runs"]
     (sid_a, _), (sid_b, _) = routed["a"], routed["b"]
-    assert [(_addon_id(runs[k][0]), _sent_session(runs[k][0])) for k in "ab"] == [
-        (sid_a, sid_a), (sid_b, sid_b)]
+    assert [(_addon_id(runs[k][0]), _sent_session(runs[k][0])) for k in "ab"] == [(sid_a, sid_a), (sid_b, sid_b)]
     assert not any(runs[k][0]["session_ids"]["session"]["fallback"] for k in "ab")

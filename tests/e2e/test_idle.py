@@ -54,35 +54,55 @@ def test_an_idle_proxy_stays_idle_after_a_request_to_a_folder_of_header_only_fil
         folder = home / ".pi" / "agent" / "sessions" / ("--" + str(cwd).lstrip("/").replace("/", "-") + "--")
         folder.mkdir(parents=True)
         sid = "0199cccc-0000-7000-8000-000000000001"
-        lines = [{"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z",
-                  "cwd": str(cwd)},
-                 {"type": "message", "id": "u1", "message": {"role": "user", "content": "a question"}}]
+        lines = [
+            {"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z", "cwd": str(cwd)},
+            {"type": "message", "id": "u1", "message": {"role": "user", "content": "a question"}},
+        ]
         turn = json.dumps({"type": "message", "message": {"role": "assistant", "content": "x" * 1000}}) + "\n"
         filler = turn * ((5 << 20) // len(turn)) if case.endswith("past-budget") else ""
         (folder / f"2026-11-29T10-00-00-000Z_{sid}.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in lines) + filler + '{"type":"message","id":"a2","partial')
+            "".join(json.dumps(x) + "\n" for x in lines) + filler + '{"type":"message","id":"a2","partial'
+        )
         headers = {"x-session-id": sid}
     elif agent == "claude":
         folder = claude_folder(home, cwd)
         folder.mkdir(parents=True)
-        (folder / "0199aaaa-0000-7000-8000-000000000001.jsonl").write_text("".join(
-            json.dumps({"type": "summary", "summary": f"s{i}", "leafUuid": "x"}) + "\n" for i in range(3)))
+        (folder / "0199aaaa-0000-7000-8000-000000000001.jsonl").write_text(
+            "".join(json.dumps({"type": "summary", "summary": f"s{i}", "leafUuid": "x"}) + "\n" for i in range(3))
+        )
     else:
         folder = home / ".pi" / "agent" / "sessions" / ("--" + str(cwd).lstrip("/").replace("/", "-") + "--")
         folder.mkdir(parents=True)
         for i in range(200):
             sid = f"0199aaaa-0000-7000-8000-{i:012d}"
-            (folder / f"2026-11-29T10-00-{i % 60:02d}-000Z_{sid}.jsonl").write_text(json.dumps(
-                {"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z",
-                 "cwd": str(cwd)}) + "\n")
+            (folder / f"2026-11-29T10-00-{i % 60:02d}-000Z_{sid}.jsonl").write_text(
+                json.dumps(
+                    {
+                        "type": "session",
+                        "version": 3,
+                        "id": sid,
+                        "timestamp": "2026-11-29T10:00:00.000Z",
+                        "cwd": str(cwd),
+                    }
+                )
+                + "\n"
+            )
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0"]) as proxy:
-        cfg = {"proxy": proxy.proxy_url, "ca": str(proxy.ca_cert), "name": agent, "tag": "idle",
-               "first_user": "a question no file holds", "n_assistant": 1, "requests": 2,
-               "headers": headers}
+        cfg = {
+            "proxy": proxy.proxy_url,
+            "ca": str(proxy.ca_cert),
+            "name": agent,
+            "tag": "idle",
+            "first_user": "a question no file holds",
+            "n_assistant": 1,
+            "requests": 2,
+            "headers": headers,
+        }
         env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
         env["HOME"] = str(home)
-        run = subprocess.run([sys.executable, FAKE_AGENT, json.dumps(cfg)], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, FAKE_AGENT, json.dumps(cfg)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         records = proxy.requests()
         assert len(records) == 2

@@ -41,7 +41,9 @@ def kilo(tmp_path_factory) -> str:
 
 
 def _openrouter(proxy) -> list[dict]:
-    return [r for r in proxy.requests() if r.get("host") == "openrouter.ai" and r.get("path") == "/api/v1/chat/completions"]
+    return [
+        r for r in proxy.requests() if r.get("host") == "openrouter.ai" and r.get("path") == "/api/v1/chat/completions"
+    ]
 
 
 def _run(args, env, work, proxy):
@@ -56,9 +58,9 @@ def test_each_kilo_session_keeps_its_own_id_toward_openrouter(kilo, addon_proxy,
     _run(["first", "session", *TOOL], env, work, proxy)
     first = _openrouter(proxy)
     _run(["-c", "more", "of", "it"], env, work, proxy)
-    continued = _openrouter(proxy)[len(first):]
+    continued = _openrouter(proxy)[len(first) :]
     _run(["a", "new", "session"], env, work, proxy)
-    new = _openrouter(proxy)[len(first) + len(continued):]
+    new = _openrouter(proxy)[len(first) + len(continued) :]
     assert len(first) == 2 and continued and new, (len(first), len(continued), len(new))
     sessions = ac.kilo_sessions(home)
     assert [d for _, d in sessions] == [str(work)] * 2, sessions

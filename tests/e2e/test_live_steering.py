@@ -81,8 +81,7 @@ def test_rule_edits_apply_live_and_a_bad_edit_keeps_the_good_rules(tmp_path):
             after_bad_edit = proxy.requests()[seen:]
             # every request from the bad edit on, in flight or after it was noticed, got a whole
             # rule set: the last good one
-            assert all(header(r, "x-client-edited") and header(r, "x-opencode-session")
-                       for r in after_bad_edit)
+            assert all(header(r, "x-client-edited") and header(r, "x-opencode-session") for r in after_bad_edit)
         finally:
             stop.touch()
             running.wait(timeout=DEADLINE_S)
@@ -90,7 +89,10 @@ def test_rule_edits_apply_live_and_a_bad_edit_keeps_the_good_rules(tmp_path):
         output = proxy.output()
         assert output.count("rules not reloaded") == 1
         bad_line = text.splitlines().index(next(l for l in text.splitlines() if "if_present: keep" in l)) + 1
-        assert f"{rules / 'opencode.yaml'}:{bad_line}: 'if_present' must be one of: keep, replace (got 'sometimes')" in output
+        assert (
+            f"{rules / 'opencode.yaml'}:{bad_line}: 'if_present' must be one of: keep, replace (got 'sometimes')"
+            in output
+        )
         assert len(proxy.requests()) > 20 and not proxy.blocked_connects()
 
 
@@ -115,8 +117,12 @@ class Mitmweb(Mitmdump):
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.web_port}/commands/{name}",
             json.dumps({"arguments": list(arguments)}).encode(),
-            {"content-type": "application/json", "X-XSRFToken": xsrf,
-             "Cookie": f"_xsrf={xsrf}; _mitmproxy_xsrf={xsrf}", "Authorization": f"Bearer {self.password}"},
+            {
+                "content-type": "application/json",
+                "X-XSRFToken": xsrf,
+                "Cookie": f"_xsrf={xsrf}; _mitmproxy_xsrf={xsrf}",
+                "Authorization": f"Bearer {self.password}",
+            },
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         answer = json.loads(opener.open(req, timeout=30).read())

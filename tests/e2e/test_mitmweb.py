@@ -69,8 +69,16 @@ def chromium() -> str:
     started = time.monotonic()
     # the emoji font only makes the flow's marker legible in the screenshot
     # waiting for dpkg's lock, which the other Python's run in CI may hold installing the same
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
-               "chromium", "fonts-noto-color-emoji"]
+    install = [
+        "apt-get",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chromium",
+        "fonts-noto-color-emoji",
+    ]
     result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:  # perhaps no package lists yet
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=300)
@@ -90,11 +98,22 @@ class Browser:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         argv = [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", "--no-proxy-server", "--hide-scrollbars",
-            f"--user-data-dir={self._profile}", f"--window-size={width},{height}",
-            "--remote-debugging-pipe", "about:blank",
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--no-proxy-server",
+            "--hide-scrollbars",
+            f"--user-data-dir={self._profile}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
 
         def wire_pipes() -> None:  # in the child: fd 3 = commands in, fd 4 = replies out
@@ -103,9 +122,14 @@ class Browser:
 
         self._log = open(Path(self._profile) / "chromium.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             # close_fds would close 3 and 4 after wire_pipes(); Python's own fds are not inheritable.
-            preexec_fn=wire_pipes, close_fds=False, start_new_session=True,
+            preexec_fn=wire_pipes,
+            close_fds=False,
+            start_new_session=True,
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -114,8 +138,10 @@ class Browser:
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
         self.session = self._attach_page()
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def _read(self) -> None:
         buf = b""
@@ -168,8 +194,9 @@ class Browser:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"chromium opened no page:\n{self.log()}")
             time.sleep(0.1)
-        return self.send("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True},
-                         session=None)["sessionId"]
+        return self.send("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True}, session=None)[
+            "sessionId"
+        ]
 
     def navigate(self, url: str) -> None:
         self.send("Page.navigate", {"url": url})
@@ -251,10 +278,18 @@ class Mitmweb:
         argv = [
             str(binary if binary.exists() else shutil.which("mitmweb")),
             "--no-web-open-browser",
-            "--web-host", "127.0.0.1", "--web-port", str(self.web_port),
-            "--listen-host", "127.0.0.1", "-p", str(self.port),
-            "--set", f"confdir={self.confdir}",
-            "--set", "connection_strategy=lazy",
+            "--web-host",
+            "127.0.0.1",
+            "--web-port",
+            str(self.web_port),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--set",
+            f"confdir={self.confdir}",
+            "--set",
+            "connection_strategy=lazy",
         ]
         for column in ("tls", "icon", "path", "method", "status", "size", "time", "comment"):
             argv += ["--set", f"web_columns={column}"]
@@ -262,12 +297,22 @@ class Mitmweb:
             argv += ["--set", f"web_password={self.password}"]
         for script in scripts:
             argv += ["-s", str(script)]
-        env = {k: v for k, v in os.environ.items()
-               if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        }
         env.update(STANDIN_LOG=str(self.workdir / "standin.jsonl"), PYTHONUNBUFFERED="1")
         self._out = open(self.workdir / "mitmweb.out", "wb")  # noqa: SIM115 - held for the process, closed with it
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.workdir, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
         self._wait()
 
     @property
@@ -351,12 +396,17 @@ def _send_openrouter_request(web: Mitmweb) -> dict:
         urllib.request.ProxyHandler({"https": f"http://127.0.0.1:{web.port}"}),
         urllib.request.HTTPSHandler(context=context),
     )
-    body = {"model": "openai/gpt-4o-mini", "messages": [
-        {"role": "system", "content": "You are a coding agent."},
-        {"role": "user", "content": "Refactor the login handler."},
-    ]}
+    body = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a coding agent."},
+            {"role": "user", "content": "Refactor the login handler."},
+        ],
+    }
     request = urllib.request.Request(
-        "https://openrouter.ai/api/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+        "https://openrouter.ai/api/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"content-type": "application/json", "authorization": "Bearer sk-or-test"},
     )
     with opener.open(request, timeout=30) as response:
@@ -370,8 +420,9 @@ def _send_openrouter_request(web: Mitmweb) -> dict:
 def test_mitmweb_shows_comment_and_before_after_view(mitmweb, browser):
     _send_openrouter_request(mitmweb)
     # What the gateway got: the body field the OpenRouter rule sets.
-    (record,) = [r for r in harness.read_standin_log(mitmweb.workdir / "standin.jsonl")
-                 if r.get("kind", "request") == "request"]
+    (record,) = [
+        r for r in harness.read_standin_log(mitmweb.workdir / "standin.jsonl") if r.get("kind", "request") == "request"
+    ]
     label = json.loads(record["body"])["session_id"]
     assert label and record["comment"], record
     flow_id = record["flow_id"]
@@ -391,15 +442,23 @@ def test_mitmweb_shows_comment_and_before_after_view(mitmweb, browser):
     # The browser: open the flow's request tab straight from the URL.
     browser.navigate(mitmweb.page_url(f"/flows/{flow_id}/request"))
     text = browser.wait_for(
-        "document.body.innerText.includes('Changes (1)') && document.body.innerText",
-        what="the Session IDs view")
+        "document.body.innerText.includes('Changes (1)') && document.body.innerText", what="the Session IDs view"
+    )
     assert re.search(r"body\.session_id: \(not set\)\s+→\s+" + re.escape(label), text), text
-    for line in ("Matched rules (1)", "openrouter", "rules/openrouter.yaml:", "decided by:", "fallback",
-                 "pid:", "cwd:"):
+    for line in (
+        "Matched rules (1)",
+        "openrouter",
+        "rules/openrouter.yaml:",
+        "decided by:",
+        "fallback",
+        "pid:",
+        "cwd:",
+    ):
         assert line in text, (line, text)
     # the content view's title names the view that mitmweb picked by itself ("View: auto")
-    titles = browser.evaluate("[...document.querySelectorAll('.contentview h5, .contentview .controls')]"
-                              ".map(e => e.innerText).join('\\n')")
+    titles = browser.evaluate(
+        "[...document.querySelectorAll('.contentview h5, .contentview .controls')].map(e => e.innerText).join('\\n')"
+    )
     assert VIEW_NAME in titles, titles
     # the comment column of the flow list shows the comment
     assert comment in text, (comment, text)
@@ -407,10 +466,13 @@ def test_mitmweb_shows_comment_and_before_after_view(mitmweb, browser):
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 20_000
 
     # The Comment tab shows it too (clicked: 11.x does not follow a changed URL fragment).
-    browser.evaluate("[...document.querySelectorAll('.flow-detail nav a')]"
-                     ".find(a => a.innerText.trim() === 'Comment').click()")
+    browser.evaluate(
+        "[...document.querySelectorAll('.flow-detail nav a')].find(a => a.innerText.trim() === 'Comment').click()"
+    )
     shown = browser.wait_for(
         "(document.querySelector('.flow-detail a.active') || {}).innerText === 'Comment'"
-        " && document.querySelector('.flow-detail section').innerText", what="the Comment tab")
+        " && document.querySelector('.flow-detail section').innerText",
+        what="the Comment tab",
+    )
     assert comment in shown, shown
     browser.screenshot(COMMENT_SCREENSHOT)

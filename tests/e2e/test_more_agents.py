@@ -18,6 +18,7 @@ from harness import header
 
 pytestmark = pytest.mark.e2e
 
+
 @pytest.fixture
 def proxy(addon_proxy):
     return addon_proxy
@@ -27,15 +28,13 @@ _ok = harness.assert_ran
 
 
 def _model_requests(proxy, host: str) -> list[dict]:
-    return [r for r in proxy.requests() if r["host"] == host and r["method"] == "POST"
-            and r["api"] != "other"]
+    return [r for r in proxy.requests() if r["host"] == host and r["method"] == "POST" and r["api"] != "other"]
 
 
 def test_opencode_openrouter_session_affinity(opencode, proxy, dirs):
     home, work = dirs
     env = ac.opencode_env(proxy, home, work)
-    _ok(ac.run_opencode(["run", "-m", ac.OPENCODE_OPENROUTER_MODEL, "hello [[bash: echo hi]]"],
-                        env, work), proxy)
+    _ok(ac.run_opencode(["run", "-m", ac.OPENCODE_OPENROUTER_MODEL, "hello [[bash: echo hi]]"], env, work), proxy)
     (session,) = ac.opencode_sessions(home)
     sid, directory = session
     assert sid.startswith("ses_") and directory == str(work)
@@ -55,8 +54,7 @@ def test_opencode_openrouter_session_affinity(opencode, proxy, dirs):
 def test_opencode_zen_keeps_its_own_header(opencode, proxy, dirs):
     home, work = dirs
     env = ac.opencode_env(proxy, home, work)
-    _ok(ac.run_opencode(["run", "-m", ac.OPENCODE_ZEN_MODEL, "hello [[bash: echo hi]]"], env, work),
-        proxy)
+    _ok(ac.run_opencode(["run", "-m", ac.OPENCODE_ZEN_MODEL, "hello [[bash: echo hi]]"], env, work), proxy)
     (session,) = ac.opencode_sessions(home)
     sid = session[0]
     records = _model_requests(proxy, "opencode.ai")
@@ -74,8 +72,7 @@ def test_opencode_zen_keeps_its_own_header(opencode, proxy, dirs):
 def test_omp_openrouter_session(omp, proxy, dirs):
     home, work = dirs
     env = ac.omp_env(proxy, home)
-    _ok(ac.run_omp(["-p", "--model", ac.OMP_MODEL, "--no-lsp", "hello [[bash: echo hi]]"], env, work),
-        proxy)
+    _ok(ac.run_omp(["-p", "--model", ac.OMP_MODEL, "--no-lsp", "hello [[bash: echo hi]]"], env, work), proxy)
     (session_file,) = ac.omp_session_files(home)
     uuid = ac.omp_session_id(session_file)
     records = _model_requests(proxy, "openrouter.ai")

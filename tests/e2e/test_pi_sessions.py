@@ -123,8 +123,13 @@ def test_continue_carries_the_continued_sessions_id_from_its_first_request(pi_ve
     pi(pi_version, proxy, home, cwd, OPENROUTER + ["-p", "original task [[bash: echo a]]"])
     original = session_id(proxy.requests()[0])
     pi(pi_version, proxy, home, cwd, OPENROUTER + ["-p", "unrelated other session"])
-    pi(pi_version, proxy, home, cwd, OPENROUTER + ["--session", str(pi_session_files(home, cwd)[0]), "-p",
-                                                   "resumed via --session [[bash: echo b]]"])
+    pi(
+        pi_version,
+        proxy,
+        home,
+        cwd,
+        OPENROUTER + ["--session", str(pi_session_files(home, cwd)[0]), "-p", "resumed via --session [[bash: echo b]]"],
+    )
     records = proxy.requests()
     resumed = [session_id(r) for r in records[3:]]
     assert resumed == [original, original]
@@ -138,7 +143,7 @@ def test_continue_carries_the_continued_sessions_id_from_its_first_request(pi_ve
 def test_a_sub_agent_pi_in_the_same_cwd_keeps_its_own_id(pi_version, proxy, home, tmp_path):
     cwd = workdir(tmp_path)
     (cwd / "child.txt").write_text("child task [[bash: echo child]]")
-    command = "pi --provider openrouter --model openai/gpt-4o-mini -p \"$(cat child.txt)\""
+    command = 'pi --provider openrouter --model openai/gpt-4o-mini -p "$(cat child.txt)"'
     pi(pi_version, proxy, home, cwd, OPENROUTER + ["-p", f"parent task [[bash: {command}]]"])
     records = proxy.requests()
     parent, child = ids_for(records, "parent task"), ids_for(records, "child task")
@@ -156,9 +161,17 @@ def test_two_pi_processes_at_once_keep_their_own_ids(pi_version, proxy, home, tm
         (a, "second in a [[delay: 1]][[bash: echo 2]]"),
         (b, "only in b [[delay: 1]][[bash: echo 3]]"),
     ]
-    procs = [subprocess.Popen(harness.pi_command(pi_version) + OPENROUTER + ["-p", prompt], cwd=cwd, env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for cwd, prompt in runs]
+    procs = [
+        subprocess.Popen(
+            harness.pi_command(pi_version) + OPENROUTER + ["-p", prompt],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for cwd, prompt in runs
+    ]
     for p in procs:
         out, err = p.communicate(timeout=90)
         assert p.returncode == 0, err
@@ -188,8 +201,15 @@ def test_no_session_gets_one_id_for_the_process_that_no_file_shares(pi_version, 
 def rpc(pi_version, proxy, home, cwd, commands: list[dict]) -> None:
     """Drive `pi --mode rpc`, waiting for each prompt's agent_end before the next command."""
     env = agent_env(proxy, home, pi_version=pi_version)
-    p = subprocess.Popen(harness.pi_command(pi_version) + OPENROUTER + ["--mode", "rpc"], cwd=cwd, env=env,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        harness.pi_command(pi_version) + OPENROUTER + ["--mode", "rpc"],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for command in commands:
             p.stdin.write(json.dumps(command) + "\n")
@@ -214,11 +234,17 @@ def rpc(pi_version, proxy, home, cwd, commands: list[dict]) -> None:
 
 def test_name_set_mid_session_is_used_from_the_next_request(pi_version, proxy, home, tmp_path):
     cwd = workdir(tmp_path)
-    rpc(pi_version, proxy, home, cwd, [
-        {"id": "p1", "type": "prompt", "message": "naming test [[bash: echo x]]"},
-        {"id": "n1", "type": "set_session_name", "name": "Refactor Auth Module"},
-        {"id": "p2", "type": "prompt", "message": "after the name"},
-    ])
+    rpc(
+        pi_version,
+        proxy,
+        home,
+        cwd,
+        [
+            {"id": "p1", "type": "prompt", "message": "naming test [[bash: echo x]]"},
+            {"id": "n1", "type": "set_session_name", "name": "Refactor Auth Module"},
+            {"id": "p2", "type": "prompt", "message": "after the name"},
+        ],
+    )
     sent = [session_id(r) for r in proxy.requests()]
     assert len(sent) == 3
     assert sent[0] == sent[1] and "refactor" not in sent[0]
@@ -232,10 +258,16 @@ def test_name_given_at_start_applies_once_pi_has_written_it(pi_version, proxy, h
     if harness.pi_has_name_flag(pi_version):
         pi(pi_version, proxy, home, cwd, OPENROUTER + ["--name", "My Feature", "-p", "named at start [[bash: echo n]]"])
     else:  # 0.73.1 has no --name; naming before the first message is the same thing
-        rpc(pi_version, proxy, home, cwd, [
-            {"id": "n0", "type": "set_session_name", "name": "My Feature"},
-            {"id": "p1", "type": "prompt", "message": "named at start [[bash: echo n]]"},
-        ])
+        rpc(
+            pi_version,
+            proxy,
+            home,
+            cwd,
+            [
+                {"id": "n0", "type": "set_session_name", "name": "My Feature"},
+                {"id": "p1", "type": "prompt", "message": "named at start [[bash: echo n]]"},
+            ],
+        )
     first, second = (session_id(r) for r in proxy.requests())
     stable = proxy.requests()[0]["session_ids"]["session"]["id"]
     named = "my-feature-" + stable.replace("-", "")[-8:]
@@ -288,6 +320,7 @@ def test_a_program_that_is_not_an_agent_gets_a_per_process_fallback(proxy, tmp_p
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
     assert first[0].startswith("process-")
     import uuid as _uuid
+
     _uuid.UUID(header(r[2], "x-opper-trace-id"))
     assert header(r[2], "x-opper-trace-id") == header(r[2], "x-opper-parent-span-id")
     assert r[0]["session_ids"]["session"]["fallback"] is True
@@ -296,8 +329,13 @@ def test_a_program_that_is_not_an_agent_gets_a_per_process_fallback(proxy, tmp_p
 def test_pi_to_opencode_and_opper(pi_version, proxy, home, tmp_path):
     cwd = workdir(tmp_path)
     harness.write_opper_models_json(home, pi_version)
-    pi(pi_version, proxy, home, cwd, ["--provider", "opencode", "--model", "claude-sonnet-4-5", "-p",
-                                      "zen task [[bash: echo z]]"])
+    pi(
+        pi_version,
+        proxy,
+        home,
+        cwd,
+        ["--provider", "opencode", "--model", "claude-sonnet-4-5", "-p", "zen task [[bash: echo z]]"],
+    )
     zen = proxy.requests()
     assert {r["path"].split("?")[0] for r in zen} == {harness.pi_opencode_messages_path(pi_version)}
     values = [header(r, "x-opencode-session") for r in zen]
@@ -310,8 +348,13 @@ def test_pi_to_opencode_and_opper(pi_version, proxy, home, tmp_path):
     else:  # ours: the last 30 chars of the stable ID
         assert values[0] == zen[0]["session_ids"]["session"]["id"][-30:] and len(values[0]) == 30
 
-    pi(pi_version, proxy, home, cwd, ["--provider", "opper", "--model", harness.OPPER_MODEL, "-p",
-                                      "opper task [[bash: echo o]]"])
+    pi(
+        pi_version,
+        proxy,
+        home,
+        cwd,
+        ["--provider", "opper", "--model", harness.OPPER_MODEL, "-p", "opper task [[bash: echo o]]"],
+    )
     pi(pi_version, proxy, home, cwd, ["--provider", "opper", "--model", harness.OPPER_MODEL, "-c", "-p", "more"])
     opper = proxy.requests()[2:]
     traces = [header(r, "x-opper-trace-id") for r in opper]
@@ -332,9 +375,23 @@ def test_a_bad_rule_file_stops_start_up_with_one_line(tmp_path):
     (rules / "mine.yaml").write_text("rules:\n  - name: x\n    match: {host: a.b}\n    set:\n      - hedaer: x\n")
     mitmdump = str(Path(sys.executable).with_name("mitmdump"))
     result = subprocess.run(
-        [mitmdump, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}", "-s", ADDON,
-         "--set", f"session_rules={rules}"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            mitmdump,
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--set",
+            f"confdir={tmp_path}",
+            "-s",
+            ADDON,
+            "--set",
+            f"session_rules={rules}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output

@@ -28,8 +28,11 @@ def installed(tmp_path_factory) -> Path:
     no download is needed; the package itself must come from the install."""
     where = tmp_path_factory.mktemp("plain")
     source = where / "src"
-    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           check=True, capture_output=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
     for name in filter(None, files):
         src = ROOT / name.decode()
         if src.is_file():
@@ -39,11 +42,16 @@ def installed(tmp_path_factory) -> Path:
     env_dir = where / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "outer_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    result = subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(source)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "-q", str(source)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return env_dir
 
@@ -51,16 +59,25 @@ def installed(tmp_path_factory) -> Path:
 def test_the_installed_package_imports_from_its_install_and_checks_the_shipped_rules(installed):
     python = installed / "bin" / "python"
     out = subprocess.run(
-        [python, "-c", "import agent_session_ids.addon, agent_session_ids.resolution.resolver as r, "
-                       "agent_session_ids.rules as rules; print(r.__file__); print(rules.default_rules_dir())"],
-        capture_output=True, text=True, cwd="/", timeout=120)
+        [
+            python,
+            "-c",
+            "import agent_session_ids.addon, agent_session_ids.resolution.resolver as r, "
+            "agent_session_ids.rules as rules; print(r.__file__); print(rules.default_rules_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     module_file, rules_dir = out.stdout.split()
     assert module_file.startswith(str(installed)), module_file
     assert rules_dir.startswith(str(installed)), rules_dir
     assert sorted(os.listdir(rules_dir)) == sorted(p.name for p in (ROOT / "rules").iterdir())
-    check = subprocess.run([installed / "bin" / "agent-session-ids-check"], capture_output=True, text=True,
-                           cwd="/", timeout=120)
+    check = subprocess.run(
+        [installed / "bin" / "agent-session-ids-check"], capture_output=True, text=True, cwd="/", timeout=120
+    )
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith(f"ok: {len(load_rules_dir(ROOT / 'rules'))} rules in {rules_dir}")
 
@@ -79,8 +96,9 @@ class _InstalledProxy(Mitmdump):
 def test_the_installed_command_runs_the_proxy_with_the_shipped_rules(installed):
     with _InstalledProxy(installed / "bin" / "agent-session-ids") as proxy:
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
-        raw = odd_requests.build_h1("POST", "/api/v1/chat/completions", "openrouter.ai",
-                                    [("Content-Type", "application/json")], body)
+        raw = odd_requests.build_h1(
+            "POST", "/api/v1/chat/completions", "openrouter.ai", [("Content-Type", "application/json")], body
+        )
         status, _ = odd_requests.send_h1(proxy.port, str(proxy.ca_cert), "openrouter.ai", raw)
         assert status == 200
         (request,) = proxy.requests()

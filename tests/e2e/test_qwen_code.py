@@ -43,8 +43,7 @@ MEMORY_PROMPT = "Managed memory has TWO directories."
 
 #: gateway -> (OPENAI_BASE_URL, model, host, path of the chat completions)
 GATEWAYS = {
-    "openrouter": (ac.QWEN_OPENROUTER_BASE_URL, ac.QWEN_OPENROUTER_MODEL, "openrouter.ai",
-                   "/api/v1/chat/completions"),
+    "openrouter": (ac.QWEN_OPENROUTER_BASE_URL, ac.QWEN_OPENROUTER_MODEL, "openrouter.ai", "/api/v1/chat/completions"),
     "zen": (ac.QWEN_ZEN_BASE_URL, ac.QWEN_ZEN_MODEL, "opencode.ai", "/zen/v1/chat/completions"),
 }
 
@@ -153,14 +152,12 @@ def test_qwen_sessions_continue_resume_and_a_second_session(qwen, proxy, dirs, g
     first = _run(proxy, gateway, ["-y", "-p", "first session " + ac.qwen_shell("echo 1")], env, work)
     (file_a,) = ac.qwen_session_files(home, work)
     sid_a = ac.qwen_session_id(file_a)
-    continued = _run(proxy, gateway, ["-y", "-c", "-p", "continued " + ac.qwen_shell("echo 2")],
-                     env, work)
+    continued = _run(proxy, gateway, ["-y", "-c", "-p", "continued " + ac.qwen_shell("echo 2")], env, work)
     second = _run(proxy, gateway, ["-y", "-p", "second session " + ac.qwen_shell("echo 3")], env, work)
     files = ac.qwen_session_files(home, work)
     assert len(files) == 2
     (sid_b,) = {ac.qwen_session_id(f) for f in files} - {sid_a}
-    resumed = _run(proxy, gateway, ["-y", "-r", sid_a, "-p", "resumed " + ac.qwen_shell("echo 4")],
-                   env, work)
+    resumed = _run(proxy, gateway, ["-y", "-r", sid_a, "-p", "resumed " + ac.qwen_shell("echo 4")], env, work)
 
     # each run: the tool call, then the text (a turn with a tool call sends no memory request)
     assert [len(first), len(continued), len(second), len(resumed)] == [2, 2, 2, 2]
@@ -173,8 +170,11 @@ def test_qwen_sessions_continue_resume_and_a_second_session(qwen, proxy, dirs, g
         _check_sent(r, gateway, sid_b)
     # Qwen's own files: A's holds all three of its runs, B's only B
     file_a, file_b = _qwen_session(home, work, sid_a), _qwen_session(home, work, sid_b)
-    prompts_a = [r["message"]["parts"][0]["text"] for r in harness.read_jsonl(file_a)
-                 if r.get("type") == "user" and r.get("provenance") == "real_user"]
+    prompts_a = [
+        r["message"]["parts"][0]["text"]
+        for r in harness.read_jsonl(file_a)
+        if r.get("type") == "user" and r.get("provenance") == "real_user"
+    ]
     assert [p.split(" [[")[0] for p in prompts_a] == ["first session", "continued", "resumed"]
     assert all(r["session_ids"]["session"]["file"] == str(file_a) for r in first + continued + resumed)
     assert all(r["session_ids"]["session"]["file"] == str(file_b) for r in second)
@@ -186,10 +186,10 @@ def test_qwen_session_id_flag_names_the_session(qwen, proxy, dirs, gateway):
     home, work = dirs
     env = _env(proxy, home, gateway)
     chosen = str(uuidlib.uuid4())
-    named = _run(proxy, gateway, ["-y", "--session-id", chosen, "-p",
-                                  "chosen id " + ac.qwen_shell("echo 1")], env, work)
-    continued = _run(proxy, gateway, ["-y", "-c", "-p", "and on " + ac.qwen_shell("echo 2")],
-                     env, work)
+    named = _run(
+        proxy, gateway, ["-y", "--session-id", chosen, "-p", "chosen id " + ac.qwen_shell("echo 1")], env, work
+    )
+    continued = _run(proxy, gateway, ["-y", "-c", "-p", "and on " + ac.qwen_shell("echo 2")], env, work)
     (session_file,) = ac.qwen_session_files(home, work)
     assert session_file == _qwen_session(home, work, chosen)
     assert [_addon_id(r) for r in named + continued] == [chosen] * 4
@@ -224,8 +224,12 @@ def test_qwen_managed_memory_request_keeps_the_session(qwen, proxy, dirs, gatewa
     # Qwen's side: the memory request's answer is recorded in the session it was made for
     for sid, runs in ((sid_a, 2), (sid_b, 1)):
         records = harness.read_jsonl(_qwen_session(home, work, sid))
-        responses = [r for r in records if r.get("subtype") == "ui_telemetry"
-                     and r["systemPayload"]["uiEvent"].get("event.name") == "qwen-code.api_response"]
+        responses = [
+            r
+            for r in records
+            if r.get("subtype") == "ui_telemetry"
+            and r["systemPayload"]["uiEvent"].get("event.name") == "qwen-code.api_response"
+        ]
         assert len(responses) == 2 * runs  # the answer and the memory request's, each run
     cursor = json.loads((ac.qwen_project_dir(home, work) / "extract-cursor.json").read_text())
     assert cursor["sessionId"] == sid_b
@@ -234,9 +238,16 @@ def test_qwen_managed_memory_request_keeps_the_session(qwen, proxy, dirs, gatewa
 def _sessions_with_prompt(home, work, prompt: str) -> list[str]:
     """The Qwen sessions whose file holds ``prompt`` as a real user message (Qwen's own account
     of which session a run went to)."""
-    return [ac.qwen_session_id(f) for f in ac.qwen_session_files(home, work)
-            if any(r.get("type") == "user" and r.get("provenance") == "real_user"
-                   and r["message"]["parts"][0]["text"] == prompt for r in harness.read_jsonl(f))]
+    return [
+        ac.qwen_session_id(f)
+        for f in ac.qwen_session_files(home, work)
+        if any(
+            r.get("type") == "user"
+            and r.get("provenance") == "real_user"
+            and r["message"]["parts"][0]["text"] == prompt
+            for r in harness.read_jsonl(f)
+        )
+    ]
 
 
 #: Why the addon gets twin sessions wrong (two sessions of one cwd with the same first user turn).
@@ -292,8 +303,7 @@ def _session_seen_empty(proxy, gateway, env, home, work, first_prompt: str):
     (file_a.parent / f"{chosen}.jsonl").touch()
     resumed_a = _run(proxy, gateway, ["-r", sid_a, "-p", "back to A [[reply: a]]"], env, work)
     assert [_addon_id(r) for r in resumed_a] == [sid_a] * len(resumed_a)
-    new_b = _run(proxy, gateway, ["--session-id", chosen, "-p", "same words [[reply: same answer]]"],
-                 env, work)
+    new_b = _run(proxy, gateway, ["--session-id", chosen, "-p", "same words [[reply: same answer]]"], env, work)
     _qwen_session(home, work, chosen)  # Qwen wrote its session into that file
     resumed_b = _run(proxy, gateway, ["-r", chosen, "-p", "back to B [[reply: b]]"], env, work)
     assert _sessions_with_prompt(home, work, "back to B [[reply: b]]") == [chosen]
@@ -306,7 +316,8 @@ def test_qwen_session_file_seen_empty_is_read_again(qwen, proxy, dirs, gateway):
     home, work = dirs
     env = _env(proxy, home, gateway)
     _, chosen, new_b, resumed_b = _session_seen_empty(
-        proxy, gateway, env, home, work, "other words [[reply: other answer]]")
+        proxy, gateway, env, home, work, "other words [[reply: other answer]]"
+    )
     assert [_addon_id(r) for r in new_b + resumed_b] == [chosen] * len(new_b + resumed_b)
     for r in new_b + resumed_b:
         _check_sent(r, gateway, chosen)
@@ -320,7 +331,8 @@ def test_qwen_twin_session_file_seen_empty_is_read_again(qwen, proxy, dirs, gate
     home, work = dirs
     env = _env(proxy, home, gateway)
     _, chosen, new_b, resumed_b = _session_seen_empty(
-        proxy, gateway, env, home, work, "same words [[reply: same answer]]")
+        proxy, gateway, env, home, work, "same words [[reply: same answer]]"
+    )
     assert [_addon_id(r) for r in new_b + resumed_b] == [chosen] * len(new_b + resumed_b)
     for r in new_b + resumed_b:
         _check_sent(r, gateway, chosen)

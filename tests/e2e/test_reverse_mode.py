@@ -28,8 +28,9 @@ pytestmark = pytest.mark.e2e
 ADDON = str(Path(__file__).resolve().parents[2] / "addon" / "session_ids.py")
 REVERSE = ["--mode", "reverse:https://openrouter.ai"]
 #: an agent in reverse mode needs neither proxy variables nor the mitmproxy CA
-NO_PROXY_NO_CA = {k: None for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy",
-                                    "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")}
+NO_PROXY_NO_CA = {
+    k: None for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")
+}
 
 
 @pytest.fixture(params=[False, True], ids=["host-rewritten", "keep_host_header"])
@@ -67,7 +68,11 @@ def test_a_plain_http_client_gets_the_openrouter_session_id(reverse_proxy, keep_
     assert not reverse_proxy.blocked_connects()
     # where mitmproxy sends it: the upstream of the reverse spec
     assert (req["method"], req["scheme"], req["port"], req["path"]) == (
-        "POST", "https", 443, "/api/v1/chat/completions")
+        "POST",
+        "https",
+        443,
+        "/api/v1/chat/completions",
+    )
     expected_host = f"127.0.0.1:{reverse_proxy.port}" if keep_host_header else "openrouter.ai"
     assert [v for k, v in req["headers"] if k.lower() == "host"] == [expected_host]
 
@@ -78,8 +83,9 @@ def test_a_plain_http_client_gets_the_openrouter_session_id(reverse_proxy, keep_
     assert label.startswith(f"process-{os.getpid()}-")
     assert info["session"]["fallback"] is True
     assert [r["name"] for r in info["rules"]] == ["openrouter-session-id"]
-    assert info["changes"] == [{"rule": "openrouter-session-id", "target": "body.session_id",
-                                "before": None, "after": label}]
+    assert info["changes"] == [
+        {"rule": "openrouter-session-id", "target": "body.session_id", "before": None, "after": label}
+    ]
     # exactly what arrived: the client's body with session_id added, nothing else changed
     arrived = json.loads(req["body"])
     assert arrived == {**sent, "session_id": label}
@@ -127,7 +133,11 @@ def test_pi_with_its_openrouter_base_url_at_the_proxy(pi_version, reverse_proxy,
 
     (req,) = reverse_proxy.requests()
     assert (req["method"], req["scheme"], req["port"], req["path"]) == (
-        "POST", "https", 443, "/api/v1/chat/completions")
+        "POST",
+        "https",
+        443,
+        "/api/v1/chat/completions",
+    )
     expected_host = f"127.0.0.1:{reverse_proxy.port}" if keep_host_header else "openrouter.ai"
     assert header(req, "host") == expected_host
     assert header(req, "authorization") == "Bearer " + harness.FAKE_KEYS["OPENROUTER_API_KEY"]
@@ -145,8 +155,7 @@ def test_pi_with_its_openrouter_base_url_at_the_proxy(pi_version, reverse_proxy,
 @pytest.fixture
 def kept_host_proxy():
     """The harder case only, to keep the real-client runs few: the Host header names the proxy."""
-    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["keep_host_header=true"],
-                  extra_args=REVERSE) as p:
+    with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=["keep_host_header=true"], extra_args=REVERSE) as p:
         yield p
 
 
@@ -195,8 +204,14 @@ def _free_port() -> int:
 def test_one_reverse_port_per_gateway_beside_the_regular_proxy():
     """The README's line: --mode regular --mode reverse:https://openrouter.ai@A --mode reverse:https://opencode.ai@B."""
     a, b = _free_port(), _free_port()
-    modes = ["--mode", "regular", "--mode", f"reverse:https://openrouter.ai@{a}",
-             "--mode", f"reverse:https://opencode.ai@{b}"]
+    modes = [
+        "--mode",
+        "regular",
+        "--mode",
+        f"reverse:https://openrouter.ai@{a}",
+        "--mode",
+        f"reverse:https://opencode.ai@{b}",
+    ]
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], extra_args=modes) as proxy:
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
         assert post(a, "/api/v1/chat/completions", body)[0] == 200

@@ -42,8 +42,12 @@ def ledger_lines(proxy: Mitmdump, count: int) -> list[dict]:
 
 def report(proxy: Mitmdump, *args: str):
     script = Path(sys.executable).with_name("agent-session-ids")
-    out = subprocess.run([str(script), "report", "--file", str(proxy.confdir / "agent-session-ids" / "usage.jsonl"),
-                          *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(script), "report", "--file", str(proxy.confdir / "agent-session-ids" / "usage.jsonl"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout) if "--json" in args else out.stdout
 
@@ -52,11 +56,30 @@ def helicone_models_json(home: Path) -> None:
     """pi's custom provider "helicone": Helicone's OpenAI-compatible proxy."""
     agent_dir = harness.pi_agent_dir(home)
     agent_dir.mkdir(parents=True, exist_ok=True)
-    (agent_dir / "models.json").write_text(json.dumps({"providers": {"helicone": {
-        "baseUrl": "https://oai.helicone.ai/v1", "api": "openai-completions", "apiKey": "$OPPER_API_KEY",
-        "models": [{"id": "gpt-4o-mini", "name": "GPT-4o mini via Helicone", "reasoning": False, "input": ["text"],
-                    "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000,
-                    "maxTokens": 8192}]}}}))
+    (agent_dir / "models.json").write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "helicone": {
+                        "baseUrl": "https://oai.helicone.ai/v1",
+                        "api": "openai-completions",
+                        "apiKey": "$OPPER_API_KEY",
+                        "models": [
+                            {
+                                "id": "gpt-4o-mini",
+                                "name": "GPT-4o mini via Helicone",
+                                "reasoning": False,
+                                "input": ["text"],
+                                "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+                                "contextWindow": 128000,
+                                "maxTokens": 8192,
+                            }
+                        ],
+                    }
+                }
+            }
+        )
+    )
 
 
 # -- a child pi, started by pi's bash tool ---------------------------------------------------------
@@ -82,8 +105,11 @@ def test_a_pi_started_by_pis_bash_tool_is_a_child_session(tmp_path, gateway):
         sessions = [r["session_ids"]["session"] for r in requests]
         assert sessions[0]["id"] == sessions[2]["id"] == parent_id != sessions[1]["id"]
         child_session = sessions[1]
-        assert (child_session["parent"], child_session["root"], child_session["subagent"]) == (parent_id, parent_id,
-                                                                                                 None)
+        assert (child_session["parent"], child_session["root"], child_session["subagent"]) == (
+            parent_id,
+            parent_id,
+            None,
+        )
         files = {harness.read_jsonl(f)[0]["id"] for f in harness.pi_session_files(home, work)}
         assert files == {parent_id, child_session["id"]}  # two sessions, each with its own file
         assert "child of" in requests[1]["comment"]
@@ -91,11 +117,17 @@ def test_a_pi_started_by_pis_bash_tool_is_a_child_session(tmp_path, gateway):
             parent_label = sessions[0]["label"]
             assert [header(r, "Helicone-Session-Id") for r in requests] == [parent_id] * 3
             assert [header(r, "Helicone-Session-Path") for r in requests] == [
-                f"/{parent_label}", f"/{parent_label}/{child_session['label']}", f"/{parent_label}"]
+                f"/{parent_label}",
+                f"/{parent_label}/{child_session['label']}",
+                f"/{parent_label}",
+            ]
         else:
             bodies = [json.loads(r["body"]) for r in requests]
-            assert [b["session_id"] for b in bodies] == [sessions[0]["label"], child_session["label"],
-                                                         sessions[0]["label"]]
+            assert [b["session_id"] for b in bodies] == [
+                sessions[0]["label"],
+                child_session["label"],
+                sessions[0]["label"],
+            ]
         lines = ledger_lines(p, 3)
         assert len(lines) == 3
         child_line = next(line for line in lines if line["session"] == child_session["id"])
@@ -103,7 +135,8 @@ def test_a_pi_started_by_pis_bash_tool_is_a_child_session(tmp_path, gateway):
         (tree,) = report(p, "--json", "--tree")
         assert (tree["session"], tree["requests"], tree["branch_count"]) == (parent_id, 3, 1)
         assert [(b["session"], b["parent"], b["requests"]) for b in tree["branches"]] == [
-            (child_session["id"], parent_id, 1)]
+            (child_session["id"], parent_id, 1)
+        ]
 
 
 # -- a rename, kept or followed -------------------------------------------------------------------
@@ -116,11 +149,12 @@ def test_a_renamed_pi_session_keeps_or_follows_its_openrouter_session_id(tmp_pat
     work.mkdir()
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], sets=[f"session_rename={rename}"]) as p:
         env = harness.agent_env(p, home, pi_version=PI)
-        harness.assert_ran(harness.run_pi(PI, [*OPENROUTER, "-p", "first [[bash: echo 1]]"], env, work,
-                                          timeout=120), p)
+        harness.assert_ran(harness.run_pi(PI, [*OPENROUTER, "-p", "first [[bash: echo 1]]"], env, work, timeout=120), p)
         # pi renames the session it continues (--name on -c): its file gets the new name
-        harness.assert_ran(harness.run_pi(PI, ["-c", "--name", "Release notes", *OPENROUTER, "-p", "second"], env,
-                                          work, timeout=120), p)
+        harness.assert_ran(
+            harness.run_pi(PI, ["-c", "--name", "Release notes", *OPENROUTER, "-p", "second"], env, work, timeout=120),
+            p,
+        )
         harness.assert_ran(harness.run_pi(PI, ["-c", *OPENROUTER, "-p", "third"], env, work, timeout=120), p)
         requests = p.requests()
         sent = [json.loads(r["body"])["session_id"] for r in requests]
@@ -144,8 +178,9 @@ def test_a_renamed_pi_session_keeps_or_follows_its_openrouter_session_id(tmp_pat
             assert changed == [] and group["sent_changes"] == []
         else:
             (line,) = changed
-            assert line["sent_changed"] == [{"target": "body.session_id", "from": session_id,
-                                             "to": f"release-notes-{session_id[-8:]}"}]
+            assert line["sent_changed"] == [
+                {"target": "body.session_id", "from": session_id, "to": f"release-notes-{session_id[-8:]}"}
+            ]
             assert group["sent_changes"][0]["to"] == f"release-notes-{session_id[-8:]}"
             assert "↻ sent body.session_id changed" in text
 
@@ -159,8 +194,9 @@ OPENCODE_CHILD = "ses_9f8e7d6c5b4a3f2e1d0c9b8a7f"
 
 
 def send(proxy, host, path, headers, text="hi"):
-    body = json.dumps({"model": "gpt-4o-mini", "stream": False,
-                       "messages": [{"role": "user", "content": text}]}).encode()
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "stream": False, "messages": [{"role": "user", "content": text}]}
+    ).encode()
     raw = odd_requests.build_h1("POST", path, host, [("Content-Type", "application/json"), *headers], body)
     status, _ = odd_requests.send_h1(proxy.port, str(proxy.ca_cert), host, raw)
     assert status == 200
@@ -171,36 +207,74 @@ def test_codex_and_opencode_sub_agents_by_their_headers(tmp_path):
     codex = [("User-Agent", "codex_exec/0.128.0"), ("originator", "codex_exec"), ("session-id", CODEX_ROOT)]
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
         own = send(p, "openrouter.ai", "/api/v1/chat/completions", [*codex, ("thread-id", CODEX_ROOT)])
-        sub = send(p, "openrouter.ai", "/api/v1/chat/completions",
-                   [*codex, ("thread-id", CODEX_SUB), ("x-codex-parent-thread-id", CODEX_ROOT),
-                    ("x-openai-subagent", "review")], "review this")
+        sub = send(
+            p,
+            "openrouter.ai",
+            "/api/v1/chat/completions",
+            [
+                *codex,
+                ("thread-id", CODEX_SUB),
+                ("x-codex-parent-thread-id", CODEX_ROOT),
+                ("x-openai-subagent", "review"),
+            ],
+            "review this",
+        )
         assert own["session_ids"]["session"].get("subagent") is None
         s = sub["session_ids"]["session"]
         assert (s["id"], s["subagent"], s["subagent_kind"], s["parent"], s["root"]) == (
-            CODEX_ROOT, CODEX_SUB, "review", CODEX_ROOT, CODEX_ROOT)
+            CODEX_ROOT,
+            CODEX_SUB,
+            "review",
+            CODEX_ROOT,
+            CODEX_ROOT,
+        )
         assert json.loads(sub["body"])["session_id"] == CODEX_ROOT  # the root's sticky key
         assert f"sub-agent {CODEX_SUB}" in sub["comment"]
-        helicone = send(p, "oai.helicone.ai", "/v1/chat/completions",
-                        [*codex, ("thread-id", CODEX_SUB), ("x-codex-parent-thread-id", CODEX_ROOT)])
+        helicone = send(
+            p,
+            "oai.helicone.ai",
+            "/v1/chat/completions",
+            [*codex, ("thread-id", CODEX_SUB), ("x-codex-parent-thread-id", CODEX_ROOT)],
+        )
         assert header(helicone, "Helicone-Session-Id") == CODEX_ROOT
         assert header(helicone, "Helicone-Session-Path") == f"/{CODEX_ROOT}/{CODEX_SUB}"
 
         oc = [("User-Agent", "opencode/1.18.33 ai-sdk/provider-utils/3.0.0 runtime/bun/1.3.5")]
-        parent = send(p, "oai.helicone.ai", "/v1/chat/completions",
-                      [*oc, ("x-session-affinity", OPENCODE_PARENT), ("X-Session-Id", OPENCODE_PARENT)])
-        child = send(p, "oai.helicone.ai", "/v1/chat/completions",
-                     [*oc, ("x-session-affinity", OPENCODE_CHILD), ("X-Session-Id", OPENCODE_CHILD),
-                      ("x-parent-session-id", OPENCODE_PARENT)], "task")
+        parent = send(
+            p,
+            "oai.helicone.ai",
+            "/v1/chat/completions",
+            [*oc, ("x-session-affinity", OPENCODE_PARENT), ("X-Session-Id", OPENCODE_PARENT)],
+        )
+        child = send(
+            p,
+            "oai.helicone.ai",
+            "/v1/chat/completions",
+            [
+                *oc,
+                ("x-session-affinity", OPENCODE_CHILD),
+                ("X-Session-Id", OPENCODE_CHILD),
+                ("x-parent-session-id", OPENCODE_PARENT),
+            ],
+            "task",
+        )
         assert parent["session_ids"]["session"]["id"] == OPENCODE_PARENT
         c = child["session_ids"]["session"]
-        assert (c["id"], c["parent"], c["root"], c["subagent"]) == (OPENCODE_CHILD, OPENCODE_PARENT, OPENCODE_PARENT,
-                                                                     OPENCODE_CHILD)
+        assert (c["id"], c["parent"], c["root"], c["subagent"]) == (
+            OPENCODE_CHILD,
+            OPENCODE_PARENT,
+            OPENCODE_PARENT,
+            OPENCODE_CHILD,
+        )
         assert header(child, "Helicone-Session-Id") == OPENCODE_PARENT
         assert header(child, "Helicone-Session-Path") == f"/{OPENCODE_PARENT}/{OPENCODE_CHILD}"
         lines = ledger_lines(p, 5)
         assert {(line["session"], line.get("subagent"), line.get("root")) for line in lines} == {
-            (CODEX_ROOT, None, None), (CODEX_ROOT, CODEX_SUB, CODEX_ROOT), (OPENCODE_PARENT, None, None),
-            (OPENCODE_CHILD, OPENCODE_CHILD, OPENCODE_PARENT)}
+            (CODEX_ROOT, None, None),
+            (CODEX_ROOT, CODEX_SUB, CODEX_ROOT),
+            (OPENCODE_PARENT, None, None),
+            (OPENCODE_CHILD, OPENCODE_CHILD, OPENCODE_PARENT),
+        }
         groups = {g["session"]: g for g in report(p, "--json")}
         assert (groups[CODEX_ROOT]["requests"], groups[CODEX_ROOT]["branch_count"]) == (3, 1)
         assert (groups[OPENCODE_PARENT]["requests"], groups[OPENCODE_PARENT]["branch_count"]) == (2, 1)
@@ -226,8 +300,12 @@ def test_claude_code_sub_agent_keeps_the_session_and_is_named(claude, tmp_path, 
     base = "https://openrouter.ai/api" if gateway == "openrouter" else "https://anthropic.helicone.ai"
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
         env = ac.claude_env(p, home, base_url=base)
-        result = ac.run_claude(["-p", f"parent task {USAGE} [[tool: Agent {json.dumps(call)}]] [[reply: parent done]]"],
-                               env, work, timeout=240)
+        result = ac.run_claude(
+            ["-p", f"parent task {USAGE} [[tool: Agent {json.dumps(call)}]] [[reply: parent done]]"],
+            env,
+            work,
+            timeout=240,
+        )
         harness.assert_ran(result, p)
         model = [r for r in p.requests() if "/v1/messages" in r["path"] and "count_tokens" not in r["path"]]
         subs = [r for r in model if header(r, "x-claude-code-agent-id")]
@@ -282,8 +360,9 @@ def test_opencode_task_sub_agent_is_a_child_session(opencode, tmp_path):
         env = ac.opencode_env(p, home, work)
         # opencode run quotes an argument holding a space (escaping its '"'): the prompt goes word
         # by word, and opencode joins the words with one space
-        result = ac.run_opencode(["run", "-m", ac.OPENCODE_OPENROUTER_MODEL, *prompt.split(" ")], env, work,
-                                 timeout=240)
+        result = ac.run_opencode(
+            ["run", "-m", ac.OPENCODE_OPENROUTER_MODEL, *prompt.split(" ")], env, work, timeout=240
+        )
         harness.assert_ran(result, p)
         sessions = dict(ac.opencode_sessions(home))
         assert len(sessions) == 2, sessions

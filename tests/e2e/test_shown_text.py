@@ -45,8 +45,9 @@ def _assert_shown(text: str, where: str) -> None:
 
 
 def _cli(*args: str) -> str:
-    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=WAIT_S,
-                          env={**os.environ, "COLUMNS": "160"})
+    done = subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=WAIT_S, env={**os.environ, "COLUMNS": "160"}
+    )
     assert done.returncode == 0 and not done.stderr, (args, done.returncode, done.stderr)
     return done.stdout
 
@@ -66,8 +67,13 @@ def test_a_hostile_model_process_name_and_folder_are_shown_as_escapes_in_every_v
     folder.mkdir()
     proxy = proxy_for(upstream, tmp_path)
     with proxy:
-        done = subprocess.run([sys.executable, "-c", CLIENT, str(proxy.port), NAME, f"m/{HOSTILE}", OPENROUTER],
-                              cwd=folder, capture_output=True, text=True, timeout=WAIT_S)
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(proxy.port), NAME, f"m/{HOSTILE}", OPENROUTER],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
         assert done.stdout.strip() == "200", done
         path = proxy.confdir / "agent-session-ids" / "usage.jsonl"
         (record,) = _ledger_lines(path, 1)

@@ -62,8 +62,9 @@ def _plan(tmp_path, home) -> list:
         name = f"soak task {i}" if i % 4 == 0 else None
         # decoys: another session in the same cwd with a different first turn, and one with the same
         # first turn in another agent's cwd
-        fake_agent.write_pi_session(str(home), str(cwd), str(uuid.uuid4()), f"decoy of {i}", 1,
-                                    ts="2026-05-01T00:00:00.000Z")
+        fake_agent.write_pi_session(
+            str(home), str(cwd), str(uuid.uuid4()), f"decoy of {i}", 1, ts="2026-05-01T00:00:00.000Z"
+        )
         fake_agent.write_pi_session(str(home), str(cwd), sid, f"soak session {i}", n, name)
         label = {sid}
         if name:
@@ -93,10 +94,22 @@ def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
         t0 = time.monotonic()
         results = {}
         for start in range(0, len(plan), PARALLEL):
-            batch = plan[start:start + PARALLEL]
-            procs = {tag: run_agent(proxy, home, cwd, wait=False, tag=tag, first_user=first, n_assistant=n,
-                                    requests=REQUESTS, connection="mixed", timeout=60)
-                     for tag, cwd, first, n, _ in batch}
+            batch = plan[start : start + PARALLEL]
+            procs = {
+                tag: run_agent(
+                    proxy,
+                    home,
+                    cwd,
+                    wait=False,
+                    tag=tag,
+                    first_user=first,
+                    n_assistant=n,
+                    requests=REQUESTS,
+                    connection="mixed",
+                    timeout=60,
+                )
+                for tag, cwd, first, n, _ in batch
+            }
             for tag, p in procs.items():
                 results[tag] = finish(p, timeout=max(600, REQUESTS * 5))
         elapsed = time.monotonic() - t0
@@ -126,15 +139,27 @@ def test_soak_many_agents_no_request_lost_failed_or_misattributed(tmp_path):
             else:
                 misattributed += 1  # another session's ID
                 wrong.append((tag, value, why))
-    figures = {"agents": AGENTS, "requests per agent": REQUESTS, "requests tried": sent,
-               "received": len(records), "failed": len(failed), "lost": lost, "misattributed": misattributed,
-               "without their session": unattributed,
-               "seconds": round(elapsed, 1), "requests/s": round(sent / elapsed, 1)}
+    figures = {
+        "agents": AGENTS,
+        "requests per agent": REQUESTS,
+        "requests tried": sent,
+        "received": len(records),
+        "failed": len(failed),
+        "lost": lost,
+        "misattributed": misattributed,
+        "without their session": unattributed,
+        "seconds": round(elapsed, 1),
+        "requests/s": round(sent / elapsed, 1),
+    }
     if rss:
         values = [v for _, v in rss]
-        figures["rss_mb"] = {"first": round(values[0] / 1024, 1), "min": round(min(values) / 1024, 1),
-                             "max": round(max(values) / 1024, 1), "last": round(values[-1] / 1024, 1),
-                             "samples": len(values)}
+        figures["rss_mb"] = {
+            "first": round(values[0] / 1024, 1),
+            "min": round(min(values) / 1024, 1),
+            "max": round(max(values) / 1024, 1),
+            "last": round(values[-1] / 1024, 1),
+            "samples": len(values),
+        }
     print("\nsoak figures:", json.dumps(figures))
     assert "Traceback" not in output, output[-3000:]
     assert not failed, failed[:5]

@@ -42,13 +42,11 @@ def test_openrouter_openai_model(pi_version, proxy, dirs):
     result = _run(pi_version, proxy, dirs, OPENROUTER_OPENAI + ["-p", "hello there"])
     assert result.stdout.strip() == "ok"
     (req,) = proxy.requests()
-    assert (req["host"], req["method"], req["path"]) == (
-        "openrouter.ai", "POST", "/api/v1/chat/completions")
+    assert (req["host"], req["method"], req["path"]) == ("openrouter.ai", "POST", "/api/v1/chat/completions")
     assert header(req, "authorization") == "Bearer " + harness.FAKE_KEYS["OPENROUTER_API_KEY"]
     body = json.loads(req["body"])
     assert body["stream"] is True
-    assert body["messages"][-1] == {"role": "user",
-                                    "content": [{"type": "text", "text": "hello there"}]}
+    assert body["messages"][-1] == {"role": "user", "content": [{"type": "text", "text": "hello there"}]}
     (session_file,) = pi_session_files(*dirs)
     if harness.pi_sends_session_id(pi_version):
         assert header(req, "x-session-id") == _session_uuid(session_file)
@@ -139,8 +137,7 @@ def test_session_file_written(pi_version, proxy, dirs):
     head = entries[0]
     assert head["type"] == "session" and head["cwd"] == str(work)
     assert session_file.name.endswith("_" + head["id"] + ".jsonl")
-    users = [e["message"] for e in entries
-             if e["type"] == "message" and e["message"]["role"] == "user"]
+    users = [e["message"] for e in entries if e["type"] == "message" and e["message"]["role"] == "user"]
     assert users[0]["content"] == [{"type": "text", "text": "remember me [[bash: true]]"}]
     roles = [e["message"]["role"] for e in entries if e["type"] == "message"]
     assert roles[-3:] == ["assistant", "toolResult", "assistant"]
@@ -165,8 +162,7 @@ def test_proxy_restart_keeps_port_and_ca(pi_version, proxy, dirs):
     _run(pi_version, proxy, dirs, OPENROUTER_OPENAI + ["-c", "-p", "after"])
     reqs = proxy.requests()
     assert len(reqs) == 2  # the log survives the restart
-    texts = [m["content"][0]["text"] for m in json.loads(reqs[1]["body"])["messages"]
-             if m["role"] == "user"]
+    texts = [m["content"][0]["text"] for m in json.loads(reqs[1]["body"])["messages"] if m["role"] == "user"]
     assert texts == ["before", "after"]
     assert proxy.output().count("listening at") == 2
 
@@ -202,15 +198,20 @@ def test_guard_blocks_network_when_an_earlier_script_raises(tmp_path):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-@pytest.mark.parametrize("path,body", [
-    ("/api/v1/chat/completions",
-     {"model": "m", "messages": [{"role": "user", "content": "[[bash: ls]]"}]}),
-    ("/api/v1/messages",
-     {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "[[bash: ls]]"}]}),
-    ("/api/v1/responses",
-     {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text",
-                                                             "text": "[[bash: ls]]"}]}]}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/api/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "[[bash: ls]]"}]}),
+        (
+            "/api/v1/messages",
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "[[bash: ls]]"}]},
+        ),
+        (
+            "/api/v1/responses",
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "[[bash: ls]]"}]}]},
+        ),
+    ],
+)
 def test_standin_answers_all_api_shapes(tmp_path, path, body, stream):
     with Mitmdump(scripts=[harness.STANDIN_SCRIPT]) as p:
         ctx = ssl.create_default_context(cafile=str(p.ca_cert))
@@ -219,7 +220,8 @@ def test_standin_answers_all_api_shapes(tmp_path, path, body, stream):
             urllib.request.HTTPSHandler(context=ctx),
         )
         req = urllib.request.Request(
-            "https://api.opper.ai" + path, data=json.dumps({**body, "stream": stream}).encode(),
+            "https://api.opper.ai" + path,
+            data=json.dumps({**body, "stream": stream}).encode(),
             headers={"content-type": "application/json", "X-Mixed-Case": "v"},
         )
         with opener.open(req, timeout=10) as resp:
@@ -231,7 +233,7 @@ def test_standin_answers_all_api_shapes(tmp_path, path, body, stream):
         if stream:
             assert ctype.startswith("text/event-stream")
             assert '"bash"' in text
-            assert ("[DONE]" in text or "message_stop" in text or "response.completed" in text)
+            assert "[DONE]" in text or "message_stop" in text or "response.completed" in text
         else:
             obj = json.loads(text)
             assert "usage" in obj and '"bash"' in text

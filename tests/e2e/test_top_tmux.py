@@ -47,15 +47,31 @@ def ts(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def line(session: str, agent: str, cwd: str, provider: str = "Anthropic", label: str | None = None,
-         model: str = "anthropic/claude-sonnet-4", at: float | None = None, **figures) -> bytes:
+def line(
+    session: str,
+    agent: str,
+    cwd: str,
+    provider: str = "Anthropic",
+    label: str | None = None,
+    model: str = "anthropic/claude-sonnet-4",
+    at: float | None = None,
+    **figures,
+) -> bytes:
     record = {"ts": ts(time.time() if at is None else at), "session": session}
     if label is not None:
         record["label"] = label
-    record.update(agent=agent, cwd=cwd, rule="openrouter-session-id", host="openrouter.ai", model=model,
-                  served_model=model, provider=provider, status=200, stream=True)
-    record.update({"input_tokens": 12000, "cache_read_tokens": 11040, "output_tokens": 240, "cost": 0.0041,
-                   **figures})
+    record.update(
+        agent=agent,
+        cwd=cwd,
+        rule="openrouter-session-id",
+        host="openrouter.ai",
+        model=model,
+        served_model=model,
+        provider=provider,
+        status=200,
+        stream=True,
+    )
+    record.update({"input_tokens": 12000, "cache_read_tokens": 11040, "output_tokens": 240, "cost": 0.0041, **figures})
     return (json.dumps(record, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
 
 
@@ -78,16 +94,23 @@ class Pane:
         self.name = f"asi-top-{os.getpid()}-{secrets.token_hex(4)}"
         self.config = tmp / "tmux.conf"
         # the pane stays after its command ends; no status bar, so the pane is the whole window
-        self.config.write_text("set -g remain-on-exit on\nset -g status off\nset -g history-limit 0\n"
-                               "set -g default-shell /bin/sh\n")
+        self.config.write_text(
+            "set -g remain-on-exit on\nset -g status off\nset -g history-limit 0\nset -g default-shell /bin/sh\n"
+        )
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("TMUX")}, **UTF8}
         self.status_file = tmp / "top.status"
         self.started = False
         self.socket: Path | None = None
 
     def tmux(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run([TMUX, "-u", "-L", self.name, "-f", str(self.config), *args], env=self.env,
-                                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [TMUX, "-u", "-L", self.name, "-f", str(self.config), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         if check:
             assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout
@@ -96,8 +119,12 @@ class Pane:
         # the shell the pane runs writes the command's exit status to a file once it ends (tmux's own
         # #{pane_dead_status} is not always set: tmux 3.3a sometimes reaps its pane's process late)
         self.status_file.unlink(missing_ok=True)
-        command = (" ".join(f"{k}={v}" for k, v in lang.items()) + " " + shlex.join(argv)
-                   + f"; echo $? > {shlex.quote(str(self.status_file))}")
+        command = (
+            " ".join(f"{k}={v}" for k, v in lang.items())
+            + " "
+            + shlex.join(argv)
+            + f"; echo $? > {shlex.quote(str(self.status_file))}"
+        )
         self.tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), command)
         self.started = True
         self.socket = Path(self.show("#{socket_path}"))
@@ -199,27 +226,57 @@ def test_top_in_a_terminal_follows_the_ledger_redraws_on_resize_and_quits_on_q(p
     pane.start(top_argv(ledger), 100, 30)
 
     screen = pane.wait(lambda s: "fix" in rows(s) and total_line(s), "the first session")
-    assert re.fullmatch(r"agent-session-ids top · 1 sessions? active in the last 1h 00m · \d\d:\d\d:\d\d",
-                        screen[0].rstrip()), screen[0]
+    assert re.fullmatch(
+        r"agent-session-ids top · 1 sessions? active in the last 1h 00m · \d\d:\d\d:\d\d", screen[0].rstrip()
+    ), screen[0]
     assert screen[1].rstrip() == f"ledger {ledger}"
     assert titles_line(screen).split() == TITLES
     s1 = cells(rows(screen)["fix"])
-    assert (s1["AGENT"], s1["PROJECT"], s1["REQS"], s1["INPUT"], s1["HIT"], s1["SESS"], s1["COST"],
-            s1["PROVIDER"]) == ("pi", "alpha", "1", "12.0k", "92%", "92%", "$0.0041", "Anthropic"), s1
+    assert (s1["AGENT"], s1["PROJECT"], s1["REQS"], s1["INPUT"], s1["HIT"], s1["SESS"], s1["COST"], s1["PROVIDER"]) == (
+        "pi",
+        "alpha",
+        "1",
+        "12.0k",
+        "92%",
+        "92%",
+        "$0.0041",
+        "Anthropic",
+    ), s1
     assert fits(s1["SESSION"], "fix the parser") and fits(s1["MODEL"], "claude-sonnet-4"), s1
     assert any(text.startswith("q quit") for text in screen), screen
 
     # a second session, and a second turn of the first: one write, as the writer batches lines
     now = time.time()
-    append(ledger, line("s2", "claude", "/x/beta", provider="Google", model="claude-opus-4-8", at=now - 1,
-                        input_tokens=20000, cache_read_tokens=5000, cost=0.0125)
-           + line("s1", "pi", "/x/alpha", label="fix the parser", at=now, cost=0.0059))
-    screen = pane.wait(lambda s: "s2" in rows(s) and cells(rows(s).get("fix", ["?"] * 11))["REQS"] == "2",
-                       "the new session and the first one's second turn")
+    append(
+        ledger,
+        line(
+            "s2",
+            "claude",
+            "/x/beta",
+            provider="Google",
+            model="claude-opus-4-8",
+            at=now - 1,
+            input_tokens=20000,
+            cache_read_tokens=5000,
+            cost=0.0125,
+        )
+        + line("s1", "pi", "/x/alpha", label="fix the parser", at=now, cost=0.0059),
+    )
+    screen = pane.wait(
+        lambda s: "s2" in rows(s) and cells(rows(s).get("fix", ["?"] * 11))["REQS"] == "2",
+        "the new session and the first one's second turn",
+    )
     s1, s2 = cells(rows(screen)["fix"]), cells(rows(screen)["s2"])
     assert (s1["REQS"], s1["COST"], s1["SESS"]) == ("2", "$0.0100", "92%"), s1
-    assert (s2["AGENT"], s2["PROJECT"], s2["REQS"], s2["INPUT"], s2["HIT"], s2["COST"], s2["PROVIDER"]) == \
-        ("claude", "beta", "1", "20.0k", "25%", "$0.0125", "Google"), s2
+    assert (s2["AGENT"], s2["PROJECT"], s2["REQS"], s2["INPUT"], s2["HIT"], s2["COST"], s2["PROVIDER"]) == (
+        "claude",
+        "beta",
+        "1",
+        "20.0k",
+        "25%",
+        "$0.0125",
+        "Google",
+    ), s2
     assert fits(s2["MODEL"], "claude-opus-4-8"), s2
     assert screen[0].startswith("agent-session-ids top · 2 sessions active")
     # the latest activity first: s1's second turn came after s2's
@@ -243,8 +300,10 @@ def test_top_in_a_terminal_follows_the_ledger_redraws_on_resize_and_quits_on_q(p
     # a smaller terminal: the table is laid out again for 80 columns, every row still there
     pane.tmux("resize-window", "-t", "top", "-x", "80", "-y", "24")
     assert pane.show("#{pane_width}x#{pane_height}") == "80x24"
-    screen = pane.wait(lambda s: (titles_line(s) or "").split() == TITLES and len(rows(s)) == 3
-                       and max(len(t) for t in s) <= 80, "the table fitted to 80 columns")
+    screen = pane.wait(
+        lambda s: (titles_line(s) or "").split() == TITLES and len(rows(s)) == 3 and max(len(t) for t in s) <= 80,
+        "the table fitted to 80 columns",
+    )
     assert all(len(text) <= 80 for text in screen), screen
     laid_out = {cells(words)["PROJECT"]: cells(words) for words in rows(screen).values()}
     assert set(laid_out) == {"alpha", "beta", "gamma"}, screen
@@ -297,8 +356,9 @@ def test_top_in_a_terminal_follows_the_ledger_through_a_rotation(pane, tmp_path)
     os.replace(ledger, tmp_path / "usage.jsonl.1")  # ...then the rotation, before top has read it
     append(ledger, line("s1", "pi", "/x/alpha", label="rotating") + line("s2", "claude", "/x/beta", label="fresh"))
     screen = pane.wait(lambda s: "fresh" in rows(s), "the session of the new file")
-    screen = pane.wait(lambda s: cells(rows(s).get("rotating", ["?"] * 11))["REQS"] == "3",
-                       "all three turns of the first session")
+    screen = pane.wait(
+        lambda s: cells(rows(s).get("rotating", ["?"] * 11))["REQS"] == "3", "all three turns of the first session"
+    )
     assert cells(rows(screen)["fresh"])["REQS"] == "1"
     pane.ticks(1)  # and it stays so: nothing is read twice
     screen = pane.screen()
@@ -340,8 +400,11 @@ def test_top_in_a_c_locale_terminal_marks_a_flip_in_ascii(pane, tmp_path):
     # curses cannot draw ⚠ or · where the locale is C: it would drop them, and the flip's mark with them
     ledger = tmp_path / "usage.jsonl"
     now = time.time()
-    append(ledger, line("s1", "pi", "/x/alpha", provider="Anthropic", at=now - 20)
-           + line("s1", "pi", "/x/alpha", provider="Google", at=now - 10))
+    append(
+        ledger,
+        line("s1", "pi", "/x/alpha", provider="Anthropic", at=now - 20)
+        + line("s1", "pi", "/x/alpha", provider="Google", at=now - 10),
+    )
     pane.start(top_argv(ledger), 100, 24, lang={"LANG": "C", "LC_ALL": "C"})
     screen = pane.wait(lambda s: "s1" in rows(s), "the session")
     assert cells(rows(screen)["s1"])["PROVIDER"] == "!Google", screen
@@ -365,8 +428,10 @@ def test_top_in_a_terminal_shows_a_session_of_a_ledger_rewritten_in_place_to_a_l
         os.pwrite(fd, rewritten, 0)
     finally:
         os.close(fd)
-    screen = pane.wait(lambda s: any(cells(words)["PROJECT"] == "after" for words in rows(s).values()),
-                       "the session written after the rewrite")
+    screen = pane.wait(
+        lambda s: any(cells(words)["PROJECT"] == "after" for words in rows(s).values()),
+        "the session written after the rewrite",
+    )
     assert "unreadable" not in screen[1], screen
     pane.tmux("send-keys", "-t", "top", "q")
     assert pane.exit_status() == "0"

@@ -54,8 +54,13 @@ KILLS_WITH_STATE = 3  # ... of which this many find a state file to read back
 
 # Figures for the README's "Reliability" section, filled in by the tests of this module and
 # printed at the end of the session (pytest -s shows them).
-FIGURES = {"requests tried": 0, "malformed inputs tried": 0, "faults injected": 0,
-           "requests lost": 0, "requests misattributed": 0}
+FIGURES = {
+    "requests tried": 0,
+    "malformed inputs tried": 0,
+    "faults injected": 0,
+    "requests lost": 0,
+    "requests misattributed": 0,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,13 +73,15 @@ def _print_figures():
 
 
 def start_proxy(*sets: str, scripts=None, **kw) -> Mitmdump:
-    return Mitmdump(scripts=scripts or [ADDON, harness.STANDIN_SCRIPT],
-                    sets=["flow_detail=0", *sets], **kw)
+    return Mitmdump(scripts=scripts or [ADDON, harness.STANDIN_SCRIPT], sets=["flow_detail=0", *sets], **kw)
 
 
 def agent_env(home: Path | str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().endswith("_PROXY") and not k.upper().startswith(("PI_", "OPENROUTER"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.upper().startswith(("PI_", "OPENROUTER"))
+    }
     env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1", **extra)
     return env
 
@@ -85,8 +92,15 @@ def run_agent(proxy: Mitmdump, home, cwd, python=None, env_extra=None, wait=True
     cfg.setdefault("ca", str(proxy.ca_cert))
     cfg.setdefault("timeout", CLIENT_TIMEOUT)
     argv = [python or sys.executable, FAKE_AGENT, json.dumps(cfg)]
-    p = subprocess.Popen(argv, cwd=str(cwd), env=agent_env(home, **(env_extra or {})),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        argv,
+        cwd=str(cwd),
+        env=agent_env(home, **(env_extra or {})),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if not wait:
         return p
     return finish(p)
@@ -148,8 +162,9 @@ def describe_ms(values: list[float]) -> str:
     if not values:
         return "n/a"
     s = sorted(values)
-    return (f"n={len(s)} median={s[len(s) // 2]:.1f}ms p95={s[min(len(s) - 1, int(len(s) * 0.95))]:.1f}ms "
-            f"max={s[-1]:.1f}ms")
+    return (
+        f"n={len(s)} median={s[len(s) // 2]:.1f}ms p95={s[min(len(s) - 1, int(len(s) * 0.95))]:.1f}ms max={s[-1]:.1f}ms"
+    )
 
 
 @pytest.fixture
@@ -173,8 +188,9 @@ def test_fake_agent_is_resolved_to_the_session_it_continues(proxy, home, tmp_pat
     cwd.mkdir()
     sid, _ = make_session(home, cwd, "fix the login bug", n_assistant=2)
     other, _ = make_session(home, cwd, "an unrelated session", n_assistant=1, ts="2026-05-07T12:00:00.000Z")
-    lines = run_agent(proxy, home, cwd, tag="a1", first_user="fix the login bug", n_assistant=2, requests=3,
-                      connection="mixed")
+    lines = run_agent(
+        proxy, home, cwd, tag="a1", first_user="fix the login bug", n_assistant=2, requests=3, connection="mixed"
+    )
     assert lines[-1] == {"done": True, "ok": 3, "failed": 0}, lines
     records = by_tag(standin_records(proxy), "a1")
     assert len(records) == 3
@@ -202,8 +218,9 @@ def _expected_h1_headers(odd, host: str) -> list[tuple[str, str]]:
 def _send_corpus_h1(proxy, host: str, path: str):
     sent = {}
     for odd in odd_requests.corpus():
-        raw = odd_requests.build_h1(odd.method, path, host, odd_requests.request_headers(odd, host), odd.wire(),
-                                    odd.chunked)
+        raw = odd_requests.build_h1(
+            odd.method, path, host, odd_requests.request_headers(odd, host), odd.wire(), odd.chunked
+        )
         status, _ = odd_requests.send_h1(proxy.port, proxy.ca_cert, host, raw, timeout=CLIENT_TIMEOUT)
         sent[odd.name] = (odd, status)
     return sent
@@ -290,16 +307,33 @@ def test_corpus_to_openrouter_changes_only_the_inserted_session_id(proxy):
 
 
 def test_corpus_over_http2(proxy):
-    picked = {o.name: o for o in odd_requests.corpus()
-              if o.name in ("plain-json", "unicode", "numbers", "dup-session-id", "not-json", "empty-body",
-                            "gzip-json", "br-json", "zstd-json", "deflate-json", "large-512k", "array")}
+    picked = {
+        o.name: o
+        for o in odd_requests.corpus()
+        if o.name
+        in (
+            "plain-json",
+            "unicode",
+            "numbers",
+            "dup-session-id",
+            "not-json",
+            "empty-body",
+            "gzip-json",
+            "br-json",
+            "zstd-json",
+            "deflate-json",
+            "large-512k",
+            "array",
+        )
+    }
     tried = 0
     for host, path in (("openrouter.ai", "/api/v1/chat/completions"), ("example.com", "/v1/h2")):
         for odd in picked.values():
             headers = [(k, v) for k, v in odd_requests.request_headers(odd, host)]
             headers.append(("content-length", str(len(odd.wire()))))
-            status, _, alpn = odd_requests.send_h2(proxy.port, proxy.ca_cert, host, odd.method, path, headers,
-                                                   odd.wire(), timeout=CLIENT_TIMEOUT)
+            status, _, alpn = odd_requests.send_h2(
+                proxy.port, proxy.ca_cert, host, odd.method, path, headers, odd.wire(), timeout=CLIENT_TIMEOUT
+            )
             if alpn != "h2":
                 pytest.skip(f"mitmproxy did not negotiate HTTP/2 with the client (ALPN {alpn!r})")
             assert status in (200, 404), (odd.name, status)
@@ -378,7 +412,7 @@ class RecordingUpstream:
                 size = int(size_line.split(b";")[0], 16)
                 if size == 0:
                     break
-                body, buf = body + buf[:size], buf[size + 2:]
+                body, buf = body + buf[:size], buf[size + 2 :]
         return {"request_line": lines[0].decode(), "headers": hdrs, "body": body}
 
     def close(self) -> None:
@@ -409,7 +443,10 @@ def _send_streamed(tmp_path, cases) -> tuple[list[dict], str]:
     try:
         with Mitmdump(scripts=[ADDON, redirect], sets=["stream_large_bodies=1k", "flow_detail=0"]) as p:
             for host, path, chunked in cases:
-                headers = [("Content-Type", "application/json"), ("Authorization", "Bearer " + SECRETS["authorization"])]
+                headers = [
+                    ("Content-Type", "application/json"),
+                    ("Authorization", "Bearer " + SECRETS["authorization"]),
+                ]
                 raw = odd_requests.build_h1("POST", path, host, headers, STREAMED_BODY, chunked=chunked)
                 status, _ = odd_requests.send_h1(p.port, p.ca_cert, host, raw, timeout=CLIENT_TIMEOUT)
                 assert status == 200, (host, path, status, p.output()[-2000:])
@@ -430,8 +467,9 @@ def _check_streamed(cases, received):
         assert names["authorization"] == "Bearer " + SECRETS["authorization"]
         if host == "opencode.ai":
             value = names.get("x-opencode-session")
-            assert value and len(value) <= 30 and value.isprintable() and value.isascii(), \
+            assert value and len(value) <= 30 and value.isprintable() and value.isascii(), (
                 f"{host}{path} (chunked={chunked}): no x-opencode-session reached the gateway: {names}"
+            )
             assert names.get("x-opencode-client")
         else:
             assert "x-opencode-session" not in names and "x-opencode-client" not in names
@@ -444,8 +482,11 @@ def test_streamed_body_gets_header_rules_and_is_passed_on_untouched(tmp_path):
     the upstream, so this test puts a recording HTTP server on 127.0.0.1 behind mitmdump (the
     stand-in answers in `request`, which a streamed body has already passed). Header rules still
     apply; the body arrives as sent; the skipped body edit is reported."""
-    cases = [("openrouter.ai", "/api/v1/chat/completions", False), ("opencode.ai", "/zen/v1/chat/completions", False),
-             ("example.com", "/v1/streamed", False)]
+    cases = [
+        ("openrouter.ai", "/api/v1/chat/completions", False),
+        ("opencode.ai", "/zen/v1/chat/completions", False),
+        ("example.com", "/v1/streamed", False),
+    ]
     received, out = _send_streamed(tmp_path, cases)
     _check_streamed(cases, received)
     assert "the body is streamed" in out, out[-3000:]
@@ -539,14 +580,15 @@ def test_hostile_session_names_and_ids_never_inject_a_header_or_break_the_json(h
     sessions = {  # tag -> (first user, header id, name)
         "named": ("hostile name", new_uuid(), long_name),
         "bad-id": ("hostile id", long_id, None),
-        "both": ("hostile both", "short\r\nX-Injected: 3\x00\"", EVIL),
+        "both": ("hostile both", 'short\r\nX-Injected: 3\x00"', EVIL),
         "only-controls": ("hostile controls", new_uuid(), "\r\n\x00\x7f\u2028"),
         "quotes": ("hostile quotes", '"},{"injected":true,"x":"', '"},"session_id":"x'),
     }
     for i, (first, sid, name) in enumerate(sessions.values()):
         # the file name keeps a plain uuid (a name cannot hold NUL or '/'); the header id is hostile
-        path = fake_agent.write_pi_session(str(home), str(cwd), new_uuid(), first, 1, name,
-                                           ts=f"2026-05-0{i + 1}T12:00:00.000Z")
+        path = fake_agent.write_pi_session(
+            str(home), str(cwd), new_uuid(), first, 1, name, ts=f"2026-05-0{i + 1}T12:00:00.000Z"
+        )
         lines = Path(path).read_text().splitlines()
         header_record = json.loads(lines[0])
         header_record["id"] = sid
@@ -556,8 +598,17 @@ def test_hostile_session_names_and_ids_never_inject_a_header_or_break_the_json(h
     targets = [OPENROUTER, OPENCODE, OPPER, NAMES_TEST]
     with start_proxy(f"session_rules={rules}") as proxy:
         for tag, (first, _sid, _name) in sessions.items():
-            lines = run_agent(proxy, home, cwd, tag=tag, first_user=first, n_assistant=1, requests=len(targets),
-                              targets=targets, connection="new")
+            lines = run_agent(
+                proxy,
+                home,
+                cwd,
+                tag=tag,
+                first_user=first,
+                n_assistant=1,
+                requests=len(targets),
+                targets=targets,
+                connection="new",
+            )
             assert lines[-1]["ok"] == len(targets), (lines, proxy.output()[-3000:])
         records = standin_records(proxy)
         out = proxy.output()
@@ -640,7 +691,9 @@ def _fill_hostile_folder(folder: Path, cwd: Path) -> dict:
     with open(folder / "2026-01-01T00-00-01-000Z_longhead.jsonl", "wb") as f:
         f.write(json.dumps({"type": "session", "version": 3, "id": new_uuid(), "cwd": str(cwd)}).encode() + b"\n")
         f.write(b'{"type":"custom","data":"' + b"x" * (100 << 20) + b'"}\n')
-        f.write(json.dumps({"type": "message", "message": {"role": "user", "content": "longhead session"}}).encode() + b"\n")
+        f.write(
+            json.dumps({"type": "message", "message": {"role": "user", "content": "longhead session"}}).encode() + b"\n"
+        )
     faults["100MB-line-in-head"] = 1
     # binary garbage
     (folder / "2026-01-01T00-00-02-000Z_garbage.jsonl").write_bytes(random.Random(4).randbytes(1 << 20))
@@ -657,15 +710,30 @@ def _fill_hostile_folder(folder: Path, cwd: Path) -> dict:
     (folder / "dir.jsonl").mkdir()
     os.symlink("/dev/zero", folder / "zero.jsonl")
     os.symlink("/dev/urandom", folder / "urandom.jsonl")
-    faults.update({"symlink-self-loop": 1, "symlink-loop-pair": 1, "dangling-symlink": 1, "fifo": 1,
-                   "directory": 1, "/dev/zero": 1, "/dev/urandom": 1})
+    faults.update(
+        {
+            "symlink-self-loop": 1,
+            "symlink-loop-pair": 1,
+            "dangling-symlink": 1,
+            "fifo": 1,
+            "directory": 1,
+            "/dev/zero": 1,
+            "/dev/urandom": 1,
+        }
+    )
     real = {}
     # a session whose file has a 100 MB line AFTER its first user turn (its tail is read)
     sid = new_uuid()
     with open(folder / f"2026-01-02T00-00-00-000Z_{sid}.jsonl", "wb") as f:
-        f.write(json.dumps({"type": "session", "version": 3, "id": sid, "timestamp": "2026-01-02T00:00:00.000Z",
-                            "cwd": str(cwd)}).encode() + b"\n")
-        f.write(json.dumps({"type": "message", "message": {"role": "user", "content": "tail long line"}}).encode() + b"\n")
+        f.write(
+            json.dumps(
+                {"type": "session", "version": 3, "id": sid, "timestamp": "2026-01-02T00:00:00.000Z", "cwd": str(cwd)}
+            ).encode()
+            + b"\n"
+        )
+        f.write(
+            json.dumps({"type": "message", "message": {"role": "user", "content": "tail long line"}}).encode() + b"\n"
+        )
         f.write(b'{"type":"message","message":{"role":"assistant","stopReason":"stop"}}\n')
         f.write(b'{"type":"custom","data":"' + b"y" * (100 << 20) + b'"}\n')
         f.write(b'{"type":"message","message":{"role":"assistant","stopReason":"stop"}}\n')
@@ -673,15 +741,21 @@ def _fill_hostile_folder(folder: Path, cwd: Path) -> dict:
     faults["100MB-line-in-tail"] = 1
     # a session truncated mid-write (its last line is cut)
     sid = new_uuid()
-    path = Path(fake_agent.write_pi_session("", str(cwd), sid, "truncated session", 1, folder=str(folder),
-                                            ts="2026-01-03T00:00:00.000Z"))
+    path = Path(
+        fake_agent.write_pi_session(
+            "", str(cwd), sid, "truncated session", 1, folder=str(folder), ts="2026-01-03T00:00:00.000Z"
+        )
+    )
     path.write_bytes(path.read_bytes() + b'{"type":"message","message":{"role":"assis')
     real["truncated session"] = (sid, 1)
     faults["truncated-last-line"] = 1
     # a mode-0000 session file (root still reads it: tests run as root)
     sid = new_uuid()
-    path = Path(fake_agent.write_pi_session("", str(cwd), sid, "unreadable session", 1, folder=str(folder),
-                                            ts="2026-01-04T00:00:00.000Z"))
+    path = Path(
+        fake_agent.write_pi_session(
+            "", str(cwd), sid, "unreadable session", 1, folder=str(folder), ts="2026-01-04T00:00:00.000Z"
+        )
+    )
     path.chmod(0)
     real["unreadable session"] = (sid, 1)
     faults["mode-0000"] = 1
@@ -824,17 +898,32 @@ def test_a_client_that_exits_right_after_sending_never_gets_another_sessions_id(
             procs = []
             for i in range(sent, sent + 16):
                 cwd, first = (a_cwd, "session of A") if i % 2 == 0 else (b_cwd, "session of B")
-                procs.append(run_agent(proxy, home, cwd, wait=False, ca=None, mode="exit-after-send",
-                                       tag=f"exit-{i}", first_user=first, n_assistant=1))
+                procs.append(
+                    run_agent(
+                        proxy,
+                        home,
+                        cwd,
+                        wait=False,
+                        ca=None,
+                        mode="exit-after-send",
+                        tag=f"exit-{i}",
+                        first_user=first,
+                        n_assistant=1,
+                    )
+                )
             for p in procs:
                 p.communicate(timeout=CLIENT_TIMEOUT)
             sent += 16
             # the proxy is done with a request once the addon has decided for it or its flow died
             tags = {f"exit-{i}" for i in range(sent)}
-            assert _wait_for(lambda tags=tags: tags <= {e["tag"] for e in _observed(log)}, timeout=120), \
+            assert _wait_for(lambda tags=tags: tags <= {e["tag"] for e in _observed(log)}, timeout=120), (
                 f"the proxy never finished with {sorted(tags - {e['tag'] for e in _observed(log)})}"
-            decided = {int(e["tag"][5:]): e["session"] for e in _observed(log)
-                       if e["event"] == "request" and e["session"] and (e["tag"] or "").startswith("exit-")}
+            )
+            decided = {
+                int(e["tag"][5:]): e["session"]
+                for e in _observed(log)
+                if e["event"] == "request" and e["session"] and (e["tag"] or "").startswith("exit-")
+            }
         records = standin_records(proxy)
         assert proxy._proc.poll() is None
     assert len(decided) >= 4, f"the addon decided for only {len(decided)} of {sent} requests: {_observed(log)[-5:]}"
@@ -847,8 +936,10 @@ def test_a_client_that_exits_right_after_sending_never_gets_another_sessions_id(
         for r in by_tag(records, f"exit-{i}"):
             arrived += 1
             assert sent_session_id(r) == decided.get(i), (i, sent_session_id(r), decided.get(i))
-    print(f"\nexit-after-send: {len(decided)}/{sent} requests decided by the addon, {arrived} reached the stand-in, "
-          f"{sum(1 for g in decided.values() if g in (a, b))} with their own session")
+    print(
+        f"\nexit-after-send: {len(decided)}/{sent} requests decided by the addon, {arrived} reached the stand-in, "
+        f"{sum(1 for g in decided.values() if g in (a, b))} with their own session"
+    )
     FIGURES["requests tried"] += sent
     FIGURES["faults injected"] += sent
 
@@ -859,8 +950,17 @@ def test_a_process_that_execs_into_another_program_on_the_same_connection(proxy,
     here in another cwd, continuing another session (or, not named pi, no agent at all)."""
     a_cwd, b_cwd, a, b = _two_sessions(home, tmp_path)
     child = {"name": child_name, "cwd": str(b_cwd), "tag": "after-exec", "first_user": "session of B", "n_assistant": 1}
-    lines = run_agent(proxy, home, a_cwd, ca=None, mode="exec", tag="before-exec", first_user="session of A",
-                      n_assistant=1, child=child)
+    lines = run_agent(
+        proxy,
+        home,
+        a_cwd,
+        ca=None,
+        mode="exec",
+        tag="before-exec",
+        first_user="session of A",
+        n_assistant=1,
+        child=child,
+    )
     assert [x["status"] for x in lines] == [200, 200], lines
     assert lines[0]["pid"] == lines[1]["pid"]
     records = standin_records(proxy)
@@ -868,8 +968,10 @@ def test_a_process_that_execs_into_another_program_on_the_same_connection(proxy,
     (after,) = by_tag(records, "after-exec")
     assert sent_session_id(before) == a
     got = sent_session_id(after)
-    assert got != a, f"the exec'd program ({child_name}, in {b_cwd}, continuing B) got A's session id: " \
-                     f"{after['session_ids']['session']['source']}"
+    assert got != a, (
+        f"the exec'd program ({child_name}, in {b_cwd}, continuing B) got A's session id: "
+        f"{after['session_ids']['session']['source']}"
+    )
     assert got == b or got.startswith(FALLBACK_PREFIXES), got
     FIGURES["requests tried"] += 2
     FIGURES["faults injected"] += 1
@@ -878,8 +980,17 @@ def test_a_process_that_execs_into_another_program_on_the_same_connection(proxy,
 def test_a_socket_shared_by_a_parent_and_its_forked_child(proxy, home, tmp_path):
     a_cwd, b_cwd, a, b = _two_sessions(home, tmp_path)
     child = {"cwd": str(b_cwd), "tag": "fork-child", "first_user": "session of B", "n_assistant": 1}
-    lines = run_agent(proxy, home, a_cwd, ca=None, mode="fork", tag="fork-parent", first_user="session of A",
-                      n_assistant=1, child=child)
+    lines = run_agent(
+        proxy,
+        home,
+        a_cwd,
+        ca=None,
+        mode="fork",
+        tag="fork-parent",
+        first_user="session of A",
+        n_assistant=1,
+        child=child,
+    )
     statuses = {x["tag"]: x["status"] for x in lines if "tag" in x}
     assert statuses == {"fork-parent": 200, "fork-child": 200}, lines
     records = standin_records(proxy)
@@ -888,11 +999,15 @@ def test_a_socket_shared_by_a_parent_and_its_forked_child(proxy, home, tmp_path)
     got_parent, got_child = sent_session_id(parent), sent_session_id(kid)
     assert got_parent == a or got_parent.startswith(FALLBACK_PREFIXES), got_parent
     assert got_parent != b
-    assert got_child != a, f"the forked child (in {b_cwd}, continuing B) got its parent's session A: " \
-                           f"{kid['session_ids']['session']['source']}, pid {kid['session_ids']['process']['pid']}"
+    assert got_child != a, (
+        f"the forked child (in {b_cwd}, continuing B) got its parent's session A: "
+        f"{kid['session_ids']['session']['source']}, pid {kid['session_ids']['process']['pid']}"
+    )
     assert got_child == b or got_child.startswith(FALLBACK_PREFIXES), got_child
-    print(f"\nfork: parent got {got_parent} ({parent['session_ids']['session']['source']}), "
-          f"child got {got_child} ({kid['session_ids']['session']['source']})")
+    print(
+        f"\nfork: parent got {got_parent} ({parent['session_ids']['session']['source']}), "
+        f"child got {got_child} ({kid['session_ids']['session']['source']})"
+    )
     FIGURES["requests tried"] += 2
     FIGURES["faults injected"] += 1
 
@@ -912,17 +1027,41 @@ def test_kill_9_while_the_state_is_written_leaves_a_readable_state_file(home, tm
     with start_proxy(confdir=confdir) as proxy:
         # every request is a new session with no file: a minted ID, so the state is rewritten each
         # time; the churn goes on until the kills are done, however long they take
-        agents = [run_agent(proxy, home, cwd, wait=False, tag=f"churn-{i}", first_user=f"churn {i}", fresh=True,
-                            requests=0, stop_file=str(stop), tolerate=True, retries=2000, timeout=5)
-                  for i in range(2)]
+        agents = [
+            run_agent(
+                proxy,
+                home,
+                cwd,
+                wait=False,
+                tag=f"churn-{i}",
+                first_user=f"churn {i}",
+                fresh=True,
+                requests=0,
+                stop_file=str(stop),
+                tolerate=True,
+                retries=2000,
+                timeout=5,
+            )
+            for i in range(2)
+        ]
         one_shots = 0
         # enough kills, and enough of them with a state file on disk to read back (a count of
         # events, not of seconds)
         while kills < KILLS or checked < KILLS_WITH_STATE:
             assert one_shots < 400, f"{kills} kills, {checked} with a state file, after {one_shots} one-shot processes"
             # one-request processes too: each one a new process with a new session
-            run_agent(proxy, home, cwd, tag=f"one-{one_shots}", first_user=f"one shot {one_shots}", fresh=True,
-                      requests=1, tolerate=True, retries=2000, timeout=5)
+            run_agent(
+                proxy,
+                home,
+                cwd,
+                tag=f"one-{one_shots}",
+                first_user=f"one shot {one_shots}",
+                fresh=True,
+                requests=1,
+                tolerate=True,
+                retries=2000,
+                timeout=5,
+            )
             one_shots += 1
             time.sleep(rng.uniform(0.0, 0.4))  # jitter: kills land anywhere in the batched state writes
             if rng.random() < 0.5:
@@ -945,9 +1084,11 @@ def test_kill_9_while_the_state_is_written_leaves_a_readable_state_file(home, tm
         assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
     sent = sum(1 for r in results for x in r if "seq" in x and x["status"] == 200)
     failed = [x for r in results for x in r if x.get("done") and x["failed"]]
-    print(f"\nkill -9: {kills} kills ({checked} with a state file), {sent} churn requests answered, "
-          f"{one_shots} one-shot processes, {len(data.get('pending', {}))} pending sessions in the state; "
-          f"leftover temp files: {sorted(leftovers)}")
+    print(
+        f"\nkill -9: {kills} kills ({checked} with a state file), {sent} churn requests answered, "
+        f"{one_shots} one-shot processes, {len(data.get('pending', {}))} pending sessions in the state; "
+        f"leftover temp files: {sorted(leftovers)}"
+    )
     assert all(any(x.get("status") == 200 for x in r) for r in results), results  # both churned
     assert not failed, failed  # every request got through, after retries across the restarts
     FIGURES["requests tried"] += sent + one_shots + 3
@@ -965,17 +1106,41 @@ def test_no_secret_in_anything_the_addon_writes(home, tmp_path):
     env_secret = "sk-or-v1-TRUSTTEST-environ-5a4b3c2d"
     targets = [OPENROUTER + key_query, OPENCODE + key_query, OPPER + key_query, "https://example.com/v1/x" + key_query]
     with start_proxy() as proxy:
-        run_agent(proxy, home, cwd, tag="sec", first_user="secret session", requests=8, targets=targets,
-                  api_key=SECRETS["authorization"], headers={"x-api-key": SECRETS["x-api-key"]},
-                  env_extra={"OPENROUTER_API_KEY": env_secret})
+        run_agent(
+            proxy,
+            home,
+            cwd,
+            tag="sec",
+            first_user="secret session",
+            requests=8,
+            targets=targets,
+            api_key=SECRETS["authorization"],
+            headers={"x-api-key": SECRETS["x-api-key"]},
+            env_extra={"OPENROUTER_API_KEY": env_secret},
+        )
         # a new session (minted ID, so the state file is written) and bodies the addon complains about
-        run_agent(proxy, home, cwd, tag="sec-new", first_user="a brand new secret session", n_assistant=0, requests=2,
-                  targets=targets[:2], api_key=SECRETS["authorization"], headers={"x-api-key": SECRETS["x-api-key"]},
-                  env_extra={"OPENROUTER_API_KEY": env_secret})
+        run_agent(
+            proxy,
+            home,
+            cwd,
+            tag="sec-new",
+            first_user="a brand new secret session",
+            n_assistant=0,
+            requests=2,
+            targets=targets[:2],
+            api_key=SECRETS["authorization"],
+            headers={"x-api-key": SECRETS["x-api-key"]},
+            env_extra={"OPENROUTER_API_KEY": env_secret},
+        )
         for odd in odd_requests.corpus():
             if odd.name in ("gzip-broken", "not-json", "dup-session-id", "invalid-utf8"):
-                raw = odd_requests.build_h1("POST", "/api/v1/chat/completions" + key_query, "openrouter.ai",
-                                            odd_requests.request_headers(odd, "openrouter.ai"), odd.wire())
+                raw = odd_requests.build_h1(
+                    "POST",
+                    "/api/v1/chat/completions" + key_query,
+                    "openrouter.ai",
+                    odd_requests.request_headers(odd, "openrouter.ai"),
+                    odd.wire(),
+                )
                 odd_requests.send_h1(proxy.port, proxy.ca_cert, "openrouter.ai", raw)
         records = standin_records(proxy)
         output = proxy.output()
@@ -1011,8 +1176,13 @@ def _run_in_own_netns(argv: list[str], wait_for: str, timeout: float = 30) -> st
     script = 'ip link set lo up && exec "$@"'
     out_path = Path(tempfile.mkstemp(suffix=".out")[1])
     with open(out_path, "wb") as out:
-        p = subprocess.Popen(["unshare", "-n", "sh", "-c", script, "sh", *argv], stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            ["unshare", "-n", "sh", "-c", script, "sh", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_for(lambda: wait_for in out_path.read_text(errors="replace") or p.poll() is not None, timeout)
     finally:
@@ -1029,9 +1199,12 @@ def _run_in_own_netns(argv: list[str], wait_for: str, timeout: float = 30) -> st
 
 
 def _exposure_warnings(text: str) -> list[str]:
-    return [l for l in text.splitlines()
-            if "agent-session-ids" in l.lower() and any(w in l.lower() for w in ("proxyauth", "loopback", "0.0.0.0",
-                                                                                "all interfaces", "exposed"))]
+    return [
+        l
+        for l in text.splitlines()
+        if "agent-session-ids" in l.lower()
+        and any(w in l.lower() for w in ("proxyauth", "loopback", "0.0.0.0", "all interfaces", "exposed"))
+    ]
 
 
 # Loaded after the addon: its `running` hook runs after the addon's, so once its line is printed,
@@ -1058,13 +1231,15 @@ def test_listening_beyond_loopback_without_proxyauth_prints_a_warning(tmp_path, 
     assert not _exposure_warnings(guarded), guarded
     assert not _exposure_warnings(local), local
     assert _exposure_warnings(exposed), (
-        "mitmdump listens on 0.0.0.0 without proxyauth and the addon printed no warning:\n" + exposed)
+        "mitmdump listens on 0.0.0.0 without proxyauth and the addon printed no warning:\n" + exposed
+    )
 
 
 def _python_for_nobody() -> str | None:
     for python in (sys.executable, "/usr/bin/python3"):
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", "pass"],
-                           capture_output=True)
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", "pass"], capture_output=True
+        )
         if r.returncode == 0:
             return python
     return None
@@ -1086,15 +1261,35 @@ def test_a_process_of_another_user_gets_the_fallback_never_its_session(proxy):
         sid, path = make_session(home, cwd, "nobody's session", 1)
         for p in [root, *root.rglob("*")]:
             os.chown(p, 65534, 65534)
-        cfg = {"proxy": proxy.proxy_url, "tag": "nobody", "first_user": "nobody's session", "n_assistant": 1,
-               "requests": 2, "targets": ["http://openrouter.ai/api/v1/chat/completions"]}
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent),
-                            json.dumps(cfg)], cwd=cwd, env=agent_env(home), capture_output=True, text=True,
-                           timeout=60)
+        cfg = {
+            "proxy": proxy.proxy_url,
+            "tag": "nobody",
+            "first_user": "nobody's session",
+            "n_assistant": 1,
+            "requests": 2,
+            "targets": ["http://openrouter.ai/api/v1/chat/completions"],
+        }
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent), json.dumps(cfg)],
+            cwd=cwd,
+            env=agent_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, (r.stdout, r.stderr)
         # the same session, continued by a process of the proxy's own user, is resolved (control)
-        run_agent(proxy, home, cwd, ca=None, tag="owner", first_user="nobody's session", n_assistant=1, requests=1,
-                  targets=["http://openrouter.ai/api/v1/chat/completions"])
+        run_agent(
+            proxy,
+            home,
+            cwd,
+            ca=None,
+            tag="owner",
+            first_user="nobody's session",
+            n_assistant=1,
+            requests=1,
+            targets=["http://openrouter.ai/api/v1/chat/completions"],
+        )
         records = standin_records(proxy)
         got = [sent_session_id(x) for x in by_tag(records, "nobody")]
         assert len(got) == 2
@@ -1125,8 +1320,14 @@ def _run_as_nobody(python: str, root: Path, proxy: Mitmdump, home: Path, cwd: Pa
     for p in [home, cwd, Path(agent), *home.rglob("*")]:
         os.chown(p, 65534, 65534)
     cfg = {"proxy": proxy.proxy_url, "targets": [OPENROUTER.replace("https:", "http:")], **cfg}
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent),
-                        json.dumps(cfg)], cwd=cwd, env=agent_env(home), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, str(agent), json.dumps(cfg)],
+        cwd=cwd,
+        env=agent_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, (r.stdout, r.stderr)
 
 
@@ -1140,14 +1341,29 @@ def test_another_users_request_with_the_owners_first_prompt_never_gets_the_owner
         owner_home, owner_cwd = root / "owner-home", root / "owner-work"
         owner_cwd.mkdir()
         prompt = "draft the acquisition memo for Globex"
-        sid, _ = make_session(owner_home, owner_cwd, prompt, answers, name="Owner private plans",
-                              ts=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
+        sid, _ = make_session(
+            owner_home,
+            owner_cwd,
+            prompt,
+            answers,
+            name="Owner private plans",
+            ts=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        )
         their_home, their_cwd = root / "their-home", root / "their-work"
         their_home.mkdir()
         their_cwd.mkdir()
         with start_proxy(env={"HOME": str(owner_home)}) as proxy:
-            _run_as_nobody(python, root, proxy, their_home, their_cwd, tag="theirs", first_user=prompt,
-                           n_assistant=answers, requests=2)
+            _run_as_nobody(
+                python,
+                root,
+                proxy,
+                their_home,
+                their_cwd,
+                tag="theirs",
+                first_user=prompt,
+                n_assistant=answers,
+                requests=2,
+            )
             theirs = by_tag(standin_records(proxy), "theirs")
             sent = [sent_session_id(x) for x in theirs]
             assert len(sent) == 2 and sent[0] == sent[1], sent
@@ -1161,8 +1377,17 @@ def test_another_users_request_with_the_owners_first_prompt_never_gets_the_owner
             assert not any("private" in x.get("label", "") for x in lines), lines
             # control: the owner's own process continuing that session gets it (a continued
             # conversation: a fresh one of a new process takes only a file created after it started)
-            run_agent(proxy, owner_home, owner_cwd, ca=None, tag="owner", first_user=prompt, n_assistant=1,
-                      requests=1, targets=[OPENROUTER.replace("https:", "http:")])
+            run_agent(
+                proxy,
+                owner_home,
+                owner_cwd,
+                ca=None,
+                tag="owner",
+                first_user=prompt,
+                n_assistant=1,
+                requests=1,
+                targets=[OPENROUTER.replace("https:", "http:")],
+            )
             owner = [sent_session_id(x) for x in by_tag(standin_records(proxy), "owner")]
             assert len(owner) == 1 and owner[0].startswith("owner-private-plans-"), owner
             lines = harness.ledger_lines(proxy, 3)
@@ -1185,8 +1410,9 @@ def test_another_users_request_is_matched_in_the_session_store_homes_named_for_i
         owner_sid, owner_file = make_session(owner_home, owner_cwd, prompt, 1, name="Owner private plans")
         os.utime(owner_file, (time.time() + 60, time.time() + 60))
         with start_proxy(f"session_store_homes={their_home}", env={"HOME": str(owner_home)}) as proxy:
-            _run_as_nobody(python, root, proxy, their_home, their_cwd, tag="theirs", first_user=prompt,
-                           n_assistant=1, requests=2)
+            _run_as_nobody(
+                python, root, proxy, their_home, their_cwd, tag="theirs", first_user=prompt, n_assistant=1, requests=2
+            )
             theirs = by_tag(standin_records(proxy), "theirs")
             assert [sent_session_id(x) for x in theirs] == [their_sid] * 2
             assert "only in session_store_homes" in theirs[0]["session_ids"]["session"]["source"]

@@ -43,8 +43,14 @@ class ToUpstream:
 addons = [ToUpstream()]
 """
 
-ANSWER_JSON = json.dumps({"id": "gen-1", "model": "m", "choices": [{"message": {"content": "ok"}}],
-                          "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}).encode()
+ANSWER_JSON = json.dumps(
+    {
+        "id": "gen-1",
+        "model": "m",
+        "choices": [{"message": {"content": "ok"}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+    }
+).encode()
 
 
 class Upstream:
@@ -106,8 +112,9 @@ def upstream():
 def proxy_for(upstream: Upstream, tmp_path: Path, *sets: str) -> Mitmdump:
     redirect = tmp_path / "to_upstream.py"
     redirect.write_text(REDIRECT)
-    return Mitmdump(scripts=[ADDON, redirect], sets=["flow_detail=0", *sets],
-                    env={"TEST_UPSTREAM_PORT": str(upstream.port)})
+    return Mitmdump(
+        scripts=[ADDON, redirect], sets=["flow_detail=0", *sets], env={"TEST_UPSTREAM_PORT": str(upstream.port)}
+    )
 
 
 def post(proxy: Mitmdump, url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -173,6 +180,7 @@ def _gzip_stream(prefix: bytes, filler: bytes, count: int, suffix: bytes, level:
 
 # -- 2: a compressed request body is bounded, and decoded off the event loop ----------------------------
 
+
 def test_a_compressed_request_bomb_passes_as_sent_without_gigabytes_or_holding_other_flows(upstream, tmp_path):
     bomb = _gzip_stream(b'{"model":"m","messages":[{"role":"user","content":"', b"a" * (1 << 20), 512, b'"}]}')
     with proxy_for(upstream, tmp_path) as proxy:
@@ -203,6 +211,7 @@ def test_a_compressed_request_bomb_passes_as_sent_without_gigabytes_or_holding_o
 
 # -- 3: compression bombs in answers, on mitmproxy 11 too -------------------------------------------------
 
+
 def _zstd_bomb(size: int) -> bytes:
     try:
         import zstandard  # mitmproxy 11
@@ -227,15 +236,22 @@ def _brotli_bomb(size: int) -> bytes:
 
 @pytest.mark.parametrize("encoding", ["zstd", "br", "gzip"])
 def test_a_held_answer_bomb_costs_no_gigabytes_and_holds_no_other_flow(upstream, tmp_path, encoding):
-    bomb = {"zstd": lambda: _zstd_bomb(1 << 30), "br": lambda: _brotli_bomb(1 << 30),
-            "gzip": lambda: _gzip_stream(b'{"usage":', b"\0" * (1 << 20), 1024, b"}")}[encoding]()
+    bomb = {
+        "zstd": lambda: _zstd_bomb(1 << 30),
+        "br": lambda: _brotli_bomb(1 << 30),
+        "gzip": lambda: _gzip_stream(b'{"usage":', b"\0" * (1 << 20), 1024, b"}"),
+    }[encoding]()
     upstream.answers["bomb"] = ([("Content-Type", "application/json"), ("Content-Encoding", encoding)], bomb)
     with proxy_for(upstream, tmp_path) as proxy:
         result = {}
 
         def big() -> None:
-            result["answer"] = post(proxy, OPENROUTER, b'{"model":"m","messages":[]}',
-                                    {"x-test-answer": "bomb", "x-session-id": "bomb-held"})
+            result["answer"] = post(
+                proxy,
+                OPENROUTER,
+                b'{"model":"m","messages":[]}',
+                {"x-test-answer": "bomb", "x-session-id": "bomb-held"},
+            )
 
         order = small_completes_first(proxy, big, upstream.answered)
         status, _, body = result["answer"]
@@ -260,8 +276,12 @@ def test_an_sse_answer_bomb_reaches_the_client_and_holds_no_other_flow(upstream,
         received = threading.Event()
 
         def big() -> None:
-            result["answer"] = post(proxy, OPENROUTER, b'{"model":"m","messages":[],"stream":true}',
-                                    {"x-test-answer": "bomb", "x-session-id": "bomb-sse"})
+            result["answer"] = post(
+                proxy,
+                OPENROUTER,
+                b'{"model":"m","messages":[],"stream":true}',
+                {"x-test-answer": "bomb", "x-session-id": "bomb-sse"},
+            )
             order.append("received")
             received.set()
 
@@ -285,6 +305,7 @@ def test_an_sse_answer_bomb_reaches_the_client_and_holds_no_other_flow(upstream,
 
 # -- 4: a FIFO at the state file's path ------------------------------------------------------------------
 
+
 def test_a_fifo_at_the_state_files_path_neither_slows_requests_nor_defeats_sigterm(upstream, tmp_path):
     fifo = tmp_path / "state.json"
     os.mkfifo(fifo)
@@ -307,6 +328,7 @@ def test_a_fifo_at_the_state_files_path_neither_slows_requests_nor_defeats_sigte
 
 
 # -- 5, 6: bodies that are not what they claim pass as sent ---------------------------------------------
+
 
 @pytest.mark.parametrize("case", ["truncated-gzip", "nan", "infinity"])
 def test_a_body_that_is_not_whole_json_passes_byte_for_byte(upstream, tmp_path, case):
@@ -336,6 +358,7 @@ def test_a_json_header_with_nan_is_kept_as_sent(upstream, tmp_path):
 
 # -- 7: a lone surrogate in the model -----------------------------------------------------------------
 
+
 def test_a_lone_surrogate_in_the_model_still_gets_its_ledger_line(upstream, tmp_path):
     with proxy_for(upstream, tmp_path) as proxy:
         status, _, _ = post(proxy, OPENROUTER, b'{"model":"\\ud800x","messages":[]}', {"x-session-id": "lone-1"})
@@ -347,14 +370,18 @@ def test_a_lone_surrogate_in_the_model_still_gets_its_ledger_line(upstream, tmp_
 
 # -- 8: an empty client field is no field ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sent", ["", "   "])
 def test_an_empty_opencode_session_header_is_filled(upstream, tmp_path, sent):
     with proxy_for(upstream, tmp_path) as proxy:
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=WAIT_S)
         conn.putrequest("POST", OPENCODE, skip_accept_encoding=True)
         body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            ("x-opencode-session", sent)):
+        for name, value in (
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("x-opencode-session", sent),
+        ):
             conn.putheader(name, value)
         conn.endheaders(body)
         assert conn.getresponse().status == 200

@@ -55,8 +55,13 @@ c.request("GET", "http://agent-session-ids.invalid/status")
 print(c.getresponse().read().decode())
 """
 
-HOSTILE = {"addon": "agent-session-ids", "version": "9\x1b]52;c;cHduZWQ=\x07\x1b[2J",
-           "pid": "12\x1b[31m", "rules": ["rule\x1b]0;title\x07", "\u202eevil"], "hosts": ["h\x1b[2Jost.example"]}
+HOSTILE = {
+    "addon": "agent-session-ids",
+    "version": "9\x1b]52;c;cHduZWQ=\x07\x1b[2J",
+    "pid": "12\x1b[31m",
+    "rules": ["rule\x1b]0;title\x07", "\u202eevil"],
+    "hosts": ["h\x1b[2Jost.example"],
+}
 
 
 def free_port() -> int:
@@ -92,8 +97,14 @@ class Cli:
         return [CLI, words[0], *where, *words[1:]]
 
     def __call__(self, *words: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*words), env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.argv(*words),
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def start(self) -> int:
         started = self("proxy", "start")
@@ -143,8 +154,9 @@ def test_proxy_restart_leaves_a_stranger_alone_and_the_running_proxy_stays(cli, 
     pid = cli.start()
     cli.pid_file.write_text(f"{stranger.pid}\n")
     restarted = cli("proxy", "restart")
-    assert restarted.returncode == 0 and "stale" in restarted.stdout and "already running" in restarted.stdout, \
+    assert restarted.returncode == 0 and "stale" in restarted.stdout and "already running" in restarted.stdout, (
         restarted
+    )
     assert alive(stranger.pid) and alive(pid)
     cli.pid_file.write_text(f"{pid}\n")  # the real one is stopped
     assert f"stopped the proxy on port {cli.port} (pid {pid})" in cli("proxy", "stop").stdout
@@ -157,16 +169,25 @@ def _bad_pid_file_run(cli, content: str) -> tuple[subprocess.CompletedProcess, b
     group and a process in a group of its own; (the run, whether each of the two lived)."""
     cli.folder.mkdir(parents=True, exist_ok=True)
     cli.pid_file.write_text(content)
-    script = (f"sleep 1000 & sibling=$!; setsid sleep 1000 & loner=$!; sleep 0.2; "
-              f"{shlex.join(cli.argv('proxy', 'stop'))} >out 2>err; echo $? >rc; "
-              f"sleep 0.5; kill -0 $sibling 2>/dev/null && echo sibling >>alive; "
-              f"kill -0 $loner 2>/dev/null && echo loner >>alive; kill $sibling $loner 2>/dev/null; true")
+    script = (
+        f"sleep 1000 & sibling=$!; setsid sleep 1000 & loner=$!; sleep 0.2; "
+        f"{shlex.join(cli.argv('proxy', 'stop'))} >out 2>err; echo $? >rc; "
+        f"sleep 0.5; kill -0 $sibling 2>/dev/null && echo sibling >>alive; "
+        f"kill -0 $loner 2>/dev/null && echo loner >>alive; kill $sibling $loner 2>/dev/null; true"
+    )
     work = Path(tempfile.mkdtemp())
     try:
-        subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], cwd=work, env=cli.env,
-                       timeout=120, start_new_session=True, capture_output=True)
-        result = subprocess.CompletedProcess([], int((work / "rc").read_text() or 99), (work / "out").read_text(),
-                                             (work / "err").read_text())
+        subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+            cwd=work,
+            env=cli.env,
+            timeout=120,
+            start_new_session=True,
+            capture_output=True,
+        )
+        result = subprocess.CompletedProcess(
+            [], int((work / "rc").read_text() or 99), (work / "out").read_text(), (work / "err").read_text()
+        )
         lived = (work / "alive").read_text().split() if (work / "alive").exists() else []
         return result, "sibling" in lived, "loner" in lived
     finally:
@@ -187,9 +208,19 @@ def test_a_pid_file_naming_no_proxy_signals_nothing_and_gets_one_line(cli, conte
 # --------------------------------------------------------------------------- 5: proxy variables
 
 
-@pytest.mark.parametrize("variables", [{"NO_PROXY": "*"}, {"no_proxy": "*"},
-                                       {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-                                        "ALL_PROXY": "http://127.0.0.1:9", "all_proxy": "http://127.0.0.1:9"}])
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"NO_PROXY": "*"},
+        {"no_proxy": "*"},
+        {
+            "http_proxy": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "ALL_PROXY": "http://127.0.0.1:9",
+            "all_proxy": "http://127.0.0.1:9",
+        },
+    ],
+)
 def test_proxy_variables_never_hide_the_running_proxy_from_the_commands(cli, tmp_path, variables):
     pid = cli.start()
     env = {**cli.env, **variables}
@@ -351,10 +382,18 @@ def test_the_status_endpoint_tells_another_user_nothing_private(cli):
     script.parent.chmod(0o755)
     script.write_text(ASK_STATUS)
     script.chmod(0o644)
-    theirs = subprocess.run([*NOBODY, "/usr/bin/python3", str(script), str(cli.port)], capture_output=True,
-                            text=True, timeout=60, env=cli.env)
+    theirs = subprocess.run(
+        [*NOBODY, "/usr/bin/python3", str(script), str(cli.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli.env,
+    )
     assert theirs.returncode == 0, theirs
     assert set(json.loads(theirs.stdout)) == {"addon", "version"}, theirs.stdout
-    mine = json.loads(subprocess.run([sys.executable, str(script), str(cli.port)], capture_output=True, text=True,
-                                     timeout=60, env=cli.env).stdout)
+    mine = json.loads(
+        subprocess.run(
+            [sys.executable, str(script), str(cli.port)], capture_output=True, text=True, timeout=60, env=cli.env
+        ).stdout
+    )
     assert mine["pid"] == pid and mine["confdir"] == str(cli.confdir), mine

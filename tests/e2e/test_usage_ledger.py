@@ -44,8 +44,11 @@ PATHS = {  # (host, api) -> path
 
 def request_body(api: str, model: str, stream: bool, text: str = f"hi {DIRECTIVE}") -> dict:
     if api == "openai-responses":
-        return {"model": model, "stream": stream,
-                "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}]}
+        return {
+            "model": model,
+            "stream": stream,
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}],
+        }
     body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}
     if api == "anthropic-messages":
         body["max_tokens"] = 64
@@ -53,9 +56,19 @@ def request_body(api: str, model: str, stream: bool, text: str = f"hi {DIRECTIVE
 
 
 def expected(api: str, host: str, model: str, stream: bool) -> dict:
-    out = {"host": host, "model": model, "served_model": model, "provider": "Anthropic", "status": 200,
-           "stream": stream, "input_tokens": 12000, "cache_read_tokens": 11040, "cache_write_tokens": 300,
-           "output_tokens": 240, "cost": 0.0041}
+    out = {
+        "host": host,
+        "model": model,
+        "served_model": model,
+        "provider": "Anthropic",
+        "status": 200,
+        "stream": stream,
+        "input_tokens": 12000,
+        "cache_read_tokens": 11040,
+        "cache_write_tokens": 300,
+        "output_tokens": 240,
+        "cost": 0.0041,
+    }
     if api == "openai-responses":
         del out["cache_write_tokens"]  # the stand-in's Responses answers give none: left out, never 0
     return out
@@ -83,8 +96,13 @@ def test_every_format_streamed_or_not_lands_in_the_ledger_with_the_standins_figu
     for i, (host, api, stream) in enumerate(CASES):
         model = f"model-{i}-{api}-{'sse' if stream else 'json'}"
         body = json.dumps(request_body(api, model, stream)).encode()
-        raw = odd_requests.build_h1("POST", PATHS[host, api], host,
-                                    [("Content-Type", "application/json"), ("x-session-id", f"session-{i:02d}")], body)
+        raw = odd_requests.build_h1(
+            "POST",
+            PATHS[host, api],
+            host,
+            [("Content-Type", "application/json"), ("x-session-id", f"session-{i:02d}")],
+            body,
+        )
         status, received = odd_requests.send_h1(proxy.port, str(proxy.ca_cert), host, raw)
         assert status == 200, received
         sent.append((host, api, stream, model, received))
@@ -108,8 +126,9 @@ def test_the_flow_comment_shows_the_turns_figures(tmp_path):
     dump = tmp_path / "flows"
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT], extra_args=["-w", str(dump)]) as p:
         body = json.dumps(request_body("anthropic-messages", "claude", True)).encode()
-        raw = odd_requests.build_h1("POST", "/api/v1/messages", "openrouter.ai",
-                                    [("Content-Type", "application/json")], body)
+        raw = odd_requests.build_h1(
+            "POST", "/api/v1/messages", "openrouter.ai", [("Content-Type", "application/json")], body
+        )
         assert odd_requests.send_h1(p.port, str(p.ca_cert), "openrouter.ai", raw)[0] == 200
         assert ledger_lines(p, 1)
     from mitmproxy import io
@@ -147,16 +166,21 @@ def streaming_proxy(upstream, tmp_path_factory):
         yield p
 
 
-def stream_through(proxy: Mitmdump, server: StreamingStandin, api: str, model: str, session: str,
-                   release_after_first: bool = True) -> bytes:
+def stream_through(
+    proxy: Mitmdump, server: StreamingStandin, api: str, model: str, session: str, release_after_first: bool = True
+) -> bytes:
     """POST through the proxy (plain HTTP, to openrouter.ai); read until the stand-in's first chunk
     has arrived, then let the stand-in send the rest; return every byte received."""
     server.release.clear()
     body = json.dumps(request_body(api, model, True)).encode()
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=WAIT_S + 30)
     try:
-        conn.request("POST", "http://openrouter.ai" + PATHS["openrouter.ai", api], body,
-                     {"Content-Type": "application/json", "x-session-id": session})
+        conn.request(
+            "POST",
+            "http://openrouter.ai" + PATHS["openrouter.ai", api],
+            body,
+            {"Content-Type": "application/json", "x-session-id": session},
+        )
         response = conn.getresponse()
         assert response.status == 200
         received = b""
@@ -211,8 +235,9 @@ def test_control_without_the_ledger_mitmproxy_holds_the_stream_to_its_end(tmp_pa
     redirect.write_text(REDIRECT)
     server = StreamingStandin(hold_timeout=2).start()
     try:
-        with Mitmdump(scripts=[ADDON, redirect], sets=["session_usage=false"],
-                      env={"STANDIN_UPSTREAM_PORT": str(server.port)}) as p:
+        with Mitmdump(
+            scripts=[ADDON, redirect], sets=["session_usage=false"], env={"STANDIN_UPSTREAM_PORT": str(server.port)}
+        ) as p:
             received = stream_through(p, server, "openai-chat", "held", "held-1")
             assert server.sent[-1]["released"] is False
             assert received == server.sent[-1]["body"]
@@ -230,8 +255,13 @@ def test_real_pi_over_several_streamed_turns_is_one_session_in_the_report(dirs, 
     with Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as p:
         env = harness.agent_env(p, home, pi_version="0.87.1")
         prompt = f"tidy up [[bash*2: true]] {DIRECTIVE}"
-        result = harness.run_pi("0.87.1", ["--provider", "openrouter", "--model", "anthropic/claude-sonnet-4",
-                                           "-p", prompt], env, work, timeout=120)
+        result = harness.run_pi(
+            "0.87.1",
+            ["--provider", "openrouter", "--model", "anthropic/claude-sonnet-4", "-p", prompt],
+            env,
+            work,
+            timeout=120,
+        )
         harness.assert_ran(result, p)
         requests = p.requests()
         assert len(requests) == 3 and all(r["stream"] for r in requests)
@@ -250,8 +280,12 @@ def test_real_pi_over_several_streamed_turns_is_one_session_in_the_report(dirs, 
         out.write_text(buffer.getvalue())
     (session,) = json.loads(out.read_text())
     assert session["agent"] == "pi" and session["requests"] == 3
-    assert (session["input_tokens"], session["cache_read_tokens"], session["cache_write_tokens"],
-            session["output_tokens"]) == (36000, 33120, 900, 720)
+    assert (
+        session["input_tokens"],
+        session["cache_read_tokens"],
+        session["cache_write_tokens"],
+        session["output_tokens"],
+    ) == (36000, 33120, 900, 720)
     assert session["cost"] == pytest.approx(0.0123) and session["cost_requests"] == 3
     assert session["cache_hit_ratio"] == 0.92 and session["providers"] == {"Anthropic": 3}
     assert {line["session"] for line in lines} == {session["session"]}
@@ -263,14 +297,18 @@ def test_the_summary_on_exit_is_tops_view_of_the_run(tmp_path):
         for provider in ("Anthropic", "Google"):
             text = f"hi [[usage: in=12000 cached=11040 out=240 cost=0.0041 provider={provider}]]"
             body = json.dumps(request_body("openai-chat", "anthropic/claude-sonnet-4", False, text)).encode()
-            raw = odd_requests.build_h1("POST", PATHS["openrouter.ai", "openai-chat"], "openrouter.ai",
-                                        [("Content-Type", "application/json"), ("x-session-id", "summary-session")],
-                                        body)
+            raw = odd_requests.build_h1(
+                "POST",
+                PATHS["openrouter.ai", "openai-chat"],
+                "openrouter.ai",
+                [("Content-Type", "application/json"), ("x-session-id", "summary-session")],
+                body,
+            )
             assert odd_requests.send_h1(p.port, str(p.ca_cert), "openrouter.ai", raw)[0] == 200
         assert len(ledger_lines(p, 2)) == 2
         p.stop()
         out = p.output()
-    summary = out[out.index("usage this run"):].splitlines()
+    summary = out[out.index("usage this run") :].splitlines()
     head = next(line for line in summary if line.startswith("AGENT"))
     assert head.split()[:4] == ["AGENT", "SESSION", "PROJECT", "REQS"]
     row = next(line for line in summary if "summary-session" in line)

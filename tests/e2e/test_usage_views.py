@@ -41,12 +41,33 @@ PI_USAGE = "[[usage: in=12000 cached=11040 write=300 out=240 cost=0.0041 provide
 CLAUDE_FIRST_USAGE = "[[usage: in=20000 cached=15000 write=1000 out=400 cost=0.0125 provider=Anthropic]]"
 CLAUDE_FLIP_USAGE = "[[usage: in=24000 cached=6000 write=18000 out=100 cost=0.03 provider=Google]]"
 
-PI_TURN = {"input_tokens": 12000, "cache_read_tokens": 11040, "cache_write_tokens": 300, "output_tokens": 240,
-           "cost": 0.0041, "provider": "Anthropic", "cache_hit_ratio": 0.92}
-CLAUDE_TURN = {"input_tokens": 20000, "cache_read_tokens": 15000, "cache_write_tokens": 1000, "output_tokens": 400,
-               "cost": 0.0125, "provider": "Anthropic", "cache_hit_ratio": 0.75}
-CLAUDE_FLIP_TURN = {"input_tokens": 24000, "cache_read_tokens": 6000, "cache_write_tokens": 18000,
-                    "output_tokens": 100, "cost": 0.03, "provider": "Google", "cache_hit_ratio": 0.25}
+PI_TURN = {
+    "input_tokens": 12000,
+    "cache_read_tokens": 11040,
+    "cache_write_tokens": 300,
+    "output_tokens": 240,
+    "cost": 0.0041,
+    "provider": "Anthropic",
+    "cache_hit_ratio": 0.92,
+}
+CLAUDE_TURN = {
+    "input_tokens": 20000,
+    "cache_read_tokens": 15000,
+    "cache_write_tokens": 1000,
+    "output_tokens": 400,
+    "cost": 0.0125,
+    "provider": "Anthropic",
+    "cache_hit_ratio": 0.75,
+}
+CLAUDE_FLIP_TURN = {
+    "input_tokens": 24000,
+    "cache_read_tokens": 6000,
+    "cache_write_tokens": 18000,
+    "output_tokens": 100,
+    "cost": 0.03,
+    "provider": "Google",
+    "cache_hit_ratio": 0.25,
+}
 PI_TURNS = [PI_TURN] * 3
 CLAUDE_TURNS = [CLAUDE_TURN] * 3 + [CLAUDE_FLIP_TURN]
 
@@ -81,14 +102,20 @@ def scene(claude, tmp_path_factory):
     home.mkdir()
     with harness.Mitmdump(scripts=[ADDON, harness.STANDIN_SCRIPT]) as proxy:
         env = harness.agent_env(proxy, base / "pi-home", pi_version=PI_VERSION)
-        result = harness.run_pi(PI_VERSION, ["--provider", "openrouter", "--model", PI_MODEL,
-                                             "-p", f"tidy up [[bash*2: true]] {PI_USAGE}"], env, alpha, timeout=120)
+        result = harness.run_pi(
+            PI_VERSION,
+            ["--provider", "openrouter", "--model", PI_MODEL, "-p", f"tidy up [[bash*2: true]] {PI_USAGE}"],
+            env,
+            alpha,
+            timeout=120,
+        )
         harness.assert_ran(result, proxy)
 
         claude_home = base / "claude-home"
         cenv = ac.claude_env(proxy, claude_home)
-        harness.assert_ran(ac.run_claude(["-p", f"look around [[bash*2: echo one]] {CLAUDE_FIRST_USAGE}"],
-                                         cenv, beta), proxy)
+        harness.assert_ran(
+            ac.run_claude(["-p", f"look around [[bash*2: echo one]] {CLAUDE_FIRST_USAGE}"], cenv, beta), proxy
+        )
         harness.assert_ran(ac.run_claude(["-c", "-p", f"and now {CLAUDE_FLIP_USAGE}"], cenv, beta), proxy)
 
         requests = proxy.requests()
@@ -103,17 +130,32 @@ def scene(claude, tmp_path_factory):
         pi_session = pi_file.stem.rsplit("_", 1)[-1]
         claude_models = {json.loads(r["body"])["model"] for r in requests[3:]}
         assert len(claude_models) == 1, claude_models
-        yield Scene(proxy=proxy, ledger=ledger, lines=lines, alpha=alpha, beta=beta, pi_session=pi_session,
-                    claude_session=claude_session, claude_model=claude_models.pop(), home=home)
+        yield Scene(
+            proxy=proxy,
+            ledger=ledger,
+            lines=lines,
+            alpha=alpha,
+            beta=beta,
+            pi_session=pi_session,
+            claude_session=claude_session,
+            claude_model=claude_models.pop(),
+            home=home,
+        )
 
 
 def run_cli(scene: Scene, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """The console script, as a person runs it (its own HOME, a UTF-8 locale), on the scene's ledger."""
     env = {k: v for k, v in os.environ.items() if k != "AGENT_SESSION_IDS_USAGE"}
     env.update(HOME=str(scene.home), LANG="C.UTF-8", LC_ALL="C.UTF-8")
-    return subprocess.run([str(CLI), *args, "--file", str(scene.ledger)], input=stdin,
-                          stdin=None if stdin is not None else subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [str(CLI), *args, "--file", str(scene.ledger)],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -164,9 +206,10 @@ def row_cells(line: str) -> dict[str, str]:
 def test_top_once_shows_both_sessions_with_the_standins_figures(scene, width):
     frame = top_frame(scene, width)
     assert all(len(line) <= width for line in frame), [(len(line), line) for line in frame if len(line) > width]
-    assert re.fullmatch(r"agent-session-ids top · 2 sessions active in the last 1h 00m · \d\d:\d\d:\d\d", frame[0]), \
+    assert re.fullmatch(r"agent-session-ids top · 2 sessions active in the last 1h 00m · \d\d:\d\d:\d\d", frame[0]), (
         frame[0]
-    assert frame[1].startswith("ledger ") and fits(frame[1][len("ledger "):], str(scene.ledger)), frame[1]
+    )
+    assert frame[1].startswith("ledger ") and fits(frame[1][len("ledger ") :], str(scene.ledger)), frame[1]
     assert frame[2] == ""
     assert frame[3].split() == TOP_TITLES
     assert frame[-2] == "" and frame[-1].startswith("q quit"), frame[-2:]
@@ -175,15 +218,29 @@ def test_top_once_shows_both_sessions_with_the_standins_figures(scene, width):
     claude, pi = (row_cells(line) for line in rows)  # the latest activity first: Claude Code ran last
 
     assert pi["AGENT"] == "pi" and fits(pi["SESSION"], scene.of(scene.pi_session)[-1]["label"]), pi
-    assert (pi["PROJECT"], pi["REQS"], pi["INPUT"], pi["HIT"], pi["SESS"], pi["COST"], pi["PROVIDER"]) == \
-        ("alpha", "3", "12.0k", "92%", "92%", "$0.0123", "Anthropic"), pi  # 3 × $0.0041
+    assert (pi["PROJECT"], pi["REQS"], pi["INPUT"], pi["HIT"], pi["SESS"], pi["COST"], pi["PROVIDER"]) == (
+        "alpha",
+        "3",
+        "12.0k",
+        "92%",
+        "92%",
+        "$0.0123",
+        "Anthropic",
+    ), pi  # 3 × $0.0041
     assert fits(pi["MODEL"], short_model(PI_MODEL)) and AGO.match(pi["AGO"]), pi
 
     assert claude["AGENT"] == "claude" and fits(claude["SESSION"], scene.claude_session), claude
     # 4 turns; the latest 24000 in at 25%; the session (3 × 15000 + 6000) / (3 × 20000 + 24000) = 61%;
     # 3 × $0.0125 + $0.03; the latest provider Google, marked: the session flipped from Anthropic
-    assert (claude["PROJECT"], claude["REQS"], claude["INPUT"], claude["HIT"], claude["SESS"], claude["COST"],
-            claude["PROVIDER"]) == ("beta", "4", "24.0k", "25%", "61%", "$0.0675", "⚠Google"), claude
+    assert (
+        claude["PROJECT"],
+        claude["REQS"],
+        claude["INPUT"],
+        claude["HIT"],
+        claude["SESS"],
+        claude["COST"],
+        claude["PROVIDER"],
+    ) == ("beta", "4", "24.0k", "25%", "61%", "$0.0675", "⚠Google"), claude
     assert fits(claude["MODEL"], short_model(scene.claude_model)) and AGO.match(claude["AGO"]), claude
     if width >= 120:  # room enough: nothing is cut
         assert pi["MODEL"] == short_model(PI_MODEL) and claude["MODEL"] == short_model(scene.claude_model)
@@ -199,8 +256,14 @@ def test_top_once_shows_both_sessions_with_the_standins_figures(scene, width):
 def test_top_once_with_no_ledger_says_nothing_is_recorded_yet(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "AGENT_SESSION_IDS_USAGE"}
     env.update(HOME=str(tmp_path), LANG="C.UTF-8", LC_ALL="C.UTF-8")
-    result = subprocess.run([str(CLI), "top", "--once", "--width", "80", "--file", str(tmp_path / "none.jsonl")],
-                            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [str(CLI), "top", "--once", "--width", "80", "--file", str(tmp_path / "none.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     out = ok(result)
     assert "nothing recorded yet" in out and "AGENT" not in out, out
     assert all(len(line) <= 80 for line in out.splitlines()), out
@@ -211,11 +274,18 @@ def test_top_once_with_no_ledger_says_nothing_is_recorded_yet(tmp_path):
 
 def claude_status_json(scene: Scene, session: str) -> str:
     """What Claude Code pipes to its statusLine command (the fields the addon may read, and others)."""
-    return json.dumps({"hook_event_name": "Status", "session_id": session, "cwd": str(scene.beta),
-                       "transcript_path": str(scene.home / f"{session}.jsonl"),
-                       "model": {"id": scene.claude_model, "display_name": "Claude"},
-                       "workspace": {"current_dir": str(scene.beta), "project_dir": str(scene.beta)},
-                       "version": ac.selected_claude(), "output_style": {"name": "default"}})
+    return json.dumps(
+        {
+            "hook_event_name": "Status",
+            "session_id": session,
+            "cwd": str(scene.beta),
+            "transcript_path": str(scene.home / f"{session}.jsonl"),
+            "model": {"id": scene.claude_model, "display_name": "Claude"},
+            "workspace": {"current_dir": str(scene.beta), "project_dir": str(scene.beta)},
+            "version": ac.selected_claude(),
+            "output_style": {"name": "default"},
+        }
+    )
 
 
 def test_statusline_shows_claude_codes_session_its_cache_hit_cost_and_provider_flip(scene):
@@ -243,13 +313,25 @@ def test_report_by_project_json_has_both_folders_with_their_figures(scene):
     assert set(by_project) == {str(scene.alpha), str(scene.beta)} and len(groups) == 2
     alpha, beta = by_project[str(scene.alpha)], by_project[str(scene.beta)]
     assert [g["project"] for g in groups] == [str(scene.beta), str(scene.alpha)]  # the latest activity first
-    assert (alpha["requests"], alpha["input_tokens"], alpha["cache_read_tokens"], alpha["cache_write_tokens"],
-            alpha["output_tokens"], alpha["cost_requests"], alpha["providers"]) == \
-        (3, 36000, 33120, 900, 720, 3, {"Anthropic": 3})
+    assert (
+        alpha["requests"],
+        alpha["input_tokens"],
+        alpha["cache_read_tokens"],
+        alpha["cache_write_tokens"],
+        alpha["output_tokens"],
+        alpha["cost_requests"],
+        alpha["providers"],
+    ) == (3, 36000, 33120, 900, 720, 3, {"Anthropic": 3})
     assert alpha["cost"] == pytest.approx(0.0123) and alpha["cache_hit_ratio"] == 0.92 and alpha["flips"] == []
-    assert (beta["requests"], beta["input_tokens"], beta["cache_read_tokens"], beta["cache_write_tokens"],
-            beta["output_tokens"], beta["cost_requests"], beta["providers"]) == \
-        (4, 84000, 51000, 21000, 1300, 4, {"Anthropic": 3, "Google": 1})
+    assert (
+        beta["requests"],
+        beta["input_tokens"],
+        beta["cache_read_tokens"],
+        beta["cache_write_tokens"],
+        beta["output_tokens"],
+        beta["cost_requests"],
+        beta["providers"],
+    ) == (4, 84000, 51000, 21000, 1300, 4, {"Anthropic": 3, "Google": 1})
     assert beta["cost"] == pytest.approx(0.0675) and beta["cache_hit_ratio"] == round(51000 / 84000, 4)
     (flip,) = beta["flips"]
     assert (flip["session"], flip["from"], flip["to"]) == (scene.claude_session, "Anthropic", "Google")
@@ -259,21 +341,64 @@ def test_report_by_project_json_has_both_folders_with_their_figures(scene):
 def project_name(path: Path, width: int = 30) -> str:
     """How the text report names a project folder in its 30 columns: the end of the path."""
     text = str(path)
-    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
 def test_report_by_project_text_has_a_row_per_folder_and_the_total(scene):
     out = ok(run_cli(scene, "report", "--by", "project"))
     lines = out.splitlines()
-    assert lines[0].split() == ["PROJECT", "AGENT", "REQS", "INPUT", "CACHED", "HIT", "WRITE", "OUTPUT", "COST",
-                                "PROVIDERS"], out
+    assert lines[0].split() == [
+        "PROJECT",
+        "AGENT",
+        "REQS",
+        "INPUT",
+        "CACHED",
+        "HIT",
+        "WRITE",
+        "OUTPUT",
+        "COST",
+        "PROVIDERS",
+    ], out
     rows = {line[:30].rstrip(): line[30:].split() for line in lines[1:] if line[:1] not in (" ", "")}
-    assert rows[project_name(scene.alpha)] == ["pi", "3", "36.0k", "33.1k", "92%", "900", "720", "$0.0123",
-                                               "Anthropic"], out
-    assert rows[project_name(scene.beta)] == ["claude", "4", "84.0k", "51.0k", "61%", "21.0k", "1300", "$0.0675",
-                                              "Anthropic", "(3),", "Google", "(1)"], out
-    assert rows["TOTAL"] == ["-", "7", "120.0k", "84.1k", "70%", "21.9k", "2020", "$0.0798", "Anthropic", "(6),",
-                             "Google", "(1)"], out
+    assert rows[project_name(scene.alpha)] == [
+        "pi",
+        "3",
+        "36.0k",
+        "33.1k",
+        "92%",
+        "900",
+        "720",
+        "$0.0123",
+        "Anthropic",
+    ], out
+    assert rows[project_name(scene.beta)] == [
+        "claude",
+        "4",
+        "84.0k",
+        "51.0k",
+        "61%",
+        "21.0k",
+        "1300",
+        "$0.0675",
+        "Anthropic",
+        "(3),",
+        "Google",
+        "(1)",
+    ], out
+    assert rows["TOTAL"] == [
+        "-",
+        "7",
+        "120.0k",
+        "84.1k",
+        "70%",
+        "21.9k",
+        "2020",
+        "$0.0798",
+        "Anthropic",
+        "(6),",
+        "Google",
+        "(1)",
+    ], out
     assert set(rows) == {project_name(scene.alpha), project_name(scene.beta), "TOTAL"}, out
     flip_lines = [line for line in lines if "provider flip" in line]
     assert len(flip_lines) == 1 and "Anthropic → Google" in flip_lines[0], out
@@ -282,9 +407,23 @@ def test_report_by_project_text_has_a_row_per_folder_and_the_total(scene):
 # -- report --session ----------------------------------------------------------------------------
 
 
-TURN_KEYS = {"ts", "when", "model", "served_model", "provider", "input_tokens", "cache_read_tokens",
-             "cache_write_tokens", "output_tokens", "cost", "status", "cache_hit_ratio", "provider_flip", "subagent",
-             "sent_changed"}
+TURN_KEYS = {
+    "ts",
+    "when",
+    "model",
+    "served_model",
+    "provider",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost",
+    "status",
+    "cache_hit_ratio",
+    "provider_flip",
+    "subagent",
+    "sent_changed",
+}
 
 
 @pytest.mark.parametrize("who", ["claude", "pi"])
@@ -294,8 +433,11 @@ def test_report_session_json_lists_each_turn(scene, who):
     expected_turns = CLAUDE_TURNS if who == "claude" else PI_TURNS
     model = scene.claude_model if who == "claude" else PI_MODEL
     data = json.loads(ok(run_cli(scene, "report", "--session", session, "--json", "--timezone", "UTC")))
-    assert (data["session"], data["agent"], data["cwd"]) == \
-        (session, who, str(scene.beta if who == "claude" else scene.alpha))
+    assert (data["session"], data["agent"], data["cwd"]) == (
+        session,
+        who,
+        str(scene.beta if who == "claude" else scene.alpha),
+    )
     assert data["label"] == lines[-1]["label"]
     assert data["requests"] == len(lines) == len(expected_turns)
     assert data["cost"] == pytest.approx(sum(t["cost"] for t in expected_turns))
@@ -318,14 +460,23 @@ def test_report_session_text_has_one_row_per_turn(scene):
     text = out.splitlines()
     assert text[0] == f"session {lines[-1]['label']} (claude) · {session}", out
     assert text[1] == f"project {scene.beta} · 4 turns · cache hit 61% · cost $0.0675", out
-    assert text[2] == "" and text[3].split() == ["TIME", "MODEL", "PROVIDER", "INPUT", "CACHED", "HIT", "OUTPUT",
-                                                  "COST"], out
+    assert text[2] == "" and text[3].split() == [
+        "TIME",
+        "MODEL",
+        "PROVIDER",
+        "INPUT",
+        "CACHED",
+        "HIT",
+        "OUTPUT",
+        "COST",
+    ], out
     rows = [line.split() for line in text[4:] if re.match(r"\d\d:\d\d:\d\d ", line)]
     assert len(rows) == len(lines) == 4, out
     assert [row[0] for row in rows] == [line["ts"][11:19] for line in lines]
     assert all(fits(row[1], short_model(scene.claude_model)) for row in rows), out
-    assert [row[2:] for row in rows] == [["Anthropic", "20.0k", "15.0k", "75%", "400", "$0.0125"]] * 3 + \
-        [["⚠Google", "24.0k", "6000", "25%", "100", "$0.0300"]], out
+    assert [row[2:] for row in rows] == [["Anthropic", "20.0k", "15.0k", "75%", "400", "$0.0125"]] * 3 + [
+        ["⚠Google", "24.0k", "6000", "25%", "100", "$0.0300"]
+    ], out
     assert text[-1] == f"times on {lines[0]['ts'][:10]}", out
 
 

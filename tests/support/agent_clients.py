@@ -86,6 +86,7 @@ def selected_claude() -> str:
 def selected_codex() -> str:
     return _selected["codex"]
 
+
 #: The gateway the clients are pointed at (the stand-in answers it).
 CLAUDE_BASE_URL = "https://openrouter.ai/api"  # Claude appends /v1/messages
 CODEX_BASE_URL = "https://openrouter.ai/api/v1"  # Codex appends /responses
@@ -194,12 +195,18 @@ def codex_exec_command(
 
 def client_version(argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 60) -> str:
     """``<argv> --version`` output; raises RuntimeError with the exact error if it fails."""
-    proc = subprocess.run(argv + ["--version"], env=dict(env) if env else None,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv + ["--version"],
+        env=dict(env) if env else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[-1]} --version failed ({proc.returncode}): "
-                           f"{proc.stdout.strip()} {proc.stderr.strip()}")
+        raise RuntimeError(
+            f"{argv[-1]} --version failed ({proc.returncode}): {proc.stdout.strip()} {proc.stderr.strip()}"
+        )
     return proc.stdout.strip()
 
 
@@ -327,26 +334,40 @@ def codex_env(
 
 def _run(argv: list[str], env: Mapping[str, str], cwd, timeout: float, input: str | None):
     return subprocess.run(
-        argv, env=dict(env), cwd=str(cwd), input=input,
+        argv,
+        env=dict(env),
+        cwd=str(cwd),
+        input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def run_claude(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-               timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+def run_claude(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 90, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run ``claude <args>`` to completion (e.g. ``["-p", "hi"]``, ``["-c", "-p", "more"]``)."""
     return _run(claude_command() + list(args), env, cwd, timeout, input)
 
 
-def run_codex(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-              timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+def run_codex(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 90, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run ``codex <args>`` to completion; see ``codex_exec_command`` for a whole ``exec`` argv."""
     return _run(codex_command() + list(args), env, cwd, timeout, input)
 
 
-def run_codex_exec(prompt: str, env: Mapping[str, str], cwd: str | os.PathLike, *,
-                   resume: str | None = None, flags=(), timeout: float = 90):
+def run_codex_exec(
+    prompt: str,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike,
+    *,
+    resume: str | None = None,
+    flags=(),
+    timeout: float = 90,
+):
     """Run ``codex exec`` (``resume``: None, "--last" or a uuid) to completion."""
     return _run(codex_exec_command(prompt, resume=resume, flags=flags), env, cwd, timeout, None)
 
@@ -360,7 +381,7 @@ def _java_hash_base36(text: str) -> str:
     h = 0
     data = text.encode("utf-16-le")
     for i in range(0, len(data), 2):
-        h = ((h << 5) - h + int.from_bytes(data[i:i + 2], "little")) & 0xFFFFFFFF
+        h = ((h << 5) - h + int.from_bytes(data[i : i + 2], "little")) & 0xFFFFFFFF
     if h >= 1 << 31:
         h -= 1 << 32
     n, digits = abs(h), ""
@@ -381,7 +402,7 @@ def claude_project_dir_name(cwd: str | os.PathLike) -> str:
     units = text.encode("utf-16-le")
     out = []
     for i in range(0, len(units), 2):
-        code = int.from_bytes(units[i:i + 2], "little")
+        code = int.from_bytes(units[i : i + 2], "little")
         ch = chr(code) if code < 0xD800 or code > 0xDFFF else "-"
         out.append(ch if re.match(r"[A-Za-z0-9]", ch) else "-")
     name = "".join(out)
@@ -401,8 +422,7 @@ def claude_session_files(home: str | os.PathLike, cwd: str | os.PathLike) -> lis
     folders = [folder]
     if len(folder.name) > 200:
         folders = sorted(folder.parent.glob(folder.name[:200] + "-*"))
-    files = [p for d in folders if d.is_dir() for p in d.glob("*.jsonl")
-             if _UUID_RE.fullmatch(p.stem)]
+    files = [p for d in folders if d.is_dir() for p in d.glob("*.jsonl") if _UUID_RE.fullmatch(p.stem)]
     return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
 
@@ -453,8 +473,7 @@ def codex_session_index(home: str | os.PathLike) -> list[dict]:
     return harness.read_jsonl(codex_home(home) / "session_index.jsonl")
 
 
-def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str,
-                          timeout: float = 30) -> dict:
+def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str, timeout: float = 30) -> dict:
     """Name a Codex thread without the TUI: ``codex app-server`` (JSON-RPC over stdio),
     ``initialize`` then ``thread/name/set {threadId, name}``. Codex appends
     ``{"id", "thread_name", "updated_at"}`` to ``$CODEX_HOME/session_index.jsonl`` and sets
@@ -463,23 +482,32 @@ def codex_set_thread_name(home: str | os.PathLike, thread_id: str, name: str,
     env = {k: v for k, v in os.environ.items() if not harness._drop(k)}
     env.update({"HOME": str(home), "CODEX_HOME": str(codex_home(home))})
     proc = subprocess.Popen(
-        [str(codex_binary()), "app-server"], env=env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [str(codex_binary()), "app-server"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
+
         def send(obj):
             proc.stdin.write(json.dumps(obj) + "\n")
             proc.stdin.flush()
 
-        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"clientInfo": {"name": "agent-session-ids-tests", "version": "1"}}})
+        send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"clientInfo": {"name": "agent-session-ids-tests", "version": "1"}},
+            }
+        )
         send({"jsonrpc": "2.0", "method": "initialized"})
-        send({"jsonrpc": "2.0", "id": 2, "method": "thread/name/set",
-              "params": {"threadId": thread_id, "name": name}})
+        send({"jsonrpc": "2.0", "id": 2, "method": "thread/name/set", "params": {"threadId": thread_id, "name": name}})
         # Read lines in a thread: select() on a buffered text pipe misses lines already buffered.
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
-                         daemon=True).start()
+        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -559,8 +587,9 @@ def opencode_command() -> list[str]:
     return [str(opencode_binary())]
 
 
-def opencode_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike,
-                 extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+def opencode_env(
+    proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike, extra: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
     """Environment for opencode through ``proxy``: ``agent_env`` + OPENCODE_QUIET_ENV, and
     ``PWD=cwd`` (opencode records ``$PWD`` as the session's directory, not the real cwd)."""
     env = agent_env(proxy, home, pi_version=None)
@@ -569,8 +598,9 @@ def opencode_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLik
     return _apply(env, extra)
 
 
-def run_opencode(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-                 timeout: float = 120) -> subprocess.CompletedProcess:
+def run_opencode(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run ``opencode <args>`` (e.g. ``["run", "-m", OPENCODE_OPENROUTER_MODEL, "hi"]``)."""
     return _run(opencode_command() + list(args), env, cwd, timeout, None)
 
@@ -613,16 +643,16 @@ def omp_command() -> list[str]:
     return [str(bun_binary()), str(omp_cli())]
 
 
-def omp_env(proxy: Mitmdump, home: str | os.PathLike,
-            extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+def omp_env(proxy: Mitmdump, home: str | os.PathLike, extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Environment for Oh My Pi through ``proxy`` (``agent_env``, Bun's folder first on PATH)."""
     env = agent_env(proxy, home, pi_version=None)
     env["PATH"] = str(bun_binary().parent) + os.pathsep + env["PATH"]
     return _apply(env, extra)
 
 
-def run_omp(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-            timeout: float = 150) -> subprocess.CompletedProcess:
+def run_omp(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 150
+) -> subprocess.CompletedProcess:
     """Run ``omp <args>`` (e.g. ``["-p", "--model", OMP_MODEL, "--no-lsp", "hi"]``)."""
     return _run(omp_command() + list(args), env, cwd, timeout, None)
 
@@ -698,10 +728,15 @@ def qwen_command() -> list[str]:
     return [node_path(), str(qwen_cli())]
 
 
-def qwen_env(proxy: Mitmdump, home: str | os.PathLike,
-             extra: Mapping[str, str | None] | None = None, *,
-             base_url: str = QWEN_OPENROUTER_BASE_URL, model: str = QWEN_OPENROUTER_MODEL,
-             quiet: bool = True) -> dict[str, str]:
+def qwen_env(
+    proxy: Mitmdump,
+    home: str | os.PathLike,
+    extra: Mapping[str, str | None] | None = None,
+    *,
+    base_url: str = QWEN_OPENROUTER_BASE_URL,
+    model: str = QWEN_OPENROUTER_MODEL,
+    quiet: bool = True,
+) -> dict[str, str]:
     """Environment for Qwen Code through ``proxy``: ``agent_env`` (HOME, proxy, NODE_EXTRA_CA_CERTS,
     the fake OPENAI_API_KEY), ``OPENAI_BASE_URL=base_url``, ``OPENAI_MODEL=model`` and (``quiet``)
     QWEN_QUIET_ENV. ``extra`` is applied last (a None value deletes)."""
@@ -713,8 +748,9 @@ def qwen_env(proxy: Mitmdump, home: str | os.PathLike,
     return _apply(env, extra)
 
 
-def run_qwen(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-             timeout: float = 150) -> subprocess.CompletedProcess:
+def run_qwen(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 150
+) -> subprocess.CompletedProcess:
     """Run ``qwen --auth-type openai <args>`` to completion (e.g. ``["-p", "hi"]``,
     ``["-c", "-p", "more"]``, ``["-r", uuid, "-p", "more"]``, ``["--session-id", uuid, ...]``)."""
     return _run(qwen_command() + QWEN_AUTH_FLAGS + list(args), env, cwd, timeout, None)
@@ -786,8 +822,9 @@ def kilo_binary() -> Path:
     return path
 
 
-def kilo_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike,
-             extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+def kilo_env(
+    proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike, extra: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
     """``agent_env`` plus ``PWD`` (Kilo records it as the session's directory) and KILO_QUIET_ENV."""
     env = agent_env(proxy, home, pi_version=None)
     env["PWD"] = str(cwd)
@@ -795,8 +832,9 @@ def kilo_env(proxy: Mitmdump, home: str | os.PathLike, cwd: str | os.PathLike,
     return _apply(env, extra)
 
 
-def run_kilo(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-             timeout: float = 150) -> subprocess.CompletedProcess:
+def run_kilo(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 150
+) -> subprocess.CompletedProcess:
     """Run ``kilo <args>`` to completion (``["run", "-m", model, "word", ...]``)."""
     return _run([str(kilo_binary())] + list(args), env, cwd, timeout, None)
 
@@ -804,6 +842,7 @@ def run_kilo(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
 def kilo_sessions(home: str | os.PathLike) -> list[tuple[str, str]]:
     """(id, directory) of every session in ``<home>/.local/share/kilo/kilo.db``, oldest first."""
     import sqlite3
+
     db = Path(home) / ".local" / "share" / "kilo" / "kilo.db"
     if not db.exists():
         return []
@@ -853,24 +892,43 @@ def cline_command() -> list[str]:
     return [node_path(), str(cline_wrapper())]
 
 
-def cline_env(proxy: Mitmdump, home: str | os.PathLike, hub_port: int, backend: str = "local",
-              extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+def cline_env(
+    proxy: Mitmdump,
+    home: str | os.PathLike,
+    hub_port: int,
+    backend: str = "local",
+    extra: Mapping[str, str | None] | None = None,
+) -> dict[str, str]:
     """``agent_env`` plus NO_PROXY for the hub on loopback, its port, and the backend mode."""
     env = agent_env(proxy, home, pi_version=None)
-    env.update({"NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1",
-                "CLINE_HUB_PORT": str(hub_port), "CLINE_SESSION_BACKEND_MODE": backend})
+    env.update(
+        {
+            "NO_PROXY": "localhost,127.0.0.1,::1",
+            "no_proxy": "localhost,127.0.0.1,::1",
+            "CLINE_HUB_PORT": str(hub_port),
+            "CLINE_SESSION_BACKEND_MODE": backend,
+        }
+    )
     return _apply(env, extra)
 
 
-def run_cline(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-              timeout: float = 150) -> subprocess.CompletedProcess:
+def run_cline(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 150
+) -> subprocess.CompletedProcess:
     """Run ``cline <args>`` to completion (``["--json", "prompt"]``, ``["auth", ...]``)."""
     return _run(cline_command() + list(args), env, cwd, timeout, None)
 
 
 def start_cline(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike) -> subprocess.Popen:
-    return subprocess.Popen(cline_command() + list(args), env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cline_command() + list(args),
+        env=dict(env),
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def cline_sessions(home: str | os.PathLike) -> dict[str, dict]:
@@ -938,8 +996,9 @@ def codex_command_for_other_user(version: str | None = None) -> list[str]:
     return [harness.readable_node(), str(harness.readable_copy(prefix) / js.relative_to(prefix))]
 
 
-def codex_exec_command_for_other_user(prompt: str | None = None, *, resume: str | None = None,
-                                      flags=(), version: str | None = None) -> list[str]:
+def codex_exec_command_for_other_user(
+    prompt: str | None = None, *, resume: str | None = None, flags=(), version: str | None = None
+) -> list[str]:
     """``codex_exec_command`` with ``codex_command_for_other_user`` as the program."""
     argv = codex_exec_command(prompt, resume=resume, flags=flags, version=version)
     n = len(codex_command(version))

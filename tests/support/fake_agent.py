@@ -69,11 +69,13 @@ def messages(first_user: str, n_assistant: int, seq: int) -> list[dict]:
 
 
 def body_bytes(first_user: str, n_assistant: int, seq: int) -> bytes:
-    return json.dumps({
-        "model": "openai/gpt-4o-mini",
-        "messages": messages(first_user, n_assistant, seq),
-        "stream": False,
-    }).encode()
+    return json.dumps(
+        {
+            "model": "openai/gpt-4o-mini",
+            "messages": messages(first_user, n_assistant, seq),
+            "stream": False,
+        }
+    ).encode()
 
 
 def _headers(cfg: dict, seq: int, host: str) -> dict:
@@ -141,8 +143,16 @@ def pi_session_dir(home: str, cwd: str) -> str:
     return os.path.join(home, ".pi", "agent", "sessions", safe)
 
 
-def write_pi_session(home: str, cwd: str, sid: str, first_user: str, n_assistant: int = 1,
-                     name: str | None = None, ts: str = "2026-05-06T12:00:00.000Z", folder: str | None = None) -> str:
+def write_pi_session(
+    home: str,
+    cwd: str,
+    sid: str,
+    first_user: str,
+    n_assistant: int = 1,
+    name: str | None = None,
+    ts: str = "2026-05-06T12:00:00.000Z",
+    folder: str | None = None,
+) -> str:
     """A pi session file (format v3) as pi writes it; returns its path."""
     folder = folder or pi_session_dir(home, cwd)
     os.makedirs(folder, exist_ok=True)
@@ -150,15 +160,34 @@ def write_pi_session(home: str, cwd: str, sid: str, first_user: str, n_assistant
     lines = [
         {"type": "session", "version": 3, "id": sid, "timestamp": ts, "cwd": cwd},
         {"type": "model_change", "id": "a1", "parentId": None, "provider": "openrouter", "modelId": "m"},
-        {"type": "message", "id": "u0", "parentId": "a1",
-         "message": {"role": "user", "content": [{"type": "text", "text": first_user}]}},
+        {
+            "type": "message",
+            "id": "u0",
+            "parentId": "a1",
+            "message": {"role": "user", "content": [{"type": "text", "text": first_user}]},
+        },
     ]
     for i in range(n_assistant):
-        lines.append({"type": "message", "id": f"a{i}x", "parentId": "u0",
-                      "message": {"role": "assistant", "content": [{"type": "text", "text": f"answer {i}"}],
-                                  "stopReason": "stop"}})
-        lines.append({"type": "message", "id": f"u{i}x", "parentId": f"a{i}x",
-                      "message": {"role": "user", "content": [{"type": "text", "text": f"follow-up {i}"}]}})
+        lines.append(
+            {
+                "type": "message",
+                "id": f"a{i}x",
+                "parentId": "u0",
+                "message": {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": f"answer {i}"}],
+                    "stopReason": "stop",
+                },
+            }
+        )
+        lines.append(
+            {
+                "type": "message",
+                "id": f"u{i}x",
+                "parentId": f"a{i}x",
+                "message": {"role": "user", "content": [{"type": "text", "text": f"follow-up {i}"}]},
+            }
+        )
     if name is not None:
         lines.append({"type": "session_info", "id": "n1", "parentId": None, "name": name})
     with open(path, "w", encoding="utf-8") as f:
@@ -202,14 +231,30 @@ def run_normal(cfg: dict) -> int:
             t0 = time.monotonic()
             try:
                 status, _ = client.send(url, body, headers, keep)
-                emit({"tag": cfg.get("tag"), "seq": seq, "status": status,
-                      "ms": round((time.monotonic() - t0) * 1000, 2), "error": None, "attempt": attempt})
+                emit(
+                    {
+                        "tag": cfg.get("tag"),
+                        "seq": seq,
+                        "status": status,
+                        "ms": round((time.monotonic() - t0) * 1000, 2),
+                        "error": None,
+                        "attempt": attempt,
+                    }
+                )
                 ok += status == 200
                 failed += status != 200
                 break
             except Exception as e:
-                emit({"tag": cfg.get("tag"), "seq": seq, "status": None,
-                      "ms": round((time.monotonic() - t0) * 1000, 2), "error": repr(e), "attempt": attempt})
+                emit(
+                    {
+                        "tag": cfg.get("tag"),
+                        "seq": seq,
+                        "status": None,
+                        "ms": round((time.monotonic() - t0) * 1000, 2),
+                        "error": repr(e),
+                        "attempt": attempt,
+                    }
+                )
                 if not tolerate:
                     emit({"done": True, "ok": ok, "failed": failed + 1})
                     return 1

@@ -241,8 +241,7 @@ def _gemini_state(body: dict) -> tuple[str, int]:
         if results:
             results_after += results
             continue
-        texts = [str(p["text"]) for p in parts
-                 if isinstance(p.get("text"), str) and not p.get("thought")]
+        texts = [str(p["text"]) for p in parts if isinstance(p.get("text"), str) and not p.get("thought")]
         if entry.get("role", "user") == "user" and texts:  # a lone turn may leave the role out
             last_text, results_after = "\n".join(texts), 0
     return last_text, results_after
@@ -280,9 +279,7 @@ def conversation_state(api: str, body: dict) -> tuple[str, int]:
             if isinstance(content, list) and any(
                 isinstance(b, dict) and b.get("type") == "tool_result" for b in content
             ):
-                results_after += sum(
-                    1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result"
-                )
+                results_after += sum(1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result")
                 continue
             last_text, results_after = _text_of(content), 0
     return last_text, results_after
@@ -423,7 +420,7 @@ def directives(text: str) -> Directives:
         except DirectiveError as exc:
             return Directives(plan, "".join(rest) + text[kept:], str(exc))
         plan.append(call)
-        rest.append(text[kept:tool.start()])
+        rest.append(text[kept : tool.start()])
         pos = kept = end
     return Directives(plan, "".join(rest) + text[kept:] if rest else text)
 
@@ -485,8 +482,12 @@ def _chat_usage(figures: dict | None, in_tok: int) -> dict:
 
 def _anthropic_usage(figures: dict | None, in_tok: int) -> dict:
     if figures is None:
-        return {"input_tokens": in_tok, "output_tokens": 5,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return {
+            "input_tokens": in_tok,
+            "output_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
     usage: dict = {}
     if "in" in figures:
         usage["input_tokens"] = figures["in"] - figures.get("cached", 0) - figures.get("write", 0)
@@ -501,9 +502,13 @@ def _anthropic_usage(figures: dict | None, in_tok: int) -> dict:
 
 def _responses_usage(figures: dict | None, in_tok: int) -> dict:
     if figures is None:
-        return {"input_tokens": in_tok, "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": in_tok + 5}
+        return {
+            "input_tokens": in_tok,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": in_tok + 5,
+        }
     usage: dict = {}
     if "in" in figures:
         usage["input_tokens"] = figures["in"]
@@ -518,8 +523,12 @@ def _responses_usage(figures: dict | None, in_tok: int) -> dict:
 
 def _gemini_usage(figures: dict | None, in_tok: int) -> dict:
     if figures is None:
-        return {"promptTokenCount": in_tok, "candidatesTokenCount": 5, "cachedContentTokenCount": 0,
-                "totalTokenCount": in_tok + 5}
+        return {
+            "promptTokenCount": in_tok,
+            "candidatesTokenCount": 5,
+            "cachedContentTokenCount": 0,
+            "totalTokenCount": in_tok + 5,
+        }
     usage: dict = {}
     if "in" in figures:
         usage["promptTokenCount"] = figures["in"]
@@ -553,16 +562,13 @@ def _sse_response(body: bytes) -> http.Response:
 
 
 def _json_response(obj: Any, status: int = 200) -> http.Response:
-    return http.Response.make(
-        status, json.dumps(obj).encode(), {"Content-Type": "application/json", "X-Standin": "1"}
-    )
+    return http.Response.make(status, json.dumps(obj).encode(), {"Content-Type": "application/json", "X-Standin": "1"})
 
 
 # --------------------------------------------------------------------------- answers
 
 
-def openai_chat(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-                figures: dict | None = None):
+def openai_chat(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None = None):
     model = body.get("model", "standin-model")
     cid, created = f"chatcmpl-standin-{n}", int(time.time())
     usage = _chat_usage(figures, in_tok)
@@ -576,88 +582,145 @@ def openai_chat(body: dict, command: Step | None, text: str, n: int, in_tok: int
             message = {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {"id": call_id, "type": "function",
-                     "function": {"name": tool, "arguments": args}}
-                ],
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": tool, "arguments": args}}],
             }
         else:
             message = {"role": "assistant", "content": text}
-        return _json_response({
-            "id": cid, **extra, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage,
-        })
+        return _json_response(
+            {
+                "id": cid,
+                **extra,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }
+        )
 
     def chunk(delta: dict, finish_reason=None, **extra) -> tuple[None, dict]:
         return None, {
-            "id": cid, **_provider(figures), "object": "chat.completion.chunk", "created": created,
-            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra,
+            "id": cid,
+            **_provider(figures),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            **extra,
         }
 
     events = [chunk({"role": "assistant", "content": ""})]
     if command is not None:
-        events.append(chunk({"tool_calls": [{
-            "index": 0, "id": call_id, "type": "function",
-            "function": {"name": tool, "arguments": ""}}]}))
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}
+                    ]
+                }
+            )
+        )
         events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
     else:
         events.append(chunk({"content": text}))
     events.append(chunk({}, finish))
-    events.append((None, {"id": cid, **extra, "object": "chat.completion.chunk", "created": created,
-                          "model": model, "choices": [], "usage": usage}))
+    events.append(
+        (
+            None,
+            {
+                "id": cid,
+                **extra,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            },
+        )
+    )
     events.append((None, "[DONE]"))
     return _sse_response(_sse(events))
 
 
-def anthropic_messages(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-                       figures: dict | None = None):
+def anthropic_messages(
+    body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None = None
+):
     model = body.get("model", "standin-model")
     mid = f"msg_standin_{n}"
     stop = "tool_use" if command is not None else "end_turn"
     tool_id = f"toolu_standin_{k}"
     tool, call_input = call_of(body, command) if command is not None else (None, None)
     if command is not None:
-        block = {"type": "tool_use", "id": tool_id, "name": tool,
-                 "input": call_input}
+        block = {"type": "tool_use", "id": tool_id, "name": tool, "input": call_input}
     else:
         block = {"type": "text", "text": text}
     usage = _anthropic_usage(figures, in_tok)
     extra = _provider(figures)
     cost = {"cost": figures["cost"]} if figures and "cost" in figures else {}
     if not body.get("stream"):
-        return _json_response({
-            "id": mid, "type": "message", "role": "assistant", "model": model, **extra,
-            "content": [block], "stop_reason": stop, "stop_sequence": None, "usage": {**usage, **cost},
-        })
+        return _json_response(
+            {
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                **extra,
+                "content": [block],
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {**usage, **cost},
+            }
+        )
     start_block = (
         {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
-        if command is not None else {"type": "text", "text": ""}
+        if command is not None
+        else {"type": "text", "text": ""}
     )
     delta = (
         {"type": "input_json_delta", "partial_json": json.dumps(call_input)}
-        if command is not None else {"type": "text_delta", "text": text}
+        if command is not None
+        else {"type": "text_delta", "text": text}
     )
     events = [
-        ("message_start", {"type": "message_start", "message": {
-            "id": mid, "type": "message", "role": "assistant", "model": model, **extra, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": start_block}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": mid,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    **extra,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": 1},
+                },
+            },
+        ),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start_block}),
         ("ping", {"type": "ping"}),
         ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": stop, "stop_sequence": None},
-                           "usage": {"output_tokens": usage.get("output_tokens", 5), **cost}
-                           if figures is None or "out" in figures else cost}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": usage.get("output_tokens", 5), **cost}
+                if figures is None or "out" in figures
+                else cost,
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return _sse_response(_sse(events))
 
 
-def openai_responses(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-                     figures: dict | None = None):
+def openai_responses(
+    body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None = None
+):
     model = body.get("model", "standin-model")
     rid, created = f"resp_standin_{n}", int(time.time())
     usage = _responses_usage(figures, in_tok)
@@ -665,17 +728,36 @@ def openai_responses(body: dict, command: Step | None, text: str, n: int, in_tok
     if command is not None:
         tool, call_input = call_of(body, command)
         args = json.dumps(call_input)
-        item = {"id": f"fc_standin_{k}", "type": "function_call", "status": "completed",
-                "call_id": f"call_standin_{k}", "name": tool, "arguments": args}
+        item = {
+            "id": f"fc_standin_{k}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": f"call_standin_{k}",
+            "name": tool,
+            "arguments": args,
+        }
     else:
-        item = {"id": f"msg_standin_{n}", "type": "message", "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        item = {
+            "id": f"msg_standin_{n}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
 
     def response_obj(status: str, output: list, use) -> dict:
-        return {"id": rid, "object": "response", "created_at": created, "status": status,
-                "model": model, **extra, "output": output, "usage": use,
-                "error": None, "incomplete_details": None}
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": created,
+            "status": status,
+            "model": model,
+            **extra,
+            "output": output,
+            "usage": use,
+            "error": None,
+            "incomplete_details": None,
+        }
 
     if not body.get("stream"):
         return _json_response(response_obj("completed", [item], usage))
@@ -690,24 +772,28 @@ def openai_responses(body: dict, command: Step | None, text: str, n: int, in_tok
     ev("response.created", {"response": response_obj("in_progress", [], None)})
     ev("response.in_progress", {"response": response_obj("in_progress", [], None)})
     if command is not None:
-        ev("response.output_item.added", {"output_index": 0, "item": {
-            **item, "status": "in_progress", "arguments": ""}})
-        ev("response.function_call_arguments.delta",
-           {"item_id": item["id"], "output_index": 0, "delta": item["arguments"]})
-        ev("response.function_call_arguments.done",
-           {"item_id": item["id"], "output_index": 0, "arguments": item["arguments"]})
+        ev(
+            "response.output_item.added",
+            {"output_index": 0, "item": {**item, "status": "in_progress", "arguments": ""}},
+        )
+        ev(
+            "response.function_call_arguments.delta",
+            {"item_id": item["id"], "output_index": 0, "delta": item["arguments"]},
+        )
+        ev(
+            "response.function_call_arguments.done",
+            {"item_id": item["id"], "output_index": 0, "arguments": item["arguments"]},
+        )
     else:
-        ev("response.output_item.added", {"output_index": 0, "item": {
-            **item, "status": "in_progress", "content": []}})
+        ev("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}})
         part = {"type": "output_text", "text": "", "annotations": []}
-        ev("response.content_part.added",
-           {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part})
-        ev("response.output_text.delta",
-           {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": text})
-        ev("response.output_text.done",
-           {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text})
-        ev("response.content_part.done", {"item_id": item["id"], "output_index": 0,
-                                          "content_index": 0, "part": {**part, "text": text}})
+        ev("response.content_part.added", {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part})
+        ev("response.output_text.delta", {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": text})
+        ev("response.output_text.done", {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text})
+        ev(
+            "response.content_part.done",
+            {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": {**part, "text": text}},
+        )
     ev("response.output_item.done", {"output_index": 0, "item": item})
     ev("response.completed", {"response": response_obj("completed", [item], usage)})
     return _sse_response(_sse(events))
@@ -754,8 +840,9 @@ def gemini_json_text(body: dict) -> str | None:
     return json.dumps(_schema_value(schema) if isinstance(schema, dict) else {})
 
 
-def _gemini(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-            figures: dict | None, stream: bool):
+def _gemini(
+    body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None, stream: bool
+):
     model = body.get("model", "standin-model")
     usage = _gemini_usage(figures, in_tok)
     if command is None:
@@ -787,14 +874,16 @@ def _gemini(body: dict, command: Step | None, text: str, n: int, in_tok: int, k:
     return _sse_response(_sse(events))
 
 
-def gemini_generate(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-                    figures: dict | None = None):
+def gemini_generate(
+    body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None = None
+):
     """Gemini API ``:generateContent``: one JSON object."""
     return _gemini(body, command, text, n, in_tok, k, figures, stream=False)
 
 
-def gemini_stream(body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-                  figures: dict | None = None):
+def gemini_stream(
+    body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, figures: dict | None = None
+):
     """Gemini API ``:streamGenerateContent?alt=sse``: SSE ``data:`` chunks."""
     return _gemini(body, command, text, n, in_tok, k, figures, stream=True)
 
@@ -808,8 +897,9 @@ ANSWERERS = {
 }
 
 
-def answer_for(api: str, body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int,
-           host: str = "") -> http.Response:
+def answer_for(
+    api: str, body: dict, command: Step | None, text: str, n: int, in_tok: int, k: int, host: str = ""
+) -> http.Response:
     """The answer, with the ``[[usage: ...]]`` figures where the gateway puts them (Opper: headers)."""
     figures = usage_figures(api, body)
     if figures is None or host != "api.opper.ai":
@@ -885,9 +975,7 @@ class GatewayStandin:
             "http_version": req.http_version,
             "method": req.method,
             "path": req.path,
-            "headers": [
-                [k.decode("latin-1"), v.decode("utf-8", "replace")] for k, v in req.headers.fields
-            ],
+            "headers": [[k.decode("latin-1"), v.decode("utf-8", "replace")] for k, v in req.headers.fields],
             "body": text,
             "body_b64": base64.b64encode(raw).decode("ascii"),
             "client_port": peer[1] if peer else None,
@@ -902,8 +990,15 @@ class GatewayStandin:
         }
         self._log(record)
         shown = f"{command.name} {json.dumps(command.input)}" if call else command
-        logger.info("stand-in #%d %s %s%s -> %s%s", n, req.method, req.pretty_host, req.path,
-                    answer, f" ({shown})" if shown else f" ({error})" if error else "")
+        logger.info(
+            "stand-in #%d %s %s%s -> %s%s",
+            n,
+            req.method,
+            req.pretty_host,
+            req.path,
+            answer,
+            f" ({shown})" if shown else f" ({error})" if error else "",
+        )
 
         if delay > 0:
             await asyncio.sleep(delay)
@@ -921,15 +1016,20 @@ class GatewayStandin:
                 {"error": {"message": f"stand-in: no answer for {req.method} {req.path}"}}, 404
             )
 
-
     def response(self, flow: http.HTTPFlow) -> None:
         """Log the answer as the client gets it (the stand-in's own, or an error)."""
         if flow.response is None or not flow.response.headers.get("X-Standin"):
             return
-        self._log({"kind": "answer", "time": time.time(), "flow_id": flow.id,
-                   "status": flow.response.status_code,
-                   "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in flow.response.headers.fields],
-                   "body_b64": base64.b64encode(flow.response.raw_content or b"").decode("ascii")})
+        self._log(
+            {
+                "kind": "answer",
+                "time": time.time(),
+                "flow_id": flow.id,
+                "status": flow.response.status_code,
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in flow.response.headers.fields],
+                "body_b64": base64.b64encode(flow.response.raw_content or b"").decode("ascii"),
+            }
+        )
 
     def server_connect(self, data) -> None:
         """Never let mitmproxy reach the network (see "Network guard" above)."""
@@ -1015,8 +1115,9 @@ class StreamingStandin:
         n = len(self.sent) + 1
         try:
             command, final, _ = decide(api, body) if api in ANSWERERS else (None, "ok", 0.0)
-            response = answer_for(api, body, command, final, n, max(1, len(raw) // 4),
-                                  conversation_state(api, body)[1], self.host)
+            response = answer_for(
+                api, body, command, final, n, max(1, len(raw) // 4), conversation_state(api, body)[1], self.host
+            )
         except DirectiveError as exc:
             response = _json_response({"error": {"message": f"stand-in: {exc}"}}, 400)
         data = response.content or b""
@@ -1024,12 +1125,15 @@ class StreamingStandin:
             pieces = [e + b"\n\n" for e in data.split(b"\n\n") if e]
         else:
             pieces = [data]
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.fields
-                   if k.lower() not in (b"content-length",)]
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in response.headers.fields
+            if k.lower() not in (b"content-length",)
+        ]
         if self.encoding == "gzip":
             data = gzip_mod.compress(data)
             third = max(1, len(data) // 3)
-            pieces = [data[:third], data[third:2 * third], data[2 * third:]]
+            pieces = [data[:third], data[third : 2 * third], data[2 * third :]]
             headers.append(("Content-Encoding", "gzip"))
         record = {"path": path, "api": api, "body": data, "first": pieces[0], "released": None}
         self.sent.append(record)

@@ -107,9 +107,14 @@ def write_gemini_settings(home: str | os.PathLike, settings: Mapping | None = No
     return path
 
 
-def gemini_env(proxy: Mitmdump, home: str | os.PathLike,
-               extra: Mapping[str, str | None] | None = None, *,
-               base_url: str = GEMINI_BASE_URL, settings: Mapping | None = None) -> dict[str, str]:
+def gemini_env(
+    proxy: Mitmdump,
+    home: str | os.PathLike,
+    extra: Mapping[str, str | None] | None = None,
+    *,
+    base_url: str = GEMINI_BASE_URL,
+    settings: Mapping | None = None,
+) -> dict[str, str]:
     """Environment for Gemini CLI through ``proxy``: ``agent_env`` (HOME, HTTPS_PROXY,
     NODE_EXTRA_CA_CERTS, inherited GEMINI_*/GOOGLE_* dropped), ``GEMINI_API_KEY``,
     ``GOOGLE_GEMINI_BASE_URL=base_url`` and GEMINI_QUIET_ENV; writes
@@ -123,12 +128,20 @@ def gemini_env(proxy: Mitmdump, home: str | os.PathLike,
     return harness.apply_env(env, extra)
 
 
-def run_gemini(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-               timeout: float = 150) -> subprocess.CompletedProcess:
+def run_gemini(
+    args: list[str], env: Mapping[str, str], cwd: str | os.PathLike, timeout: float = 150
+) -> subprocess.CompletedProcess:
     """Run ``gemini <args>`` to completion, stdin closed (e.g. ``["--yolo", "-p", "hi"]``,
     ``["--yolo", "--resume", uuid, "-p", "more"]``)."""
-    return subprocess.run(gemini_command() + list(args), env=dict(env), cwd=str(cwd),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        gemini_command() + list(args),
+        env=dict(env),
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def gemini_shell(command: str) -> str:
@@ -190,8 +203,13 @@ def gemini_user_prompts(path: str | os.PathLike) -> list[str]:
     for record in harness.read_jsonl(path):
         if record.get("type") != "user" or not isinstance(record.get("content"), list):
             continue
-        texts = [p["text"] for p in record["content"] if isinstance(p, dict) and isinstance(p.get("text"), str)
-                 and not p["text"].lstrip().startswith("<session_context>")]
+        texts = [
+            p["text"]
+            for p in record["content"]
+            if isinstance(p, dict)
+            and isinstance(p.get("text"), str)
+            and not p["text"].lstrip().startswith("<session_context>")
+        ]
         if texts:
             prompts.append("\n".join(texts))
     return prompts

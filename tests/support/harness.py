@@ -121,15 +121,22 @@ def _npm_install_locked(package: str, version: str, prefix: Path, timeout: float
             if key.lower() in ("http_proxy", "https_proxy", "all_proxy"):
                 del env[key]
         cmd = [
-            node_path(), _npm_cli(), "install", "--prefix", str(tmp),
-            "--no-audit", "--no-fund", "--omit=dev", "--no-save", "--loglevel=error",
+            node_path(),
+            _npm_cli(),
+            "install",
+            "--prefix",
+            str(tmp),
+            "--no-audit",
+            "--no-fund",
+            "--omit=dev",
+            "--no-save",
+            "--loglevel=error",
             f"{package}@{version}",
         ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"npm install {package}@{version} failed ({proc.returncode}):\n"
-                f"{proc.stdout}\n{proc.stderr}"
+                f"npm install {package}@{version} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             )
         (tmp / ".complete").write_text(f"{package}@{version}\n")
         try:
@@ -268,10 +275,14 @@ class Mitmdump:
     def _argv(self, port: int) -> list[str]:
         argv = [
             _mitmdump_binary(),
-            "--listen-host", "127.0.0.1",
-            "-p", str(port),
-            "--set", f"confdir={self.confdir}",
-            "--set", "connection_strategy=lazy",
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--set",
+            f"confdir={self.confdir}",
+            "--set",
+            "connection_strategy=lazy",
         ]
         for script in self.scripts:
             argv += ["-s", script]
@@ -305,7 +316,7 @@ class Mitmdump:
         return self
 
     def _current_output(self) -> str:
-        data = self._out_path.read_bytes()[self._out_offset:]
+        data = self._out_path.read_bytes()[self._out_offset :]
         return data.decode("utf-8", "replace")
 
     def _wait_listening(self) -> None:
@@ -318,9 +329,7 @@ class Mitmdump:
                 if self.ca_cert.exists() and self._can_connect():
                     return
             if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mitmdump exited with {self._proc.returncode} during startup:\n{self.output()}"
-                )
+                raise RuntimeError(f"mitmdump exited with {self._proc.returncode} during startup:\n{self.output()}")
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"mitmdump did not start listening in time:\n{self.output()}")
@@ -430,8 +439,22 @@ def header(record: dict, name: str) -> str | None:
 # --------------------------------------------------------------------------- agent env
 
 _DROP_PREFIXES = (
-    "PI_", "ANTHROPIC_", "OPENAI_", "OPENROUTER_", "OPENCODE_", "OPPER_", "GEMINI_", "GOOGLE_",
-    "CLAUDE_", "CODEX_", "AWS_", "AZURE_", "XDG_", "NODE_", "NPM_CONFIG_", "MITMPROXY_",
+    "PI_",
+    "ANTHROPIC_",
+    "OPENAI_",
+    "OPENROUTER_",
+    "OPENCODE_",
+    "OPPER_",
+    "GEMINI_",
+    "GOOGLE_",
+    "CLAUDE_",
+    "CODEX_",
+    "AWS_",
+    "AZURE_",
+    "XDG_",
+    "NODE_",
+    "NPM_CONFIG_",
+    "MITMPROXY_",
 )
 
 
@@ -754,8 +777,9 @@ class OtherUser:
     ``cleanup()`` removes it.
     """
 
-    def __init__(self, proxy: Mitmdump, root: str | os.PathLike | None = None,
-                 uid: int = OTHER_UID, gid: int = OTHER_GID) -> None:
+    def __init__(
+        self, proxy: Mitmdump, root: str | os.PathLike | None = None, uid: int = OTHER_UID, gid: int = OTHER_GID
+    ) -> None:
         self.uid, self.gid = uid, gid
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="as-other-user-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -790,17 +814,27 @@ class OtherUser:
         return out
 
     def argv(self, argv: list[str]) -> list[str]:
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--",
-                *argv]
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--", *argv]
 
-    def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
-            timeout: float = 90, input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | os.PathLike,
+        timeout: float = 90,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` as this user to completion (stdin closed unless ``input``)."""
         self.chown()
         return subprocess.run(
-            self.argv(list(argv)), env=dict(env), cwd=str(cwd), input=input,
+            self.argv(list(argv)),
+            env=dict(env),
+            cwd=str(cwd),
+            input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def cleanup(self) -> None:

@@ -93,7 +93,7 @@ def _deep(depth: int) -> bytes:
 
 def corpus() -> list[Odd]:
     """The odd requests. Names are unique."""
-    chat = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "héllo 🌍 \u2028 \"q\""}]}
+    chat = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": 'héllo 🌍 \u2028 "q"'}]}
     base = json.dumps(chat, ensure_ascii=False).encode()
     unicode_body = (
         '{"model":"m","messages":[{"role":"user","content":"日本語 ✓ 🚀 \\ud83d\\ude80 \\u0000 \\"x\\""}],'
@@ -120,8 +120,7 @@ def corpus() -> list[Odd]:
         # not JSON (RFC 8259 has no NaN or Infinity): passed as sent (issue 17, 6)
         Odd("nan-infinity", b'{"a":NaN,"b":-Infinity,"messages":[]}', on_rule="untouched"),
         Odd("nan-only", b'{"t":NaN,"messages":[{"role":"user","content":"n"}]}', on_rule="untouched"),
-        Odd("infinity-in-list", b'{"messages":[{"role":"user","content":"i"}],"w":[1,Infinity]}',
-            on_rule="untouched"),
+        Odd("infinity-in-list", b'{"messages":[{"role":"user","content":"i"}],"w":[1,Infinity]}', on_rule="untouched"),
         Odd("nan-in-message", b'{"messages":[{"role":"user","content":"m","score":NaN}]}', on_rule="untouched"),
         # a lone surrogate in the model: the ledger keeps the answer (issue 17, 7)
         Odd("lone-surrogate-model", b'{"model":"\\ud800x","messages":[{"role":"user","content":"s"}]}'),
@@ -136,30 +135,47 @@ def corpus() -> list[Odd]:
         Odd("empty-body", b"", on_rule="untouched"),
         Odd("empty-body-no-type", b"", content_type=None, on_rule="untouched"),
         Odd("binary-octets", bytes(range(256)) * 4, content_type="application/octet-stream", on_rule="untouched"),
-        Odd("large-512k", json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 512_000}]}).encode()),
+        Odd(
+            "large-512k", json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 512_000}]}).encode()
+        ),
         Odd("chunked", base, chunked=True),
         Odd("chunked-empty", b"", chunked=True, on_rule="untouched"),
         Odd("put-method", base, method="PUT", on_rule="untouched"),  # the rule matches POST only
         Odd("get-with-body", base, method="GET", on_rule="untouched"),
-        Odd("odd-headers", base, extra_headers=[
-            ("X-MiXeD-CaSe", "Value With  Spaces"), ("x-dup", "one"), ("x-dup", "two"),
-            ("x-long", "L" * 8000), ("x-utf8", "caf\u00e9 \u2603"), ("x-empty", ""),
-        ]),
+        Odd(
+            "odd-headers",
+            base,
+            extra_headers=[
+                ("X-MiXeD-CaSe", "Value With  Spaces"),
+                ("x-dup", "one"),
+                ("x-dup", "two"),
+                ("x-long", "L" * 8000),
+                ("x-utf8", "caf\u00e9 \u2603"),
+                ("x-empty", ""),
+            ],
+        ),
         Odd("gzip-broken", base, encoding="gzip", wire_body=b"\x1f\x8b this is not gzip", on_rule="untouched"),
         Odd("unknown-encoding", base, encoding="x-snappy-nope", wire_body=base, on_rule="untouched"),
     ]
     for enc in ("gzip", "deflate", "br", "zstd"):
         out.append(Odd(f"{enc}-json", base, encoding=enc))
-        out.append(Odd(f"{enc}-not-json", b"plain text body", encoding=enc, content_type="text/plain",
-                       on_rule="untouched"))
+        out.append(
+            Odd(f"{enc}-not-json", b"plain text body", encoding=enc, content_type="text/plain", on_rule="untouched")
+        )
     out.append(Odd("gzip-chunked", base, encoding="gzip", chunked=True))
     # compressed streams cut short: never taken for whole ones, nor "repaired" (issue 17, 5)
     for enc, cut in (("gzip", 6), ("gzip", 1), ("deflate", 4), ("br", 3), ("zstd", 3)):
-        out.append(Odd(f"{enc}-cut-{cut}", base, encoding=enc, wire_body=encode(base, enc)[:-cut],
-                       on_rule="untouched"))
+        out.append(Odd(f"{enc}-cut-{cut}", base, encoding=enc, wire_body=encode(base, enc)[:-cut], on_rule="untouched"))
     # two gzip members, as gzip.decompress reads them
-    out.append(Odd("gzip-two-members", base, encoding="gzip",
-                   wire_body=gzip.compress(base[:20], mtime=0) + gzip.compress(base[20:], mtime=0), on_rule="either"))
+    out.append(
+        Odd(
+            "gzip-two-members",
+            base,
+            encoding="gzip",
+            wire_body=gzip.compress(base[:20], mtime=0) + gzip.compress(base[20:], mtime=0),
+            on_rule="either",
+        )
+    )
     return out
 
 
@@ -178,15 +194,16 @@ def request_headers(odd: Odd, host: str) -> list[tuple[str, str]]:
     return headers + list(odd.extra_headers)
 
 
-def build_h1(method: str, target: str, host: str, headers: list[tuple[str, str]], body: bytes,
-             chunked: bool = False) -> bytes:
+def build_h1(
+    method: str, target: str, host: str, headers: list[tuple[str, str]], body: bytes, chunked: bool = False
+) -> bytes:
     """A raw HTTP/1.1 request (Content-Length, or chunked in 3 pieces)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{k}: {v}" for k, v in headers]
     if chunked:
         lines.append("Transfer-Encoding: chunked")
         n = max(1, len(body) // 3)
-        pieces = [body[i:i + n] for i in range(0, len(body), n)]
+        pieces = [body[i : i + n] for i in range(0, len(body), n)]
         payload = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
     else:
         lines.append(f"Content-Length: {len(body)}")
@@ -218,8 +235,9 @@ def tls_context(ca_file: str, alpn: list[str] | None = None) -> ssl.SSLContext:
     return ctx
 
 
-def send_h1(proxy_port: int, ca_file: str | None, host: str, raw: bytes, timeout: float = 30.0,
-            tls: bool = True) -> tuple[int, bytes]:
+def send_h1(
+    proxy_port: int, ca_file: str | None, host: str, raw: bytes, timeout: float = 30.0, tls: bool = True
+) -> tuple[int, bytes]:
     """Send raw request bytes over HTTPS (CONNECT + TLS) or, with tls=False, as plain HTTP to the
     proxy (then `raw` must use an absolute-form target). Returns (status, response body)."""
     if tls:
@@ -236,8 +254,16 @@ def send_h1(proxy_port: int, ca_file: str | None, host: str, raw: bytes, timeout
         sock.close()
 
 
-def send_h2(proxy_port: int, ca_file: str, host: str, method: str, path: str,
-            headers: list[tuple[str, str]], body: bytes, timeout: float = 30.0) -> tuple[int, bytes, str]:
+def send_h2(
+    proxy_port: int,
+    ca_file: str,
+    host: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    timeout: float = 30.0,
+) -> tuple[int, bytes, str]:
     """One HTTP/2 request (h2 over TLS through CONNECT). Returns (status, body, alpn)."""
     import h2.config
     import h2.connection
@@ -264,7 +290,7 @@ def send_h2(proxy_port: int, ca_file: str, host: str, method: str, path: str,
                 window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     break
-                piece = body[sent:sent + window]
+                piece = body[sent : sent + window]
                 sent += len(piece)
                 conn.send_data(sid, piece, end_stream=sent >= len(body))
                 sock.sendall(conn.data_to_send())
@@ -294,11 +320,11 @@ def inserted_member(before: bytes, after: bytes, key: str = "session_id") -> str
     close = before.rindex(b"}")
     head, tail = before[:close], before[close:]
     assert after.startswith(head) and after.endswith(tail), "bytes outside the insertion changed"
-    middle = after[len(head):len(after) - len(tail)]
+    middle = after[len(head) : len(after) - len(tail)]
     text = middle.decode("utf-8")
     needs_comma = head.rstrip(b" \t\r\n").endswith(b"{") is False
     prefix = ("," if needs_comma else "") + json.dumps(key) + ":"
     assert text.startswith(prefix), f"unexpected insertion {text[:200]!r}"
-    value = json.loads(text[len(prefix):])
+    value = json.loads(text[len(prefix) :])
     assert isinstance(value, str)
     return value

@@ -46,20 +46,56 @@ def main(argv: list[str]) -> int:
         with harness.Mitmdump(scripts=[addon, harness.STANDIN_SCRIPT]) as proxy:
             home, work = root / "home", root / "work"
             work.mkdir(parents=True)
-            run(proxy, home, work, OPENROUTER + ["--name", "refactor auth", "-p",
-                "refactor the auth module [[bash*2: true]] "
-                "[[usage: in=18200 cached=0 write=17900 out=410 cost=0.0737 provider=Anthropic]]"])
-            run(proxy, home, work, OPENROUTER + ["-c", "-p", "now its tests [[bash*3: true]] "
-                "[[usage: in=21400 cached=19850 write=1300 out=380 cost=0.0162 provider=Anthropic]]"])
+            run(
+                proxy,
+                home,
+                work,
+                OPENROUTER
+                + [
+                    "--name",
+                    "refactor auth",
+                    "-p",
+                    "refactor the auth module [[bash*2: true]] "
+                    "[[usage: in=18200 cached=0 write=17900 out=410 cost=0.0737 provider=Anthropic]]",
+                ],
+            )
+            run(
+                proxy,
+                home,
+                work,
+                OPENROUTER
+                + [
+                    "-c",
+                    "-p",
+                    "now its tests [[bash*3: true]] "
+                    "[[usage: in=21400 cached=19850 write=1300 out=380 cost=0.0162 provider=Anthropic]]",
+                ],
+            )
             time.sleep(3)  # some idle time before the next turn
-            run(proxy, home, work, OPENROUTER + ["-c", "-p", "and the docs "
-                "[[usage: in=23100 cached=0 write=0 out=520 cost=0.0771 provider=Google]]"])
+            run(
+                proxy,
+                home,
+                work,
+                OPENROUTER
+                + ["-c", "-p", "and the docs [[usage: in=23100 cached=0 write=0 out=520 cost=0.0771 provider=Google]]"],
+            )
             home2, work2 = root / "home2", root / "work2"
             work2.mkdir(parents=True)
             harness.write_opper_models_json(home2, PI)
-            run(proxy, home2, work2, ["--provider", "opper", "--model", harness.OPPER_MODEL, "-p",
-                "summarise the changelog [[bash: true]] "
-                "[[usage: in=6100 cached=5632 out=150 cost=0.00071 provider=gcp]]"])
+            run(
+                proxy,
+                home2,
+                work2,
+                [
+                    "--provider",
+                    "opper",
+                    "--model",
+                    harness.OPPER_MODEL,
+                    "-p",
+                    "summarise the changelog [[bash: true]] "
+                    "[[usage: in=6100 cached=5632 out=150 cost=0.00071 provider=gcp]]",
+                ],
+            )
             ledger = proxy.confdir / "agent-session-ids" / "usage.jsonl"
             deadline = time.monotonic() + 30
             while ledger.read_bytes().count(b"\n") < 10 and time.monotonic() < deadline:
@@ -78,9 +114,20 @@ def main(argv: list[str]) -> int:
     report.main(["--file", str(out / "usage.jsonl"), "--html", str(out / "report.html")])
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--window-size=1000,760", f"--screenshot={out / 'report.png'}",
-                        (out / "report.html").as_uri()], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1000,760",
+                f"--screenshot={out / 'report.png'}",
+                (out / "report.html").as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
     print((out / "report.txt").read_text())
     return 0
 

@@ -29,8 +29,18 @@ def pi_file(folder, sid=UUID, first="hello", cwd="/w", extra=(), ts="2026-05-06T
     lines = [
         {"type": "session", "version": 3, "id": sid, "timestamp": ts, "cwd": cwd},
         {"type": "model_change", "id": "a1", "parentId": None, "provider": "openrouter", "modelId": "m"},
-        {"type": "message", "id": "a2", "parentId": "a1", "message": {"role": "user", "content": [{"type": "text", "text": first}]}},
-        {"type": "message", "id": "a3", "parentId": "a2", "message": {"role": "assistant", "content": [], "stopReason": "stop"}},
+        {
+            "type": "message",
+            "id": "a2",
+            "parentId": "a1",
+            "message": {"role": "user", "content": [{"type": "text", "text": first}]},
+        },
+        {
+            "type": "message",
+            "id": "a3",
+            "parentId": "a2",
+            "message": {"role": "assistant", "content": [], "stopReason": "stop"},
+        },
         *extra,
     ]
     path.write_text("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
@@ -80,8 +90,10 @@ def test_store_survives_hostile_files(tmp_path):
     (tmp_path / "x_partial.jsonl").write_text('{"type":"session","id":"partial","timestamp":"2026-01-01T00:00:00Z"')
     os.symlink("loop.jsonl", tmp_path / "loop.jsonl")
     good = pi_file(tmp_path)
-    found = {os.path.basename(f.path): f for f in
-             store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID, UUID[:-1] + "0", "bad", "partial", "loop"])}
+    found = {
+        os.path.basename(f.path): f
+        for f in store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID, UUID[:-1] + "0", "bad", "partial", "loop"])
+    }
     # the FIFO and the symlink loop are not files; garbage gives no conversation to match
     assert sorted(found) == sorted([good.name, "x_bad.jsonl", "x_partial.jsonl"])
     assert found[good.name].first_user == fingerprint("hello")
@@ -140,11 +152,18 @@ def test_process_lookup_finds_the_real_client_process(tmp_path, family, host):
         pytest.skip(f"{host} not available")
     server.listen()
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import socket,sys,time; s=socket.socket(int(sys.argv[1])); s.connect((sys.argv[2], int(sys.argv[3]))); "
-         "print('ok', flush=True); time.sleep(30)",
-         str(int(family)), host, str(server.getsockname()[1])],
-        cwd=tmp_path, env={**os.environ, "MARKER": "lookup-test"}, stdout=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys,time; s=socket.socket(int(sys.argv[1])); s.connect((sys.argv[2], int(sys.argv[3]))); "
+            "print('ok', flush=True); time.sleep(30)",
+            str(int(family)),
+            host,
+            str(server.getsockname()[1]),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MARKER": "lookup-test"},
+        stdout=subprocess.PIPE,
     )
     try:
         conn, peer = server.accept()
@@ -176,8 +195,13 @@ def test_a_large_file_is_read_in_budgets_and_its_latest_name_found_at_once(tmp_p
     monkeypatch.setattr(jsonl_store, "TAIL_BUDGET", 64 << 10)
     monkeypatch.setattr(jsonl_store, "CHUNK", 16 << 10)
     filler = {"type": "message", "message": {"role": "assistant", "content": [{"type": "text", "text": "x" * 1000}]}}
-    path = pi_file(tmp_path, extra=[{"type": "session_info", "name": "Old name"}] + [filler] * 500
-                   + [{"type": "session_info", "name": "Latest name"}] + [filler] * 20)
+    path = pi_file(
+        tmp_path,
+        extra=[{"type": "session_info", "name": "Old name"}]
+        + [filler] * 500
+        + [{"type": "session_info", "name": "Latest name"}]
+        + [filler] * 20,
+    )
     assert path.stat().st_size > 500_000
     store = JsonlStore()
     (f,) = store.candidates(str(tmp_path), PI_FORMAT, ids=[UUID])
@@ -200,10 +224,15 @@ def test_a_socket_shared_with_a_forked_child_is_flagged(tmp_path):
     server.bind(("127.0.0.1", 0))
     server.listen()
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os,socket,sys,time; s=socket.socket(); s.connect(('127.0.0.1', int(sys.argv[1]))); "
-         "pid=os.fork(); print(pid, flush=True) if pid else None; time.sleep(30)",
-         str(server.getsockname()[1])], stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import os,socket,sys,time; s=socket.socket(); s.connect(('127.0.0.1', int(sys.argv[1]))); "
+            "pid=os.fork(); print(pid, flush=True) if pid else None; time.sleep(30)",
+            str(server.getsockname()[1]),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         conn, peer = server.accept()
         forked = int(child.stdout.readline())
@@ -239,8 +268,12 @@ def test_a_big_folder_is_indexed_newest_first_and_on_demand(tmp_path, monkeypatc
 
     n = 400
     for i in range(n):
-        path = pi_file(tmp_path, sid=f"00000000-0000-4000-8000-{i:012d}", first=f"task {i}",
-                       ts=f"2026-05-06T12:{i // 60:02d}:{i % 60:02d}.000Z")
+        path = pi_file(
+            tmp_path,
+            sid=f"00000000-0000-4000-8000-{i:012d}",
+            first=f"task {i}",
+            ts=f"2026-05-06T12:{i // 60:02d}:{i % 60:02d}.000Z",
+        )
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
     # no clock decides what is read: a step's deadline has always passed (one file per step), and
     # a continued session's file is looked for until it is found, however slow the machine
@@ -285,14 +318,28 @@ def cline_session(root, sid=CLINE_ID, prompt="fix the bug", cwd="/w", manifest=T
     folder = root / sid
     folder.mkdir(parents=True)
     if manifest:
-        (folder / f"{sid}.json").write_text(json.dumps(
-            {"version": 1, "session_id": sid, "source": "cli", "pid": 5051, "started_at": "2026-12-02T10:18:15.303Z",
-             "status": "running", "cwd": cwd, "prompt": prompt, "metadata": {"title": prompt}}, indent=2))
+        (folder / f"{sid}.json").write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "session_id": sid,
+                    "source": "cli",
+                    "pid": 5051,
+                    "started_at": "2026-12-02T10:18:15.303Z",
+                    "status": "running",
+                    "cwd": cwd,
+                    "prompt": prompt,
+                    "metadata": {"title": prompt},
+                },
+                indent=2,
+            )
+        )
     return folder
 
 
 def test_session_dirs_find_a_session_by_id_first_turn_and_path_as_folders_appear(tmp_path):
     from agent_session_ids.resolution.session_dirs import SessionDirs
+
     fmt = agents.by_name("cline").store.manifest
     store = SessionDirs()
     assert store.candidates(str(tmp_path / "missing"), fmt, ids=[CLINE_ID]) == []
@@ -309,14 +356,23 @@ def test_session_dirs_find_a_session_by_id_first_turn_and_path_as_folders_appear
     assert store.unread(str(tmp_path)) == [str(folder)]
     (folder / "1796206698717_cib14.json").write_text('{"session_id": "1796206698717_cib14", "prom')  # not whole
     assert store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")]) == []
-    (folder / "1796206698717_cib14.json").write_text(json.dumps(
-        {"session_id": "1796206698717_cib14", "cwd": "/v", "started_at": "2026-12-02T10:18:18.717Z", "prompt": "another"}))
+    (folder / "1796206698717_cib14.json").write_text(
+        json.dumps(
+            {
+                "session_id": "1796206698717_cib14",
+                "cwd": "/v",
+                "started_at": "2026-12-02T10:18:18.717Z",
+                "prompt": "another",
+            }
+        )
+    )
     (g,) = store.candidates(str(tmp_path), fmt, first_users=[fingerprint("another")])
     assert (g.id, g.cwd) == ("1796206698717_cib14", "/v") and store.unread(str(tmp_path)) == []
 
 
 def test_session_dirs_survive_hostile_folders(tmp_path):
     from agent_session_ids.resolution.session_dirs import SessionDirs
+
     fmt = agents.by_name("cline").store.manifest
     store = SessionDirs()
     cline_session(tmp_path, "1796206698717_aaaaa", manifest=False)
@@ -326,18 +382,34 @@ def test_session_dirs_survive_hostile_folders(tmp_path):
     (tmp_path / "1796206698717_ccccc").mkdir()
     (tmp_path / "1796206698717_ccccc" / "1796206698717_ccccc.json").write_text("[1, 2]")
     (tmp_path / "stray.json").write_text("{}")
-    assert store.candidates(str(tmp_path), fmt, ids=["1796206698717_aaaaa", "someone-else"],
-                            first_users=[fingerprint("x")]) == []
+    assert (
+        store.candidates(
+            str(tmp_path), fmt, ids=["1796206698717_aaaaa", "someone-else"], first_users=[fingerprint("x")]
+        )
+        == []
+    )
 
 
 def test_cline_sessions_are_every_session_of_its_store_whatever_the_cwd():
     profile = agents.by_name("cline")
-    for env, root in (({"HOME": "/h"}, "/h/.cline/data/sessions"),
-                      ({"HOME": "/h", "CLINE_DATA_DIR": "/d"}, "/d/sessions"),
-                      ({"HOME": "/h", "CLINE_DIR": "/c"}, "/c/data/sessions"),
-                      ({"HOME": "/h", "CLINE_SESSION_DATA_DIR": "/s"}, "/s")):
-        process = Process(pid=1, start_ticks=1, started_at=0.0, boot_id="b", uid=0, comm=".cline", exe="/x/.cline",
-                          cmdline=(".cline", "--cline-hub-daemon"), cwd="/first/project", environ=env)
+    for env, root in (
+        ({"HOME": "/h"}, "/h/.cline/data/sessions"),
+        ({"HOME": "/h", "CLINE_DATA_DIR": "/d"}, "/d/sessions"),
+        ({"HOME": "/h", "CLINE_DIR": "/c"}, "/c/data/sessions"),
+        ({"HOME": "/h", "CLINE_SESSION_DATA_DIR": "/s"}, "/s"),
+    ):
+        process = Process(
+            pid=1,
+            start_ticks=1,
+            started_at=0.0,
+            boot_id="b",
+            uid=0,
+            comm=".cline",
+            exe="/x/.cline",
+            cmdline=(".cline", "--cline-hub-daemon"),
+            cwd="/first/project",
+            environ=env,
+        )
         assert profile.recognises(process)
         folders = profile.store.folders(process)
         assert root in [f.path for f in folders] and isinstance(profile.store, PerSession)

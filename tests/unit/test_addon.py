@@ -21,9 +21,21 @@ def run(coro):
 
 
 def flow(host="openrouter.ai", path="/api/v1/chat/completions", body=None, headers=()):
-    body = body if body is not None else json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    f = tflow.tflow(req=tutils.treq(host=host, port=443, path=path.encode(), method=b"POST", content=body,
-                                    headers=[(b"content-type", b"application/json"), *headers]))
+    body = (
+        body
+        if body is not None
+        else json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    )
+    f = tflow.tflow(
+        req=tutils.treq(
+            host=host,
+            port=443,
+            path=path.encode(),
+            method=b"POST",
+            content=body,
+            headers=[(b"content-type", b"application/json"), *headers],
+        )
+    )
     f.request.headers["content-length"] = str(len(body))
     return f
 
@@ -50,8 +62,9 @@ def test_openrouter_body_gets_a_session_id_and_the_flow_says_why(tmp_path):
     assert f.comment.startswith(f"session {body['session_id']} ") and "body.session_id" in f.comment
     assert f.marked == ":label:"
     meta = f.metadata["session_ids"]
-    assert meta["changes"] == [{"rule": "openrouter-session-id", "target": "body.session_id", "before": None,
-                                "after": body["session_id"]}]
+    assert meta["changes"] == [
+        {"rule": "openrouter-session-id", "target": "body.session_id", "before": None, "after": body["session_id"]}
+    ]
     assert meta["session"]["fallback"] is True
 
 
@@ -149,7 +162,9 @@ def test_bad_rules_at_runtime_raise_and_keep_the_good_ones(tmp_path):
         assert tctx.options.session_rules == DEFAULT_RULES
         return len(addon.rules.rules)
 
-    assert run(with_addon(tmp_path, go)) == len(active_rules(load_rules_dir(DEFAULT_RULES)))  # the shipped ones that are on
+    assert run(with_addon(tmp_path, go)) == len(
+        active_rules(load_rules_dir(DEFAULT_RULES))
+    )  # the shipped ones that are on
 
 
 def test_bad_rules_at_startup_log_one_error_line(tmp_path, caplog):
@@ -191,6 +206,7 @@ def test_a_body_that_could_stream_but_did_not_still_gets_body_rules(tmp_path):
 def test_never_weaker_than_the_client_header_names_the_session(tmp_path):
     """OpenRouter prefers the body's session_id to the x-session-id header: the addon writes the
     client's own id there, never a fallback (issue 10)."""
+
     async def go(addon, tctx):
         f = flow(headers=[(b"x-session-id", b"0199aaaa-0000-7000-8000-000000000001")])
         await addon.request(f)
@@ -252,13 +268,20 @@ def test_two_passes_agree_the_header_set_first_is_set_again_from_the_body(tmp_pa
 def test_a_replayed_flow_is_sent_as_recorded_and_touches_no_live_state(tmp_path):
     """A replay's old address pair may now belong to another process: no lookup is started for it,
     nothing is counted or bound, and its request goes out as it was recorded (issue 9, defect 5)."""
+
     async def go(addon, tctx):
         f = flow()
         f.is_replay = "request"
         before = f.request.get_state()
         await addon.requestheaders(f)
         await addon.request(f)
-        return f, before, dict(addon.connections.lookups), dict(addon.live.sessions), dict(addon.runner.finder.resolver.on)
+        return (
+            f,
+            before,
+            dict(addon.connections.lookups),
+            dict(addon.live.sessions),
+            dict(addon.runner.finder.resolver.on),
+        )
 
     f, before, lookups, live, on = run(with_addon(tmp_path, go))
     assert f.request.get_state() == before

@@ -9,7 +9,8 @@ from agent_session_ids.rewrite.apply import apply_rules
 from agent_session_ids.rewrite.body import read_body
 from agent_session_ids.rules import parse_rules
 
-RULES = parse_rules("""
+RULES = parse_rules(
+    """
 rules:
   - name: r
     match: {host: gw.example}
@@ -17,12 +18,21 @@ rules:
     set:
       - {header: x-session-id, value: "{session.id}"}
       - {body: session_id, value: "{session.label}"}
-""", "r.yaml")
+""",
+    "r.yaml",
+)
 
 
 def session(fallback=False, name=None):
-    return Session("0199aaaa-0000-7000-8000-0000000000aa", "fix-it-000000aa" if name else "0199aaaa-0000-7000-8000-0000000000aa",
-                   "t", "pi", "test", name=name, fallback=fallback)
+    return Session(
+        "0199aaaa-0000-7000-8000-0000000000aa",
+        "fix-it-000000aa" if name else "0199aaaa-0000-7000-8000-0000000000aa",
+        "t",
+        "pi",
+        "test",
+        name=name,
+        fallback=fallback,
+    )
 
 
 def test_sets_header_and_body_and_says_what_changed():
@@ -35,7 +45,7 @@ def test_sets_header_and_body_and_says_what_changed():
 
 def test_a_fallback_never_goes_over_the_clients_own_field():
     headers = {"x-session-id": "the client's"}
-    out = apply_rules(RULES, session(fallback=True), headers, read_body(b'{}'), None, {}, False, True)
+    out = apply_rules(RULES, session(fallback=True), headers, read_body(b"{}"), None, {}, False, True)
     assert headers == {"x-session-id": "the client's"} and out.body is None and out.changes == []
     assert out.skipped == ["rule r: the client sent its own session in header x-session-id; kept"]
 

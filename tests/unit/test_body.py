@@ -14,20 +14,27 @@ from reference_conversation import from_body
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), TEXT)
-VALUE = st.recursive(SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                     st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6)
+VALUE = st.recursive(
+    SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6
+)
 MESSAGE = st.one_of(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "model"]),
-                           "content": st.one_of(TEXT, st.lists(st.fixed_dictionaries({"type": st.just("text"),
-                                                                                      "text": TEXT}), max_size=2))}),
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "tool", "model"]),
+            "content": st.one_of(
+                TEXT, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=2)
+            ),
+        }
+    ),
     st.fixed_dictionaries({"type": st.sampled_from(["function_call", "reasoning", "message"])}),
     SCALAR,
 )
 
 
 def expected(doc: dict):
-    return {k: (Elided if k in ("messages", "input", "contents") and isinstance(v, list) else v)
-            for k, v in doc.items()}, from_body(doc)
+    return {
+        k: (Elided if k in ("messages", "input", "contents") and isinstance(v, list) else v) for k, v in doc.items()
+    }, from_body(doc)
 
 
 def check(raw: bytes, last=None):
@@ -50,12 +57,18 @@ def dump(doc: dict, ascii_: bool, indent) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=st.sampled_from(["messages", "input", "contents"]),
-       head=st.dictionaries(st.sampled_from(["model", "system", "stream", "a"]), VALUE, max_size=3),
-       tails=st.lists(st.dictionaries(st.sampled_from(["tools", "session_id", "metadata", "b", "model"]), VALUE,
-                                      max_size=3), min_size=5, max_size=5),
-       turns=st.lists(st.lists(MESSAGE, max_size=4), min_size=1, max_size=5),
-       ascii_=st.booleans(), indent=st.sampled_from([None, 1]))
+@given(
+    key=st.sampled_from(["messages", "input", "contents"]),
+    head=st.dictionaries(st.sampled_from(["model", "system", "stream", "a"]), VALUE, max_size=3),
+    tails=st.lists(
+        st.dictionaries(st.sampled_from(["tools", "session_id", "metadata", "b", "model"]), VALUE, max_size=3),
+        min_size=5,
+        max_size=5,
+    ),
+    turns=st.lists(st.lists(MESSAGE, max_size=4), min_size=1, max_size=5),
+    ascii_=st.booleans(),
+    indent=st.sampled_from([None, 1]),
+)
 def test_a_growing_conversation_reads_as_json_loads_says(key, head, tails, turns, ascii_, indent):
     messages: list = []
     last = None
@@ -71,8 +84,13 @@ def test_a_growing_conversation_reads_as_json_loads_says(key, head, tails, turns
 
 
 @settings(max_examples=200, deadline=None)
-@given(doc=st.dictionaries(st.sampled_from(["messages", "input", "contents", "model", "x"]),
-                           st.one_of(VALUE, st.lists(MESSAGE, max_size=3)), max_size=5))
+@given(
+    doc=st.dictionaries(
+        st.sampled_from(["messages", "input", "contents", "model", "x"]),
+        st.one_of(VALUE, st.lists(MESSAGE, max_size=3)),
+        max_size=5,
+    )
+)
 def test_any_object_reads_as_json_loads_says(doc):
     check(json.dumps(doc).encode())
 
@@ -88,10 +106,17 @@ def test_a_body_that_changes_before_the_end_of_the_list_is_read_whole():
     assert third.resumed and third.members["session_id"] == "s" and third.conversation.n_user == 2
 
 
-@pytest.mark.parametrize("tail, why", [
-    (b']}x', "data after"), (b',]}', "not valid JSON"), (b'] "a":1}', "not valid JSON"),
-    (b'],"a":}', "not valid JSON"), (b'], "a":1', "not valid JSON"), (b'\xff]}', "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "tail, why",
+    [
+        (b"]}x", "data after"),
+        (b",]}", "not valid JSON"),
+        (b'] "a":1}', "not valid JSON"),
+        (b'],"a":}', "not valid JSON"),
+        (b'], "a":1', "not valid JSON"),
+        (b"\xff]}", "not UTF-8"),
+    ],
+)
 def test_a_bad_continuation_is_an_error_as_if_read_whole(tail, why):
     good = read_body(b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
     for last in (good.resume, None):
@@ -101,15 +126,23 @@ def test_a_bad_continuation_is_an_error_as_if_read_whole(tail, why):
 
 def test_a_duplicate_member_after_the_list_wins_as_json_parse_says():
     good = read_body(b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
-    body = check(b'{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant"}],"model":"n"}',
-                 good.resume)
+    body = check(
+        b'{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant"}],"model":"n"}', good.resume
+    )
     assert body.members["model"] == "n" and not body.resumed
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b'[1]', "not a JSON object"), (b'"x"', "not a JSON object"), (b'', "not a JSON object"),
-    (b'{"a":1}{}', "data after"), (b'{"a" 1}', "not valid JSON"), (b'{"a":1,}', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"[1]", "not a JSON object"),
+        (b'"x"', "not a JSON object"),
+        (b"", "not a JSON object"),
+        (b'{"a":1}{}', "data after"),
+        (b'{"a" 1}', "not valid JSON"),
+        (b'{"a":1,}', "not valid JSON"),
+    ],
+)
 def test_what_is_no_json_object_is_said(raw, why):
     with pytest.raises(BodyError, match=why):
         read_body(raw)

@@ -14,7 +14,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 
-SUITE = '''
+SUITE = """
 import pytest
 
 
@@ -49,7 +49,7 @@ def test_no_client_at_all():
 @pytest.mark.real_client
 def test_an_expected_failure():
     raise AssertionError
-'''
+"""
 
 README = """
 # a project
@@ -62,7 +62,8 @@ README = """
 
 def run_suite(tmp_path: Path, ci: str | None) -> tuple[int, str]:
     (tmp_path / "README.md").write_text(README)
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(f"""
         import importlib.util
 
         _spec = importlib.util.spec_from_file_location("project_conftest", {str(TESTS / "conftest.py")!r})
@@ -71,13 +72,20 @@ def run_suite(tmp_path: Path, ci: str | None) -> tuple[int, str]:
         _hooks.README = {str(tmp_path / "README.md")!r}
         pytest_configure = _hooks.pytest_configure
         pytest_runtest_makereport = _hooks.pytest_runtest_makereport
-    """))
+    """)
+    )
     (tmp_path / "test_suite.py").write_text(SUITE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return r.returncode, r.stdout + r.stderr
 
 

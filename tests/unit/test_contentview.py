@@ -21,9 +21,16 @@ FILTER = "~d '^openrouter\\.ai$' & ~u '^[a-z]+://[^/]+/api/v1/chat/completions$'
 
 def metadata(**over) -> dict:
     meta = {
-        "session": {"id": SESSION_ID, "label": LABEL, "trace_uuid": "6f1c7c2e-1111-5222-8333-944455556666",
-                    "name": "fix login bug", "agent": "pi", "file": SESSION_FILE,
-                    "source": "request x-session-id header", "fallback": False},
+        "session": {
+            "id": SESSION_ID,
+            "label": LABEL,
+            "trace_uuid": "6f1c7c2e-1111-5222-8333-944455556666",
+            "name": "fix login bug",
+            "agent": "pi",
+            "file": SESSION_FILE,
+            "source": "request x-session-id header",
+            "fallback": False,
+        },
         "process": {"pid": 4242, "comm": "pi", "cwd": "/work/project", "started_at": 1736000000.5},
         "rules": [{"name": "openrouter", "file": "rules/openrouter.yaml:3", "match": FILTER}],
         "changes": [
@@ -41,8 +48,9 @@ def json_flow(meta: dict | None):
     f.request.host = "openrouter.ai"
     f.request.path = "/api/v1/chat/completions"
     f.request.headers["content-type"] = "application/json"
-    f.request.content = json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}],
-                                    "session_id": LABEL}).encode()
+    f.request.content = json.dumps(
+        {"model": "x", "messages": [{"role": "user", "content": "hi"}], "session_id": LABEL}
+    ).encode()
     f.response.headers["content-type"] = "application/json"
     f.response.content = b'{"choices": []}'
     if meta is not None:
@@ -59,8 +67,12 @@ def show(message, flow, view: str = "auto") -> tuple[str, str]:
     assert error is None, error
     text = cv.to_text(list(lines))
     if view.lower() == "auto":  # 11.x: the auto view does not say whom it picked
-        best = max(contentviews.views, key=lambda v: v.render_priority(
-            message.content, content_type="application/json", flow=flow, http_message=message))
+        best = max(
+            contentviews.views,
+            key=lambda v: v.render_priority(
+                message.content, content_type="application/json", flow=flow, http_message=message
+            ),
+        )
         return best.name, text
     return contentviews.get(view).name, text
 
@@ -103,9 +115,17 @@ def test_view_shows_how_the_session_was_resolved(view):
     f = json_flow(metadata())
     _, text = show(f.request, f)
     lines = [line.strip() for line in text.splitlines()]
-    for key, value in [("agent", "pi"), ("id", SESSION_ID), ("label", LABEL), ("name", "fix login bug"),
-                       ("file", SESSION_FILE), ("decided by", "request x-session-id header"),
-                       ("fallback ID", "no"), ("pid", "4242 (pi)"), ("cwd", "/work/project")]:
+    for key, value in [
+        ("agent", "pi"),
+        ("id", SESSION_ID),
+        ("label", LABEL),
+        ("name", "fix login bug"),
+        ("file", SESSION_FILE),
+        ("decided by", "request x-session-id header"),
+        ("fallback ID", "no"),
+        ("pid", "4242 (pi)"),
+        ("cwd", "/work/project"),
+    ]:
         assert any(line.startswith(f"{key}:") and line.endswith(value) for line in lines), (key, text)
     # the body as sent follows the summary, pretty-printed
     assert text.index("Body (as sent)") > text.index("Process")
@@ -113,16 +133,19 @@ def test_view_shows_how_the_session_was_resolved(view):
 
 
 def test_skipped_and_failed_flows_show_the_reason(view):
-    f = json_flow(metadata(changes=[], skipped=["body.session_id: the body is streamed"],
-                           process=None))
+    f = json_flow(metadata(changes=[], skipped=["body.session_id: the body is streamed"], process=None))
     name, text = show(f.request, f)
     assert name == cv.NAME
     assert "Changes: none" in text
     assert "Not rewritten" in text and "- body.session_id: the body is streamed" in text
     assert "no local process found" in text
 
-    f = json_flow({"rules": [{"name": "opper", "file": "rules/opper.yaml:2", "match": "~d opper"}],
-                   "error": "session resolution took too long"})
+    f = json_flow(
+        {
+            "rules": [{"name": "opper", "file": "rules/opper.yaml:2", "match": "~d opper"}],
+            "error": "session resolution took too long",
+        }
+    )
     name, text = show(f.request, f)
     assert name == cv.NAME
     assert "session resolution took too long" in text

@@ -14,8 +14,14 @@ from agent_session_ids.rules import SetAction, parse_template
 
 
 def action(target="header", value="{session.label}", max_length=None, keep="first"):
-    return SetAction(target, "x-s" if target == "header" else "session_id", parse_template(value, "t", 1),
-                     max_length, keep, "replace")
+    return SetAction(
+        target,
+        "x-s" if target == "header" else "session_id",
+        parse_template(value, "t", 1),
+        max_length,
+        keep,
+        "replace",
+    )
 
 
 FIELDS = {"session.label": "abc", "session.id": "0123456789", "agent.name": "pi"}
@@ -55,19 +61,24 @@ def test_keep_and_replace_of_an_existing_value():
 
 def test_dotted_paths_create_and_enter_objects():
     assert set_field("{}", ("metadata", "session_id"), "v", "keep")[0] == '{"metadata":{"session_id":"v"}}'
-    assert set_field('{"metadata": {"a": 1}}', ("metadata", "session_id"), "v", "keep")[0] == \
-        '{"metadata": {"a": 1,"session_id":"v"}}'
+    assert (
+        set_field('{"metadata": {"a": 1}}', ("metadata", "session_id"), "v", "keep")[0]
+        == '{"metadata": {"a": 1,"session_id":"v"}}'
+    )
     with pytest.raises(RewriteError, match="not an object"):
         set_field('{"metadata": 5}', ("metadata", "session_id"), "v", "keep")
 
 
-@pytest.mark.parametrize("body, why", [
-    (b"[1, 2]", "not a JSON object"),
-    (b"not json", "not a JSON object"),
-    (b'{"a": }', "not valid JSON"),
-    (b'{"a": 1} trailing', "data after"),
-    (b"\xff\xfe{}", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b"not json", "not a JSON object"),
+        (b'{"a": }', "not valid JSON"),
+        (b'{"a": 1} trailing', "data after"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+)
 def test_bodies_that_are_not_a_json_object_are_refused(body, why):
     with pytest.raises(RewriteError, match=why):
         read_body(body)
@@ -87,7 +98,11 @@ json_values = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    body=st.dictionaries(st.text(max_size=10).filter(lambda k: k not in ("session_id", "messages", "input", "contents")), json_values, max_size=6),
+    body=st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k not in ("session_id", "messages", "input", "contents")),
+        json_values,
+        max_size=6,
+    ),
     indent=st.sampled_from([None, 0, 2]),
     ensure_ascii=st.booleans(),
     value=st.text(max_size=50),
@@ -126,15 +141,23 @@ def test_a_json_member_is_merged_into_the_clients_header_never_over_it():
     assert merged("  ") == ('{"session": "s-1"}', True)
     # the client's entries and their bytes stay; the member goes after them
     assert merged('{"team": "AI", "user": 12345, "test":true}') == (
-        '{"team": "AI", "user": 12345, "test":true,"session":"s-1"}', True)
+        '{"team": "AI", "user": 12345, "test":true,"session":"s-1"}',
+        True,
+    )
     assert merged("{}") == ('{"session":"s-1"}', True)
     # the client's own session is kept, or only its value's bytes replaced
     assert merged('{"session": "mine", "a": 1}') == ('{"session": "mine", "a": 1}', False)
     assert merged('{"session": "mine", "a": 1}', "replace") == ('{"session": "s-1", "a": 1}', True)
     # five entries: the gateway keeps no more, so none is added; not an object: kept as sent
-    for sent, why in (('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already"), ("not json", "not a JSON object"),
-                      ('["session"]', "not a JSON object"), ('{"a":1} {"b":2}', "not a JSON object")):
+    for sent, why in (
+        ('{"a":1,"b":2,"c":3,"d":4,"e":5}', "5 entries already"),
+        ("not json", "not a JSON object"),
+        ('["session"]', "not a JSON object"),
+        ('{"a":1} {"b":2}', "not a JSON object"),
+    ):
         with pytest.raises(RewriteError, match=why):
             merged(sent)
-    assert merged('{"a":1,"b":2,"c":3,"d":4,"session":"x"}', "replace")[0] == '{"a":1,"b":2,"c":3,"d":4,"session":"s-1"}'
+    assert (
+        merged('{"a":1,"b":2,"c":3,"d":4,"session":"x"}', "replace")[0] == '{"a":1,"b":2,"c":3,"d":4,"session":"s-1"}'
+    )
     assert merged('{"a":1,"b":2,"c":3,"d":4,"e":5}', max_entries=None)[1] is True

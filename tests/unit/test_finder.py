@@ -20,8 +20,10 @@ def write_pi_session(home, cwd, sid, first="hello", name=None, answers=1, stamp=
     folder = home / ".pi" / "agent" / "sessions" / agents.encode_pi(cwd, {})
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stamp}_{sid}.jsonl"
-    lines = [{"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z", "cwd": cwd},
-             {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": first}]}}]
+    lines = [
+        {"type": "session", "version": 3, "id": sid, "timestamp": "2026-11-29T10:00:00.000Z", "cwd": cwd},
+        {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": first}]}},
+    ]
     lines += [{"type": "message", "message": {"role": "assistant", "content": "ok"}}] * answers
     if name:
         lines.append({"type": "session_info", "name": name})
@@ -72,7 +74,8 @@ def test_extra_homes_are_searched(tmp_path):
     container_home = tmp_path / "container-home"
     path = write_pi_session(container_home, "/src", "0199aaaa-0000-7000-8000-0000000000c0")
     s, _ = SessionFinder({"HOME": str(tmp_path / "nobody")}, [str(container_home)]).find(
-        ev({"x-session-id": "0199aaaa-0000-7000-8000-0000000000c0"}), UNREADABLE, 1000.0)
+        ev({"x-session-id": "0199aaaa-0000-7000-8000-0000000000c0"}), UNREADABLE, 1000.0
+    )
     assert s.file == str(path)
 
 
@@ -112,8 +115,19 @@ def write_cline_session(home, sid, prompt, cwd="/w", started="2026-11-29T10:00:0
     folder = home / ".cline" / "data" / "sessions" / sid
     folder.mkdir(parents=True)
     path = folder / f"{sid}.json"
-    path.write_text(json.dumps({"version": 1, "session_id": sid, "pid": 77, "started_at": started, "status": "running",
-                                "cwd": cwd, "prompt": prompt}))
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "session_id": sid,
+                "pid": 77,
+                "started_at": started,
+                "status": "running",
+                "cwd": cwd,
+                "prompt": prompt,
+            }
+        )
+    )
     return path
 
 
@@ -125,15 +139,40 @@ def test_a_cline_session_is_found_by_its_manifests_prompt_without_a_process(home
 
 
 def test_sessions_served_by_one_cline_hub_process_stay_apart(home):
-    hub = Process(pid=77, start_ticks=7, started_at=1796206500.0, boot_id="b", uid=0, cwd="/first", comm=".cline",
-                  exe="/x/.cline", cmdline=("/x/.cline", "--cline-hub-daemon"), environ={"HOME": str(home)})
-    a = write_cline_session(home, "1796206581394_aaaaa", '<user_input mode="act">first task</user_input>',
-                            started="2026-12-02T10:16:21.394Z")
-    b = write_cline_session(home, "1796206584743_bbbbb", '<user_input mode="act">second task</user_input>', "/other",
-                            started="2026-12-02T10:16:24.743Z")
+    hub = Process(
+        pid=77,
+        start_ticks=7,
+        started_at=1796206500.0,
+        boot_id="b",
+        uid=0,
+        cwd="/first",
+        comm=".cline",
+        exe="/x/.cline",
+        cmdline=("/x/.cline", "--cline-hub-daemon"),
+        environ={"HOME": str(home)},
+    )
+    a = write_cline_session(
+        home,
+        "1796206581394_aaaaa",
+        '<user_input mode="act">first task</user_input>',
+        started="2026-12-02T10:16:21.394Z",
+    )
+    b = write_cline_session(
+        home,
+        "1796206584743_bbbbb",
+        '<user_input mode="act">second task</user_input>',
+        "/other",
+        started="2026-12-02T10:16:24.743Z",
+    )
     p = pipeline(home)
-    steps = [("first task", 0, a), ("second task", 0, b), ("first task", 1, a), ("second task", 1, b),
-             ("second task", 2, b), ("first task", 2, a)]
+    steps = [
+        ("first task", 0, a),
+        ("second task", 0, b),
+        ("first task", 1, a),
+        ("second task", 1, b),
+        ("second task", 2, b),
+        ("first task", 2, a),
+    ]
     for i, (first, answers, path) in enumerate(steps):
         s, _ = p.find(ev(first=first, answers=answers, conn=f"c{i}"), Seen(hub), 1796206600.0 + i)
         assert (s.file, s.agent, s.fallback) == (str(path), "cline", False), (i, s.source)
@@ -146,7 +185,9 @@ def test_the_connection_fallback_is_the_last_resort(home):
 
 
 def test_a_readable_program_that_is_no_agent_gets_its_process_fallback_unless_it_names_a_session(home):
-    curl = Process(pid=4242, start_ticks=7, started_at=900.0, boot_id="b", uid=0, cwd="/", comm="curl", exe="/usr/bin/curl")
+    curl = Process(
+        pid=4242, start_ticks=7, started_at=900.0, boot_id="b", uid=0, cwd="/", comm="curl", exe="/usr/bin/curl"
+    )
     p = pipeline(home)
     s, _ = p.find(ev(), Seen(curl), 1000.0)
     assert s.fallback and s.id.startswith("process-4242-")
@@ -197,8 +238,20 @@ def test_the_memo_never_changes_a_decision(home, seed):
 
     rng = random.Random(seed)
     cwd = "/work/memo"
-    procs = [Process(pid=100 + i, start_ticks=i, started_at=1000.0, boot_id="b", uid=0, cwd=cwd, comm="pi",
-                     exe="/usr/bin/node", environ={"HOME": str(home)}) for i in range(2)]
+    procs = [
+        Process(
+            pid=100 + i,
+            start_ticks=i,
+            started_at=1000.0,
+            boot_id="b",
+            uid=0,
+            cwd=cwd,
+            comm="pi",
+            exe="/usr/bin/node",
+            environ={"HOME": str(home)},
+        )
+        for i in range(2)
+    ]
     with_memo, without = pipeline(home), pipeline(home)
     without.memo = False
     files = [write_pi_session(home, cwd, "0199aaaa-0000-7000-8000-000000000000", first="q0")]
@@ -215,8 +268,9 @@ def test_the_memo_never_changes_a_decision(home, seed):
             i = len(files)
             parent = rng.choice(files)
             first = rng.choice(firsts + [f"q{i}"])
-            path = write_pi_session(home, cwd, f"0199aaaa-0000-7000-8000-{i:012d}", first=first,
-                                    stamp=f"2026-11-29T10-00-{i:02d}-000Z")
+            path = write_pi_session(
+                home, cwd, f"0199aaaa-0000-7000-8000-{i:012d}", first=first, stamp=f"2026-11-29T10-00-{i:02d}-000Z"
+            )
             if rng.random() < 0.5:  # a fork of another file
                 lines = path.read_text().splitlines()
                 header = json.loads(lines[0])
@@ -234,8 +288,11 @@ def test_the_memo_never_changes_a_decision(home, seed):
         before = dict(with_memo._memo._entries)
         a, _ = with_memo.find(e, Seen(procs[p]), now)
         b, _ = without.find(e, Seen(procs[p]), now)
-        hits += before.get(f"c{p}") is not None and with_memo._memo._entries.get(f"c{p}") is not None \
+        hits += (
+            before.get(f"c{p}") is not None
+            and with_memo._memo._entries.get(f"c{p}") is not None
             and before[f"c{p}"].session is a
+        )
         _same_decision(a, b, minted, step)
     assert hits >= 1  # the memo was used, not only checked
 
@@ -270,8 +327,16 @@ def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
         elif op < 0.2:
             i = len(files)
             first = rng.choice(firsts) if rng.random() < 0.3 else f"q{i}"  # a turn seen before, or a new one
-            files.append(write_pi_session(home, rng.choice(cwds), f"0199bbbb-0000-7000-8000-{i:012d}", first=first,
-                                          answers=rng.randrange(3), stamp=f"2026-11-29T10-00-{i:02d}-000Z"))
+            files.append(
+                write_pi_session(
+                    home,
+                    rng.choice(cwds),
+                    f"0199bbbb-0000-7000-8000-{i:012d}",
+                    first=first,
+                    answers=rng.randrange(3),
+                    stamp=f"2026-11-29T10-00-{i:02d}-000Z",
+                )
+            )
             firsts.append(first)
         c = rng.randrange(3)
         first = firsts[c % len(firsts)] if rng.random() < 0.9 else rng.choice(firsts + ["new turn"])
@@ -289,8 +354,17 @@ def test_the_memo_never_changes_a_decision_without_the_process(home, seed):
 def test_the_memo_serves_a_continued_conversation_and_sees_a_new_name(home, monkeypatch):
     cwd = "/work/memo"
     path = write_pi_session(home, cwd, "0199aaaa-0000-7000-8000-0000000000aa", first="go on")
-    proc = Process(pid=7, start_ticks=1, started_at=1000.0, boot_id="b", uid=0, cwd=cwd, comm="pi",
-                   exe="/usr/bin/node", environ={"HOME": str(home)})
+    proc = Process(
+        pid=7,
+        start_ticks=1,
+        started_at=1000.0,
+        boot_id="b",
+        uid=0,
+        cwd=cwd,
+        comm="pi",
+        exe="/usr/bin/node",
+        environ={"HOME": str(home)},
+    )
     p = pipeline(home)
     decisions = []
     monkeypatch.setattr(p, "_decide", lambda *a, _d=p._decide: decisions.append(1) or _d(*a))
@@ -323,8 +397,9 @@ OTHER_USER = Seen(None, "another user's process (uid 65534)", other_uid=65534)
 
 
 def test_another_users_conversation_is_never_matched_to_the_proxy_users_own_session(home):
-    owner = write_pi_session(home, "/work", "0199aaaa-0000-7000-8000-00000000c0de", first="fix the login bug",
-                             name="Private plans")
+    owner = write_pi_session(
+        home, "/work", "0199aaaa-0000-7000-8000-00000000c0de", first="fix the login bug", name="Private plans"
+    )
     p = pipeline(home)
     for turn, answers in enumerate((1, 0)):  # a continued conversation, then a fresh one
         s, _ = p.find(ev(first="fix the login bug", answers=answers, conn=f"o{turn}"), OTHER_USER, 1000.0 + turn)
@@ -338,8 +413,14 @@ def test_another_users_conversation_is_never_matched_to_the_proxy_users_own_sess
 
 def test_another_users_conversation_is_matched_in_the_session_store_homes_named_for_it(tmp_path, home):
     write_pi_session(home, "/work", "0199aaaa-0000-7000-8000-00000000c0de", first="fix the login bug", answers=2)
-    theirs = write_pi_session(tmp_path / "their-home", "/src", "0199aaaa-0000-7000-8000-0000000000f0",
-                              first="fix the login bug", answers=1, stamp="2026-11-28T10-00-00-000Z")
+    theirs = write_pi_session(
+        tmp_path / "their-home",
+        "/src",
+        "0199aaaa-0000-7000-8000-0000000000f0",
+        first="fix the login bug",
+        answers=1,
+        stamp="2026-11-28T10-00-00-000Z",
+    )
     p = pipeline(home, [str(tmp_path / "their-home")])
     s, _ = p.find(ev(first="fix the login bug", answers=1), OTHER_USER, 1000.0)
     assert s.file == str(theirs) and s.id == "0199aaaa-0000-7000-8000-0000000000f0"

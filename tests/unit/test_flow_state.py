@@ -22,14 +22,29 @@ from agent_session_ids.usage import ledger
 from agent_session_ids.usage.addon import UsageLedger
 
 ADDON = Path(__file__).resolve().parents[2] / "addon"
-ANSWER = json.dumps({"id": "gen-1", "provider": "Anthropic", "model": "m", "choices": [],
-                     "usage": {"prompt_tokens": 100, "completion_tokens": 5, "cost": 0.001}}).encode()
+ANSWER = json.dumps(
+    {
+        "id": "gen-1",
+        "provider": "Anthropic",
+        "model": "m",
+        "choices": [],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "cost": 0.001},
+    }
+).encode()
 
 
 def _flow(host="openrouter.ai", path="/api/v1/chat/completions", model="anthropic/claude-sonnet-4"):
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "the flow's record"}]}).encode()
-    f = tflow.tflow(req=tutils.treq(host=host, port=443, path=path.encode(), method=b"POST", content=body,
-                                    headers=[(b"content-type", b"application/json")]))
+    f = tflow.tflow(
+        req=tutils.treq(
+            host=host,
+            port=443,
+            path=path.encode(),
+            method=b"POST",
+            content=body,
+            headers=[(b"content-type", b"application/json")],
+        )
+    )
     f.request.headers["content-length"] = str(len(body))
     return f
 
@@ -132,8 +147,15 @@ def test_the_model_asked_for_is_kept_as_utf8_can_hold_it():
 
 
 def test_the_requests_way_imports_no_part_of_the_usage_ledger():
-    code = ("import sys, agent_session_ids.addon; "
-            "print(sorted(m for m in sys.modules if m.startswith('agent_session_ids.usage')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ADDON)}).stdout
+    code = (
+        "import sys, agent_session_ids.addon; "
+        "print(sorted(m for m in sys.modules if m.startswith('agent_session_ids.usage')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ADDON)},
+    ).stdout
     assert out.strip() == "[]"

@@ -80,8 +80,25 @@ def test_safe_session_ids():
     for good in (U1, U1.upper(), "feature-x", "feature_x", "ses_01JABCDEF", "a", "v1.2:3", "x" * 128):
         assert is_safe_id(good), good
         assert SAFE_ID.match(good)
-    for bad in ("", "-x", ".x", "_x", "../x", "a/b", "a\\b", "a b", "a\nb", "a\n", "a\x00", "é", "x" * 129,
-                "connection-\u202e", None, 42, b"abc"):
+    for bad in (
+        "",
+        "-x",
+        ".x",
+        "_x",
+        "../x",
+        "a/b",
+        "a\\b",
+        "a b",
+        "a\nb",
+        "a\n",
+        "a\x00",
+        "é",
+        "x" * 129,
+        "connection-\u202e",
+        None,
+        42,
+        b"abc",
+    ):
         assert not is_safe_id(bad), repr(bad)
 
 
@@ -92,8 +109,12 @@ def test_store_roots_from_the_proxys_environment_and_extra_homes(tmp_path):
     assert roots["omp"] == ["/home/u/.omp/agent/sessions", "/srv/agent-home/.omp/agent/sessions"]
     assert roots["codex"] == ["/data/codex/sessions", "/srv/agent-home/.codex/sessions"]
     # an extra HOME is resolved with HOME alone: the proxy's CLAUDE_CONFIG_DIR is not its
-    assert roots["claude"] == ["/cfg/claude/projects", "/home/u/.config/claude/projects",
-                               "/srv/agent-home/.claude/projects", "/srv/agent-home/.config/claude/projects"]
+    assert roots["claude"] == [
+        "/cfg/claude/projects",
+        "/home/u/.config/claude/projects",
+        "/srv/agent-home/.claude/projects",
+        "/srv/agent-home/.config/claude/projects",
+    ]
     assert roots["qwen"] == ["/home/u/.qwen/projects", "/srv/agent-home/.qwen/projects"]
     # no HOME: only the roots an env variable names
     assert store_roots(agents.PROFILES, {"CODEX_HOME": "/c"})["codex"] == ["/c/sessions"]
@@ -113,7 +134,9 @@ def test_ten_thousand_files_one_lookup_and_its_cost(tmp_path, monkeypatch):
         folder = store / f"--work-project-{i:03d}--"
         folder.mkdir(parents=True)
         for j in range(25):
-            (folder / f"2026-05-{j % 28 + 1:02d}T12-00-00-000Z_{i:03d}{j:02d}000-0000-4000-8000-000000000000.jsonl").touch()
+            (
+                folder / f"2026-05-{j % 28 + 1:02d}T12-00-00-000Z_{i:03d}{j:02d}000-0000-4000-8000-000000000000.jsonl"
+            ).touch()
         folders.append(folder)
     target_folder = folders[123]
     target = touch(target_folder / f"{T}_{U1}.jsonl")
@@ -250,7 +273,8 @@ def test_qwen_chats_folders(tmp_path):
     clock = Clock()
     index = index_for(tmp_path, clock)
     assert [(h.agent, h.path, h.folder) for h in index.lookup(None, U1)] == [
-        ("qwen", str(chat), str(projects / "-home-u-w/chats"))]
+        ("qwen", str(chat), str(projects / "-home-u-w/chats"))
+    ]
     assert index.lookup("qwen", U2) == []
     later = touch(projects / "-home-u-new/chats" / f"{U3}.jsonl")
     clock.now += RECHECK_S
@@ -350,8 +374,20 @@ def test_odd_entries_and_odd_input_are_skipped(tmp_path):
         roots["pi"] = roots["pi"] + ["relative/root", "", 42, None, "/nul\0byte", str(good)]
         index = IdIndex(agents.PROFILES, lambda p: roots.get(p.name, []), clock=Clock())
         assert [h.path for h in index.lookup(None, U1)] == [str(good)]
-        for sid in ("fifo-id", "broken-link", "a-folder", "a b", ".hidden", "hidden", "no-underscore", "not-jsonl",
-                    "bad\udcff", "bad", U2, "locked-id" if os.geteuid() != 0 else "none"):
+        for sid in (
+            "fifo-id",
+            "broken-link",
+            "a-folder",
+            "a b",
+            ".hidden",
+            "hidden",
+            "no-underscore",
+            "not-jsonl",
+            "bad\udcff",
+            "bad",
+            U2,
+            "locked-id" if os.geteuid() != 0 else "none",
+        ):
             assert index.lookup(None, sid) == [], sid
         for sid in ("", "../" + U1, f"--w--/{T}_{U1}", "x" * 500, "a\nb", None, 7):
             assert index.lookup(None, sid) == []

@@ -20,15 +20,26 @@ def _drain(store: JsonlStore, limit: int = 10_000) -> int:
 
 def _header_only_pi(folder, i):
     path = folder / f"2026-05-06T12-00-{i:02d}-000Z_{i:08d}-0000-4000-8000-000000000000.jsonl"
-    path.write_text(json.dumps({"type": "session", "version": 3, "id": f"{i:08d}-0000-4000-8000-000000000000",
-                                "timestamp": "2026-05-06T12:00:00.000Z", "cwd": "/w"}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "type": "session",
+                "version": 3,
+                "id": f"{i:08d}-0000-4000-8000-000000000000",
+                "timestamp": "2026-05-06T12:00:00.000Z",
+                "cwd": "/w",
+            }
+        )
+        + "\n"
+    )
     return path
 
 
 def test_claude_summary_only_file_leaves_the_store_idle(tmp_path):
     # older Claude Code versions wrote files of only summary lines: no header, no user turn
     (tmp_path / "aaaaaaaa-0000-4000-8000-000000000000.jsonl").write_text(
-        "".join(json.dumps({"type": "summary", "summary": f"s{i}", "leafUuid": "x"}) + "\n" for i in range(3)))
+        "".join(json.dumps({"type": "summary", "summary": f"s{i}", "leafUuid": "x"}) + "\n" for i in range(3))
+    )
     store = JsonlStore()
     assert store.candidates(str(tmp_path), CLAUDE_FORMAT, first_users=[fingerprint("hi")]) == []
     assert _drain(store) < 10
@@ -74,8 +85,10 @@ _SID = "0199bbbb-0000-7000-8000-000000000001"
 def _pi_with_tail(folder, tail: bytes, filler_bytes: int = 0):
     """A pi session file: its session line, a user turn, `filler_bytes` of answered turns, then `tail`."""
     path = folder / f"2026-11-29T10-00-00-000Z_{_SID}.jsonl"
-    lines = [{"type": "session", "version": 3, "id": _SID, "timestamp": "2026-11-29T10:00:00.000Z", "cwd": "/w"},
-             {"type": "message", "message": {"role": "user", "content": "the question"}}]
+    lines = [
+        {"type": "session", "version": 3, "id": _SID, "timestamp": "2026-11-29T10:00:00.000Z", "cwd": "/w"},
+        {"type": "message", "message": {"role": "user", "content": "the question"}},
+    ]
     body = "".join(json.dumps(x) + "\n" for x in lines).encode()
     turn = (json.dumps({"type": "message", "message": {"role": "assistant", "content": "x" * 1000}}) + "\n").encode()
     body += turn * (filler_bytes // len(turn))

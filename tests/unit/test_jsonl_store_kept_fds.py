@@ -15,8 +15,10 @@ from agent_session_ids.resolution.jsonl_store import JsonlStore
 def _pi_file(folder, i, name=None):
     sid = f"{i:08d}-0000-4000-8000-000000000000"
     path = folder / f"2026-05-06T12-00-{i:02d}-000Z_{sid}.jsonl"
-    lines = [{"type": "session", "version": 3, "id": sid, "timestamp": "2026-05-06T12:00:00.000Z", "cwd": "/w"},
-             {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": f"task {i}"}]}}]
+    lines = [
+        {"type": "session", "version": 3, "id": sid, "timestamp": "2026-05-06T12:00:00.000Z", "cwd": "/w"},
+        {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": f"task {i}"}]}},
+    ]
     if name:
         lines.append({"type": "session_info", "name": name})
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))

@@ -15,14 +15,32 @@ def test_the_line_names_the_fields_the_reader_checks_in_the_order_written():
 
 def test_a_field_the_answer_did_not_give_is_left_out_and_status_and_stream_are_always_written():
     line = LedgerLine(ts="2026-11-21T10:00:00.000Z", session="s", label="l", input_tokens=0, cost=None)
-    assert line.as_dict() == {"ts": "2026-11-21T10:00:00.000Z", "session": "s", "label": "l", "status": 0,
-                              "stream": False, "input_tokens": 0}
+    assert line.as_dict() == {
+        "ts": "2026-11-21T10:00:00.000Z",
+        "session": "s",
+        "label": "l",
+        "status": 0,
+        "stream": False,
+        "input_tokens": 0,
+    }
 
 
 def test_the_writer_encodes_a_line_as_the_reader_reads_it_back():
-    line = LedgerLine(ts=ledger.timestamp(1_764_000_000.25), session="s", agent="pi", rule="r", host="h",
-                      model="m\ud800", sent_changed=[{"target": "body.session_id", "from": "a", "to": "b"}],
-                      status=200, stream=True, input_tokens=10, cache_read_tokens=8, output_tokens=2, cost=0.5)
+    line = LedgerLine(
+        ts=ledger.timestamp(1_764_000_000.25),
+        session="s",
+        agent="pi",
+        rule="r",
+        host="h",
+        model="m\ud800",
+        sent_changed=[{"target": "body.session_id", "from": "a", "to": "b"}],
+        status=200,
+        stream=True,
+        input_tokens=10,
+        cache_read_tokens=8,
+        output_tokens=2,
+        cost=0.5,
+    )
     encoded = ledger.encode(line)
     assert encoded == ledger.encode(line.as_dict())
     record = ledger.record_of(encoded)

@@ -27,10 +27,21 @@ SCRIPT = Path(sys.executable).with_name("agent-session-ids")
 
 def raw_line(at: float = NOW, sid: str = "s1", **raw: str) -> bytes:
     """A ledger line of a good turn of `session`, with fields given as raw JSON text in `raw`."""
-    fields = {"ts": json.dumps(ledger.timestamp(at)), "session": json.dumps(sid), "label": '"fix the parser"',
-              "agent": '"pi"', "cwd": '"/work/app"', "model": '"anthropic/claude-sonnet-4"',
-              "provider": '"Anthropic"', "status": "200", "stream": "true", "input_tokens": "1000",
-              "cache_read_tokens": "900", "output_tokens": "10", "cost": "0.001"}
+    fields = {
+        "ts": json.dumps(ledger.timestamp(at)),
+        "session": json.dumps(sid),
+        "label": '"fix the parser"',
+        "agent": '"pi"',
+        "cwd": '"/work/app"',
+        "model": '"anthropic/claude-sonnet-4"',
+        "provider": '"Anthropic"',
+        "status": "200",
+        "stream": "true",
+        "input_tokens": "1000",
+        "cache_read_tokens": "900",
+        "output_tokens": "10",
+        "cost": "0.001",
+    }
     fields.update(raw)
     return ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}\n").encode()
 
@@ -143,8 +154,14 @@ def test_the_reader_skips_a_line_it_cannot_place_and_leaves_out_a_wrongly_typed_
 
 
 def test_the_reader_gives_each_field_the_type_the_writer_writes():
-    record = ledger.record_of(raw_line(cost="1", label='"a\\ud800b"', new_field='{"kept": [1]}',
-                                       sent_changed='[{"target": "body.session_id", "from": "a", "to": null}]'))
+    record = ledger.record_of(
+        raw_line(
+            cost="1",
+            label='"a\\ud800b"',
+            new_field='{"kept": [1]}',
+            sent_changed='[{"target": "body.session_id", "from": "a", "to": null}]',
+        )
+    )
     assert record is not None
     assert record["cost"] == 1.0 and isinstance(record["cost"], float)
     assert record["label"] == "a\ufffdb"  # a lone surrogate as U+FFFD: printable, and writable as UTF-8
@@ -163,8 +180,14 @@ def test_a_time_the_reader_accepts_converts_both_ways_in_any_zone():
         for zone in (None, ZoneInfo("Pacific/Kiritimati"), ZoneInfo("Etc/GMT+12")):
             timespec.when(epoch, zone)
         assert ledger.epoch_of(ledger.timestamp(epoch)) == pytest.approx(epoch, abs=2e-3)  # ms, as the ledger writes it
-    for ts in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00",
-               "1969-12-31T23:59:59Z", "soon", 5):
+    for ts in (
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+01:00",
+        "1969-12-31T23:59:59Z",
+        "soon",
+        5,
+    ):
         assert ledger.epoch_of(ts) is None
 
 
@@ -219,8 +242,12 @@ def test_top_shows_a_session_written_after_the_ledger_was_emptied_in_place_to_th
 
 def _statusline_with_open_stdin(path: str, sent: bytes) -> tuple[int, str, str]:
     """`statusline` given `sent` on a stdin this test keeps open until the command has ended."""
-    process = subprocess.Popen([str(SCRIPT), "statusline", "--file", path], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [str(SCRIPT), "statusline", "--file", path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdin is not None
     try:
         process.stdin.write(sent)
@@ -243,8 +270,7 @@ def test_the_status_line_answers_a_complete_json_while_its_stdin_stays_open(tmp_
         f.write(raw_line(sid="0198c2d0-aaaa"))
     status = json.dumps({"session_id": "0198c2d0-aaaa", "model": {"id": "claude"}, "cwd": "/x"}).encode()
     assert _statusline_with_open_stdin(path, status) == (0, "cache 90% · $0.0010 · Anthropic\n", "")
-    assert _statusline_with_open_stdin(path, b"  \n" + status + b"\n{") == (
-        0, "cache 90% · $0.0010 · Anthropic\n", "")
+    assert _statusline_with_open_stdin(path, b"  \n" + status + b"\n{") == (0, "cache 90% · $0.0010 · Anthropic\n", "")
 
 
 def test_the_status_line_given_an_incomplete_json_on_an_open_stdin_ends_with_one_line(tmp_path):

@@ -22,9 +22,17 @@ NOW = 1_795_000_000.0  # 2026-11-18T...Z
 
 
 def rec(session="s1", at=NOW, **figures) -> dict:
-    return {"ts": ledger.timestamp(at), "session": session, "label": f"label-{session}", "agent": "pi",
-            "cwd": f"/work/{session}-project", "model": "anthropic/claude-sonnet-4", "status": 200, "stream": True,
-            **figures}
+    return {
+        "ts": ledger.timestamp(at),
+        "session": session,
+        "label": f"label-{session}",
+        "agent": "pi",
+        "cwd": f"/work/{session}-project",
+        "model": "anthropic/claude-sonnet-4",
+        "status": 200,
+        "stream": True,
+        **figures,
+    }
 
 
 def write(path, records, mode="ab") -> None:
@@ -33,10 +41,19 @@ def write(path, records, mode="ab") -> None:
             f.write(ledger.encode(r))
 
 
-def turn(session="s1", at=NOW, provider="Anthropic", input_tokens=1000, cache_read_tokens=900, cost=0.001,
-         **more) -> dict:
-    return rec(session, at, provider=provider, input_tokens=input_tokens, cache_read_tokens=cache_read_tokens,
-               output_tokens=10, cost=cost, **more)
+def turn(
+    session="s1", at=NOW, provider="Anthropic", input_tokens=1000, cache_read_tokens=900, cost=0.001, **more
+) -> dict:
+    return rec(
+        session,
+        at,
+        provider=provider,
+        input_tokens=input_tokens,
+        cache_read_tokens=cache_read_tokens,
+        output_tokens=10,
+        cost=cost,
+        **more,
+    )
 
 
 # -- the follower ---------------------------------------------------------------------------------
@@ -121,9 +138,14 @@ def test_lookup_parses_only_the_sessions_lines_across_rotated_files(tmp_path):
 
 def test_the_status_line_shows_the_latest_hit_the_billed_cost_and_a_flip(tmp_path):
     path = str(tmp_path / "usage.jsonl")
-    write(path, [turn("a", NOW, input_tokens=1000, cache_read_tokens=0, cost=0.004),
-                 turn("b", NOW + 1, provider="Google", cost=5.0),
-                 turn("a", NOW + 2, input_tokens=1000, cache_read_tokens=920, cost=0.001)])
+    write(
+        path,
+        [
+            turn("a", NOW, input_tokens=1000, cache_read_tokens=0, cost=0.004),
+            turn("b", NOW + 1, provider="Google", cost=5.0),
+            turn("a", NOW + 2, input_tokens=1000, cache_read_tokens=920, cost=0.001),
+        ],
+    )
     assert statusline.line(path, "a") == "cache 92% · $0.0050 · Anthropic"
     write(path, [turn("a", NOW + 3, provider="Google", input_tokens=1000, cache_read_tokens=0, cost=0.002)])
     assert statusline.line(path, "a") == "cache 0% · $0.0070 · ⚠ Google, was Anthropic"
@@ -135,8 +157,9 @@ def test_the_status_line_shows_the_latest_hit_the_billed_cost_and_a_flip(tmp_pat
 
 def _cli(*args, stdin: str | None = None, env: dict | None = None):
     script = Path(sys.executable).with_name("agent-session-ids")
-    return subprocess.run([str(script), *args], input=stdin, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(script), *args], input=stdin, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
 def test_the_statusline_command_reads_claude_codes_json_and_never_errs_on_an_unknown_session(tmp_path):
@@ -157,8 +180,10 @@ def test_the_statusline_command_reads_claude_codes_json_and_never_errs_on_an_unk
 
 def test_the_status_line_imports_no_mitmproxy():
     # it runs after every answer of Claude Code: the proxy's own stack stays out of its start
-    code = ("import sys; from agent_session_ids.cli import run; run.COMMANDS['statusline']; "
-            "from agent_session_ids.cli import statusline; print(any(m.startswith('mitmproxy') for m in sys.modules))")
+    code = (
+        "import sys; from agent_session_ids.cli import run; run.COMMANDS['statusline']; "
+        "from agent_session_ids.cli import statusline; print(any(m.startswith('mitmproxy') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -182,10 +207,14 @@ def _table(records) -> SessionTable:
 
 
 def test_the_view_fits_80_columns_and_shows_each_column(tmp_path):
-    table = _table([turn("a", NOW - 100, input_tokens=1000, cache_read_tokens=0, cost=0.004),
-                    turn("a", NOW - 50, input_tokens=2000, cache_read_tokens=1800, cost=0.001),
-                    turn("b", NOW - 10, provider="Google", label="a very long session label that will not fit"),
-                    turn("b", NOW - 5, provider="Anthropic")])
+    table = _table(
+        [
+            turn("a", NOW - 100, input_tokens=1000, cache_read_tokens=0, cost=0.004),
+            turn("a", NOW - 50, input_tokens=2000, cache_read_tokens=1800, cost=0.001),
+            turn("b", NOW - 10, provider="Google", label="a very long session label that will not fit"),
+            turn("b", NOW - 5, provider="Anthropic"),
+        ]
+    )
     lines = live_view.lines(list(table.sessions.values()), NOW, 80)
     assert all(len(line) <= 80 for line in lines)
     head, b, a, total = lines
@@ -219,8 +248,14 @@ def test_live_ledger_counts_a_sessions_earlier_turns_once(tmp_path):
     path = str(tmp_path / "usage.jsonl")
     # a long session: turns from 3 hours ago (before the window) up to a minute ago
     write(path + ".1", [turn("a", NOW - 3 * 3600 + i, cost=0.01) for i in range(5)])
-    write(path, [turn("a", NOW - 7000, cost=0.01), *[turn("idle", NOW - 7000 + i) for i in range(3000)],
-                 turn("a", NOW - 60, cost=0.01)])
+    write(
+        path,
+        [
+            turn("a", NOW - 7000, cost=0.01),
+            *[turn("idle", NOW - 7000 + i) for i in range(3000)],
+            turn("a", NOW - 60, cost=0.01),
+        ],
+    )
     os.utime(path + ".1", (NOW - 3 * 3600, NOW - 3 * 3600))
     live = LiveLedger(path, 3600)
     live.refresh(NOW)
@@ -252,8 +287,13 @@ def test_top_once_and_bad_input(tmp_path):
     assert out.returncode == 0 and "label-a" in out.stdout and " - " in out.stdout.splitlines()[0]  # not "·"
     many = str(tmp_path / "many.jsonl")  # a frame longer than a pipe holds, so that the write breaks
     write(many, [turn(f"s{i}", clock.time() - 30) for i in range(3000)])
-    piped = subprocess.run(f"{Path(sys.executable).with_name('agent-session-ids')} top --once --file {many} | head -1",
-                           shell=True, capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        f"{Path(sys.executable).with_name('agent-session-ids')} top --once --file {many} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert piped.stdout.startswith("agent-session-ids top") and piped.stderr == ""  # a reader gone: quiet
     out = _cli("top", "--once", "--width", "0", "--file", path)
     assert out.returncode == 1 and out.stderr.strip() == "agent-session-ids: --width 0: give at least 20 columns"
@@ -273,14 +313,20 @@ def _at(text: str) -> float:
 
 
 def test_report_buckets_follow_the_time_zone(tmp_path):
-    path, records = _records(tmp_path, [
-        turn("a", _at("2026-11-29T23:30:00Z")),  # Sunday in UTC, Monday in Tokyo
-        turn("a", _at("2026-11-30T10:00:00Z")),
-        turn("b", _at("2026-12-01T02:00:00Z"), agent="claude", cwd="/work/beta"),
-    ])
+    path, records = _records(
+        tmp_path,
+        [
+            turn("a", _at("2026-11-29T23:30:00Z")),  # Sunday in UTC, Monday in Tokyo
+            turn("a", _at("2026-11-30T10:00:00Z")),
+            turn("b", _at("2026-12-01T02:00:00Z"), agent="claude", cwd="/work/beta"),
+        ],
+    )
     utc, tokyo = timespec.zone_of("UTC"), timespec.zone_of("Asia/Tokyo")
     assert {g.key: g.requests for g in grouping.group(records, "day", zone=utc)} == {
-        "2026-11-29": 1, "2026-11-30": 1, "2026-12-01": 1}
+        "2026-11-29": 1,
+        "2026-11-30": 1,
+        "2026-12-01": 1,
+    }
     assert {g.key: g.requests for g in grouping.group(records, "day", zone=tokyo)} == {"2026-11-30": 2, "2026-12-01": 1}
     assert {g.key: g.requests for g in grouping.group(records, "week", zone=utc)} == {"2026-11-23": 1, "2026-11-30": 2}
     assert {g.key: g.requests for g in grouping.group(records, "week", zone=tokyo)} == {"2026-11-30": 3}
@@ -301,16 +347,21 @@ def test_until_a_bare_date_includes_that_day_in_the_zone(tmp_path):
 
 
 def test_report_command_views_in_text_json_and_html(tmp_path, capsys):
-    path, _ = _records(tmp_path, [
-        turn("a", _at("2026-11-30T10:00:00Z"), model="anthropic/claude-sonnet-4", cost=0.002),
-        turn("a", _at("2026-11-30T10:05:00Z"), model="openai/gpt-5", provider="OpenAI", cost=0.003),
-        turn("b", _at("2026-12-01T09:00:00Z"), cost=0.004),
-    ])
+    path, _ = _records(
+        tmp_path,
+        [
+            turn("a", _at("2026-11-30T10:00:00Z"), model="anthropic/claude-sonnet-4", cost=0.002),
+            turn("a", _at("2026-11-30T10:05:00Z"), model="openai/gpt-5", provider="OpenAI", cost=0.003),
+            turn("b", _at("2026-12-01T09:00:00Z"), cost=0.004),
+        ],
+    )
     assert report.main(["--file", path, "--by", "day", "--timezone", "UTC", "--breakdown", "--json"]) == 0
     days = json.loads(capsys.readouterr().out)
     assert [d["day"] for d in days] == ["2026-12-01", "2026-11-30"]
     assert [(m["model"], m["requests"], m["cost"]) for m in days[1]["breakdown"]] == [
-        ("openai/gpt-5", 1, 0.003), ("anthropic/claude-sonnet-4", 1, 0.002)]
+        ("openai/gpt-5", 1, 0.003),
+        ("anthropic/claude-sonnet-4", 1, 0.002),
+    ]
     assert report.main(["--file", path, "--by", "day", "--timezone", "UTC", "--breakdown"]) == 0
     text = capsys.readouterr().out
     assert "  └ openai/gpt-5" in text and text.splitlines()[-1].startswith("TOTAL")
@@ -328,16 +379,21 @@ def test_report_command_views_in_text_json_and_html(tmp_path, capsys):
 
 
 def test_report_one_sessions_turns(tmp_path, capsys):
-    path, _ = _records(tmp_path, [
-        turn("a", _at("2026-11-30T10:00:00Z"), input_tokens=1000, cache_read_tokens=0, cost=0.004),
-        turn("a", _at("2026-11-30T10:05:00Z"), provider="Google", input_tokens=2000, cache_read_tokens=1000),
-        turn("b", _at("2026-11-30T10:06:00Z")),
-    ])
+    path, _ = _records(
+        tmp_path,
+        [
+            turn("a", _at("2026-11-30T10:00:00Z"), input_tokens=1000, cache_read_tokens=0, cost=0.004),
+            turn("a", _at("2026-11-30T10:05:00Z"), provider="Google", input_tokens=2000, cache_read_tokens=1000),
+            turn("b", _at("2026-11-30T10:06:00Z")),
+        ],
+    )
     assert report.main(["--file", path, "--session", "a", "--json", "--timezone", "UTC"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert one["session"] == "a" and one["cwd"] == "/work/a-project" and one["requests"] == 2
     assert [(t["when"], t["provider"], t["cache_hit_ratio"], t["provider_flip"]) for t in one["turns"]] == [
-        ("2026-11-30 10:00:00", "Anthropic", 0.0, False), ("2026-11-30 10:05:00", "Google", 0.5, True)]
+        ("2026-11-30 10:00:00", "Anthropic", 0.0, False),
+        ("2026-11-30 10:05:00", "Google", 0.5, True),
+    ]
     assert report.main(["--file", path, "--session", "label-a", "--timezone", "UTC"]) == 0  # by its label too
     text = capsys.readouterr().out.splitlines()
     rows = [line for line in text if line[:2].isdigit()]
@@ -365,8 +421,11 @@ def test_report_reads_several_ledgers_as_one(tmp_path, capsys):
 
 def test_report_bad_input_is_one_line(tmp_path):
     path, _ = _records(tmp_path, [turn("a")])
-    for args, why in ((["--by", "hour"], "invalid choice"), (["--timezone", "Nowhere/City"], "no IANA time zone"),
-                      (["--since", "yesterday"], "--since 'yesterday'")):
+    for args, why in (
+        (["--by", "hour"], "invalid choice"),
+        (["--timezone", "Nowhere/City"], "no IANA time zone"),
+        (["--since", "yesterday"], "--since 'yesterday'"),
+    ):
         out = _cli("report", "--file", path, *args)
         assert out.returncode == 2 and why in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
     out = _cli("report", "--file", str(tmp_path / "none.jsonl"))
@@ -379,11 +438,14 @@ def test_report_bad_input_is_one_line(tmp_path):
 
 def test_report_is_the_same_command_three_ways(tmp_path):
     path, _ = _records(tmp_path, [turn("a")])
-    outs = {subprocess.run(cmd + ["--file", path, "--by", "project", "--json"], capture_output=True,
-                           text=True).stdout
-            for cmd in ([str(Path(sys.executable).with_name("agent-session-ids")), "report"],
-                        [str(Path(sys.executable).with_name("agent-session-ids-report"))],
-                        [sys.executable, "-m", "agent_session_ids.report"])}
+    outs = {
+        subprocess.run(cmd + ["--file", path, "--by", "project", "--json"], capture_output=True, text=True).stdout
+        for cmd in (
+            [str(Path(sys.executable).with_name("agent-session-ids")), "report"],
+            [str(Path(sys.executable).with_name("agent-session-ids-report"))],
+            [sys.executable, "-m", "agent_session_ids.report"],
+        )
+    }
     assert len(outs) == 1 and json.loads(outs.pop())[0]["project"] == "/work/a-project"
 
 
@@ -399,8 +461,12 @@ def _tree_records():
         turn(c, _at("2026-11-30T10:03:00Z"), cost=0.004, parent=r, root=r, label="child-task"),
         turn(c, _at("2026-11-30T10:04:00Z"), cost=0.005, subagent="a2", parent=c, root=r),
         turn("other", _at("2026-11-30T10:05:00Z"), cost=0.010),
-        turn(r, _at("2026-11-30T10:06:00Z"), cost=0.001, sent_changed=[
-            {"target": "body.session_id", "from": r, "to": "release-notes-r0000000"}]),
+        turn(
+            r,
+            _at("2026-11-30T10:06:00Z"),
+            cost=0.001,
+            sent_changed=[{"target": "body.session_id", "from": r, "to": "release-notes-r0000000"}],
+        ),
     ]
 
 
@@ -416,8 +482,10 @@ def test_the_report_counts_branches_into_their_root_and_tree_shows_each(tmp_path
     assert report.main(["--file", path, "--json", "--tree"]) == 0
     branches = json.loads(capsys.readouterr().out)[0]["branches"]
     assert [(b["session"], b["subagent"], b["parent"], b["depth"], b["requests"]) for b in branches] == [
-        ("r0000000", "a1", "r0000000", 1, 2), ("c0000000", None, "r0000000", 1, 1),
-        ("c0000000", "a2", "c0000000", 2, 1)]
+        ("r0000000", "a1", "r0000000", 1, 2),
+        ("c0000000", None, "r0000000", 1, 1),
+        ("c0000000", "a2", "c0000000", 2, 1),
+    ]
     assert report.main(["--file", path, "--tree"]) == 0
     text = capsys.readouterr().out
     assert "label-r0000000 +3" in text and "└ sub-agent a1" in text and "└ child-task" in text

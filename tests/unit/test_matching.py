@@ -26,8 +26,9 @@ def flow(mode: str, host: str, host_header: str | None):
     headers = [(b"content-type", b"application/json")]
     if host_header is not None:
         headers.append((b"host", host_header.encode()))
-    f = tflow.tflow(req=tutils.treq(host=host, port=443, path=PATH.encode(), method=b"POST",
-                                    content=b"{}", headers=headers))
+    f = tflow.tflow(
+        req=tutils.treq(host=host, port=443, path=PATH.encode(), method=b"POST", content=b"{}", headers=headers)
+    )
     f.client_conn.proxy_mode = ProxyMode.parse(mode)
     return f
 

@@ -72,8 +72,12 @@ class Holder:
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen()
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(self.server.getsockname()[1])],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(self.server.getsockname()[1])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.kids: list[int] = []
         self.conns = []
         assert self.proc.stdout.readline().strip() == "connected"

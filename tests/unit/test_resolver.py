@@ -14,20 +14,35 @@ DIR = "/home/u/.pi/agent/sessions/--home-u-proj--"
 
 
 def proc(pid=100, start=T0, cwd="/home/u/proj") -> Process:
-    return Process(pid=pid, start_ticks=int(start * 100), started_at=start, boot_id="boot", uid=1000,
-                   cwd=cwd, comm="pi", exe="/usr/bin/node")
+    return Process(
+        pid=pid,
+        start_ticks=int(start * 100),
+        started_at=start,
+        boot_id="boot",
+        uid=1000,
+        cwd=cwd,
+        comm="pi",
+        exe="/usr/bin/node",
+    )
 
 
 def conv(first: str, n_user=1, n_assistant=0) -> Conversation:
     return Conversation(fingerprint(first), n_user, n_assistant)
 
 
-def sfile(sid: str, first: str | None, created: float, n_assistant=1, name=None, mtime=None, parent=None,
-          folder=DIR) -> SessionFile:
-    return SessionFile(path=f"{folder}/2026-01-01T00-00-00-000Z_{sid}.jsonl", id=sid, created=created,
-                       mtime=mtime if mtime is not None else created + 5,
-                       first_user=fingerprint(first) if first else None, n_assistant=n_assistant, name=name,
-                       parent=parent)
+def sfile(
+    sid: str, first: str | None, created: float, n_assistant=1, name=None, mtime=None, parent=None, folder=DIR
+) -> SessionFile:
+    return SessionFile(
+        path=f"{folder}/2026-01-01T00-00-00-000Z_{sid}.jsonl",
+        id=sid,
+        created=created,
+        mtime=mtime if mtime is not None else created + 5,
+        first_user=fingerprint(first) if first else None,
+        n_assistant=n_assistant,
+        name=name,
+        parent=parent,
+    )
 
 
 U1 = "11111111-1111-4111-8111-111111111111"
@@ -292,10 +307,14 @@ def test_a_session_left_by_new_before_its_file_is_still_bound_later():
 # extension's own algorithm on Node (node:crypto SHA-1 of the namespace bytes + the UTF-8 name,
 # version and variant bits set), and agree with Python's uuid.uuid5. They are fixed on purpose.
 OPPER_TRACE_VECTORS = [
-    ("/home/u/.pi/agent/sessions/--home-u-proj--/2026-05-06T12-00-00-000Z_019dbbc7-c8c5-748c-8710-3fdf6fefc083.jsonl",
-     "9bcfc164-cee6-5377-94c2-818be70e3012"),
-    ("/home/jösé/.pi/agent/sessions/--home-jösé-проект--/2026-05-06T12-00-00-000Z_019dbbc7-c8c5-748c-8710-3fdf6fefc083.jsonl",
-     "07d47f7a-21b1-51d6-8b1b-a3e6b2fb9c2e"),
+    (
+        "/home/u/.pi/agent/sessions/--home-u-proj--/2026-05-06T12-00-00-000Z_019dbbc7-c8c5-748c-8710-3fdf6fefc083.jsonl",
+        "9bcfc164-cee6-5377-94c2-818be70e3012",
+    ),
+    (
+        "/home/jösé/.pi/agent/sessions/--home-jösé-проект--/2026-05-06T12-00-00-000Z_019dbbc7-c8c5-748c-8710-3fdf6fefc083.jsonl",
+        "07d47f7a-21b1-51d6-8b1b-a3e6b2fb9c2e",
+    ),
     ("pi-proc-4242-123456789", "f78fec16-275f-5845-8aa0-ffea0436e3b5"),
 ]
 

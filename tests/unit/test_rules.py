@@ -19,8 +19,17 @@ RULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "rules")
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "rules" / "rules.schema.json").read_text())
 #: the shipped rules that are on by default, and those that ship off (self-hosted gateways)
-ON = {"openrouter-session-id", "opencode-session", "opper-trace", "helicone-session", "portkey-trace",
-      "openai-prompt-cache-key", "fireworks-session-affinity", "cloudflare-aig-metadata", "llmgateway-session"}
+ON = {
+    "openrouter-session-id",
+    "opencode-session",
+    "opper-trace",
+    "helicone-session",
+    "portkey-trace",
+    "openai-prompt-cache-key",
+    "fireworks-session-affinity",
+    "cloudflare-aig-metadata",
+    "llmgateway-session",
+}
 OFF = {"litellm-session", "bifrost-session"}
 
 
@@ -40,9 +49,19 @@ def test_shipped_rules_load_and_cover_every_gateway():
     assert {r.name for r in rules} == ON | OFF
     assert {r.name for r in rules if r.enabled} == ON
     assert RuleSet(rules).hosts == [
-        "ai-gateway.helicone.ai", "anthropic.helicone.ai", "api.fireworks.ai", "api.llmgateway.io", "api.openai.com",
-        "api.opper.ai", "api.portkey.ai", "gateway.ai.cloudflare.com", "gateway.helicone.ai", "oai.helicone.ai",
-        "opencode.ai", "openrouter.ai"]
+        "ai-gateway.helicone.ai",
+        "anthropic.helicone.ai",
+        "api.fireworks.ai",
+        "api.llmgateway.io",
+        "api.openai.com",
+        "api.opper.ai",
+        "api.portkey.ai",
+        "gateway.ai.cloudflare.com",
+        "gateway.helicone.ai",
+        "oai.helicone.ai",
+        "opencode.ai",
+        "openrouter.ai",
+    ]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "rules").glob("*.yaml")), ids=lambda p: p.name)
@@ -72,8 +91,9 @@ def test_every_shipped_rule_file_passes_the_schema_and_the_addons_own_check(path
 def test_the_rules_that_ship_off_are_switched_on_by_the_option_with_their_host():
     rules = load_rules_dir(RULES_DIR)
     assert {r.name for r in active_rules(rules)} == ON
-    on = active_rules(rules, "litellm-session@litellm.example.internal, "
-                             "bifrost-session@a.internal,bifrost-session@B.internal")
+    on = active_rules(
+        rules, "litellm-session@litellm.example.internal, bifrost-session@a.internal,bifrost-session@B.internal"
+    )
     assert {r.name for r in on} == ON | OFF
     by_name = {r.name: r for r in on}
     assert by_name["litellm-session"].match.hosts == ("litellm.example.internal",)
@@ -86,12 +106,15 @@ def test_the_rules_that_ship_off_are_switched_on_by_the_option_with_their_host()
     assert moved["opencode-session"].match.hosts == ("opencode.ai",)
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("litellm", ["no rule is named 'litellm'", "bifrost-session, litellm-session", "name@host"]),
-    ("litellm-session", ["names no host", "session_enable=litellm-session@<host>"]),
-    ("litellm-session@https://x.example/", ["is not a host name", "no scheme, port or path"]),
-    ("bifrost-session@localhost:8080", ["is not a host name"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("litellm", ["no rule is named 'litellm'", "bifrost-session, litellm-session", "name@host"]),
+        ("litellm-session", ["names no host", "session_enable=litellm-session@<host>"]),
+        ("litellm-session@https://x.example/", ["is not a host name", "no scheme, port or path"]),
+        ("bifrost-session@localhost:8080", ["is not a host name"]),
+    ],
+)
 def test_a_wrong_session_enable_is_one_line_that_says_the_fix(spec, words):
     with pytest.raises(RuleError) as e:
         active_rules(load_rules_dir(RULES_DIR), spec)
@@ -157,8 +180,16 @@ def test_a_minimal_rule_has_the_documented_defaults():
     "text, line, words",
     [
         (GOOD.replace("header: x-a", "hedaer: x-a"), 6, ["unknown key 'hedaer'", "use one of"]),
-        (GOOD.replace("{session.id}", "{session.idd}"), 7, ["unknown template field '{session.idd}'", "{session.label}"]),
-        (GOOD.replace("host: example.com", "path: '(unclosed'"), 4, ["not a valid regular expression", "fix the pattern"]),
+        (
+            GOOD.replace("{session.id}", "{session.idd}"),
+            7,
+            ["unknown template field '{session.idd}'", "{session.label}"],
+        ),
+        (
+            GOOD.replace("host: example.com", "path: '(unclosed'"),
+            4,
+            ["not a valid regular expression", "fix the pattern"],
+        ),
         (GOOD.replace("host: example.com", "host: https://example.com/"), 4, ["not a host name"]),
         (GOOD.replace("host: example.com", "filter: '~q ~~'"), 4, ["not a mitmproxy filter expression"]),
         (GOOD.replace('value: "{session.id}"', "value: 7"), 7, ["must be a string"]),
@@ -172,9 +203,17 @@ def test_a_minimal_rule_has_the_documented_defaults():
         ("rules:\n  - name: r\n    match: {host: a.b\n", 4, ["YAML syntax error"]),
         ("rule:\n  - {}\n", 1, ["unknown key 'rule'"]),
         (GOOD + "      - header: X-A\n        value: b\n", 8, ["twice"]),
-        (GOOD + "        json_key: s\n      - header: X-A\n        json_key: s\n        value: b\n", 9, ["member 's' twice"]),
+        (
+            GOOD + "        json_key: s\n      - header: X-A\n        json_key: s\n        value: b\n",
+            9,
+            ["member 's' twice"],
+        ),
         (GOOD.replace("    match:", "    enabled: no-thanks\n    match:"), 3, ["'enabled' must be true or false"]),
-        (GOOD.replace("header: x-a", "body: a.b") + "        json_key: s\n", 8, ["'json_key' names a member", "with 'header'"]),
+        (
+            GOOD.replace("header: x-a", "body: a.b") + "        json_key: s\n",
+            8,
+            ["'json_key' names a member", "with 'header'"],
+        ),
         (GOOD + "        max_entries: 5\n", 8, ["use it with 'json_key'"]),
         (GOOD + "        json_key: s\n        max_entries: 0\n", 9, ["'max_entries' must be at least 1"]),
         (GOOD + "        json_key: ''\n", 8, ["'json_key' must not be empty"]),

@@ -13,13 +13,13 @@ from agent_session_ids.cli.errors import CliError
 # folder names that each try to end a quoted string early in one reader or another
 HOSTILE = [
     "a'b",
-    "a\\'; touch X; #",          # fish: \' inside single quotes
+    "a\\'; touch X; #",  # fish: \' inside single quotes
     "$(touch X)",
     "`touch X`",
     'a"b $HOME \\ end\\',
-    "\u2019; touch X; \u2018",   # PowerShell: U+2018..U+201B are quotes too
+    "\u2019; touch X; \u2018",  # PowerShell: U+2018..U+201B are quotes too
     "\u201a\u201b''\u2019\u2019",
-    "%h \\x41 ${HOME} $$ ;",     # systemd: specifiers, C escapes, variables, a lone ;
+    "%h \\x41 ${HOME} $$ ;",  # systemd: specifiers, C escapes, variables, a lone ;
 ]
 
 # ---------------------------------------------------------------------------- PowerShell
@@ -39,11 +39,11 @@ def read_powershell_verbatim(text: str) -> tuple[str, str]:
     while at < len(text):
         ch = text[at]
         if ch in PS_QUOTES:
-            if text[at + 1:at + 2] and text[at + 1] in PS_QUOTES:  # two quote characters: one, kept
+            if text[at + 1 : at + 2] and text[at + 1] in PS_QUOTES:  # two quote characters: one, kept
                 value.append(text[at + 1])
                 at += 2
                 continue
-            return "".join(value), text[at + 1:]
+            return "".join(value), text[at + 1 :]
         value.append(ch)
         at += 1
     raise AssertionError(f"unterminated string: {text!r}")
@@ -55,7 +55,7 @@ def test_powershell_reads_back_each_hostile_value_and_nothing_runs_after_it(name
     (line,) = env.shell_lines({"NODE_EXTRA_CA_CERTS": value}, "powershell", unset=False)
     prefix = "$env:NODE_EXTRA_CA_CERTS = "
     assert line.startswith(prefix)
-    read, rest = read_powershell_verbatim(line[len(prefix):])
+    read, rest = read_powershell_verbatim(line[len(prefix) :])
     assert (read, rest) == (value, "")
 
 
@@ -83,7 +83,7 @@ def read_systemd_exec(value: str) -> tuple[str, list[str]]:
             at += 1
         if at == len(value):
             break
-        assert not (value[at] == ";" and value[at + 1:at + 2] in ("", " ")), "a lone ; ends the command"
+        assert not (value[at] == ";" and value[at + 1 : at + 2] in ("", " ")), "a lone ; ends the command"
         word, quote = [], None
         while at < len(value) and (quote or value[at] not in " \t"):
             ch = value[at]
@@ -111,7 +111,7 @@ def _substituted(word: str) -> str:
     out, at = [], 0
     while at < len(word):
         if word[at] == "$":
-            assert word[at + 1:at + 2] == "$", f"systemd substitutes the variable in {word!r}"
+            assert word[at + 1 : at + 2] == "$", f"systemd substitutes the variable in {word!r}"
             at += 1
         out.append(word[at])
         at += 1

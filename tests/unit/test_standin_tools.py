@@ -14,8 +14,7 @@ from mitmproxy.test import tflow, tutils
 import gateway_standin as gs
 from gateway_standin import DirectiveError, ToolCall
 
-AGENT = {"description": "look", "prompt": "sub task [[reply: sub done]]",
-         "subagent_type": "general-purpose"}
+AGENT = {"description": "look", "prompt": "sub task [[reply: sub done]]", "subagent_type": "general-purpose"}
 AGENT_TEXT = "[[tool: Agent " + json.dumps(AGENT) + "]]"
 APIS = ["openai-chat", "anthropic-messages", "openai-responses"]
 
@@ -35,16 +34,18 @@ def request_body(api: str, text: str, results: int = 0, names=("Bash", "Agent"),
     """A request whose last user message is ``text``, followed by ``results`` tool results."""
     body = {"model": "m", "stream": stream, **tools(api, names)}
     if api == "openai-responses":
-        body["input"] = ([{"role": "user", "content": [{"type": "input_text", "text": text}]}]
-                         + [{"type": "function_call_output", "call_id": f"c{i}", "output": "x"}
-                            for i in range(results)])
+        body["input"] = [{"role": "user", "content": [{"type": "input_text", "text": text}]}] + [
+            {"type": "function_call_output", "call_id": f"c{i}", "output": "x"} for i in range(results)
+        ]
     elif api == "anthropic-messages":
-        body["messages"] = ([{"role": "user", "content": [{"type": "text", "text": text}]}]
-                            + [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{i}",
-                                                             "content": "x"}]} for i in range(results)])
+        body["messages"] = [{"role": "user", "content": [{"type": "text", "text": text}]}] + [
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{i}", "content": "x"}]}
+            for i in range(results)
+        ]
     else:
-        body["messages"] = ([{"role": "user", "content": text}]
-                            + [{"role": "tool", "tool_call_id": f"c{i}", "content": "x"} for i in range(results)])
+        body["messages"] = [{"role": "user", "content": text}] + [
+            {"role": "tool", "tool_call_id": f"c{i}", "content": "x"} for i in range(results)
+        ]
     return body
 
 
@@ -59,7 +60,7 @@ def sse(content: bytes) -> list[dict]:
     for block in content.decode().split("\n\n"):
         for line in block.splitlines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line[len("data: "):]))
+                events.append(json.loads(line[len("data: ") :]))
     return events
 
 
@@ -121,7 +122,9 @@ def test_each_request_of_the_turn_gets_the_next_step_then_the_text():
 
 def test_tool_first_then_bash():
     assert gs.plan_of('[[tool: Read {"file_path": "/etc/hostname"}]] [[bash: ls]]') == [
-        ToolCall("Read", {"file_path": "/etc/hostname"}), "ls"]
+        ToolCall("Read", {"file_path": "/etc/hostname"}),
+        "ls",
+    ]
 
 
 def test_json_may_hold_spaces_lines_nested_objects_and_brackets_in_strings():
@@ -132,7 +135,9 @@ def test_json_may_hold_spaces_lines_nested_objects_and_brackets_in_strings():
 
 def test_name_is_exact_and_case_sensitive():
     assert gs.plan_of('[[tool: agent {"x": 1}]] [[tool: Agent {"x": 2}]]') == [
-        ToolCall("agent", {"x": 1}), ToolCall("Agent", {"x": 2})]
+        ToolCall("agent", {"x": 1}),
+        ToolCall("Agent", {"x": 2}),
+    ]
 
 
 def test_tool_without_json_is_a_call_with_an_empty_object():
@@ -164,13 +169,16 @@ def test_default_reply_when_only_the_sub_agent_has_one():
     assert gs.decide("openai-chat", body) == (None, "ok", 0.0)
 
 
-@pytest.mark.parametrize("text, why", [
-    ('[[tool: Agent {"prompt": "no end"]]', "not JSON"),
-    ("[[tool: Agent [1, 2]]]", "not a JSON object"),
-    ('[[tool: Agent {"a": 1} trailing]]', "no ']]'"),
-    ('[[tool: {"a": 1}]]', "names no tool"),
-    ("[[tool: Agent {'single': 'quotes'}]]", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('[[tool: Agent {"prompt": "no end"]]', "not JSON"),
+        ("[[tool: Agent [1, 2]]]", "not a JSON object"),
+        ('[[tool: Agent {"a": 1} trailing]]', "no ']]'"),
+        ('[[tool: {"a": 1}]]', "names no tool"),
+        ("[[tool: Agent {'single': 'quotes'}]]", "not JSON"),
+    ],
+)
 def test_an_unreadable_tool_directive_is_an_error(text, why):
     found = gs.directives("[[bash: first]] " + text)
     assert found.plan == ["first"] and why in found.error
@@ -205,8 +213,14 @@ def test_each_api_gets_the_call_with_the_object_as_its_input(api, stream):
     assert response.headers["content-type"] == ("text/event-stream" if stream else "application/json")
     call_id, name, call_input = emitted_call(api, response, stream)
     assert (name, call_input) == ("Agent", AGENT)
-    assert call_id == {"openai-chat": "call_standin_1", "anthropic-messages": "toolu_standin_1",
-                       "openai-responses": "call_standin_1"}[api]
+    assert (
+        call_id
+        == {
+            "openai-chat": "call_standin_1",
+            "anthropic-messages": "toolu_standin_1",
+            "openai-responses": "call_standin_1",
+        }[api]
+    )
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -221,7 +235,7 @@ def test_a_tool_call_has_the_shape_of_a_bash_call(api, stream):
 
 @pytest.mark.parametrize("api", APIS)
 def test_second_call_of_the_turn_has_the_next_id(api):
-    text = f"{AGENT_TEXT} [[tool: Agent {{\"prompt\": \"two\"}}]]"
+    text = f'{AGENT_TEXT} [[tool: Agent {{"prompt": "two"}}]]'
     _, response = answer(api, request_body(api, text, 1, stream=True))
     call_id, name, call_input = emitted_call(api, response, True)
     assert call_id.endswith("_1") and (name, call_input) == ("Agent", {"prompt": "two"})
@@ -231,8 +245,9 @@ def test_non_ascii_input_survives():
     value = {"prompt": "héllo — 日本 \u2028 end"}
     for api in APIS:
         for stream in (False, True):
-            _, response = answer(api, request_body(api, "[[tool: Agent " + json.dumps(value, ensure_ascii=False) + "]]",
-                                                   stream=stream))
+            _, response = answer(
+                api, request_body(api, "[[tool: Agent " + json.dumps(value, ensure_ascii=False) + "]]", stream=stream)
+            )
             assert emitted_call(api, response, stream)[2] == value
 
 
@@ -241,8 +256,16 @@ def test_non_ascii_input_survives():
 
 def _flow(body: dict, path: str = "/api/v1/messages"):
     content = json.dumps(body).encode()
-    return tflow.tflow(req=tutils.treq(host="openrouter.ai", port=443, path=path.encode(), method=b"POST",
-                                       content=content, headers=[(b"content-type", b"application/json")]))
+    return tflow.tflow(
+        req=tutils.treq(
+            host="openrouter.ai",
+            port=443,
+            path=path.encode(),
+            method=b"POST",
+            content=content,
+            headers=[(b"content-type", b"application/json")],
+        )
+    )
 
 
 def test_loaded_as_mitmproxy_loads_a_script(tmp_path, monkeypatch):
@@ -257,7 +280,11 @@ def test_loaded_as_mitmproxy_loads_a_script(tmp_path, monkeypatch):
     assert f.response.status_code == 200
     (record,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert (record["answer"], record["tool_name"], record["tool_command"], record["tool_input"]) == (
-        "tool_call", "Agent", None, AGENT)
+        "tool_call",
+        "Agent",
+        None,
+        AGENT,
+    )
 
 
 def test_log_record_of_a_bash_call_has_no_tool_input(tmp_path, monkeypatch):
@@ -280,16 +307,25 @@ def test_unreadable_directive_gets_a_400_and_is_logged_as_an_error(tmp_path, mon
     assert (record["answer"], record["tool_name"], record["tool_input"]) == ("error", None, None)
 
 
-@pytest.mark.parametrize("api, path", [("openai-chat", "/api/v1/chat/completions"),
-                                       ("anthropic-messages", "/api/v1/messages"),
-                                       ("openai-responses", "/api/v1/responses")])
+@pytest.mark.parametrize(
+    "api, path",
+    [
+        ("openai-chat", "/api/v1/chat/completions"),
+        ("anthropic-messages", "/api/v1/messages"),
+        ("openai-responses", "/api/v1/responses"),
+    ],
+)
 def test_streaming_standin_streams_the_call(api, path):
     server = gs.StreamingStandin(hold_timeout=5).start()
     try:
         server.release.set()
         data = json.dumps(request_body(api, AGENT_TEXT, stream=True)).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=data, method="POST",
-                                     headers={"content-type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}{path}",
+            data=data,
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=10) as resp:
             content = resp.read()

@@ -49,8 +49,7 @@ def _named_pi_session(home: Path, cwd: Path) -> None:
         {"type": "message", "message": {"role": "assistant", "content": [], "stopReason": "stop"}},
         {"type": "session_info", "name": "Secret Project"},
     ]
-    (folder / f"2026-05-06T12-00-00-000Z_{SECRET_SID}.jsonl").write_text(
-        "".join(json.dumps(x) + "\n" for x in lines))
+    (folder / f"2026-05-06T12-00-00-000Z_{SECRET_SID}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def test_privacy_mode_sends_a_hash_instead_of_the_name(tmp_path):
@@ -66,19 +65,30 @@ def test_privacy_mode_sends_a_hash_instead_of_the_name(tmp_path):
     server.listen()
     # a client that looks like pi to the addon: named "pi", in `cwd`, with this HOME
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import ctypes,socket,sys,time; ctypes.CDLL(None).prctl(15, b'pi', 0, 0, 0); "
-         "s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); print('ok', flush=True); time.sleep(60)",
-         str(server.getsockname()[1])],
-        cwd=cwd, env={**os.environ, "HOME": str(home)}, stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import ctypes,socket,sys,time; ctypes.CDLL(None).prctl(15, b'pi', 0, 0, 0); "
+            "s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); print('ok', flush=True); time.sleep(60)",
+            str(server.getsockname()[1]),
+        ],
+        cwd=cwd,
+        env={**os.environ, "HOME": str(home)},
+        stdout=subprocess.PIPE,
+    )
     try:
         conn, peer = server.accept()
         assert child.stdout.readline().strip() == b"ok"
-        body = json.dumps({"model": "m", "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "fix the login bug"}]},
-            {"role": "assistant", "content": "answer"},
-            {"role": "user", "content": [{"type": "text", "text": "go on"}]},
-        ]}).encode()
+        body = json.dumps(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "fix the login bug"}]},
+                    {"role": "assistant", "content": "answer"},
+                    {"role": "user", "content": [{"type": "text", "text": "go on"}]},
+                ],
+            }
+        ).encode()
 
         def send(privacy: bool, confdir: Path):
             async def main():
@@ -132,7 +142,10 @@ def test_commands_list_sessions_explain_flows_and_check_folders(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.yaml").write_text(GOOD.replace("host:", "hots:"))
-    assert addon.cmd_check(str(bad)) == f"{bad / 'x.yaml'}:4: unknown key 'hots' in 'match'; use one of: filter, host, method, path"
+    assert (
+        addon.cmd_check(str(bad))
+        == f"{bad / 'x.yaml'}:4: unknown key 'hots' in 'match'; use one of: filter, host, method, path"
+    )
 
 
 def test_fallback_ids_can_be_switched_off(tmp_path):
@@ -196,12 +209,14 @@ def test_the_rules_folder_is_watched(tmp_path, monkeypatch):
 
 def test_check_command_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "addon")}
-    ok = subprocess.run([sys.executable, "-m", "agent_session_ids.check", str(ROOT / "rules")],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "agent_session_ids.check", str(ROOT / "rules")], capture_output=True, text=True, env=env
+    )
     assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {len(load_rules_dir(ROOT / 'rules'))} rules")
     (tmp_path / "x.yaml").write_text("rules:\n  - name: x\n")
-    bad = subprocess.run([sys.executable, "-m", "agent_session_ids.check", str(tmp_path)],
-                         capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent_session_ids.check", str(tmp_path)], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 1 and bad.stderr.strip() == f"{tmp_path / 'x.yaml'}:2: a rule needs 'match'; add it"
 
 

@@ -23,7 +23,11 @@ def test_a_session_without_a_tree_is_returned_as_it_is():
     assert tree.place(s, {}, None) is s
     fields = s.fields()
     assert (fields["session.subagent"], fields["session.parent"], fields["session.root"], fields["session.path"]) == (
-        "", "", "ses-root", "/ses-root")
+        "",
+        "",
+        "ses-root",
+        "/ses-root",
+    )
 
 
 def test_a_claude_sub_agent_keeps_the_session_and_names_itself():
@@ -34,13 +38,15 @@ def test_a_claude_sub_agent_keeps_the_session_and_names_itself():
     assert sub.id == root.id and sub.label == root.label  # toward OpenRouter: the parent's session
     assert (sub.subagent, sub.parent, sub.root) == ("a8eb0aa8b9aaf25f1", root.id, root.id)
     assert sub.fields()["session.path"] == "/fix-the-parser-00000001/a8eb0aa8b9aaf25f1"
-    nested = tree.place(root, {"x-claude-code-agent-id": "bbbb", "x-claude-code-parent-agent-id": "a8eb0aa8b9aaf25f1"},
-                        None)
+    nested = tree.place(
+        root, {"x-claude-code-agent-id": "bbbb", "x-claude-code-parent-agent-id": "a8eb0aa8b9aaf25f1"}, None
+    )
     assert nested.fields()["session.path"] == "/fix-the-parser-00000001/a8eb0aa8b9aaf25f1/bbbb"
     assert tree.place(root, {"x-claude-code-agent-id": "not a safe id!"}, None) is root
     with_file = Session(root.id, root.label, "t", "claude", "test", file=f"/h/.claude/projects/-w/{root.id}.jsonl")
     assert tree.place(with_file, {"x-claude-code-agent-id": "a8eb"}, None).subagent_file == (
-        f"/h/.claude/projects/-w/{root.id}/subagents/agent-a8eb.jsonl")
+        f"/h/.claude/projects/-w/{root.id}/subagents/agent-a8eb.jsonl"
+    )
 
 
 def test_a_codex_sub_agent_sends_the_roots_session_and_its_own_thread():
@@ -48,8 +54,15 @@ def test_a_codex_sub_agent_sends_the_roots_session_and_its_own_thread():
     root = session("019a0000-0000-7000-8000-00000000000a", agent="codex")
     # the root's own turns carry its thread id too: that is no sub-agent
     assert tree.place(root, {"thread-id": root.id}, None) is root
-    sub = tree.place(root, {"thread-id": "019a0000-0000-7000-8000-00000000000b",
-                            "x-codex-parent-thread-id": root.id, "x-openai-subagent": "review"}, None)
+    sub = tree.place(
+        root,
+        {
+            "thread-id": "019a0000-0000-7000-8000-00000000000b",
+            "x-codex-parent-thread-id": root.id,
+            "x-openai-subagent": "review",
+        },
+        None,
+    )
     assert (sub.subagent, sub.subagent_kind, sub.root) == ("019a0000-0000-7000-8000-00000000000b", "review", root.id)
     assert sub.fields()["session.path"] == f"/{root.label}/019a0000-0000-7000-8000-00000000000b"
 
@@ -100,8 +113,9 @@ def test_privacy_writes_the_path_by_ids():
     tree = SessionTree(stat_of=lambda pid: None)
     parent = session("ses_parent0000000000000000", "secret-plan-00000000", agent="opencode", name="Secret plan")
     tree.place(parent, {}, None)
-    child = tree.place(session("ses_child00000000000000000", agent="opencode"),
-                       {"x-parent-session-id": parent.id}, None)
+    child = tree.place(
+        session("ses_child00000000000000000", agent="opencode"), {"x-parent-session-id": parent.id}, None
+    )
     assert child.fields(privacy=True)["session.path"] == f"/{parent.id}/ses_child00000000000000000"
     assert "secret" not in child.fields(privacy=True)["session.path"]
 
@@ -118,5 +132,6 @@ def test_a_rename_follows_or_keeps_the_label_sent(rename):
     sent = renamed.fields()["session.label"]
     assert sent == (sid if rename == "keep" else "release-notes-000000aa")
     assert renamed.fields()["session.name"] == "Release notes"
-    assert renamed.fields(privacy=True)["session.label"] == (sid if rename == "keep" else renamed.fields(
-        privacy=True)["session.label"])
+    assert renamed.fields(privacy=True)["session.label"] == (
+        sid if rename == "keep" else renamed.fields(privacy=True)["session.label"]
+    )

@@ -27,11 +27,15 @@ from agent_session_ids.rules import SetAction, parse_template
 
 WS = st.text(alphabet=" \t\r\n", max_size=3)
 scalars = (
-    st.none() | st.booleans() | st.integers(min_value=-(10 ** 30), max_value=10 ** 30)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
 )
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                      max_leaves=12)
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=12
+)
 
 
 @st.composite
@@ -58,8 +62,7 @@ def _string(draw, s: str) -> str:
     return json.dumps(s, ensure_ascii=draw(st.booleans()))
 
 
-def action(target="body", key="session_id", value="{session.label}", max_length=None, keep="first",
-           if_present="keep"):
+def action(target="body", key="session_id", value="{session.label}", max_length=None, keep="first", if_present="keep"):
     return SetAction(target, key, parse_template(value, "t", 1), max_length, keep, if_present)
 
 
@@ -67,8 +70,15 @@ def action(target="body", key="session_id", value="{session.label}", max_length=
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), body=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("session_id", "messages", "input", "contents")), values,
-                                            max_size=5), value=st.text(max_size=40))
+@given(
+    data=st.data(),
+    body=st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in ("session_id", "messages", "input", "contents")),
+        values,
+        max_size=5,
+    ),
+    value=st.text(max_size=40),
+)
 def test_any_json_text_gets_only_the_inserted_member(data, body, value):
     text = data.draw(WS) + data.draw(json_text(body)) + data.draw(WS)
     body_read = read_body(text.encode("utf-8", "surrogatepass"))
@@ -78,16 +88,21 @@ def test_any_json_text_gets_only_the_inserted_member(data, body, value):
     assert changed and old is None
     close = text.rindex("}")
     assert new.startswith(text[:close]) and new.endswith(text[close:])
-    inserted = new[close:len(new) - len(text) + close]
+    inserted = new[close : len(new) - len(text) + close]
     prefix = "," if members else ""
     assert inserted == prefix + '"session_id":' + json.dumps(value)
     assert json.loads(new) == {**body, "session_id": value}
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.data(), before=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "session_id"), values, max_size=3),
-       after=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "session_id"), values, max_size=3),
-       existing=values, value=st.text(max_size=20), if_present=st.sampled_from(["keep", "replace"]))
+@given(
+    data=st.data(),
+    before=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "session_id"), values, max_size=3),
+    after=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "session_id"), values, max_size=3),
+    existing=values,
+    value=st.text(max_size=20),
+    if_present=st.sampled_from(["keep", "replace"]),
+)
 def test_an_existing_session_id_is_kept_or_only_its_value_replaced(data, before, after, existing, value, if_present):
     after = {k: v for k, v in after.items() if k not in before}
     obj = {**before, "session_id": existing, **after}
@@ -109,9 +124,12 @@ def test_an_existing_session_id_is_kept_or_only_its_value_replaced(data, before,
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.data(), path=st.lists(st.text(alphabet="abcxyz_", min_size=1, max_size=4), min_size=1, max_size=3),
-       body=st.dictionaries(st.text(alphabet="abcxyz_", min_size=1, max_size=4), values, max_size=4),
-       value=st.text(max_size=20))
+@given(
+    data=st.data(),
+    path=st.lists(st.text(alphabet="abcxyz_", min_size=1, max_size=4), min_size=1, max_size=3),
+    body=st.dictionaries(st.text(alphabet="abcxyz_", min_size=1, max_size=4), values, max_size=4),
+    value=st.text(max_size=20),
+)
 def test_dotted_paths_create_objects_and_touch_nothing_else(data, path, body, value):
     text = data.draw(json_text(body))
     try:
@@ -200,8 +218,10 @@ def test_labels_of_hostile_names_are_slugs(name, sid):
 
 def _pi_file(folder, sid, first, n=1, extra=b""):
     path = folder / f"2026-05-06T12-00-00-000Z_{sid}.jsonl"
-    lines = [{"type": "session", "version": 3, "id": sid, "timestamp": "2026-05-06T12:00:00.000Z", "cwd": "/w"},
-             {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": first}]}}]
+    lines = [
+        {"type": "session", "version": 3, "id": sid, "timestamp": "2026-05-06T12:00:00.000Z", "cwd": "/w"},
+        {"type": "message", "message": {"role": "user", "content": [{"type": "text", "text": first}]}},
+    ]
     lines += [{"type": "message", "message": {"role": "assistant", "stopReason": "stop"}}] * n
     path.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + extra)
     return path
@@ -220,6 +240,7 @@ def _count_reads(monkeypatch) -> dict[str, int]:
                 path = f"fd {fd}"
             counts[path] = counts.get(path, 0) + len(data)
             return data
+
         return read
 
     monkeypatch.setattr(os, "read", counting(os.read))
@@ -249,8 +270,10 @@ def test_store_survives_every_hostile_entry_and_says_so_fast(tmp_path, monkeypat
     store = JsonlStore()
     reads = _count_reads(monkeypatch)
     found: list = []
-    looking = threading.Thread(target=lambda: found.append(
-        store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("good")])), daemon=True)
+    looking = threading.Thread(
+        target=lambda: found.append(store.candidates(str(tmp_path), PI_FORMAT, first_users=[fingerprint("good")])),
+        daemon=True,
+    )
     looking.start()
     looking.join(120)  # a generous deadline: only a lookup that hangs reaches it
     if looking.is_alive():
@@ -298,11 +321,20 @@ def test_state_is_written_atomically_with_mode_0600(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["state.json"]
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"{", b"[1,2]", b"\xff\xfe", b"null", b'{"version": 2}',
-    b'{"version": 1, "bound": 5}', b'{"version": 1, "pending": [1]}',
-    b'{"version": 1, "bound": {"pi:x": 5}, "pending": {"k": [1, 2]}}',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[1,2]",
+        b"\xff\xfe",
+        b"null",
+        b'{"version": 2}',
+        b'{"version": 1, "bound": 5}',
+        b'{"version": 1, "pending": [1]}',
+        b'{"version": 1, "bound": {"pi:x": 5}, "pending": {"k": [1, 2]}}',
+    ],
+)
 def test_a_damaged_state_file_never_stops_the_addon(tmp_path, content, caplog):
     """The addon itself loads the state (not only state.load): it starts, says why once, keeps
     the bad file aside, and resolves requests."""

@@ -37,23 +37,46 @@ def sse(*events: tuple[str | None, object], crlf: bool = False) -> bytes:
 
 
 OPENAI_CHAT_JSON = {
-    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "chat.completion", "created": 1741570283,
+    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+    "object": "chat.completion",
+    "created": 1741570283,
     "model": "gpt-4o-2024-08-06",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The \"usage\" is fine.", "refusal": None,
-                                         "annotations": []}, "logprobs": None, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
-              "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
-              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
-    "service_tier": "default", "system_fingerprint": "fp_fc9f1d7035",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": 'The "usage" is fine.', "refusal": None, "annotations": []},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 1117,
+        "completion_tokens": 46,
+        "total_tokens": 1163,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    },
+    "service_tier": "default",
+    "system_fingerprint": "fp_fc9f1d7035",
 }
 
 
 def _chunk(delta, finish=None, usage=None, **extra):
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1741570283,
-            "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_fc9f1d7035",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            "usage": usage, **extra}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1741570283,
+        "model": "gpt-4o-2024-08-06",
+        "system_fingerprint": "fp_fc9f1d7035",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
+        **extra,
+    }
 
 
 # stream_options.include_usage: every chunk has "usage": null, one more chunk with empty choices
@@ -62,111 +85,277 @@ OPENAI_CHAT_SSE = sse(
     (None, _chunk({"content": "Hello"})),
     (None, _chunk({"content": " there"})),
     (None, _chunk({}, "stop")),
-    (None, {**_chunk({}), "choices": [], "usage": {
-        "prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
-        "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0}}}),
+    (
+        None,
+        {
+            **_chunk({}),
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 2006,
+                "completion_tokens": 300,
+                "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        },
+    ),
     (None, "[DONE]"),
 )
 
 OPENROUTER_CHAT_JSON = {
-    "id": "gen-1747000000-abc", "provider": "Anthropic", "model": "anthropic/claude-sonnet-4",
-    "object": "chat.completion", "created": 1747000000,
-    "choices": [{"logprobs": None, "finish_reason": "stop", "native_finish_reason": "end_turn", "index": 0,
-                 "message": {"role": "assistant", "content": "ok", "refusal": None, "reasoning": None}}],
-    "usage": {"prompt_tokens": 10450, "completion_tokens": 212, "total_tokens": 10662, "cost": 0.0061395,
-              "is_byok": False, "prompt_tokens_details": {"cached_tokens": 9600, "cache_write_tokens": 310,
-                                                          "audio_tokens": 0},
-              "cost_details": {"upstream_inference_cost": None},
-              "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0}},
+    "id": "gen-1747000000-abc",
+    "provider": "Anthropic",
+    "model": "anthropic/claude-sonnet-4",
+    "object": "chat.completion",
+    "created": 1747000000,
+    "choices": [
+        {
+            "logprobs": None,
+            "finish_reason": "stop",
+            "native_finish_reason": "end_turn",
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok", "refusal": None, "reasoning": None},
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 10450,
+        "completion_tokens": 212,
+        "total_tokens": 10662,
+        "cost": 0.0061395,
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": 9600, "cache_write_tokens": 310, "audio_tokens": 0},
+        "cost_details": {"upstream_inference_cost": None},
+        "completion_tokens_details": {"reasoning_tokens": 0, "image_tokens": 0},
+    },
 }
 
 
 def _or_chunk(delta, finish=None, usage=None):
-    chunk = {"id": "gen-1747000000-abc", "provider": "Google", "model": "anthropic/claude-sonnet-4",
-             "object": "chat.completion.chunk", "created": 1747000000,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "native_finish_reason": None,
-                          "logprobs": None}]}
+    chunk = {
+        "id": "gen-1747000000-abc",
+        "provider": "Google",
+        "model": "anthropic/claude-sonnet-4",
+        "object": "chat.completion.chunk",
+        "created": 1747000000,
+        "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish, "native_finish_reason": None, "logprobs": None}
+        ],
+    }
     if usage is not None:
         chunk["usage"] = usage
     return chunk
 
 
 # OpenRouter: keep-alive comments, usage (with cost) in the last chunk, always
-OPENROUTER_CHAT_SSE = (b": OPENROUTER PROCESSING\n\n" + sse(
+OPENROUTER_CHAT_SSE = b": OPENROUTER PROCESSING\n\n" + sse(
     (None, _or_chunk({"role": "assistant", "content": ""})),
     (None, _or_chunk({"role": "assistant", "content": "ok"})),
     (None, _or_chunk({"role": "assistant", "content": ""}, "stop")),
-    (None, {**_or_chunk({"role": "assistant", "content": ""}), "choices": [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        "usage": {"prompt_tokens": 5000, "completion_tokens": 80, "total_tokens": 5080, "cost": 0.01702,
-                  "is_byok": False, "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 4800},
-                  "completion_tokens_details": {"reasoning_tokens": 0}}}),
+    (
+        None,
+        {
+            **_or_chunk({"role": "assistant", "content": ""}),
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            "usage": {
+                "prompt_tokens": 5000,
+                "completion_tokens": 80,
+                "total_tokens": 5080,
+                "cost": 0.01702,
+                "is_byok": False,
+                "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 4800},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        },
+    ),
     (None, "[DONE]"),
-))
+)
 
 RESPONSES_JSON = {
-    "id": "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b", "object": "response", "created_at": 1741476542,
-    "status": "completed", "error": None, "incomplete_details": None, "model": "gpt-5-codex",
-    "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": "done", "annotations": []}]}],
-    "usage": {"input_tokens": 36, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 87,
-              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 123},
+    "id": "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
+    "object": "response",
+    "created_at": 1741476542,
+    "status": "completed",
+    "error": None,
+    "incomplete_details": None,
+    "model": "gpt-5-codex",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "done", "annotations": []}],
+        }
+    ],
+    "usage": {
+        "input_tokens": 36,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 87,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 123,
+    },
 }
 
-_RESP_BASE = {"id": "resp_1", "object": "response", "created_at": 1741476542, "model": "gpt-5-codex",
-              "error": None, "incomplete_details": None}
+_RESP_BASE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 1741476542,
+    "model": "gpt-5-codex",
+    "error": None,
+    "incomplete_details": None,
+}
 RESPONSES_SSE = sse(
-    ("response.created", {"type": "response.created", "sequence_number": 0,
-                          "response": {**_RESP_BASE, "status": "in_progress", "output": [], "usage": None}}),
-    ("response.in_progress", {"type": "response.in_progress", "sequence_number": 1,
-                              "response": {**_RESP_BASE, "status": "in_progress", "output": [], "usage": None}}),
-    ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 2, "item_id": "msg_1",
-                                    "output_index": 0, "content_index": 0, "delta": "done"}),
-    ("response.completed", {"type": "response.completed", "sequence_number": 3, "response": {
-        **_RESP_BASE, "status": "completed",
-        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-                    "content": [{"type": "output_text", "text": "done", "annotations": []}]}],
-        "usage": {"input_tokens": 48213, "input_tokens_details": {"cached_tokens": 47104}, "output_tokens": 512,
-                  "output_tokens_details": {"reasoning_tokens": 448}, "total_tokens": 48725}}}),
+    (
+        "response.created",
+        {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {**_RESP_BASE, "status": "in_progress", "output": [], "usage": None},
+        },
+    ),
+    (
+        "response.in_progress",
+        {
+            "type": "response.in_progress",
+            "sequence_number": 1,
+            "response": {**_RESP_BASE, "status": "in_progress", "output": [], "usage": None},
+        },
+    ),
+    (
+        "response.output_text.delta",
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": 2,
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "done",
+        },
+    ),
+    (
+        "response.completed",
+        {
+            "type": "response.completed",
+            "sequence_number": 3,
+            "response": {
+                **_RESP_BASE,
+                "status": "completed",
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg_1",
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": "done", "annotations": []}],
+                    }
+                ],
+                "usage": {
+                    "input_tokens": 48213,
+                    "input_tokens_details": {"cached_tokens": 47104},
+                    "output_tokens": 512,
+                    "output_tokens_details": {"reasoning_tokens": 448},
+                    "total_tokens": 48725,
+                },
+            },
+        },
+    ),
 )
 
 ANTHROPIC_JSON = {
-    "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
-    "model": "claude-sonnet-4-5-20250929", "content": [{"type": "text", "text": "Hello!"}],
-    "stop_reason": "end_turn", "stop_sequence": None,
-    "usage": {"input_tokens": 21, "cache_creation_input_tokens": 188086, "cache_read_input_tokens": 0,
-              "cache_creation": {"ephemeral_5m_input_tokens": 188086, "ephemeral_1h_input_tokens": 0},
-              "output_tokens": 393, "service_tier": "standard"},
+    "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "Hello!"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 21,
+        "cache_creation_input_tokens": 188086,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 188086, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 393,
+        "service_tier": "standard",
+    },
 }
 
 ANTHROPIC_SSE = sse(
-    ("message_start", {"type": "message_start", "message": {
-        "id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY", "type": "message", "role": "assistant", "content": [],
-        "model": "claude-sonnet-4-5-20250929", "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 25, "cache_creation_input_tokens": 512, "cache_read_input_tokens": 18432,
-                  "output_tokens": 1}}}),
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude-sonnet-4-5-20250929",
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 25,
+                    "cache_creation_input_tokens": 512,
+                    "cache_read_input_tokens": 18432,
+                    "output_tokens": 1,
+                },
+            },
+        },
+    ),
     ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
     ("ping", {"type": "ping"}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                             "delta": {"type": "text_delta", "text": "Hello"}}),
+    (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+    ),
     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                       "usage": {"output_tokens": 15}}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 15},
+        },
+    ),
     ("message_stop", {"type": "message_stop"}),
 )
 
 # Opper, Anthropic shape, streamed: no cost header; the cost in the last message_delta
 OPPER_ANTHROPIC_SSE = sse(
-    ("message_start", {"type": "message_start", "message": {
-        "id": "msg_2", "type": "message", "role": "assistant", "content": [], "model": "claude-haiku-4-5",
-        "stop_reason": None, "usage": {"input_tokens": 13, "cache_creation_input_tokens": 0,
-                                       "cache_read_input_tokens": 0, "output_tokens": 1}}}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                             "delta": {"type": "text_delta", "text": "hi"}}),
-    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                       "usage": {"input_tokens": 13, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                                 "output_tokens": 6, "cost": 0.000043}}),
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_2",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude-haiku-4-5",
+                "stop_reason": None,
+                "usage": {
+                    "input_tokens": 13,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 1,
+                },
+            },
+        },
+    ),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {
+                "input_tokens": 13,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 6,
+                "cost": 0.000043,
+            },
+        },
+    ),
     ("message_stop", {"type": "message_stop"}),
 )
 
@@ -182,8 +371,9 @@ def test_openai_chat_json():
 
 
 def test_openai_chat_sse_reads_the_usage_chunk_before_done():
-    assert parse.from_sse(OPENAI_CHAT_SSE) == Usage(served_model="gpt-4o-2024-08-06", input_tokens=2006,
-                                                   cache_read_tokens=1920, output_tokens=300)
+    assert parse.from_sse(OPENAI_CHAT_SSE) == Usage(
+        served_model="gpt-4o-2024-08-06", input_tokens=2006, cache_read_tokens=1920, output_tokens=300
+    )
 
 
 def test_openai_chat_without_usage_knows_only_the_model():
@@ -193,35 +383,63 @@ def test_openai_chat_without_usage_knows_only_the_model():
 
 def test_openrouter_additions_json_and_sse():
     assert parse.from_json(OPENROUTER_CHAT_JSON) == Usage(
-        served_model="anthropic/claude-sonnet-4", provider="Anthropic", input_tokens=10450, cache_read_tokens=9600,
-        cache_write_tokens=310, output_tokens=212, cost=0.0061395)
+        served_model="anthropic/claude-sonnet-4",
+        provider="Anthropic",
+        input_tokens=10450,
+        cache_read_tokens=9600,
+        cache_write_tokens=310,
+        output_tokens=212,
+        cost=0.0061395,
+    )
     assert parse.from_sse(OPENROUTER_CHAT_SSE) == Usage(
-        served_model="anthropic/claude-sonnet-4", provider="Google", input_tokens=5000, cache_read_tokens=0,
-        cache_write_tokens=4800, output_tokens=80, cost=0.01702)
+        served_model="anthropic/claude-sonnet-4",
+        provider="Google",
+        input_tokens=5000,
+        cache_read_tokens=0,
+        cache_write_tokens=4800,
+        output_tokens=80,
+        cost=0.01702,
+    )
 
 
 def test_responses_json_and_sse():
-    assert parse.from_json(RESPONSES_JSON) == Usage(served_model="gpt-5-codex", input_tokens=36,
-                                                   cache_read_tokens=0, output_tokens=87)
-    assert parse.from_sse(RESPONSES_SSE) == Usage(served_model="gpt-5-codex", input_tokens=48213,
-                                                 cache_read_tokens=47104, output_tokens=512)
+    assert parse.from_json(RESPONSES_JSON) == Usage(
+        served_model="gpt-5-codex", input_tokens=36, cache_read_tokens=0, output_tokens=87
+    )
+    assert parse.from_sse(RESPONSES_SSE) == Usage(
+        served_model="gpt-5-codex", input_tokens=48213, cache_read_tokens=47104, output_tokens=512
+    )
 
 
 def test_anthropic_input_counts_cached_tokens_too():
     assert parse.from_json(ANTHROPIC_JSON) == Usage(
-        served_model="claude-sonnet-4-5-20250929", input_tokens=21 + 188086, cache_read_tokens=0,
-        cache_write_tokens=188086, output_tokens=393)
+        served_model="claude-sonnet-4-5-20250929",
+        input_tokens=21 + 188086,
+        cache_read_tokens=0,
+        cache_write_tokens=188086,
+        output_tokens=393,
+    )
     u = parse.from_sse(ANTHROPIC_SSE)
-    assert u == Usage(served_model="claude-sonnet-4-5-20250929", input_tokens=25 + 512 + 18432,
-                      cache_read_tokens=18432, cache_write_tokens=512, output_tokens=15)
+    assert u == Usage(
+        served_model="claude-sonnet-4-5-20250929",
+        input_tokens=25 + 512 + 18432,
+        cache_read_tokens=18432,
+        cache_write_tokens=512,
+        output_tokens=15,
+    )
     assert round(u.cache_hit_ratio, 2) == 0.97
 
 
 def test_opper_headers_and_stream_cost():
-    headers = {"x-opper-cost": "0.000043", "x-opper-served-model": "anthropic/claude-haiku-4.5",
-               "x-opper-served-provider": "anthropic", "x-opper-trace-id": "t"}
-    assert parse.from_headers(headers) == Usage(served_model="anthropic/claude-haiku-4.5", provider="anthropic",
-                                                cost=0.000043)
+    headers = {
+        "x-opper-cost": "0.000043",
+        "x-opper-served-model": "anthropic/claude-haiku-4.5",
+        "x-opper-served-provider": "anthropic",
+        "x-opper-trace-id": "t",
+    }
+    assert parse.from_headers(headers) == Usage(
+        served_model="anthropic/claude-haiku-4.5", provider="anthropic", cost=0.000043
+    )
     assert parse.from_headers({"x-opper-cost": "n/a"}).empty
     u = parse.from_sse(OPPER_ANTHROPIC_SSE)
     assert (u.cost, u.input_tokens, u.output_tokens) == (0.000043, 13, 6)
@@ -230,8 +448,10 @@ def test_opper_headers_and_stream_cost():
 def test_fireworks_headers_give_the_prompt_and_cached_tokens():
     from mitmproxy.http import Headers
 
-    for headers in (Headers([(b"Fireworks-Prompt-Tokens", b"5200"), (b"fireworks-cached-prompt-tokens", b"4096")]),
-                    {"fireworks-prompt-tokens": "5200", "fireworks-cached-prompt-tokens": "4096"}):
+    for headers in (
+        Headers([(b"Fireworks-Prompt-Tokens", b"5200"), (b"fireworks-cached-prompt-tokens", b"4096")]),
+        {"fireworks-prompt-tokens": "5200", "fireworks-cached-prompt-tokens": "4096"},
+    ):
         got = parse.from_headers(headers)
         assert (got.input_tokens, got.cache_read_tokens, got.cache_hit_ratio) == (5200, 4096, 4096 / 5200)
     assert parse.from_headers(Headers([(b"fireworks-prompt-tokens", b"lots")])).input_tokens is None
@@ -254,8 +474,13 @@ def test_opencode_zen_cost_json_and_every_stream_shape():
 
 @pytest.mark.parametrize("bad", [True, -1, 1.5, "12", None, float("nan")])
 def test_odd_numbers_are_not_believed(bad):
-    u = parse.from_json({"object": "chat.completion", "model": "m",
-                         "usage": {"prompt_tokens": bad, "completion_tokens": 3, "cost": bad}})
+    u = parse.from_json(
+        {
+            "object": "chat.completion",
+            "model": "m",
+            "usage": {"prompt_tokens": bad, "completion_tokens": 3, "cost": bad},
+        }
+    )
     assert u.input_tokens is None and u.output_tokens == 3
     assert u.cost is None or u.cost == float(bad)
 
@@ -272,18 +497,21 @@ def test_usage_in_tail_finds_the_last_usage_object():
 def feed(obs, body: bytes, step: int) -> bytes:
     out = b""
     for i in range(0, len(body), step):
-        out += obs(body[i:i + step])
+        out += obs(body[i : i + step])
     out += obs(b"") or b""
     obs.settled().result(30)  # a compressed stream may be read on a pool: as the recorder, wait for it
     return out
 
 
-@pytest.mark.parametrize("body", [OPENAI_CHAT_SSE, OPENROUTER_CHAT_SSE, RESPONSES_SSE, ANTHROPIC_SSE,
-                                  OPPER_ANTHROPIC_SSE], ids=["chat", "openrouter", "responses", "anthropic", "opper"])
+@pytest.mark.parametrize(
+    "body",
+    [OPENAI_CHAT_SSE, OPENROUTER_CHAT_SSE, RESPONSES_SSE, ANTHROPIC_SSE, OPPER_ANTHROPIC_SSE],
+    ids=["chat", "openrouter", "responses", "anthropic", "opper"],
+)
 @pytest.mark.parametrize("step", [1, 5, 64, 100_000])
 def test_every_chunk_passes_unchanged_and_the_figures_match(body, step):
     obs = observer.StreamObserver(None)
-    chunks = [body[i:i + step] for i in range(0, len(body), step)]
+    chunks = [body[i : i + step] for i in range(0, len(body), step)]
     for chunk in chunks:
         assert obs(chunk) is chunk  # the very object: nothing copied, nothing held
     assert obs(b"") == b""
@@ -302,8 +530,11 @@ def _raw_deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-@pytest.mark.parametrize("encoding,encode", [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                             ("deflate", _raw_deflate)], ids=["gzip", "deflate", "raw-deflate"])
+@pytest.mark.parametrize(
+    "encoding,encode",
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", _raw_deflate)],
+    ids=["gzip", "deflate", "raw-deflate"],
+)
 def test_compressed_streams_are_read_and_passed_on_compressed(encoding, encode):
     wire = encode(ANTHROPIC_SSE)
     obs = observer.StreamObserver(encoding)
@@ -322,6 +553,7 @@ def test_a_compressed_stream_is_read_on_the_pool_it_is_given_not_the_callers_thr
             def read():
                 readers.append(threading.current_thread().name)
                 return fn(*args, **kwargs)
+
             return super().submit(read)
 
     wire = gzip.compress(ANTHROPIC_SSE)
@@ -394,7 +626,7 @@ def test_a_decoder_gives_bounded_pieces_of_a_bomb(encoding, encode):
     biggest, total = 0, 0
     decode = observer.decoder_for(encoding)
     for i in range(0, len(bomb), 4096):
-        for piece in decode(bomb[i:i + 4096]):
+        for piece in decode(bomb[i : i + 4096]):
             biggest, total = max(biggest, len(piece)), total + len(piece)
     total += len(decode.flush())
     assert total == 64 << 20
@@ -411,7 +643,10 @@ def test_a_decoder_gives_bounded_pieces_of_a_bomb(encoding, encode):
 def test_a_held_bomb_stops_at_the_limit_and_a_small_answer_decodes(encoding, encode):
     with pytest.raises(observer.TooLarge):
         observer.decode_bounded(encoding, encode(b"\0" * (16 << 20)), 1 << 20)
-    assert observer.decode_bounded(encoding, encode(json.dumps(OPENAI_CHAT_JSON).encode()), 1 << 20) == json.dumps(OPENAI_CHAT_JSON).encode()
+    assert (
+        observer.decode_bounded(encoding, encode(json.dumps(OPENAI_CHAT_JSON).encode()), 1 << 20)
+        == json.dumps(OPENAI_CHAT_JSON).encode()
+    )
 
 
 def test_a_streamed_bomb_stops_the_reading_not_the_stream(monkeypatch):
@@ -451,16 +686,23 @@ def test_a_wrapped_stream_callable_decides_what_is_sent():
 
 def test_memory_stays_bounded_on_a_huge_event_and_the_usage_is_still_found():
     text = "x" * (5 * observer.MAX_EVENT)
-    completed = {"type": "response.completed", "response": {
-        **_RESP_BASE, "status": "completed",
-        "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}],
-        "usage": {"input_tokens": 700, "input_tokens_details": {"cached_tokens": 600}, "output_tokens": 9}}}
-    body = sse(("response.created", {"type": "response.created", "response": {**_RESP_BASE, "output": []}}),
-               ("response.completed", completed))
+    completed = {
+        "type": "response.completed",
+        "response": {
+            **_RESP_BASE,
+            "status": "completed",
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}],
+            "usage": {"input_tokens": 700, "input_tokens_details": {"cached_tokens": 600}, "output_tokens": 9},
+        },
+    }
+    body = sse(
+        ("response.created", {"type": "response.created", "response": {**_RESP_BASE, "output": []}}),
+        ("response.completed", completed),
+    )
     obs = observer.StreamObserver(None)
     peak = 0
     for i in range(0, len(body), 65536):
-        obs(body[i:i + 65536])
+        obs(body[i : i + 65536])
         reader = obs.reader
         peak = max(peak, len(reader._pending))
     obs(b"")
@@ -469,12 +711,14 @@ def test_memory_stays_bounded_on_a_huge_event_and_the_usage_is_still_found():
 
 
 def test_a_long_stream_keeps_nothing_of_what_it_passed():
-    delta = ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": "y" * 200}})
+    delta = (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "y" * 200}},
+    )
     body = ANTHROPIC_SSE.replace(b"event: message_delta", sse(*[delta] * 5000) + b"event: message_delta")
     obs = observer.StreamObserver(None)
     for i in range(0, len(body), 4096):
-        obs(body[i:i + 4096])
+        obs(body[i : i + 4096])
         assert len(obs.reader._pending) < 4096 + 400
     obs(b"")
     assert obs.result().output_tokens == 15
@@ -495,8 +739,18 @@ def test_tail_observer_for_a_streamed_json_answer():
 
 
 def record(session="s1", ts="2026-11-21T10:00:00.000Z", **figures) -> dict:
-    return {"ts": ts, "session": session, "label": f"label-{session}", "agent": "pi", "rule": "openrouter-session-id",
-            "host": "openrouter.ai", "model": "m", "status": 200, "stream": True, **figures}
+    return {
+        "ts": ts,
+        "session": session,
+        "label": f"label-{session}",
+        "agent": "pi",
+        "rule": "openrouter-session-id",
+        "host": "openrouter.ai",
+        "model": "m",
+        "status": 200,
+        "stream": True,
+        **figures,
+    }
 
 
 def test_ledger_appends_lines_with_mode_0600(tmp_path):
@@ -596,13 +850,38 @@ def _ledger(tmp_path, records) -> str:
 
 
 LINES = [
-    record("a", "2026-11-20T09:00:00.000Z", model="claude", provider="Anthropic", input_tokens=1000,
-           cache_read_tokens=0, cache_write_tokens=900, output_tokens=10, cost=0.004),
-    record("a", "2026-11-20T09:01:00.000Z", model="claude", provider="Anthropic", input_tokens=1100,
-           cache_read_tokens=900, output_tokens=20, cost=0.001),
+    record(
+        "a",
+        "2026-11-20T09:00:00.000Z",
+        model="claude",
+        provider="Anthropic",
+        input_tokens=1000,
+        cache_read_tokens=0,
+        cache_write_tokens=900,
+        output_tokens=10,
+        cost=0.004,
+    ),
+    record(
+        "a",
+        "2026-11-20T09:01:00.000Z",
+        model="claude",
+        provider="Anthropic",
+        input_tokens=1100,
+        cache_read_tokens=900,
+        output_tokens=20,
+        cost=0.001,
+    ),
     record("b", "2026-11-21T12:00:00.000Z", model="gpt", input_tokens=500, output_tokens=5),
-    record("a", "2026-11-21T12:15:30.000Z", model="claude", provider="Google", input_tokens=1200,
-           cache_read_tokens=0, output_tokens=30, cost=0.006),
+    record(
+        "a",
+        "2026-11-21T12:15:30.000Z",
+        model="claude",
+        provider="Google",
+        input_tokens=1200,
+        cache_read_tokens=0,
+        output_tokens=30,
+        cost=0.006,
+    ),
 ]
 
 
@@ -643,7 +922,12 @@ def test_report_command_json_and_text(tmp_path, capsys):
     assert [g["session"] for g in out] == ["a", "b"]
     a = out[0]
     assert {k: a[k] for k in ("requests", "input_tokens", "cache_read_tokens", "output_tokens", "cost_requests")} == {
-        "requests": 3, "input_tokens": 3300, "cache_read_tokens": 900, "output_tokens": 60, "cost_requests": 3}
+        "requests": 3,
+        "input_tokens": 3300,
+        "cache_read_tokens": 900,
+        "output_tokens": 60,
+        "cost_requests": 3,
+    }
     assert a["cache_hit_ratio"] == round(900 / 3300, 4) and a["label"] == "label-a"
     assert a["flips"][0]["from"] == "Anthropic" and a["flips"][0]["to"] == "Google"
     assert out[1]["cost"] is None and out[1]["cache_hit_ratio"] is None
@@ -660,8 +944,11 @@ def test_report_html_is_one_page_without_scripts(tmp_path, capsys):
     page = tmp_path / "report.html"
     assert report.main(["--file", path, "--html", str(page)]) == 0
     html = page.read_text()
-    assert "<svg" in html and "<script" not in html.lower() and "http://" not in html.replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert (
+        "<svg" in html
+        and "<script" not in html.lower()
+        and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    )
     assert html.count("<svg") == 2 and "provider flip" in html
 
 
@@ -673,10 +960,26 @@ def test_report_without_a_ledger(tmp_path, capsys):
 
 
 def _flow(path="/api/v1/chat/completions", body=None):
-    body = body or json.dumps({"model": "anthropic/claude-sonnet-4", "stream": True,
-                               "messages": [{"role": "user", "content": "secret prompt"}]}).encode()
-    f = tflow.tflow(req=tutils.treq(host="openrouter.ai", port=443, path=path.encode(), method=b"POST", content=body,
-                                    headers=[(b"content-type", b"application/json")]))
+    body = (
+        body
+        or json.dumps(
+            {
+                "model": "anthropic/claude-sonnet-4",
+                "stream": True,
+                "messages": [{"role": "user", "content": "secret prompt"}],
+            }
+        ).encode()
+    )
+    f = tflow.tflow(
+        req=tutils.treq(
+            host="openrouter.ai",
+            port=443,
+            path=path.encode(),
+            method=b"POST",
+            content=body,
+            headers=[(b"content-type", b"application/json")],
+        )
+    )
     f.request.headers["content-length"] = str(len(body))
     return f
 
@@ -699,6 +1002,7 @@ class _Addons:
                 result = hook(*args) if hook is not None else None
                 out = result if result is not None else out
             return out
+
         return call
 
 
@@ -725,7 +1029,7 @@ def test_a_streamed_answer_passes_chunk_by_chunk_and_lands_in_the_ledger(tmp_pat
         addon.responseheaders(f)
         stream = f.response.stream
         assert callable(stream)
-        out = [stream(OPENROUTER_CHAT_SSE[i:i + 40]) for i in range(0, len(OPENROUTER_CHAT_SSE), 40)] + [stream(b"")]
+        out = [stream(OPENROUTER_CHAT_SSE[i : i + 40]) for i in range(0, len(OPENROUTER_CHAT_SSE), 40)] + [stream(b"")]
         assert b"".join(out) == OPENROUTER_CHAT_SSE
         addon.response(f)
         return f
@@ -734,11 +1038,23 @@ def test_a_streamed_answer_passes_chunk_by_chunk_and_lands_in_the_ledger(tmp_pat
     (line,) = _read(tmp_path)
     session = f.metadata["session_ids"]["session"]
     assert {k: v for k, v in line.items() if k != "_epoch"} == {
-        "ts": line["ts"], "session": session["id"], "label": session["label"], "agent": session["agent"],
-        "rule": "openrouter-session-id", "host": "openrouter.ai", "model": "anthropic/claude-sonnet-4",
-        "served_model": "anthropic/claude-sonnet-4", "provider": "Google", "status": 200, "stream": True,
-        "input_tokens": 5000, "cache_read_tokens": 0, "cache_write_tokens": 4800, "output_tokens": 80,
-        "cost": 0.01702}
+        "ts": line["ts"],
+        "session": session["id"],
+        "label": session["label"],
+        "agent": session["agent"],
+        "rule": "openrouter-session-id",
+        "host": "openrouter.ai",
+        "model": "anthropic/claude-sonnet-4",
+        "served_model": "anthropic/claude-sonnet-4",
+        "provider": "Google",
+        "status": 200,
+        "stream": True,
+        "input_tokens": 5000,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 4800,
+        "output_tokens": 80,
+        "cost": 0.01702,
+    }
     assert "secret prompt" not in json.dumps(line)
     assert f.comment.endswith(" · 5000 in · 80 out · cache 0% · $0.0170 · Google")
     assert f.metadata["session_ids"]["usage"]["cost"] == 0.01702
@@ -749,8 +1065,12 @@ def test_a_held_json_answer_with_opper_headers(tmp_path):
         f = _flow()
         f.request.host = "api.opper.ai"
         await addon.request(f)
-        _answer(f, json.dumps(ANTHROPIC_JSON).encode(), "application/json",
-                [(b"x-opper-cost", b"0.0059"), (b"x-opper-served-provider", b"anthropic")])
+        _answer(
+            f,
+            json.dumps(ANTHROPIC_JSON).encode(),
+            "application/json",
+            [(b"x-opper-cost", b"0.0059"), (b"x-opper-served-provider", b"anthropic")],
+        )
         addon.responseheaders(f)
         assert not f.response.stream  # a JSON answer is held by mitmproxy as it would be anyway
         addon.response(f)
@@ -758,7 +1078,12 @@ def test_a_held_json_answer_with_opper_headers(tmp_path):
 
     asyncio.run(_with_addon(tmp_path, go))
     (line,) = _read(tmp_path)
-    assert (line["host"], line["stream"], line["cost"], line["provider"]) == ("api.opper.ai", False, 0.0059, "anthropic")
+    assert (line["host"], line["stream"], line["cost"], line["provider"]) == (
+        "api.opper.ai",
+        False,
+        0.0059,
+        "anthropic",
+    )
     assert (line["input_tokens"], line["cache_write_tokens"], line["output_tokens"]) == (188107, 188086, 393)
 
 
@@ -882,12 +1207,35 @@ def test_an_sse_answer_an_addon_set_whole_is_read_in_response(tmp_path):
 def test_the_session_ids_view_and_explain_show_the_turns_figures():
     from agent_session_ids.view import contentview, display
 
-    usage = {"model": "anthropic/claude-sonnet-4", "served_model": "anthropic/claude-4-sonnet-20250522",
-             "provider": "Google", "status": 200, "stream": True, "input_tokens": 12000, "cache_read_tokens": 11040,
-             "output_tokens": 240, "cost": 0.0041, "cache_hit_ratio": 0.92,
-             "provider_flip": {"from": "Anthropic", "to": "Google", "idle_s": 680.0}}
-    meta = {"session": {"id": "s", "label": "l", "trace_uuid": "t", "name": "", "agent": "pi", "file": None,
-                        "source": "x", "fallback": False}, "rules": [], "changes": [], "skipped": [], "usage": usage}
+    usage = {
+        "model": "anthropic/claude-sonnet-4",
+        "served_model": "anthropic/claude-4-sonnet-20250522",
+        "provider": "Google",
+        "status": 200,
+        "stream": True,
+        "input_tokens": 12000,
+        "cache_read_tokens": 11040,
+        "output_tokens": 240,
+        "cost": 0.0041,
+        "cache_hit_ratio": 0.92,
+        "provider_flip": {"from": "Anthropic", "to": "Google", "idle_s": 680.0},
+    }
+    meta = {
+        "session": {
+            "id": "s",
+            "label": "l",
+            "trace_uuid": "t",
+            "name": "",
+            "agent": "pi",
+            "file": None,
+            "source": "x",
+            "fallback": False,
+        },
+        "rules": [],
+        "changes": [],
+        "skipped": [],
+        "usage": usage,
+    }
     text = contentview.to_text(contentview.summary(meta))
     line = "12.0k in · 240 out · cache 92% · $0.0041 · Google · provider flip Anthropic → Google after 11m 20s idle"
     assert "Usage of this turn" in text and line in text

@@ -72,8 +72,9 @@ def tls_through_proxy(place: Place, cadata: str) -> str | None:
 def node_tls(place: Place, node: str) -> str | None:
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(place.ca_cert)}
     try:
-        out = subprocess.run([node, "-e", NODE_CHECK, str(place.port), PROBE_HOST], env=env, capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            [node, "-e", NODE_CHECK, str(place.port), PROBE_HOST], env=env, capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"node did not run ({e})"
     answer = out.stdout.strip()
@@ -105,9 +106,14 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         out.append(Check("proxy", "ok", describe(status, place)))
     else:
         held = port_holder(place.port)
-        out.append(Check("proxy", "fail", held or f"no proxy answers on {place.url}",
-                         f"stop that program, or {start.replace(str(place.port), str(place.port + 1))}" if held
-                         else start))
+        out.append(
+            Check(
+                "proxy",
+                "fail",
+                held or f"no proxy answers on {place.url}",
+                f"stop that program, or {start.replace(str(place.port), str(place.port + 1))}" if held else start,
+            )
+        )
     if place.ca_cert.is_file():
         out.append(Check("CA", "ok", str(place.ca_cert)))
     else:
@@ -117,15 +123,25 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         # the bundle `env` would write, checked in memory (doctor writes nothing); PEM is ASCII, the
         # non-ASCII in certifi's comments is dropped
         why = tls_through_proxy(place, env_mod.bundle_data(place).decode("ascii", "ignore"))
-        out.append(Check("TLS (Python, Rust, curl: SSL_CERT_FILE bundle)", "fail" if why else "ok",
-                         why or "a request through the proxy verifies",
-                         f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))
+        out.append(
+            Check(
+                "TLS (Python, Rust, curl: SSL_CERT_FILE bundle)",
+                "fail" if why else "ok",
+                why or "a request through the proxy verifies",
+                f"the proxy's CA is not {place.ca_cert}: {restart}" if why else "",
+            )
+        )
         node = shutil.which("node")
         if node:
             why = node_tls(place, node)
-            out.append(Check("TLS (Node, Bun: NODE_EXTRA_CA_CERTS)", "fail" if why else "ok",
-                             why or "a request through the proxy verifies",
-                             f"the proxy's CA is not {place.ca_cert}: {restart}" if why else ""))
+            out.append(
+                Check(
+                    "TLS (Node, Bun: NODE_EXTRA_CA_CERTS)",
+                    "fail" if why else "ok",
+                    why or "a request through the proxy verifies",
+                    f"the proxy's CA is not {place.ca_cert}: {restart}" if why else "",
+                )
+            )
         else:
             out.append(Check("TLS (Node, Bun: NODE_EXTRA_CA_CERTS)", "warn", "no node on PATH to try it with"))
     told = (status or {}).get("hosts")
@@ -138,11 +154,23 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
         roots = [r for r in profile.store.root_paths(environ) if os.path.isdir(r)] if profile.store else []
         readable = [r for r in roots if os.access(r, os.R_OK | os.X_OK)]
         detail = f"{command}; sessions in {', '.join(readable) or 'no store yet'}"
-        out.append(Check(f"agent {profile.name}", "ok" if readable or not roots else "fail", detail,
-                         "" if readable or not roots else f"let this user read {', '.join(roots)}"))
+        out.append(
+            Check(
+                f"agent {profile.name}",
+                "ok" if readable or not roots else "fail",
+                detail,
+                "" if readable or not roots else f"let this user read {', '.join(roots)}",
+            )
+        )
     why = writable(place.folder)
-    out.append(Check("state and ledger", "fail" if why else "ok", why or writable_detail(place.folder),
-                     f"make {place.folder} writable, or start with --confdir FOLDER" if why else ""))
+    out.append(
+        Check(
+            "state and ledger",
+            "fail" if why else "ok",
+            why or writable_detail(place.folder),
+            f"make {place.folder} writable, or start with --confdir FOLDER" if why else "",
+        )
+    )
     return out
 
 
@@ -154,36 +182,55 @@ def proxy_variable_checks(place: Place, environ: dict[str, str], hosts: set[str]
     proxies = {name: environ[name] for name in ("HTTPS_PROXY", "https_proxy") if environ.get(name)}
     wrong = [f"{name} points at {shown(value)}" for name, value in proxies.items() if value.rstrip("/") not in ours]
     if not proxies:
-        out.append(Check("HTTPS_PROXY", "warn", "not set in this shell: agents started here go direct",
-                         'eval "$(agent-session-ids env)", or start agents with agent-session-ids launch AGENT'))
+        out.append(
+            Check(
+                "HTTPS_PROXY",
+                "warn",
+                "not set in this shell: agents started here go direct",
+                'eval "$(agent-session-ids env)", or start agents with agent-session-ids launch AGENT',
+            )
+        )
     elif wrong:
-        out.append(Check("HTTPS_PROXY", "fail", f"{'; '.join(wrong)}, not {place.url}",
-                         'eval "$(agent-session-ids env)"'))
+        out.append(
+            Check("HTTPS_PROXY", "fail", f"{'; '.join(wrong)}, not {place.url}", 'eval "$(agent-session-ids env)"')
+        )
     else:
         out.append(Check("HTTPS_PROXY", "ok", ", ".join(f"{n}={shown(v)}" for n, v in proxies.items())))
     skipped = {name: _bypassed(hosts, environ.get(name) or "") for name in ("NO_PROXY", "no_proxy")}
     if any(skipped.values()):
         gateways = ", ".join(shown(h) for h in sorted(set().union(*skipped.values())))
         names = " and ".join(name for name, found in skipped.items() if found)
-        out.append(Check("NO_PROXY", "fail", f"the gateways {gateways} bypass the proxy (in {names})",
-                         f'remove them from {names}, or: eval "$(agent-session-ids env)" '
-                         f"(NO_PROXY={env_mod.NO_PROXY})"))
+        out.append(
+            Check(
+                "NO_PROXY",
+                "fail",
+                f"the gateways {gateways} bypass the proxy (in {names})",
+                f'remove them from {names}, or: eval "$(agent-session-ids env)" (NO_PROXY={env_mod.NO_PROXY})',
+            )
+        )
     else:
         out.append(Check("NO_PROXY", "ok", "no gateway of the rules bypasses the proxy"))
     # launch, run and env leave ALL_PROXY alone: HTTPS_PROXY and HTTP_PROXY win over it everywhere
     for name in ("ALL_PROXY", "all_proxy"):
         value = environ.get(name)
         if value and value.rstrip("/") not in ours:
-            out.append(Check(name, "warn", f"points at {shown(value)}: only programs that read no HTTPS_PROXY "
-                             "use it, and their requests do not go through the proxy"))
+            out.append(
+                Check(
+                    name,
+                    "warn",
+                    f"points at {shown(value)}: only programs that read no HTTPS_PROXY "
+                    "use it, and their requests do not go through the proxy",
+                )
+            )
     return out
 
 
 def _bypassed(hosts: set[str], no_proxy: str) -> list[str]:
     """The gateway hosts that a NO_PROXY value sends around the proxy."""
     bypass = [h.strip().lower() for h in no_proxy.split(",") if h.strip()]
-    return sorted({h for h in hosts for b in bypass
-                   if b == "*" or h == b.lstrip("*.") or h.endswith("." + b.lstrip("*."))})
+    return sorted(
+        {h for h in hosts for b in bypass if b == "*" or h == b.lstrip("*.") or h.endswith("." + b.lstrip("*."))}
+    )
 
 
 def _shipped_hosts() -> list[str]:

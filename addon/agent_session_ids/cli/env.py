@@ -63,8 +63,9 @@ def bundle(place: Place) -> Path:
 def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
     """The proxy and trust variables, for a proxy that has made its CA (it has started once)."""
     if not place.ca_cert.is_file():
-        raise CliError(f"no mitmproxy CA at {shown(str(place.ca_cert))} yet; "
-                       "start the proxy once: agent-session-ids proxy start")
+        raise CliError(
+            f"no mitmproxy CA at {shown(str(place.ca_cert))} yet; start the proxy once: agent-session-ids proxy start"
+        )
     files = {"ca": os.path.abspath(place.ca_cert)}  # the program may run in another folder
     if "bundle" in trust.values():
         files["bundle"] = os.path.abspath(bundle(place))
@@ -83,8 +84,9 @@ def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
         if shell == "fish":
             lines.append(f"set -e {name}" if unset else f"set -gx {name} {quote(value)}")
         elif shell == "powershell":
-            lines.append(f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" if unset
-                         else f"$env:{name} = {quote(value)}")
+            lines.append(
+                f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" if unset else f"$env:{name} = {quote(value)}"
+            )
         else:
             lines.append(f"unset {name}" if unset else f"export {name}={quote(value)}")
     return lines
@@ -128,8 +130,9 @@ def program_of(name: str) -> str:
     return program
 
 
-def exec_with(place: Place, program: str, argv: list[str], trust: dict[str, str],
-              extra: tuple[tuple[str, str], ...] = ()) -> None:
+def exec_with(
+    place: Place, program: str, argv: list[str], trust: dict[str, str], extra: tuple[tuple[str, str], ...] = ()
+) -> None:
     """Replace this process by `program` (argv) with the proxy's variables: its exit code, its
     terminal and the signals sent to it are then its own."""
     env = {**os.environ, **variables(place, trust), **dict(extra)}

@@ -11,7 +11,6 @@ from .errors import CliError  # the commands' shared names
 DEFAULT_PORT = 8080
 
 
-
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block
         raise CliError(f"{self.prog}: {message} (see agent-session-ids --help)")

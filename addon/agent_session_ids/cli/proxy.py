@@ -78,10 +78,13 @@ def _typed(status: dict) -> dict:
     a pid only when it is one, lists of strings only."""
     pid = status.get("pid")
     texts = lambda key: [shown(x, 200) for x in status.get(key) or [] if isinstance(x, str)]  # noqa: E731
-    return {"addon": "agent-session-ids", "version": shown(status.get("version"), 80),
-            "pid": pid if type(pid) is int and 1 < pid <= PID_MAX else None,
-            "rules": texts("rules") if isinstance(status.get("rules"), list) else [],
-            "hosts": texts("hosts") if isinstance(status.get("hosts"), list) else []}
+    return {
+        "addon": "agent-session-ids",
+        "version": shown(status.get("version"), 80),
+        "pid": pid if type(pid) is int and 1 < pid <= PID_MAX else None,
+        "rules": texts("rules") if isinstance(status.get("rules"), list) else [],
+        "hosts": texts("hosts") if isinstance(status.get("hosts"), list) else [],
+    }
 
 
 def _rows(port: int):
@@ -108,8 +111,14 @@ def _served_by(port: int, client_port: int) -> int | None:
     try:
         mine = {hex_address(LOOPBACK, port), hex_address(MAPPED, port)}
         theirs = {hex_address(LOOPBACK, client_port), hex_address(MAPPED, client_port)}
-        return next((uid for local, remote, state, uid in _rows(port)
-                     if state == ESTABLISHED and local in mine and remote in theirs), None)
+        return next(
+            (
+                uid
+                for local, remote, state, uid in _rows(port)
+                if state == ESTABLISHED and local in mine and remote in theirs
+            ),
+            None,
+        )
     except OSError:
         return os.getuid() if _lsof_listeners(port) else None
 
@@ -117,8 +126,12 @@ def _served_by(port: int, client_port: int) -> int | None:
 def _lsof_listeners(port: int) -> list[int]:
     """The pids lsof lists as listening on the port among this user's processes (macOS)."""
     try:
-        done = subprocess.run(["lsof", "-nP", "-a", f"-iTCP:{port}", "-sTCP:LISTEN", "-u", str(os.getuid()), "-t"],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["lsof", "-nP", "-a", f"-iTCP:{port}", "-sTCP:LISTEN", "-u", str(os.getuid()), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [int(x) for x in done.stdout.split() if x.isdigit()]
@@ -193,8 +206,9 @@ def _recorded_pid(place: Place) -> int | None:
         pid = None
     if pid is None or not 1 < pid <= PID_MAX:
         place.pid_file.unlink(missing_ok=True)
-        raise CliError(f"{place.pid_file} held {shown(text, 40)!r}, which is no proxy's pid; removed it, "
-                       f"signalled nothing")
+        raise CliError(
+            f"{place.pid_file} held {shown(text, 40)!r}, which is no proxy's pid; removed it, signalled nothing"
+        )
     return pid
 
 
@@ -210,8 +224,7 @@ def _command_line(pid: int) -> tuple[int, str] | None:
     except OSError:
         return None
     try:  # no /proc (macOS)
-        done = subprocess.run(["ps", "-o", "uid=,command=", "-p", str(pid)], capture_output=True, text=True,
-                              timeout=10)
+        done = subprocess.run(["ps", "-o", "uid=,command=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
         uid_text, _, command = done.stdout.strip().partition(" ")
         return (int(uid_text), command.strip() + " ") if done.returncode == 0 else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
@@ -225,8 +238,12 @@ def is_this_proxy(pid: int, place: Place) -> bool:
         return False
     uid, command = found
     command = f" {command}"
-    return (uid == os.getuid() and f" -p {place.port} " in command and f"confdir={place.confdir} " in command
-            and SCRIPT_TAIL in command)
+    return (
+        uid == os.getuid()
+        and f" -p {place.port} " in command
+        and f"confdir={place.confdir} " in command
+        and SCRIPT_TAIL in command
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -242,9 +259,21 @@ def _alive(pid: int) -> bool:
 def mitmdump_argv(place: Place, extra: list[str]) -> list[str]:
     """mitmdump of this Python, with the addon's script, on 127.0.0.1:port."""
     script = Path(__file__).resolve().parent.parent / "script.py"
-    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
-            "--listen-host", "127.0.0.1", "-p", str(place.port), "--set", f"confdir={place.confdir}",
-            "-s", str(script), *_lazy(extra), *extra]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
+        "--listen-host",
+        "127.0.0.1",
+        "-p",
+        str(place.port),
+        "--set",
+        f"confdir={place.confdir}",
+        "-s",
+        str(script),
+        *_lazy(extra),
+        *extra,
+    ]
 
 
 def _lazy(extra: list[str]) -> list[str]:
@@ -259,8 +288,9 @@ def start(place: Place, extra: list[str] | None = None) -> tuple[dict, bool]:
         private_folder(place.folder)
         lock_fd = open_private(place.lock_file)
     except OSError as e:
-        raise CliError(f"cannot write to {place.folder} ({e.strerror or e}); give another folder with --confdir") \
-            from None
+        raise CliError(
+            f"cannot write to {place.folder} ({e.strerror or e}); give another folder with --confdir"
+        ) from None
     with os.fdopen(lock_fd, "ab") as lock:  # two starts at once: the second waits, then finds the first's
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = probe(place)
@@ -268,15 +298,22 @@ def start(place: Place, extra: list[str] | None = None) -> tuple[dict, bool]:
             return status, False
         held = port_holder(place.port)
         if held:
-            raise CliError(f"{held}; end that program, or use another port: "
-                           f"agent-session-ids proxy start --port {place.port + 1}")
+            raise CliError(
+                f"{held}; end that program, or use another port: agent-session-ids proxy start --port {place.port + 1}"
+            )
         try:
             log = open_private(place.log_file)
         except OSError as e:
             raise CliError(f"cannot write the log {place.log_file} ({e.strerror or e})") from None
         with os.fdopen(log, "ab") as log_file:
-            child = subprocess.Popen(mitmdump_argv(place, extra or []), stdin=subprocess.DEVNULL, stdout=log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            child = subprocess.Popen(
+                mitmdump_argv(place, extra or []),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         try:
             write_private(place.pid_file, f"{child.pid}\n".encode())
         except OSError as e:
@@ -303,15 +340,19 @@ def stop(place: Place) -> str:
     running = status is not None
     if pid is None:
         if running:
-            return (f"the proxy on port {place.port} was not started by 'proxy start' (no pid file); "
-                    f"stop it where it runs")
+            return (
+                f"the proxy on port {place.port} was not started by 'proxy start' (no pid file); stop it where it runs"
+            )
         return f"no proxy is running on port {place.port}"
     reported = status.get("pid") if status else None
     if not is_this_proxy(pid, place) or (reported is not None and reported != pid):
         place.pid_file.unlink(missing_ok=True)
         what = "is not this proxy (left alone)" if _alive(pid) else "has ended"
-        after = (f"; the proxy on port {place.port} was not started by 'proxy start': stop it where it runs"
-                 if running else f"; no proxy is running on port {place.port}")
+        after = (
+            f"; the proxy on port {place.port} was not started by 'proxy start': stop it where it runs"
+            if running
+            else f"; no proxy is running on port {place.port}"
+        )
         return f"the pid file {place.pid_file} was stale: pid {pid} {what}; removed it{after}"
     _end(pid)
     place.pid_file.unlink(missing_ok=True)

@@ -49,24 +49,39 @@ def _parser() -> _Parser:
     parser = _Parser(
         prog="agent-session-ids report",
         description="Usage, cache hits and what the gateway billed, per agent session, day, week, month, model, "
-                    "project or agent, from the ledger agent-session-ids writes.")
-    parser.add_argument("--by", choices=tuple(BUCKETS), default="session",
-                        help="group by session (default), day, week (from Monday), month, model, project (the "
-                             "session's folder) or agent")
+        "project or agent, from the ledger agent-session-ids writes.",
+    )
+    parser.add_argument(
+        "--by",
+        choices=tuple(BUCKETS),
+        default="session",
+        help="group by session (default), day, week (from Monday), month, model, project (the "
+        "session's folder) or agent",
+    )
     parser.add_argument("--breakdown", action="store_true", help="each group's figures per model, under it")
-    parser.add_argument("--tree", action="store_true", help="by session: each sub-agent's and child session's own "
-                                                            "figures, under its root")
+    parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="by session: each sub-agent's and child session's own figures, under its root",
+    )
     parser.add_argument("--session", metavar="ID", help="one session's turns (its id, or its label)")
     parser.add_argument("--since", help="only turns since then: 2h, 30m, 7d, 1w, or a date such as 2026-11-21")
     parser.add_argument("--until", help="only turns until then (a bare date includes that day)")
-    parser.add_argument("--timezone", metavar="ZONE", help="the IANA time zone of days, weeks, months and bare "
-                                                           "dates (default: the local one)")
+    parser.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="the IANA time zone of days, weeks, months and bare dates (default: the local one)",
+    )
     parser.add_argument("--compact", action="store_true", help="the narrow table (the default under 100 columns)")
     parser.add_argument("--json", action="store_true", help="one JSON object per group")
     parser.add_argument("--html", metavar="FILE", help="write a one-page HTML report (inline SVG, no scripts)")
-    parser.add_argument("--file", metavar="LEDGER", action="append",
-                        help=f"the ledger (default {DEFAULT_LEDGER}, or $AGENT_SESSION_IDS_USAGE); give it "
-                             "again to read several in one report (another machine's, say)")
+    parser.add_argument(
+        "--file",
+        metavar="LEDGER",
+        action="append",
+        help=f"the ledger (default {DEFAULT_LEDGER}, or $AGENT_SESSION_IDS_USAGE); give it "
+        "again to read several in one report (another machine's, say)",
+    )
     return parser
 
 
@@ -82,8 +97,11 @@ def report(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     missing = [path for path in paths if not ledger.files(path)]
     if missing:
-        print(f"no usage ledger at {missing[0]}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
-              "request; see session_usage_file)", file=sys.stderr)
+        print(
+            f"no usage ledger at {missing[0]}: nothing was recorded yet (the proxy writes it when a rule rewrites a "
+            "request; see session_usage_file)",
+            file=sys.stderr,
+        )
         return 1
     reading = ledger.Reading()  # one count over all the files
     records = [record for path in paths for record in reading.records(path, since, until)]
@@ -117,8 +135,11 @@ def _write(path: str, page: str) -> bool:
 def _one_session(args, records: list[dict], zone: tzinfo | None) -> int:
     turns = session_turns(records, args.session)
     if not turns:
-        print(f"agent-session-ids report: no turns recorded for session {args.session!r} (see the sessions with "
-              "agent-session-ids report)", file=sys.stderr)
+        print(
+            f"agent-session-ids report: no turns recorded for session {args.session!r} (see the sessions with "
+            "agent-session-ids report)",
+            file=sys.stderr,
+        )
         return 1
     if args.html and not _write(args.html, session_html(turns, zone)):
         return 1

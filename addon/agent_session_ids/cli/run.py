@@ -70,7 +70,7 @@ def proxy_command(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
         at = argv.index("--")
-        argv, extra = argv[:at], argv[at + 1:]
+        argv, extra = argv[:at], argv[at + 1 :]
     parser = _Parser(prog="agent-session-ids proxy")
     parser.add_argument("action", choices=("start", "stop", "status", "restart"))
     _common(parser)
@@ -106,7 +106,7 @@ def launch_command(argv: list[str], named: bool) -> int:
         at += 1 if "=" in argv[at] or argv[at] in ("-h", "--help") else 2  # an option and its value
     at = min(at, len(argv))
     args = parser.parse_args(argv[:at])
-    command = argv[at + 1:] if argv[at:at + 1] == ["--"] else argv[at:]
+    command = argv[at + 1 :] if argv[at : at + 1] == ["--"] else argv[at:]
     if not command:
         raise CliError("give the program to run: agent-session-ids " + ("launch pi" if named else "run -- CMD"))
     place = _place(args)
@@ -131,8 +131,9 @@ def env_command(argv: list[str]) -> int:
     parser.add_argument("--unset", action="store_true", help="the lines that undo it")
     args = parser.parse_args(argv)
     place = _place(args)
-    values = dict.fromkeys([*env.PROXY_NAMES, *env.SHELL_TRUST], "") if args.unset \
-        else env.variables(place, env.SHELL_TRUST)
+    values = (
+        dict.fromkeys([*env.PROXY_NAMES, *env.SHELL_TRUST], "") if args.unset else env.variables(place, env.SHELL_TRUST)
+    )
     print("\n".join(env.shell_lines(values, args.shell, args.unset)))
     return 0
 
@@ -216,8 +217,10 @@ def _unknown_command(word: str) -> str:
 
     close = difflib.get_close_matches(word, COMMANDS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    return (f"unknown command {word!r}; {hint}use one of: {', '.join(COMMANDS)} (see agent-session-ids --help; "
-            "a mitmproxy filter expression starts with ~)")
+    return (
+        f"unknown command {word!r}; {hint}use one of: {', '.join(COMMANDS)} (see agent-session-ids --help; "
+        "a mitmproxy filter expression starts with ~)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,9 @@ def systemd_command(argv: list[str]) -> str:
     newline ends the line) cannot be written in a unit."""
     for word in argv:
         if UNWRITABLE.search(word):
-            raise CliError(f"a systemd unit cannot hold {shown(word)}: it has a control character "
-                           "or a byte that is not UTF-8")
+            raise CliError(
+                f"a systemd unit cannot hold {shown(word)}: it has a control character or a byte that is not UTF-8"
+            )
     if any(ch in SYSTEMD_EXECUTABLE_REFUSES for ch in argv[0]):
         raise CliError(f"systemd cannot run {shown(argv[0])}: its path has a quote or a backslash")
     path, argv0 = _systemd_word(argv[0], dollars=False), _systemd_word(argv[0])
@@ -66,14 +67,16 @@ WantedBy=default.target
 
 
 def launchd_plist(place: Place) -> bytes:
-    return plistlib.dumps({
-        "Label": LAUNCHD_LABEL,
-        "ProgramArguments": mitmdump_argv(place, []),
-        "RunAtLoad": True,
-        "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not when it is stopped
-        "StandardOutPath": str(place.log_file),
-        "StandardErrorPath": str(place.log_file),
-    })
+    return plistlib.dumps(
+        {
+            "Label": LAUNCHD_LABEL,
+            "ProgramArguments": mitmdump_argv(place, []),
+            "RunAtLoad": True,
+            "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not when it is stopped
+            "StandardOutPath": str(place.log_file),
+            "StandardErrorPath": str(place.log_file),
+        }
+    )
 
 
 def _platform() -> str:
@@ -89,8 +92,11 @@ def _unit_path(platform: str) -> Path:
 
 def _manager(platform: str) -> str | None:
     """Why no user service manager can be used here, or None when one answers."""
-    argv = ["launchctl", "print", f"gui/{os.getuid()}"] if platform == "macos" else ["systemctl", "--user",
-                                                                                      "show-environment"]
+    argv = (
+        ["launchctl", "print", f"gui/{os.getuid()}"]
+        if platform == "macos"
+        else ["systemctl", "--user", "show-environment"]
+    )
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -120,16 +126,19 @@ def install(place: Place) -> str:
     platform = _platform()
     why = _manager(platform)
     if why:
-        raise CliError(f"no user service manager runs here ({why}); start the proxy with: "
-                       f"agent-session-ids proxy start --port {place.port}")
+        raise CliError(
+            f"no user service manager runs here ({why}); start the proxy with: "
+            f"agent-session-ids proxy start --port {place.port}"
+        )
     path = _unit_path(platform)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         private_folder(place.folder)
         os.close(open_private(place.log_file))  # launchd appends to it: made 0600 here, not by launchd
     except OSError as e:
-        raise CliError(f"cannot write to {place.folder} ({e.strerror or e}); give another folder with --confdir") \
-            from None
+        raise CliError(
+            f"cannot write to {place.folder} ({e.strerror or e}); give another folder with --confdir"
+        ) from None
     path.write_text(unit_text(place, platform))
     if platform == "macos":
         _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)])

@@ -56,8 +56,7 @@ def read_status(fd: int, limit: float = STDIN_S):
     try:
         return json.loads(got)
     except ValueError:
-        raise CliError("stdin is not JSON: give Claude Code's status JSON (with session_id), or --session ID") \
-            from None
+        raise CliError("stdin is not JSON: give Claude Code's status JSON (with session_id), or --session ID") from None
 
 
 def session_from(stdin) -> str:

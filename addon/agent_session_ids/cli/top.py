@@ -37,12 +37,14 @@ def parse_window(text: str) -> float:
 def frame(live: LiveLedger, now: float, width: int, height: int | None = None) -> list[str]:
     """The header, the table and a hint line, for a terminal `width` wide (and `height` high)."""
     sessions = live.sessions(now)
-    head = (f"agent-session-ids top · {live_view.count(len(sessions), 'session')} active in the last "
-            f"{duration(live.window)} · "
-            f"{time.strftime('%H:%M:%S', time.localtime(now))}")
+    head = (
+        f"agent-session-ids top · {live_view.count(len(sessions), 'session')} active in the last "
+        f"{duration(live.window)} · "
+        f"{time.strftime('%H:%M:%S', time.localtime(now))}"
+    )
     note = f" · {live.said()}" if live.said() else ""
     path_room = max(2, width - len("ledger ") - len(note))  # a long path gives way to what was skipped
-    path = live.path if len(live.path) <= path_room else "…" + live.path[len(live.path) - path_room + 1:]
+    path = live.path if len(live.path) <= path_room else "…" + live.path[len(live.path) - path_room + 1 :]
     lines = [head, f"ledger {path}{note}"]
     if not live.exists():
         lines += ["", "nothing recorded yet: the proxy writes the ledger when a rule rewrites a request"]
@@ -102,8 +104,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--window", default="1h", help="the sessions active in this span (default 1h)")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
     parser.add_argument("--width", type=int, help="with --once: the width to fit (default: the terminal's)")
-    parser.add_argument("--file", metavar="LEDGER", help=f"the ledger (default {ledger.DEFAULT_PATH}, "
-                                                         "or $AGENT_SESSION_IDS_USAGE)")
+    parser.add_argument(
+        "--file", metavar="LEDGER", help=f"the ledger (default {ledger.DEFAULT_PATH}, or $AGENT_SESSION_IDS_USAGE)"
+    )
     args = parser.parse_args(argv)
     if args.width is not None and args.width < MIN_WIDTH:
         raise CliError(f"--width {args.width}: give at least {MIN_WIDTH} columns")

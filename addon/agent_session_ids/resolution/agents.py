@@ -112,7 +112,7 @@ def encode_omp(cwd: str, environ: Mapping[str, str]) -> str:
     tmp = (environ.get("TMPDIR") or "/tmp").rstrip("/")
     for base, prefix in ((home, "-"), (tmp, "-tmp-")):
         if base and (cwd == base or cwd.startswith(base + "/")):
-            rel = cwd[len(base):].lstrip("/")
+            rel = cwd[len(base) :].lstrip("/")
             if prefix == "-":
                 return "-" + re.sub(r"[/\\:]", "-", rel)
             return prefix + re.sub(r"[/\\:]", "-", rel) if rel else "-tmp"
@@ -123,7 +123,7 @@ def _java_hash(text: str) -> int:
     h = 0
     data = text.encode("utf-16-le")
     for i in range(0, len(data), 2):
-        h = (h * 31 + int.from_bytes(data[i:i + 2], "little")) & 0xFFFFFFFF
+        h = (h * 31 + int.from_bytes(data[i : i + 2], "little")) & 0xFFFFFFFF
     return h - (1 << 32) if h >= 1 << 31 else h
 
 
@@ -143,7 +143,7 @@ def encode_claude(cwd: str, environ: Mapping[str, str]) -> str:
     units = cwd.encode("utf-16-le")
     out = []
     for i in range(0, len(units), 2):
-        c = int.from_bytes(units[i:i + 2], "little")
+        c = int.from_bytes(units[i : i + 2], "little")
         out.append(chr(c) if c < 128 and chr(c).isalnum() else "-")
     enc = "".join(out)
     if len(enc) > 200:
@@ -159,51 +159,94 @@ def encode_sha256(cwd: str, environ: Mapping[str, str]) -> str:
 # -- the profiles ---------------------------------------------------------------------------------
 
 PI_FORMAT = RecordFormat(
-    header={"type": "session"}, id="id", cwd="cwd", created="timestamp", parent="parentSession",
-    user={"type": "message", "message.role": "user"}, user_content="message.content",
+    header={"type": "session"},
+    id="id",
+    cwd="cwd",
+    created="timestamp",
+    parent="parentSession",
+    user={"type": "message", "message.role": "user"},
+    user_content="message.content",
     assistant=(b'"role":"assistant"',),
-    name={"type": "session_info"}, name_field="name", name_marker=b'"session_info"',
+    name={"type": "session_info"},
+    name_field="name",
+    name_marker=b'"session_info"',
 )
 
 OMP_FORMAT = RecordFormat(
-    header={"type": "session"}, id="id", cwd="cwd", created="timestamp", parent="parentSession",
-    user={"type": "message", "message.role": "user"}, user_content="message.content",
+    header={"type": "session"},
+    id="id",
+    cwd="cwd",
+    created="timestamp",
+    parent="parentSession",
+    user={"type": "message", "message.role": "user"},
+    user_content="message.content",
     assistant=(b'"role":"assistant"',),
-    name={"type": ("title", "title_change")}, name_field="title", name_marker=b'"title',
+    name={"type": ("title", "title_change")},
+    name_field="title",
+    name_marker=b'"title',
 )
 
 CLAUDE_FORMAT = RecordFormat(
-    header={"sessionId": ANY, "cwd": ANY}, id="sessionId", cwd="cwd", created="timestamp",
-    user={"type": "user", "message.role": "user"}, user_content="message.content",
-    assistant=(b'"type":"assistant"',), assistant_not=(b'"isApiErrorMessage":true',),
-    name={"type": "custom-title"}, name_field="customTitle", name_marker=b'"custom-title"',
+    header={"sessionId": ANY, "cwd": ANY},
+    id="sessionId",
+    cwd="cwd",
+    created="timestamp",
+    user={"type": "user", "message.role": "user"},
+    user_content="message.content",
+    assistant=(b'"type":"assistant"',),
+    assistant_not=(b'"isApiErrorMessage":true',),
+    name={"type": "custom-title"},
+    name_field="customTitle",
+    name_marker=b'"custom-title"',
 )
 
 CODEX_FORMAT = RecordFormat(
-    header={"type": "session_meta"}, id="payload.id", cwd="payload.cwd", created="payload.timestamp",
+    header={"type": "session_meta"},
+    id="payload.id",
+    cwd="payload.cwd",
+    created="payload.timestamp",
     user={"type": "response_item", "payload.type": "message", "payload.role": "user"},
     user_content="payload.content",
-    assistant=(b'"role":"assistant"',), assistant_not=(),
+    assistant=(b'"role":"assistant"',),
+    assistant_not=(),
 )
 
 QWEN_FORMAT = RecordFormat(
-    header={"sessionId": ANY, "cwd": ANY}, id="sessionId", cwd="cwd", created="timestamp",
-    user={"type": "user", "message.role": "user"}, user_content="message.parts",
-    assistant=(b'"type":"assistant"',), assistant_not=(),
+    header={"sessionId": ANY, "cwd": ANY},
+    id="sessionId",
+    cwd="cwd",
+    created="timestamp",
+    user={"type": "user", "message.role": "user"},
+    user_content="message.parts",
+    assistant=(b'"type":"assistant"',),
+    assistant_not=(),
 )
 
 GEMINI_FORMAT = RecordFormat(
-    header={"sessionId": ANY}, id="sessionId", cwd=None, created="startTime",
-    user={"type": "user"}, user_content="content",
-    assistant=(b'"type":"gemini"',), assistant_not=(),
+    header={"sessionId": ANY},
+    id="sessionId",
+    cwd=None,
+    created="startTime",
+    user={"type": "user"},
+    user_content="content",
+    assistant=(b'"type":"gemini"',),
+    assistant_not=(),
 )
 
 
 def _pi_store(root: Root, encode: Encoder, fmt: RecordFormat) -> PerCwd:
     """pi's store, and its fork Oh My Pi's: a session folder chosen by --session-dir, by
     PI_CODING_AGENT_SESSION_DIR or by settings.json's sessionDir comes before the cwd's."""
-    return PerCwd((root,), encode, fmt, file_names="time_id", custom_dir_flag="--session-dir",
-                  custom_dir_env="PI_CODING_AGENT_SESSION_DIR", custom_dir_setting="settings.json:sessionDir")
+    return PerCwd(
+        (root,),
+        encode,
+        fmt,
+        file_names="time_id",
+        custom_dir_flag="--session-dir",
+        custom_dir_env="PI_CODING_AGENT_SESSION_DIR",
+        custom_dir_setting="settings.json:sessionDir",
+    )
+
 
 PI = AgentProfile(
     name="pi",
@@ -228,8 +271,9 @@ OMP = AgentProfile(
     process_patterns=(r"oh-my-pi",),
     hint_headers=("x-session-id", "x-opencode-session", "session_id"),
     hint_body_fields=("prompt_cache_key",),
-    store=_pi_store(Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"), encode_omp,
-                    OMP_FORMAT),
+    store=_pi_store(
+        Root(("PI_CODING_AGENT_DIR", "OMP_CODING_AGENT_DIR"), "~/.omp/agent", "sessions"), encode_omp, OMP_FORMAT
+    ),
     request_signs=(("x-opencode-client", r"^omp$"), ("user-agent", r"^(omp|oh-my-pi)[/ ]")),
 )
 
@@ -248,10 +292,16 @@ CLAUDE = AgentProfile(
     subagent_parent_headers=("x-claude-code-parent-agent-id",),
     subagent_file="{stem}/subagents/agent-{id}.jsonl",
     request_signs=(("x-claude-code-session-id", ""), ("user-agent", r"^claude-cli/")),
-    store=PerCwd((
-        Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
-        Root((), "~/.config/claude", "projects"),
-    ), encode_claude, CLAUDE_FORMAT, file_names="uuid", hashed_long_names=True),
+    store=PerCwd(
+        (
+            Root(("CLAUDE_CONFIG_DIR",), "~/.claude", "projects"),
+            Root((), "~/.config/claude", "projects"),
+        ),
+        encode_claude,
+        CLAUDE_FORMAT,
+        file_names="uuid",
+        hashed_long_names=True,
+    ),
 )
 
 QWEN = AgentProfile(
@@ -260,8 +310,14 @@ QWEN = AgentProfile(
     process_names=frozenset({"qwen"}),
     process_patterns=(r"qwen-code", r"(^|/)qwen( |$)"),
     request_signs=(("user-agent", r"(?i)^qwen-?code"),),
-    store=PerCwd((Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),), encode_claude, QWEN_FORMAT, subdir="chats",
-                 file_names="uuid", hashed_long_names=True),
+    store=PerCwd(
+        (Root(("QWEN_RUNTIME_DIR",), "~/.qwen", "projects"),),
+        encode_claude,
+        QWEN_FORMAT,
+        subdir="chats",
+        file_names="uuid",
+        hashed_long_names=True,
+    ),
 )
 
 CODEX = AgentProfile(
@@ -278,8 +334,12 @@ CODEX = AgentProfile(
     subagent_kind_headers=("x-openai-subagent",),
     hint_body_fields=("prompt_cache_key",),
     request_signs=(("x-codex-turn-metadata", ""), ("originator", r"^codex"), ("user-agent", r"^codex")),
-    store=DateTree((Root(("CODEX_HOME",), "~/.codex", "sessions"),), CODEX_FORMAT, file_names="rollout",
-                   name_index="session_index.jsonl"),
+    store=DateTree(
+        (Root(("CODEX_HOME",), "~/.codex", "sessions"),),
+        CODEX_FORMAT,
+        file_names="rollout",
+        name_index="session_index.jsonl",
+    ),
 )
 
 GEMINI = AgentProfile(
@@ -289,8 +349,14 @@ GEMINI = AgentProfile(
     process_patterns=(r"gemini-cli", r"(^|/)gemini( |$)"),
     request_signs=(("user-agent", r"(?i)^gemini-?cli"),),
     # no file_names: its files' names hold only a prefix of the id
-    store=PerProject((Root(("GEMINI_CLI_HOME",), "~", ".gemini"),), encode_sha256, GEMINI_FORMAT, subdir="chats",
-                     projects_dir="tmp", project_registry="projects.json:projects"),
+    store=PerProject(
+        (Root(("GEMINI_CLI_HOME",), "~", ".gemini"),),
+        encode_sha256,
+        GEMINI_FORMAT,
+        subdir="chats",
+        projects_dir="tmp",
+        project_registry="projects.json:projects",
+    ),
 )
 
 OPENCODE = AgentProfile(
@@ -340,12 +406,21 @@ CLINE = AgentProfile(
     hint_headers=("x-opencode-session", "x-task-id"),
     hint_body_fields=("session_id",),
     hint_pattern=r"[0-9]{13}_[0-9a-z]{5}",
-    store=PerSession((
-        Root(("CLINE_SESSION_DATA_DIR",), "~/.cline/data/sessions"),
-        Root(("CLINE_DATA_DIR",), "~/.cline/data", "sessions"),
-        Root(("CLINE_DIR",), "~/.cline", "data/sessions"),
-    ), ManifestFormat(file="{id}.json", id="session_id", cwd="cwd", created="started_at", prompt="prompt",
-                      prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',))),
+    store=PerSession(
+        (
+            Root(("CLINE_SESSION_DATA_DIR",), "~/.cline/data/sessions"),
+            Root(("CLINE_DATA_DIR",), "~/.cline/data", "sessions"),
+            Root(("CLINE_DIR",), "~/.cline", "data/sessions"),
+        ),
+        ManifestFormat(
+            file="{id}.json",
+            id="session_id",
+            cwd="cwd",
+            created="started_at",
+            prompt="prompt",
+            prompt_wrappers=(r'<user_input mode="[a-z_-]*">(.*)</user_input>',),
+        ),
+    ),
 )
 
 PROFILES: tuple[AgentProfile, ...] = (PI, OMP, CLAUDE, CODEX, GEMINI, QWEN, OPENCODE, KILO, CLINE)
@@ -364,33 +439,61 @@ class SessionField:
 # target gateway honours (a rule's client_fields): each is per session in its client's source.
 # A value counts only if it passes the safe-id rule.
 CLIENT_SESSION_FIELDS: tuple[SessionField, ...] = (
-    SessionField("header", "x-session-id", "opencode toward other providers (session/llm/request.ts), Crush >= "
-                                           "0.84 (a hash of its session id, internal/agent/agent.go), Kilo"),
-    SessionField("header", "x-session-affinity", "opencode, Crush >= 0.84, Kilo (packages/opencode/src/session/"
-                                                 "llm/request.ts)"),
+    SessionField(
+        "header",
+        "x-session-id",
+        "opencode toward other providers (session/llm/request.ts), Crush >= "
+        "0.84 (a hash of its session id, internal/agent/agent.go), Kilo",
+    ),
+    SessionField(
+        "header", "x-session-affinity", "opencode, Crush >= 0.84, Kilo (packages/opencode/src/session/llm/request.ts)"
+    ),
     SessionField("header", "x-kilo-session", "Kilo toward its own providers (session/llm/request.ts)"),
     SessionField("header", "x-kilocode-taskid", "Kilo toward the Kilo gateway (kilo-gateway/src/api/constants.ts)"),
-    SessionField("header", "agent-session-id", "Goose (crates/goose session_context.rs; goose-session-id before "
-                                               "PR #6626)"),
+    SessionField(
+        "header", "agent-session-id", "Goose (crates/goose session_context.rs; goose-session-id before PR #6626)"
+    ),
     SessionField("header", "x-amp-thread-id", "Amp, its thread id T-<uuid> (@sourcegraph/amp dist/main.js)"),
-    SessionField("header", "x-roo-task-id", "Roo Code toward Roo Code Cloud, its task id (src/api/providers/"
-                                            "roo.ts)"),
+    SessionField("header", "x-roo-task-id", "Roo Code toward Roo Code Cloud, its task id (src/api/providers/roo.ts)"),
     SessionField("header", "x-task-id", "Cline toward its own providers, its session id"),
-    SessionField("header", "session_id", "Codex before 0.131 (codex-api/src/requests/headers.rs), Roo Code toward "
-                                         "OpenAI's Responses API, Qwen Code toward Routify"),
-    SessionField("body", "session_id", "Cline toward OpenRouter, its session id (sdk/packages/llms/src/providers/"
-                                       "builtins.ts stickySession)"),
-    SessionField("body", "litellm_session_id", "Cline's VS Code extension toward LiteLLM, cline-<task ulid> "
-                                               "(providers/litellm.ts)"),
+    SessionField(
+        "header",
+        "session_id",
+        "Codex before 0.131 (codex-api/src/requests/headers.rs), Roo Code toward "
+        "OpenAI's Responses API, Qwen Code toward Routify",
+    ),
+    SessionField(
+        "body",
+        "session_id",
+        "Cline toward OpenRouter, its session id (sdk/packages/llms/src/providers/builtins.ts stickySession)",
+    ),
+    SessionField(
+        "body",
+        "litellm_session_id",
+        "Cline's VS Code extension toward LiteLLM, cline-<task ulid> (providers/litellm.ts)",
+    ),
     SessionField("body", "metadata.sessionId", "Qwen Code toward DashScope (provider/dashscope.ts)"),
 )
 CLIENT_SESSION_HEADERS: tuple[str, ...] = tuple(f.name for f in CLIENT_SESSION_FIELDS if f.where == "header")
 HINT_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in p.hint_headers}))
 # every request header the resolution reads: session ids and the agents' signs
-TREE_HEADERS: tuple[str, ...] = tuple(sorted({h for p in PROFILES for h in (
-    p.subagent_headers + p.subagent_parent_headers + p.subagent_kind_headers + p.parent_headers)}))
-EVIDENCE_HEADERS: tuple[str, ...] = tuple(sorted(set(HINT_HEADERS) | set(TREE_HEADERS) | set(CLIENT_SESSION_HEADERS)
-                                                 | {h for p in PROFILES for h, _ in p.request_signs}))
+TREE_HEADERS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            h
+            for p in PROFILES
+            for h in (p.subagent_headers + p.subagent_parent_headers + p.subagent_kind_headers + p.parent_headers)
+        }
+    )
+)
+EVIDENCE_HEADERS: tuple[str, ...] = tuple(
+    sorted(
+        set(HINT_HEADERS)
+        | set(TREE_HEADERS)
+        | set(CLIENT_SESSION_HEADERS)
+        | {h for p in PROFILES for h, _ in p.request_signs}
+    )
+)
 
 
 def recognise(process: Process) -> AgentProfile | None:

@@ -90,4 +90,3 @@ class Tally:
 
     def conversation(self) -> Conversation | None:
         return Conversation(self.first_user, self.n_user, self.n_assistant) if self.n_user else None
-

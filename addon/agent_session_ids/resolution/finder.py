@@ -65,16 +65,20 @@ def requested_id(profile: AgentProfile | None, ev: Evidence) -> tuple[str | None
     return None, ""
 
 
-
 class SessionFinder:
     """Finds the session of one request at a time, on one thread at a time (the caller's lock):
     the evidence in the order above, the stores, the memo, and the resolver's bindings. `budget`:
     how much one resolution may read now (jsonl_store.INLINE on the event loop)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, extra_homes: Iterable[str] = (),
-                 recheck: Callable[[Process], Process | None] | None = None,
-                 alive: Callable[[str], bool] | None = None,
-                 stat: Callable[[str], os.stat_result] = os.stat, mounts: MountTable | None = None) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        extra_homes: Iterable[str] = (),
+        recheck: Callable[[Process], Process | None] | None = None,
+        alive: Callable[[str], bool] | None = None,
+        stat: Callable[[str], os.stat_result] = os.stat,
+        mounts: MountTable | None = None,
+    ) -> None:
         if recheck is None or alive is None:  # the addon passes its table's; alone, a table of its own
             table = ProcessTable()
             recheck, alive = recheck or table.recheck, alive or table.alive
@@ -97,8 +101,9 @@ class SessionFinder:
 
     # -- the decision ------------------------------------------------------------------------
 
-    def find(self, ev: Evidence, seen: Seen, now: float,
-             budget: ReadBudget = ON_WORKER) -> tuple[Session, Process | None]:
+    def find(
+        self, ev: Evidence, seen: Seen, now: float, budget: ReadBudget = ON_WORKER
+    ) -> tuple[Session, Process | None]:
         proc = seen.process
         if proc is not None:
             current = self._recheck(proc)
@@ -118,8 +123,9 @@ class SessionFinder:
         session, basis = self._decide(ev, proc, seen.unreadable if proc is None else None, scope, now, budget)
         if key is not None:
             basis = basis if proc is None and not session.named_by_request else None
-            self._memo.keep(ev.connection_id, key, session, proc, scope.resolver, basis,
-                            self._settled(ev, proc, session, basis))
+            self._memo.keep(
+                ev.connection_id, key, session, proc, scope.resolver, basis, self._settled(ev, proc, session, basis)
+            )
         return session, proc
 
     def unseen_from_memo(self, ev: Evidence, seen: Seen, budget: ReadBudget = ON_WORKER) -> Session | None:
@@ -128,12 +134,19 @@ class SessionFinder:
         if seen.process is not None or not self.memo:
             return None
         memo = self._memo.get(ev.connection_id)
-        if memo is None or not memo.session.file or not self.mounts.is_local(memo.session.file) \
-                or not all(self.mounts.is_local(path) for path in memo.basis or ()):
+        if (
+            memo is None
+            or not memo.session.file
+            or not self.mounts.is_local(memo.session.file)
+            or not all(self.mounts.is_local(path) for path in memo.basis or ())
+        ):
             return None  # a network mount must never hang the event loop
         key = memo_key(ev, None)
-        return self._memo.serve(ev, None, key, self.scopes.of(seen.other_uid).resolver, budget) \
-            if key is not None else None
+        return (
+            self._memo.serve(ev, None, key, self.scopes.of(seen.other_uid).resolver, budget)
+            if key is not None
+            else None
+        )
 
     def _settled(self, ev: Evidence, proc: Process | None, session: Session, basis: tuple[str, ...] | None) -> bool:
         """Does the decision rest on the request, the session file and folders whose mtimes show
@@ -144,14 +157,19 @@ class SessionFinder:
         if proc is None:
             return session.named_by_request or basis is not None
         on = self.resolver.on.get(proc.key)
-        return on is not None and on.pending is None and ev.conversation is not None \
+        return (
+            on is not None
+            and on.pending is None
+            and ev.conversation is not None
             and on.first_user == ev.conversation.first_user
+        )
 
     def forget_connection(self, connection_id: str) -> None:
         self._memo.forget(connection_id)
 
-    def _decide(self, ev: Evidence, proc: Process | None, unreadable: str | None, scope: Scope,
-                now: float, budget: ReadBudget) -> tuple[Session, tuple[str, ...] | None]:
+    def _decide(
+        self, ev: Evidence, proc: Process | None, unreadable: str | None, scope: Scope, now: float, budget: ReadBudget
+    ) -> tuple[Session, tuple[str, ...] | None]:
         """The session, and for one decided by the conversation alone what it rested on (the
         folders searched), when it will be the same while they are."""
         agent = agents.recognise(proc) if proc is not None and not proc.shared else None
@@ -162,8 +180,11 @@ class SessionFinder:
             assert proc is not None
             return self._for_agent(agent, proc, ev, hint, where, now, budget), None
         if proc is not None:
-            why = ("the connection's socket is shared by several processes" if proc.shared
-                   else f"'{proc.comm}' is not an agent with a known session store")
+            why = (
+                "the connection's socket is shared by several processes"
+                if proc.shared
+                else f"'{proc.comm}' is not an agent with a known session store"
+            )
         else:
             why = f"process not readable: {unreadable or 'unknown reason'}{scope.why}"
         name = profile.name if profile else (proc.comm if proc is not None and proc.comm else "unknown")
@@ -179,13 +200,26 @@ class SessionFinder:
             session = resolver.by_conversation_alone(name, conv, files, now, why, known_agent=profile is not None)
             fitting = [f for f in files if f.first_user == conv.first_user]
             # the same while the folders searched are: one fitting file, continued, nothing pending for it
-            settled = searched is not None and not conv.fresh and len(fitting) == 1 \
-                and session.file == fitting[0].path and keys.conversation(conv.first_user) not in resolver.pending
+            settled = (
+                searched is not None
+                and not conv.fresh
+                and len(fitting) == 1
+                and session.file == fitting[0].path
+                and keys.conversation(conv.first_user) not in resolver.pending
+            )
             return session, tuple(searched) if settled and searched is not None else None
         return resolver.fallback(name, None, ev.connection_id, f"the request names no session; {why}"), None
 
-    def _for_agent(self, agent: AgentProfile, proc: Process, ev: Evidence, hint: str | None, where: str,
-                   now: float, budget: ReadBudget) -> Session:
+    def _for_agent(
+        self,
+        agent: AgentProfile,
+        proc: Process,
+        ev: Evidence,
+        hint: str | None,
+        where: str,
+        now: float,
+        budget: ReadBudget,
+    ) -> Session:
         """3: the process is seen and is an agent: its store, by the id named, the conversation,
         and the file it is on."""
         conv = ev.conversation
@@ -194,9 +228,16 @@ class SessionFinder:
             # by file name first: a date tree (Codex) is then never read in full for a named session
             self.scopes.add_process_roots(agent, proc)
             by_id = self.scopes.files_by_id(agent.name, hint, budget=budget)
-        files = self.stores.candidates(agent, proc, hint, conv.first_user if conv else None,
-                                       self.resolver.files_of(proc.key), fresh=bool(conv and conv.fresh),
-                                       found_by_id=bool(by_id), budget=budget)
+        files = self.stores.candidates(
+            agent,
+            proc,
+            hint,
+            conv.first_user if conv else None,
+            self.resolver.files_of(proc.key),
+            fresh=bool(conv and conv.fresh),
+            found_by_id=bool(by_id),
+            budget=budget,
+        )
         files = files + [f for f in by_id if f.path not in {g.path for g in files}]
         if not hint and agent.store is not None and agent.store.newest_of_cwd_is_session and files:
             # a database store without a session header: the newest session of this cwd

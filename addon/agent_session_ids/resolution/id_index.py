@@ -64,7 +64,9 @@ def _rollout(stem: str) -> str | None:  # Codex: `rollout-<time>-<uuid>`
 
 # a store kind's IdLayout.file_names -> the id a file's name (without .jsonl) holds
 FILE_IDS: dict[str, Callable[[str], str | None]] = {
-    "time_id": _time_then_id, "uuid": _uuid_only, "rollout": _rollout,
+    "time_id": _time_then_id,
+    "uuid": _uuid_only,
+    "rollout": _rollout,
 }
 
 
@@ -89,8 +91,9 @@ def _layout(spec: StoreKind | None) -> _Layout | None:
 # -- where the proxy's user (and extra HOMEs) keep their stores ------------------------------------
 
 
-def store_roots(profiles: Iterable[AgentProfile], environ: Mapping[str, str],
-                extra_homes: Iterable[str] = ()) -> dict[str, list[str]]:
+def store_roots(
+    profiles: Iterable[AgentProfile], environ: Mapping[str, str], extra_homes: Iterable[str] = ()
+) -> dict[str, list[str]]:
     """Each agent's store roots: with the proxy's environment, then with each extra HOME alone
     (a container's bind-mounted home). A root that needs a HOME that is not set is left out."""
     envs = [environ, *({"HOME": home} for home in extra_homes if home)]
@@ -249,9 +252,15 @@ class _Tree:
 class IdIndex:
     """Session files by id across the agents' stores. Thread-safe; never raises on odd stores."""
 
-    def __init__(self, profiles: Iterable[AgentProfile], roots_for: Callable[[AgentProfile], list[str]], *,
-                 clock: Callable[[], float] = time.monotonic, recheck_s: float = RECHECK_S,
-                 budget: int = BUDGET) -> None:
+    def __init__(
+        self,
+        profiles: Iterable[AgentProfile],
+        roots_for: Callable[[AgentProfile], list[str]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_s: float = RECHECK_S,
+        budget: int = BUDGET,
+    ) -> None:
         self.profiles = tuple(profiles)
         self.roots_for = roots_for
         self._clock, self._recheck_s, self._budget = clock, recheck_s, budget
@@ -276,7 +285,7 @@ class IdIndex:
             if unique:
                 self._turn = (self._turn + 1) % len(unique)
                 now = self._clock()
-                for tree in unique[self._turn:] + unique[:self._turn]:
+                for tree in unique[self._turn :] + unique[: self._turn]:
                     budget = tree.sweep(now, self._recheck_s, budget)
             return self._hits(trees, key)
 

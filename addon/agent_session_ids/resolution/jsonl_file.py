@@ -268,7 +268,7 @@ def count_turns(block: bytes, fmt: RecordFormat) -> int:
             while at >= 0:
                 start = block.rfind(b"\n", 0, at) + 1
                 stop = block.find(b"\n", at)
-                line = block[start:stop if stop >= 0 else len(block)]
+                line = block[start : stop if stop >= 0 else len(block)]
                 if any(m in line for m in fmt.assistant):
                     n -= 1
                 at = block.find(bad, stop if stop >= 0 else len(block))

@@ -85,9 +85,6 @@ class _DirState:
     waiting_checked: float = 0.0  # monotonic time of the last look at `waiting`
 
 
-
-
-
 def _listing(folder: str) -> dict[str, float]:
     """The folder's *.jsonl files and their mtimes; what cannot be listed or stat'ed is left out."""
     entries = {}
@@ -147,8 +144,9 @@ class JsonlStore:
             out.append(snapshot(f))
         return out
 
-    def _read_heads(self, folder: str, d: _DirState, fmt: RecordFormat, first_users: list[str],
-                    fresh: bool, budget: ReadBudget) -> None:
+    def _read_heads(
+        self, folder: str, d: _DirState, fmt: RecordFormat, first_users: list[str], fresh: bool, budget: ReadBudget
+    ) -> None:
         """Index the folder's unread heads until the first user turns sought are found, as long
         as the budget allows; what is left goes to the background work."""
         missing = {fp for fp in first_users if fp not in d.by_first_user}
@@ -163,8 +161,9 @@ class JsonlStore:
             self._recheck_waiting(d, fmt)
 
     @staticmethod
-    def _wanted(d: _DirState, first_users: list[str], ids: Iterable[str], paths: Iterable[str],
-                cwd: str | None) -> dict[str, bool]:
+    def _wanted(
+        d: _DirState, first_users: list[str], ids: Iterable[str], paths: Iterable[str], cwd: str | None
+    ) -> dict[str, bool]:
         """The known files sought, path -> whether the file must name `cwd` (found by first turn)."""
         wanted: dict[str, bool] = {}
         for fp in first_users:
@@ -178,8 +177,9 @@ class JsonlStore:
                 wanted[p] = False
         return wanted
 
-    def name_now(self, path: str, fmt: RecordFormat, st: os.stat_result | None = None,
-                 budget: ReadBudget = ON_WORKER) -> tuple[bool, str | None]:
+    def name_now(
+        self, path: str, fmt: RecordFormat, st: os.stat_result | None = None, budget: ReadBudget = ON_WORKER
+    ) -> tuple[bool, str | None]:
         """A known file's latest name, after reading what was appended to it: (known, name).
         (False, None) when the file was never read or is gone. The memo's check, at every request
         whose session file grew: no listing, no snapshot. With `st`, the file's stat just taken by
@@ -340,7 +340,6 @@ class JsonlStore:
 
     # -- one file ------------------------------------------------------------------------------
 
-
     def _refresh_tail(self, f: FileState, fmt: RecordFormat, budget: ReadBudget) -> bool:
         """Count answered turns and find the latest name in what was appended since the last look.
 
@@ -365,15 +364,13 @@ class JsonlStore:
             f.mtime = st.st_mtime
             if st.st_size == f.size:
                 return True
-            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None \
-                    and budget.backward_names:
+            if f.size < 0 and st.st_size - f.offset > TAIL_BUDGET and fmt.name is not None and budget.backward_names:
                 latest_name(fd, f, fmt, st.st_size)
             f.size = st.st_size
             self._scan(fd, f, fmt, budget.tail_bytes)
             return True
         except OSError:
             return False
-
 
     def _scan(self, fd: int, f: FileState, fmt: RecordFormat, tail_bytes: int) -> None:
         """One budget of the file's tail; a file with more to read is left `behind`."""
@@ -411,7 +408,3 @@ class JsonlStore:
         finally:
             os.close(fd)
         return bool(self._behind)
-
-
-
-

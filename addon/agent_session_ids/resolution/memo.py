@@ -24,8 +24,12 @@ from .stores import Stores
 
 MAX_MEMOS = 4096  # connections whose last answer is remembered (dropped when they close)
 # top-level body members that can name a session: a memo must see them unchanged
-_BODY_HINT_KEYS = tuple(sorted({k for p in agents.PROFILES for k in p.hint_body_fields}
-                               | {f.name.split(".")[0] for f in agents.CLIENT_SESSION_FIELDS if f.where == "body"}))
+_BODY_HINT_KEYS = tuple(
+    sorted(
+        {k for p in agents.PROFILES for k in p.hint_body_fields}
+        | {f.name.split(".")[0] for f in agents.CLIENT_SESSION_FIELDS if f.where == "body"}
+    )
+)
 
 
 def _typed(value: object) -> tuple:
@@ -39,10 +43,18 @@ def memo_key(ev: Evidence, proc: Process | None) -> tuple | None:
         return None
     body = ev.body or {}
     # compared with ==, never hashed: the headers dict as it is; a value with its type (True != 1)
-    return (proc.key if proc else None, proc.cwd if proc else None, proc.exe if proc else None,
-            proc.shared if proc else None, ev.headers, conv.first_user, conv.fresh, ev.client_fields,
-            tuple(_typed(body.get(k)) for k in _BODY_HINT_KEYS),
-            tuple(_typed(dotted(body, key)) for target, key in ev.client_fields if target == "body"))
+    return (
+        proc.key if proc else None,
+        proc.cwd if proc else None,
+        proc.exe if proc else None,
+        proc.shared if proc else None,
+        ev.headers,
+        conv.first_user,
+        conv.fresh,
+        ev.client_fields,
+        tuple(_typed(body.get(k)) for k in _BODY_HINT_KEYS),
+        tuple(_typed(dotted(body, key)) for target, key in ev.client_fields if target == "body"),
+    )
 
 
 @dataclass(slots=True)  # not frozen: made at every request, and a frozen one is slower to make
@@ -76,8 +88,9 @@ class Memo:
     def get(self, connection_id: str) -> Entry | None:
         return self._entries.get(connection_id)
 
-    def serve(self, ev: Evidence, proc: Process | None, key: tuple, resolver: Resolver,
-              budget: ReadBudget) -> Session | None:
+    def serve(
+        self, ev: Evidence, proc: Process | None, key: tuple, resolver: Resolver, budget: ReadBudget
+    ) -> Session | None:
         """The connection's last answer, if it holds for this request; else None."""
         memo = self._entries.get(ev.connection_id)
         # the common case: the same connection continues the same conversation, and nothing in
@@ -93,8 +106,16 @@ class Memo:
             return memo.session
         return None
 
-    def keep(self, connection_id: str, key: tuple, session: Session, proc: Process | None, resolver: Resolver,
-             basis: tuple[str, ...] | None, settled: bool) -> None:
+    def keep(
+        self,
+        connection_id: str,
+        key: tuple,
+        session: Session,
+        proc: Process | None,
+        resolver: Resolver,
+        basis: tuple[str, ...] | None,
+        settled: bool,
+    ) -> None:
         """Remember a decision that rests on what a stamp shows (settled); else forget the last."""
         stamp = self.stamp_of(session, proc, resolver, basis) if settled else None
         if stamp is None:
@@ -109,8 +130,9 @@ class Memo:
     def forget(self, connection_id: str) -> None:
         self._entries.pop(connection_id, None)
 
-    def stamp_of(self, session: Session, proc: Process | None, resolver: Resolver,
-                 basis: tuple[str, ...] | None = None) -> Stamp | None:
+    def stamp_of(
+        self, session: Session, proc: Process | None, resolver: Resolver, basis: tuple[str, ...] | None = None
+    ) -> Stamp | None:
         """What of the store the decision came from: the session file's size and time (first),
         and the times of the folders where a new session file would appear. None: not worth a
         memo (no file yet, a fallback, names kept outside the file, a date tree)."""

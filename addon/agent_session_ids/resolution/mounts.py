@@ -5,8 +5,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-NETWORK_TYPES = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "afs", "davfs",
-                 "sshfs", "virtiofs", "gfs2", "ocfs2", "beegfs", "gpfs", "orangefs"}
+NETWORK_TYPES = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "afs",
+    "davfs",
+    "sshfs",
+    "virtiofs",
+    "gfs2",
+    "ocfs2",
+    "beegfs",
+    "gpfs",
+    "orangefs",
+}
 REREAD_S = 30.0
 MAX_FOLDERS = 4096  # folders whose fs type is remembered (asked for the same few at every request)
 
@@ -33,8 +51,9 @@ def read_mountinfo() -> list[tuple[str, str]]:
 class MountTable:
     """The mounts, read again every REREAD_S, and the fs type of each folder asked for."""
 
-    def __init__(self, read: Callable[[], list[tuple[str, str]]] = read_mountinfo,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, read: Callable[[], list[tuple[str, str]]] = read_mountinfo, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._read, self._clock = read, clock
         self._mounts: list[tuple[str, str]] = []  # (mount point, fs type), longest first
         self._read_at: float | None = None

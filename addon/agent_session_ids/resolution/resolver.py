@@ -121,8 +121,16 @@ class Resolver:
             sid = ids.connection_fallback(connection_id or "?")
         return Session(sid, sid, ids.trace_uuid(sid), agent, f"fallback: {reason}", fallback=True)
 
-    def by_request_id(self, agent: str, process: Process | None, conversation: Conversation | None,
-                      files: Sequence[SessionFile], now: float, hint: str, hint_source: str) -> Session:
+    def by_request_id(
+        self,
+        agent: str,
+        process: Process | None,
+        conversation: Conversation | None,
+        files: Sequence[SessionFile],
+        now: float,
+        hint: str,
+        hint_source: str,
+    ) -> Session:
         """The request names its session: that id is the session, process seen or not. `files`
         holds the store's files of that id, if any."""
         f = next((f for f in files if f.id == hint), None)
@@ -139,14 +147,29 @@ class Resolver:
         source = f"request {hint_source}"
         if f is not None:
             trace = b.trace_uuid if b else ids.trace_uuid(f.path)
-            return Session(hint, ids.label(f.name, hint), trace, f.agent or agent, source, f.name, f.path,
-                           named_by_request=True, cwd=f.cwd)
+            return Session(
+                hint,
+                ids.label(f.name, hint),
+                trace,
+                f.agent or agent,
+                source,
+                f.name,
+                f.path,
+                named_by_request=True,
+                cwd=f.cwd,
+            )
         assert b is not None  # bound above when the request's id has no file
-        return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)",
-                       named_by_request=True)
+        return Session(hint, hint, b.trace_uuid, agent, source + " (no session file found yet)", named_by_request=True)
 
-    def by_conversation_alone(self, agent: str, conversation: Conversation, files: Sequence[SessionFile],
-                              now: float, why: str, known_agent: bool = True) -> Session:
+    def by_conversation_alone(
+        self,
+        agent: str,
+        conversation: Conversation,
+        files: Sequence[SessionFile],
+        now: float,
+        why: str,
+        known_agent: bool = True,
+    ) -> Session:
         """No process and no id in the request: the conversation's first user turn, across the
         stores the proxy can read. A new session mints an ID per first turn, bound to the file
         that shows up later with that turn. Two new sessions with the same first turn at the same
@@ -160,34 +183,47 @@ class Resolver:
             self._drop_pending(key)  # the same first turn much later: another session
             p = None
         if p is not None:
-            mine = [f for f in fitting if f.created >= p.since - NO_PROCESS_WINDOW_S
-                    and self._bound_id(f) in (None, p.id)]
+            mine = [
+                f for f in fitting if f.created >= p.since - NO_PROCESS_WINDOW_S and self._bound_id(f) in (None, p.id)
+            ]
             if mine:
                 f = min(mine, key=lambda f: (f.created, f.path))
                 self._bind(keys.agent_session(f.agent or agent, f.id), p.id, p.trace_uuid, now)
                 self._drop_pending(key)
-                return self._file_session(f.agent or agent, f, "session file with this first turn, bound to the ID "
-                                                               f"of its first request ({why})")
-            return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
-                                         fallback=not known_agent)
+                return self._file_session(
+                    f.agent or agent,
+                    f,
+                    f"session file with this first turn, bound to the ID of its first request ({why})",
+                )
+            return self._pending_session(
+                p, f"minted for this first user turn; no session file yet ({why})", fallback=not known_agent
+            )
         if not conversation.fresh:
             continued = self._pick_continued(fitting, conversation, None)
             if continued is not None:
-                return self._file_session(continued.agent or agent, continued,
-                                          f"session file whose conversation the request continues ({why})")
+                return self._file_session(
+                    continued.agent or agent,
+                    continued,
+                    f"session file whose conversation the request continues ({why})",
+                )
         else:
             # a file already holding just this first turn, unanswered (written before the request)
-            new = [f for f in fitting if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S
-                   and self._bound_id(f) is None]
+            new = [
+                f
+                for f in fitting
+                if f.n_assistant == 0 and f.created >= now - NO_PROCESS_WINDOW_S and self._bound_id(f) is None
+            ]
             if new:
                 f = max(new, key=lambda f: (f.created, f.path))
-                return self._file_session(f.agent or agent, f,
-                                          f"session file just created with this first turn ({why})")
+                return self._file_session(
+                    f.agent or agent, f, f"session file just created with this first turn ({why})"
+                )
         sid = ids.mint_ephemeral(now)
         p = Pending(sid, ids.trace_uuid(sid), fp, now, agent, now, "", ended=True)
         self._add_pending(key, p)
-        return self._pending_session(p, f"minted for this first user turn; no session file yet ({why})",
-                                     fallback=not known_agent)
+        return self._pending_session(
+            p, f"minted for this first user turn; no session file yet ({why})", fallback=not known_agent
+        )
 
     def _bound_id(self, f: SessionFile) -> str | None:
         b = self.bound.get(keys.agent_session(f.agent, f.id)) if f.agent else None
@@ -205,7 +241,8 @@ class Resolver:
                         return self._file_session(agent, f, "session file, bound to the ID of its first request")
                     return self._pending_session(on.pending, "minted at the first request; no session file yet")
                 forks = [
-                    f for f in fitting
+                    f
+                    for f in fitting
                     if f.parent and on.file and _same_path(f.parent, on.file) and f.created >= on.since - SLACK_S
                 ]
                 if forks:
@@ -302,9 +339,14 @@ class Resolver:
         sid = on.agent_session or "?"
         key = keys.agent_session(agent, sid)
         b = self.bound.get(key)
-        return Session(b.id if b else sid, b.id if b else sid,
-                       b.trace_uuid if b else ids.trace_uuid(on.file or key), agent, source,
-                       file=on.file)
+        return Session(
+            b.id if b else sid,
+            b.id if b else sid,
+            b.trace_uuid if b else ids.trace_uuid(on.file or key),
+            agent,
+            source,
+            file=on.file,
+        )
 
     def _on(self, process_key: str) -> OnProcess | None:
         on = self.on.get(process_key)
@@ -394,8 +436,10 @@ class Resolver:
         return {
             "version": 1,
             "bound": {k: [b.id, b.trace_uuid, b.seen] for k, b in self.bound.items()},
-            "pending": {k: [p.id, p.trace_uuid, p.first_user, p.since, p.agent, p.started_at, p.cwd, p.ended]
-                        for k, p in self.pending.items()},
+            "pending": {
+                k: [p.id, p.trace_uuid, p.first_user, p.since, p.agent, p.started_at, p.cwd, p.ended]
+                for k, p in self.pending.items()
+            },
         }
 
     def load_state(self, data: dict) -> None:
@@ -409,13 +453,14 @@ class Resolver:
                 self.bound[str(k)] = Bound(str(sid), str(trace), float(seen))
             except (TypeError, ValueError):
                 continue
-        for k, v in (pending.items() if isinstance(pending, dict) else ()):
+        for k, v in pending.items() if isinstance(pending, dict) else ():
             try:
                 sid, trace, first_user, since, agent, started_at, cwd, ended = v
                 if not isinstance(first_user, str):
                     continue
-                p = Pending(str(sid), str(trace), first_user, float(since), str(agent), float(started_at), str(cwd),
-                            bool(ended))
+                p = Pending(
+                    str(sid), str(trace), first_user, float(since), str(agent), float(started_at), str(cwd), bool(ended)
+                )
             except (TypeError, ValueError):
                 continue
             self._add_pending(str(k), p)

@@ -91,7 +91,8 @@ class Runner:
             if result is None:
                 result = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(
-                        self._worker, self._locked, finder.find, evidence, seen, time.time()),
+                        self._worker, self._locked, finder.find, evidence, seen, time.time()
+                    ),
                     RESOLVE_TIMEOUT_S,
                 )
             session, proc = result
@@ -128,8 +129,9 @@ class Runner:
         if self.finder.scopes.dirty and not self._save_pending:
             # batch state writes: at most one a second, off the request path
             self._save_pending = True
-            asyncio.get_running_loop().call_later(STATE_SAVE_DELAY_S, self._worker.submit, self._locked,
-                                                  self._save_state)
+            asyncio.get_running_loop().call_later(
+                STATE_SAVE_DELAY_S, self._worker.submit, self._locked, self._save_state
+            )
 
     def _warm(self) -> None:
         try:
@@ -166,8 +168,9 @@ class Runner:
             self.finder.scopes.reset_bindings()
             aside = state.set_aside(path)
             kept = f"; it was kept as {aside}" if aside else ""
-            self._warn_once("state-load", f"the session state file {path} cannot be used ({e}); "
-                                          f"starting with an empty state{kept}")
+            self._warn_once(
+                "state-load", f"the session state file {path} cannot be used ({e}); starting with an empty state{kept}"
+            )
 
     def _save_state(self) -> None:
         self._save_pending = False

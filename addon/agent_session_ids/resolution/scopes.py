@@ -54,11 +54,16 @@ class Scopes:
         homes = list(extra_homes)
         roots = store_roots(agents.PROFILES, environ, homes)
         self._process_roots: dict[str, list[str]] = {}  # stores seen from agents' own environments
-        self._roots = (roots, IdIndex(agents.PROFILES, lambda p: roots.get(p.name, []) +
-                                      self._process_roots.get(p.name, [])))
+        self._roots = (
+            roots,
+            IdIndex(agents.PROFILES, lambda p: roots.get(p.name, []) + self._process_roots.get(p.name, [])),
+        )
         other_roots = store_roots(agents.PROFILES, {}, homes)  # no environment: the named homes only
-        self._other_stores = (other_roots, IdIndex(agents.PROFILES, lambda p: other_roots.get(p.name, [])),
-                              OTHER_USER_HOMES if any(other_roots.values()) else OTHER_USER_NO_HOMES)
+        self._other_stores = (
+            other_roots,
+            IdIndex(agents.PROFILES, lambda p: other_roots.get(p.name, [])),
+            OTHER_USER_HOMES if any(other_roots.values()) else OTHER_USER_NO_HOMES,
+        )
         self._rescope()
 
     def _rescope(self) -> None:
@@ -89,8 +94,9 @@ class Scopes:
                 known.append(root)
                 del known[:-MAX_PROCESS_ROOTS]
 
-    def files_by_id(self, agent_name: str | None, session_id: str, scope: Scope | None = None,
-                    budget: ReadBudget = ON_WORKER) -> list[SessionFile]:
+    def files_by_id(
+        self, agent_name: str | None, session_id: str, scope: Scope | None = None, budget: ReadBudget = ON_WORKER
+    ) -> list[SessionFile]:
         """The files of this id in the scope's stores (by default the proxy user's)."""
         scope = scope or self.own
         out: list[SessionFile] = []

@@ -31,8 +31,14 @@ class SessionDirs:
         # root -> (its mtime when listed, folder name -> the manifest's snapshot, None until it parses)
         self._roots: dict[str, tuple[int, dict[str, SessionFile | None]]] = {}
 
-    def candidates(self, root: str, fmt: ManifestFormat, ids: Sequence[str] = (), first_users: Sequence[str] = (),
-                   paths: Sequence[str] = ()) -> list[SessionFile]:
+    def candidates(
+        self,
+        root: str,
+        fmt: ManifestFormat,
+        ids: Sequence[str] = (),
+        first_users: Sequence[str] = (),
+        paths: Sequence[str] = (),
+    ) -> list[SessionFile]:
         """The sessions below `root` with one of these ids, first user turns or manifest paths."""
         entries = self._entries(root, fmt)
         if not entries:
@@ -85,9 +91,15 @@ def read_manifest(folder: str, name: str, fmt: ManifestFormat) -> SessionFile | 
     prompt = dotted(data, fmt.prompt)
     cwd = dotted(data, fmt.cwd)
     first_user = fingerprint(unwrap(prompt, fmt)) if isinstance(prompt, str) else None
-    return SessionFile(path=path, id=sid, created=parse_time(dotted(data, fmt.created)) or st.st_mtime,
-                       mtime=st.st_mtime, first_user=first_user, n_assistant=0,
-                       cwd=cwd if isinstance(cwd, str) else None)
+    return SessionFile(
+        path=path,
+        id=sid,
+        created=parse_time(dotted(data, fmt.created)) or st.st_mtime,
+        mtime=st.st_mtime,
+        first_user=first_user,
+        n_assistant=0,
+        cwd=cwd if isinstance(cwd, str) else None,
+    )
 
 
 def unwrap(prompt: str, fmt: ManifestFormat) -> str:

@@ -55,9 +55,17 @@ class Stores:
             known = self._folders[process.key] = (profile.store, profile.store.folders(process))
         return known[1]
 
-    def candidates(self, profile: AgentProfile, process: Process, hint: str | None, first_user: str | None,
-                   paths: list[str], fresh: bool = False, found_by_id: bool = False,
-                   budget: ReadBudget = ON_WORKER) -> list[SessionFile]:
+    def candidates(
+        self,
+        profile: AgentProfile,
+        process: Process,
+        hint: str | None,
+        first_user: str | None,
+        paths: list[str],
+        fresh: bool = False,
+        found_by_id: bool = False,
+        budget: ReadBudget = ON_WORKER,
+    ) -> list[SessionFile]:
         """The files with the hinted id, the request's first user turn, or one of `paths`.
         found_by_id: the hinted file was found by its name already, so a date tree is not searched."""
         if profile.store is None:
@@ -65,17 +73,23 @@ class Stores:
         query = Query(hint, first_user, paths, fresh, found_by_id)
         return profile.store.candidates(self.io, process, self.folders(profile, process), query, budget)
 
-    def by_id(self, profile: AgentProfile, folder: str, session_id: str, roots: list[str],
-              budget: ReadBudget = ON_WORKER) -> list[SessionFile]:
+    def by_id(
+        self, profile: AgentProfile, folder: str, session_id: str, roots: list[str], budget: ReadBudget = ON_WORKER
+    ) -> list[SessionFile]:
         """Snapshots of the file of this id in one folder the id index found (no process needed)."""
         if profile.store is None:
             return []
         found = profile.store.by_id(self.io, folder, session_id, roots, budget)
         return [dataclasses.replace(f, agent=profile.name) for f in found]
 
-    def by_conversation(self, roots: Mapping[str, list[str]], profiles: Iterable[AgentProfile], first_user: str,
-                        budget: ReadBudget = ON_WORKER, budget_s: float = CONVERSATION_BUDGET_S,
-                        ) -> tuple[list[SessionFile], list[str] | None]:
+    def by_conversation(
+        self,
+        roots: Mapping[str, list[str]],
+        profiles: Iterable[AgentProfile],
+        first_user: str,
+        budget: ReadBudget = ON_WORKER,
+        budget_s: float = CONVERSATION_BUDGET_S,
+    ) -> tuple[list[SessionFile], list[str] | None]:
         """Files whose first user turn is this one, in every session folder of the stores the proxy
         can read (`roots`: agent name -> store roots), newest folders first, within a time budget;
         the folders not read in time are indexed between requests. And what the search read, for a
@@ -94,7 +108,8 @@ class Stores:
             searched = None if searched is None or found.searched is None else searched + found.searched
         return out, searched
 
-    def name_now(self, profile: AgentProfile, path: str, st: os.stat_result,
-                 budget: ReadBudget = ON_WORKER) -> tuple[bool, str | None]:
+    def name_now(
+        self, profile: AgentProfile, path: str, st: os.stat_result, budget: ReadBudget = ON_WORKER
+    ) -> tuple[bool, str | None]:
         """A known session file's latest name, after reading what was appended: (known, name)."""
         return profile.store.name_now(self.io, path, st, budget) if profile.store is not None else (False, None)

@@ -87,18 +87,27 @@ class SessionTree:
         lineage, lineage_ids = self._lineage(session.id)
         inside = subagent is not None and subagent != session.id  # a sub-agent in this session
         if subagent is not None and inside:
-            below: tuple[str, ...] = (nested, subagent) if nested is not None and nested not in (
-                session.id, subagent) else (subagent,)
+            below: tuple[str, ...] = (
+                (nested, subagent) if nested is not None and nested not in (session.id, subagent) else (subagent,)
+            )
             lineage, lineage_ids = lineage + below, lineage_ids + below
         transcript = None
         if inside and profile is not None and profile.subagent_file and session.file:
             folder, name = os.path.split(session.file)
             transcript = os.path.join(folder, profile.subagent_file.format(stem=os.path.splitext(name)[0], id=subagent))
         return dataclasses.replace(
-            session, subagent=subagent, subagent_kind=kind, subagent_file=transcript,
+            session,
+            subagent=subagent,
+            subagent_kind=kind,
+            subagent_file=transcript,
             parent=session.id if inside else node.parent,
-            root=lineage_ids[0] if node.parent or subagent else None, lineage=lineage, lineage_ids=lineage_ids,
-            kept=kept, kept_label=node.first_label if kept else None, kept_name=node.first_name if kept else None)
+            root=lineage_ids[0] if node.parent or subagent else None,
+            lineage=lineage,
+            lineage_ids=lineage_ids,
+            kept=kept,
+            kept_label=node.first_label if kept else None,
+            kept_name=node.first_name if kept else None,
+        )
 
     # -- the parts --------------------------------------------------------------------------
 

@@ -17,8 +17,7 @@ from .proc import ProcessTable
 
 NOT_LINUX = f"not Linux ({sys.platform}): a connection's process can only be read on Linux"
 NOT_LOCAL = "no local socket: the client is on another host, in a container or another network namespace"
-NO_SOCKET = ("no socket of this host matches the connection (it closed, or the client is in another "
-             "network namespace)")
+NO_SOCKET = "no socket of this host matches the connection (it closed, or the client is in another network namespace)"
 NOT_READ = "the process holding the socket could not be read (it ended, or forked and shares it)"
 
 
@@ -50,8 +49,11 @@ def _unseen(processes: ProcessTable, peer: tuple, local: tuple) -> Seen:
         return Seen(None, NO_SOCKET)
     uid = owner[1]
     if uid != os.getuid():
-        return Seen(None, f"another user's process (uid {uid}): only the proxy's own user's processes can be read",
-                    other_uid=uid)
+        return Seen(
+            None,
+            f"another user's process (uid {uid}): only the proxy's own user's processes can be read",
+            other_uid=uid,
+        )
     return Seen(None, NOT_READ)
 
 

@@ -86,8 +86,9 @@ class _BodyEdit:
     def set(self, out: Outcome, rule: Rule, action: SetAction, value: str) -> Changed:
         body = self.body
         if body is None:
-            out.warnings.append((f"body-{rule.name}-{self.problem}",
-                                 f"rule {rule.name}: {action.describe} not set: {self.problem}"))
+            out.warnings.append(
+                (f"body-{rule.name}-{self.problem}", f"rule {rule.name}: {action.describe} not set: {self.problem}")
+            )
             out.skipped.append(f"{action.describe}: {self.problem}")
             return None
         top, as_read = body.members, self.new is body.raw
@@ -117,8 +118,16 @@ def _note_change(out: Outcome, rule: Rule, action: SetAction, old: object, value
     out.changes.append({"rule": rule.name, "target": action.describe, "before": old, "after": value})
 
 
-def apply_rules(rules: list[Rule], session: Session, headers, body: Body | None, body_problem: str | None,
-                ours: dict[str, str], privacy: bool, fallback_ids: bool) -> Outcome:
+def apply_rules(
+    rules: list[Rule],
+    session: Session,
+    headers,
+    body: Body | None,
+    body_problem: str | None,
+    ours: dict[str, str],
+    privacy: bool,
+    fallback_ids: bool,
+) -> Outcome:
     """Set each rule's fields for `session`. Headers are set in place; the new body is returned.
     `ours`: headers an earlier pass of this addon set (lower-case name -> value), no client's."""
     out = Outcome()

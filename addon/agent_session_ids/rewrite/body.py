@@ -183,7 +183,7 @@ def _elements(text: str, pos: int, tally: Tally, need_comma: bool, last_end: int
 def _resume(raw: bytes, last: Resume) -> Body | None:
     """Read the rest of `raw` after last.at; None when it must be read whole (not resumable)."""
     try:
-        rest = raw[last.at:].decode("utf-8")
+        rest = raw[last.at :].decode("utf-8")
     except UnicodeDecodeError:
         return None
     tally = last.tally.copy()

@@ -34,7 +34,7 @@ def render(action: SetAction, fields: dict[str, str]) -> str:
     value = action.value.render(fields)
     value = _HEADER_UNSAFE.sub("-", value) if action.target == "header" else _BODY_UNSAFE.sub("", value)
     if action.max_length is not None and len(value) > action.max_length:
-        value = value[-action.max_length:] if action.keep == "last" else value[: action.max_length]
+        value = value[-action.max_length :] if action.keep == "last" else value[: action.max_length]
     # a header value must not start or end with white space (HTTP/2 refuses it)
     return value.strip() if action.target == "header" else value
 
@@ -79,8 +79,9 @@ def scan_object(text: str, pos: int) -> tuple[list[Member], int]:
         raise RewriteError("the body is not valid JSON") from None
 
 
-def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
-              top: dict | None = None) -> tuple[str, object, bool]:
+def set_field(
+    text: str, path: tuple[str, ...], value: str, if_present: str, top: dict | None = None
+) -> tuple[str, object, bool]:
     """Set the string `value` at a dotted `path` of the JSON object in `text`.
 
     Returns (new_text, previous_value_or_None, changed). Intermediate objects are created.
@@ -105,15 +106,16 @@ def set_field(text: str, path: tuple[str, ...], value: str, if_present: str,
                 return text, m.value, False
             if m.value == value:
                 return text, m.value, False
-            return "".join((text[: m.start], json.dumps(value), text[m.end:])), m.value, True
+            return "".join((text[: m.start], json.dumps(value), text[m.end :])), m.value, True
         if not isinstance(m.value, dict):
             raise RewriteError(f"the body's '{key}' is not an object, so '{'.'.join(path)}' cannot be set")
         pos = m.start
     raise AssertionError("unreachable")
 
 
-def set_header(headers, name: str, value: str, if_present: str, json_key: str | None = None,
-               max_entries: int | None = None) -> tuple[str | None, bool]:
+def set_header(
+    headers, name: str, value: str, if_present: str, json_key: str | None = None, max_entries: int | None = None
+) -> tuple[str | None, bool]:
     """Set a header on a mitmproxy Headers object; returns (previous_value, changed).
 
     With json_key, the header holds a JSON object and the value is set as its member json_key:
@@ -132,8 +134,9 @@ def set_header(headers, name: str, value: str, if_present: str, json_key: str | 
     return old, True
 
 
-def merge_member(text: str | None, key: str, value: str, if_present: str, max_entries: int | None = None,
-                 what: str = "header") -> tuple[str, bool]:
+def merge_member(
+    text: str | None, key: str, value: str, if_present: str, max_entries: int | None = None, what: str = "header"
+) -> tuple[str, bool]:
     """A JSON object's text with the string member `key` set to `value`; (new_text, changed).
     No text (or blank) is an empty object. Only the member's bytes change."""
     if text is None or not text.strip(" \t"):
@@ -145,7 +148,8 @@ def merge_member(text: str | None, key: str, value: str, if_present: str, max_en
     if not isinstance(doc, dict):
         raise RewriteError(f"the client's {what} is not a JSON object; kept as sent")
     if key not in doc and max_entries is not None and len(doc) >= max_entries:
-        raise RewriteError(f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept "
-                           "as sent")
+        raise RewriteError(
+            f"the client's {what} has {len(doc)} entries already, the most the gateway keeps; kept as sent"
+        )
     new, _, changed = set_field(text, (key,), value, if_present, doc)
     return new, changed

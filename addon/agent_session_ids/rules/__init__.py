@@ -22,6 +22,20 @@ from .load import ENABLE_OPTION, active_rules, default_rules_dir, load_rules_dir
 from .model import FIELDS, ClientField, Match, Rule, RuleError, SetAction, Template, json_object
 from .parse import parse_rules, parse_template
 
-__all__ = ["ENABLE_OPTION", "FIELDS", "ClientField", "Match", "Rule", "RuleError", "SetAction", "Template",
-           "active_rules", "default_rules_dir", "json_object", "load_rules_dir", "parse_rules", "parse_template",
-           "rules_signature"]
+__all__ = [
+    "ENABLE_OPTION",
+    "FIELDS",
+    "ClientField",
+    "Match",
+    "Rule",
+    "RuleError",
+    "SetAction",
+    "Template",
+    "active_rules",
+    "default_rules_dir",
+    "json_object",
+    "load_rules_dir",
+    "parse_rules",
+    "parse_template",
+    "rules_signature",
+]

@@ -28,23 +28,35 @@ def active_rules(rules: list[Rule], enable: str = "") -> list[Rule]:
         name, _, host = (part.strip() for part in entry.partition("@"))
         if name not in by_name:
             off = sorted(r.name for r in rules if not r.enabled)
-            raise RuleError(ENABLE_OPTION, 0, f"no rule is named {name!r}; the rules that ship off are: "
-                                              f"{', '.join(off) or 'none'} (write name or name@host, "
-                                              "separated by commas)")
+            raise RuleError(
+                ENABLE_OPTION,
+                0,
+                f"no rule is named {name!r}; the rules that ship off are: "
+                f"{', '.join(off) or 'none'} (write name or name@host, "
+                "separated by commas)",
+            )
         names = hosts.setdefault(name, [])
         if host:
             host = host.lower()
             if not HOST_RE.match(host):
-                raise RuleError(ENABLE_OPTION, 0, f"{host!r} (for {name}) is not a host name; write it like "
-                                                  f"{name}@llm.example.com (no scheme, port or path)")
+                raise RuleError(
+                    ENABLE_OPTION,
+                    0,
+                    f"{host!r} (for {name}) is not a host name; write it like "
+                    f"{name}@llm.example.com (no scheme, port or path)",
+                )
             names.append(host)
     out = []
     for rule in rules:
         if rule.name in hosts:
             new_hosts = tuple(hosts[rule.name]) or rule.match.hosts
             if not new_hosts:
-                raise RuleError(ENABLE_OPTION, 0, f"rule {rule.name} ({rule.file}:{rule.line}) names no host: give the "
-                                                  f"gateway's, as {ENABLE_OPTION}={rule.name}@<host>")
+                raise RuleError(
+                    ENABLE_OPTION,
+                    0,
+                    f"rule {rule.name} ({rule.file}:{rule.line}) names no host: give the "
+                    f"gateway's, as {ENABLE_OPTION}={rule.name}@<host>",
+                )
             rule = dataclasses.replace(rule, enabled=True, match=dataclasses.replace(rule.match, hosts=new_hosts))
         if rule.enabled:
             out.append(rule)
@@ -83,8 +95,9 @@ def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
     """Load every *.yaml / *.yml file of a folder, in name order. Raises RuleError."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise RuleError(str(folder), 0, "the rules folder does not exist; point session_rules at a folder of *.yaml "
-                                        "rule files")
+        raise RuleError(
+            str(folder), 0, "the rules folder does not exist; point session_rules at a folder of *.yaml rule files"
+        )
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for file in sorted(folder.iterdir()):
@@ -97,8 +110,11 @@ def load_rules_dir(path: str | os.PathLike[str]) -> list[Rule]:
         for rule in parse_rules(text, str(file)):
             if rule.name in seen:
                 other = seen[rule.name]
-                raise RuleError(rule.file, rule.line, f"rule name '{rule.name}' is already used at "
-                                                      f"{other.file}:{other.line}; names must be unique")
+                raise RuleError(
+                    rule.file,
+                    rule.line,
+                    f"rule name '{rule.name}' is already used at {other.file}:{other.line}; names must be unique",
+                )
             seen[rule.name] = rule
             rules.append(rule)
     return rules

@@ -36,7 +36,8 @@ def parse_template(source: str, file: str, line: int) -> Template:
             name = m.group(1).strip()
             if name not in FIELDS:
                 raise RuleError(
-                    file, line,
+                    file,
+                    line,
                     f"unknown template field '{{{m.group(1)}}}' in value {source!r}; "
                     f"use one of: {', '.join('{' + f + '}' for f in FIELDS)} (write '{{{{' for a literal brace)",
                 )
@@ -47,8 +48,9 @@ def parse_template(source: str, file: str, line: int) -> Template:
             pos = m.end()
             continue
         if source[pos] in "{}":
-            raise RuleError(file, line, f"unbalanced brace in value {source!r}; write '{{{{' or '}}}}' for a "
-                                        "literal brace")
+            raise RuleError(
+                file, line, f"unbalanced brace in value {source!r}; write '{{{{' or '}}}}' for a literal brace"
+            )
         literal.append(source[pos])
         pos += 1
     if literal:
@@ -126,8 +128,9 @@ class _Reader:
             return []
         _, rules_node = top["rules"]
         if not isinstance(rules_node, yaml.SequenceNode):
-            raise self.fail(rules_node, "'rules' must be a list of rules (lines starting with '- '), not "
-                                        f"{self.kind(rules_node)}")
+            raise self.fail(
+                rules_node, f"'rules' must be a list of rules (lines starting with '- '), not {self.kind(rules_node)}"
+            )
         return [self.rule(node) for node in rules_node.value]
 
     def rule(self, node: yaml.Node) -> Rule:
@@ -139,8 +142,9 @@ class _Reader:
         match = self.match(m["match"][1])
         set_node = m["set"][1]
         if not isinstance(set_node, yaml.SequenceNode) or not set_node.value:
-            raise self.fail(set_node, "'set' must be a non-empty list of entries such as '- header: x-name' with a "
-                                      "'value'")
+            raise self.fail(
+                set_node, "'set' must be a non-empty list of entries such as '- header: x-name' with a 'value'"
+            )
         actions = tuple(self.action(item) for item in set_node.value)
         targets = [(a.target, a.key.lower() if a.target == "header" else a.key, a.json_key) for a in actions]
         for i, t in enumerate(targets):
@@ -154,8 +158,11 @@ class _Reader:
 
     def client_fields(self, node: yaml.Node) -> tuple[ClientField, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.fail(node, "'client_fields' must be a non-empty list of entries such as '- header: "
-                                  "x-session-id' or '- body: session_id'")
+            raise self.fail(
+                node,
+                "'client_fields' must be a non-empty list of entries such as '- header: "
+                "x-session-id' or '- body: session_id'",
+            )
         out = []
         for item in node.value:
             m = self.mapping(item, "a 'client_fields' entry", CLIENT_FIELD_KEYS)
@@ -169,8 +176,11 @@ class _Reader:
             return None
         key_node, value_node = m["json_key"]
         if target != "header":
-            raise self.fail(key_node, "'json_key' names a member of a JSON object in a header; use it with 'header', "
-                                      "or write the body path with dots")
+            raise self.fail(
+                key_node,
+                "'json_key' names a member of a JSON object in a header; use it with 'header', "
+                "or write the body path with dots",
+            )
         return self.string(value_node, "'json_key'")
 
     def match(self, node: yaml.Node) -> Match:
@@ -182,8 +192,11 @@ class _Reader:
             for item, host in self.strings(m["host"][1], "'host'"):
                 host = host.lower()
                 if not HOST_RE.match(host):
-                    raise self.fail(item, f"'host' {host!r} is not a host name; write it like openrouter.ai or "
-                                          "*.example.com (no scheme, port or path)")
+                    raise self.fail(
+                        item,
+                        f"'host' {host!r} is not a host name; write it like openrouter.ai or "
+                        "*.example.com (no scheme, port or path)",
+                    )
                 hosts.append(host)
         path = None
         if "path" in m:
@@ -191,11 +204,14 @@ class _Reader:
             try:
                 path = re.compile(source)
             except re.error as e:
-                raise self.fail(m["path"][1], f"'path' is not a valid regular expression: {e}; fix the pattern "
-                                              f"{source!r}") from None
-        methods = frozenset(
-            method.upper() for _, method in self.strings(m["method"][1], "'method'")
-        ) if "method" in m else frozenset()
+                raise self.fail(
+                    m["path"][1], f"'path' is not a valid regular expression: {e}; fix the pattern {source!r}"
+                ) from None
+        methods = (
+            frozenset(method.upper() for _, method in self.strings(m["method"][1], "'method'"))
+            if "method" in m
+            else frozenset()
+        )
         flt = None
         filter_source = None
         if "filter" in m:
@@ -205,8 +221,10 @@ class _Reader:
             try:
                 flt = flowfilter.parse(filter_source)
             except ValueError as e:
-                raise self.fail(m["filter"][1], f"'filter' is not a mitmproxy filter expression ({e}); check it in "
-                                                "mitmweb's search box") from None
+                raise self.fail(
+                    m["filter"][1],
+                    f"'filter' is not a mitmproxy filter expression ({e}); check it in mitmweb's search box",
+                ) from None
         return Match(tuple(hosts), path, methods, flt, filter_source)
 
     def target(self, m: dict, node: yaml.Node, what: str, body_example: str) -> tuple[str, str]:
@@ -236,14 +254,16 @@ class _Reader:
             if max_length < 1:
                 raise self.fail(m["max_length"][1], "'max_length' must be at least 1")
         keep = self.choice(m["keep"][1], "'keep'", ("first", "last")) if "keep" in m else "first"
-        if_present = (self.choice(m["if_present"][1], "'if_present'", ("keep", "replace"))
-                      if "if_present" in m else "keep")
+        if_present = (
+            self.choice(m["if_present"][1], "'if_present'", ("keep", "replace")) if "if_present" in m else "keep"
+        )
         json_key = self.json_key(m, target)
         max_entries = None
         if "max_entries" in m:
             if json_key is None:
-                raise self.fail(m["max_entries"][0], "'max_entries' caps the members of a JSON header; use it with "
-                                                     "'json_key'")
+                raise self.fail(
+                    m["max_entries"][0], "'max_entries' caps the members of a JSON header; use it with 'json_key'"
+                )
             max_entries = self.integer(m["max_entries"][1], "'max_entries'")
             if max_entries < 1:
                 raise self.fail(m["max_entries"][1], "'max_entries' must be at least 1")
@@ -257,8 +277,9 @@ def parse_rules(text: str, file: str) -> list[Rule]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
-        raise RuleError(file, line,
-                        f"YAML syntax error: {e.problem or e.context}; check indentation and quoting") from None
+        raise RuleError(
+            file, line, f"YAML syntax error: {e.problem or e.context}; check indentation and quoting"
+        ) from None
     except yaml.YAMLError as e:
         raise RuleError(file, 1, f"YAML error: {e}") from None
     return _Reader(file).document(root)

@@ -41,8 +41,7 @@ class Rulebook:
             rules, signature = self._read(self.folder, self.enable)
         except RuleError as e:
             self._signature = rules_signature(self.folder)
-            message = (f"agent-session-ids: rules not reloaded, keeping the {len(self.rules.rules)} "
-                       f"running ones: {e}")
+            message = f"agent-session-ids: rules not reloaded, keeping the {len(self.rules.rules)} running ones: {e}"
             logger.error(message)
             return message
         self._swap(rules, signature)

@@ -16,13 +16,17 @@ class UsageLedger:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "session_usage", bool, True,
+            "session_usage",
+            bool,
+            True,
             "Read usage, cache hits and cost from the gateways' answers to rewritten requests: shown in the "
             "flow comment and sessionids.sessions, appended to the ledger (session_usage_file). SSE answers "
             "to such requests are then streamed through as they come. Off: answers are left alone.",
         )
         loader.add_option(
-            "session_usage_file", str, "",
+            "session_usage_file",
+            str,
+            "",
             "The usage ledger, one JSON line per answered request that a rule rewrote; read it with "
             "python -m agent_session_ids.report. Empty: <confdir>/agent-session-ids/usage.jsonl.",
         )

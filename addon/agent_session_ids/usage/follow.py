@@ -69,7 +69,7 @@ class Follower(ledger.Tally):
         """What a file of the ledger is called after one rotation."""
         if name == self.path:
             return f"{self.path}.1"
-        number = name[len(self.path) + 1:]
+        number = name[len(self.path) + 1 :]
         return f"{self.path}.{int(number) + 1}" if number.isdigit() else name
 
     # -- reading ----------------------------------------------------------------------------------
@@ -109,8 +109,8 @@ class Follower(ledger.Tally):
             if end < 0:
                 self._partial = data
                 continue
-            self._partial = data[end + 1:]
-            out += self._records(data[:end + 1].splitlines())
+            self._partial = data[end + 1 :]
+            out += self._records(data[: end + 1].splitlines())
 
     def _rewritten(self, fd: int) -> bool:
         """Shorter than where the last poll ended, or other bytes just before it."""

@@ -47,8 +47,14 @@ BUCKETS: dict[str, Callable[[dict, float, tzinfo | None], str]] = {
 }
 
 
-def group(records: list[dict], by: str = "session", keep_turns: bool = False, zone: tzinfo | None = None,
-          breakdown: bool = False, tree: bool = False) -> list[Group]:
+def group(
+    records: list[dict],
+    by: str = "session",
+    keep_turns: bool = False,
+    zone: tzinfo | None = None,
+    breakdown: bool = False,
+    tree: bool = False,
+) -> list[Group]:
     """Groups, newest activity first. Provider flips are found per session, in time order,
     and listed in the group of the turn that flipped. With `breakdown`, each group's
     ``breakdown`` holds its parts per model. By session, a group is a tree (a root session, its
@@ -75,8 +81,9 @@ def group(records: list[dict], by: str = "session", keep_turns: bool = False, zo
             _part(totals.breakdown, model, model).add(record, epoch)
         flip = watch.see(session, record.get("provider"), epoch)
         if flip is not None:
-            flip.update(session=session, label=record.get("label") or session, ts=record.get("ts"),
-                        when=when(epoch, zone))
+            flip.update(
+                session=session, label=record.get("label") or session, ts=record.get("ts"), when=when(epoch, zone)
+            )
             totals.flips.append(flip)
     if tree and by == "session":
         _place_branches(list(groups.values()), records)
@@ -133,7 +140,7 @@ def group_name(g: Totals, by: str) -> str:
     if by == "session":
         return (g.label or g.key) + (f" +{len(g.branches)}" if g.branches else "")
     if by == "project" and g.key.startswith(os.path.expanduser("~") + os.sep):
-        return "~" + g.key[len(os.path.expanduser("~")):]
+        return "~" + g.key[len(os.path.expanduser("~")) :]
     return g.key
 
 
@@ -166,13 +173,29 @@ def turn_rows(turns: list[dict], zone: tzinfo | None = None) -> list[dict]:
     for r in turns:
         provider = r.get("provider") if isinstance(r.get("provider"), str) else None
         ratio = hit_ratio(r)
-        rows.append({"ts": r.get("ts"), "when": when(r["_epoch"], zone), "model": r.get("model"),
-                     "served_model": r.get("served_model"), "provider": provider,
-                     **{k: r.get(k) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens",
-                                              "output_tokens", "cost", "status")},
-                     "cache_hit_ratio": round(ratio, 4) if ratio is not None else None,
-                     "subagent": r.get("subagent") or None,
-                     "provider_flip": bool(provider and previous and provider != previous),
-                     "sent_changed": [c for c in r.get("sent_changed") or () if isinstance(c, dict)]})
+        rows.append(
+            {
+                "ts": r.get("ts"),
+                "when": when(r["_epoch"], zone),
+                "model": r.get("model"),
+                "served_model": r.get("served_model"),
+                "provider": provider,
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "input_tokens",
+                        "cache_read_tokens",
+                        "cache_write_tokens",
+                        "output_tokens",
+                        "cost",
+                        "status",
+                    )
+                },
+                "cache_hit_ratio": round(ratio, 4) if ratio is not None else None,
+                "subagent": r.get("subagent") or None,
+                "provider_flip": bool(provider and previous and provider != previous),
+                "sent_changed": [c for c in r.get("sent_changed") or () if isinstance(c, dict)],
+            }
+        )
         previous = provider or previous
     return rows

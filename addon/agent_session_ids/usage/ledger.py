@@ -75,8 +75,13 @@ class Ledger:
     """Appends records to ``path`` from a writer thread. ``on_error(key, message)`` is told about
     any failure (the record is then lost; the flow never is)."""
 
-    def __init__(self, path: str, max_bytes: int = MAX_BYTES, keep: int = KEEP,
-                 on_error: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        max_bytes: int = MAX_BYTES,
+        keep: int = KEEP,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
         import queue  # here, not at the top: the readers (the status line) start without them
         import threading
 
@@ -235,7 +240,6 @@ def path_of(given: str | None) -> str:
     return os.path.expanduser(given or os.environ.get("AGENT_SESSION_IDS_USAGE") or DEFAULT_PATH)
 
 
-
 def files(path: str, keep: int = KEEP) -> list[str]:
     """The ledger's files that exist, oldest first."""
     names = [f"{path}.{n}" for n in range(max(keep, 9), 0, -1)] + [path]
@@ -294,16 +298,33 @@ def _changes(value) -> list[dict]:
     """sent_changed: [{target, from, to}], `from` and `to` a text or null."""
     if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
         raise Bad
-    return [{"target": _text(c.get("target")), "from": _optional_text(c.get("from")),
-             "to": _optional_text(c.get("to"))} for c in value]
+    return [
+        {"target": _text(c.get("target")), "from": _optional_text(c.get("from")), "to": _optional_text(c.get("to"))}
+        for c in value
+    ]
 
 
 # each field the writer writes -> its check, which returns the value as the views read it or raises Bad
 FIELDS: dict[str, Callable] = {
-    "label": _text, "agent": _text, "cwd": _text, "subagent": _text, "subagent_kind": _text, "parent": _text,
-    "root": _text, "rule": _text, "host": _text, "model": _text, "served_model": _text, "provider": _text,
-    "sent_changed": _changes, "status": _status, "stream": _flag,
-    "input_tokens": _count, "cache_read_tokens": _count, "cache_write_tokens": _count, "output_tokens": _count,
+    "label": _text,
+    "agent": _text,
+    "cwd": _text,
+    "subagent": _text,
+    "subagent_kind": _text,
+    "parent": _text,
+    "root": _text,
+    "rule": _text,
+    "host": _text,
+    "model": _text,
+    "served_model": _text,
+    "provider": _text,
+    "sent_changed": _changes,
+    "status": _status,
+    "stream": _flag,
+    "input_tokens": _count,
+    "cache_read_tokens": _count,
+    "cache_write_tokens": _count,
+    "output_tokens": _count,
     "cost": _cost,
 }
 

@@ -15,8 +15,15 @@ from .totals import Totals
 
 FLIP = "⚠"
 # (title, width, align): the columns of fixed width
-FIXED = (("AGENT", 7, "<"), ("REQS", 4, ">"), ("AGO", 4, ">"), ("INPUT", 6, ">"), ("HIT", 4, ">"),
-         ("SESS", 4, ">"), ("COST", 8, ">"))
+FIXED = (
+    ("AGENT", 7, "<"),
+    ("REQS", 4, ">"),
+    ("AGO", 4, ">"),
+    ("INPUT", 6, ">"),
+    ("HIT", 4, ">"),
+    ("SESS", 4, ">"),
+    ("COST", 8, ">"),
+)
 # (title, share of the room left, fewest columns): the columns that take what is left
 FLEXIBLE = (("SESSION", 3, 8), ("PROJECT", 2, 7), ("MODEL", 3, 9), ("PROVIDER", 2, 9))
 ORDER = ("AGENT", "SESSION", "PROJECT", "REQS", "AGO", "INPUT", "HIT", "SESS", "COST", "MODEL", "PROVIDER")
@@ -121,11 +128,21 @@ def lines(sessions: list[Totals], now: float, width: int = 80, limit: int | None
     sessions_text = count(len(ordered), "session")
     if len(sessions_text) > cols["SESSION"][0]:
         sessions_text = f"{len(ordered)} sess."
-    out.append(_line({"AGENT": "TOTAL", "SESSION": sessions_text, "REQS": str(total.requests),
-                      "AGO": ago(now - total.last) if total.last is not None else "-",
-                      "INPUT": tokens(total.sums["input_tokens"]), "SESS": percent(total.cache_hit_ratio),
-                      "COST": cost_text(total),
-                      "PROVIDER": f"{FLIP}{flips} flip{'s' if flips > 1 else ''}" if flips else ""}, cols))
+    out.append(
+        _line(
+            {
+                "AGENT": "TOTAL",
+                "SESSION": sessions_text,
+                "REQS": str(total.requests),
+                "AGO": ago(now - total.last) if total.last is not None else "-",
+                "INPUT": tokens(total.sums["input_tokens"]),
+                "SESS": percent(total.cache_hit_ratio),
+                "COST": cost_text(total),
+                "PROVIDER": f"{FLIP}{flips} flip{'s' if flips > 1 else ''}" if flips else "",
+            },
+            cols,
+        )
+    )
     return out
 
 
@@ -134,6 +151,8 @@ def flip_lines(sessions: list[Totals]) -> list[str]:
     out = []
     for g in sorted(sessions, key=lambda g: -(g.last or 0)):
         for flip in g.flips:
-            out.append(f"{FLIP} {g.label or g.key}: provider flip {flip.get('when', '')}: {flip['from']} → "
-                       f"{flip['to']} after {duration(flip['idle_s'])} idle")
+            out.append(
+                f"{FLIP} {g.label or g.key}: provider flip {flip.get('when', '')}: {flip['from']} → "
+                f"{flip['to']} after {duration(flip['idle_s'])} idle"
+            )
     return out

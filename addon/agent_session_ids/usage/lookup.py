@@ -46,8 +46,9 @@ def pattern(sessions: Iterable[str]):
     return _One(texts[0]) if len(texts) == 1 else re.compile(b"|".join(re.escape(t) for t in texts))
 
 
-def records_naming(sessions: set[str], parts: list[tuple[str, int | None]],
-                   tally: ledger.Tally | None = None) -> list[dict]:
+def records_naming(
+    sessions: set[str], parts: list[tuple[str, int | None]], tally: ledger.Tally | None = None
+) -> list[dict]:
     """The records of `sessions` in each (file, end) of `parts`: the file's lines before byte
     `end` (None: all of it). Unreadable files are passed over; lines found that are not records
     are counted in `tally`."""

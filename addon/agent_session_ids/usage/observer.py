@@ -19,8 +19,16 @@ from concurrent.futures import Executor, Future
 from ..decoding import PIECE, TooLarge, Unsupported, decode_bounded, decoder_for
 from .parse import EventState, Usage, usage_in_tail
 
-__all__ = ["PIECE", "TooLarge", "Unsupported", "decode_bounded", "decoder_for",
-           "SseReader", "StreamObserver", "TailObserver"]
+__all__ = [
+    "PIECE",
+    "TooLarge",
+    "Unsupported",
+    "decode_bounded",
+    "decoder_for",
+    "SseReader",
+    "StreamObserver",
+    "TailObserver",
+]
 
 MAX_EVENT = 1 << 20  # bytes of one event's data (or one line) kept whole
 TAIL = 256 << 10  # bytes kept of a longer one
@@ -106,8 +114,7 @@ class StreamObserver:
     says when all of them were read. Without a pool (a test, a tool) they are read at once, on
     the caller's thread."""
 
-    def __init__(self, encoding: str | None, inner: Callable | None = None,
-                 decoding: Executor | None = None) -> None:
+    def __init__(self, encoding: str | None, inner: Callable | None = None, decoding: Executor | None = None) -> None:
         self.inner = inner if callable(inner) else None
         self._decoding = decoding
         self.decode = decoder_for(encoding)  # raises Unsupported
@@ -215,8 +222,7 @@ class TailObserver(StreamObserver):
     """For a JSON answer that is streamed anyway (past ``stream_large_bodies``, or by another
     addon): keeps the head while the whole answer fits, else only the tail, where the usage is."""
 
-    def __init__(self, encoding: str | None, inner: Callable | None = None,
-                 decoding: Executor | None = None) -> None:
+    def __init__(self, encoding: str | None, inner: Callable | None = None, decoding: Executor | None = None) -> None:
         super().__init__(encoding, inner, decoding)
         self._kept = bytearray()
         self._whole = True

@@ -47,8 +47,15 @@ import math
 from dataclasses import dataclass
 
 #: The ledger's figure fields, in the order they are written.
-FIGURES = ("served_model", "provider", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-           "output_tokens", "cost")
+FIGURES = (
+    "served_model",
+    "provider",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost",
+)
 MAX_NAME = 200  # a model or provider name longer than this is not believed
 
 
@@ -164,8 +171,12 @@ class AnthropicCounts:
     def add(self, usage) -> None:
         if not isinstance(usage, dict):
             return
-        for attr, key in (("input", "input_tokens"), ("read", "cache_read_input_tokens"),
-                          ("write", "cache_creation_input_tokens"), ("output", "output_tokens")):
+        for attr, key in (
+            ("input", "input_tokens"),
+            ("read", "cache_read_input_tokens"),
+            ("write", "cache_creation_input_tokens"),
+            ("output", "output_tokens"),
+        ):
             value = _count(usage.get(key))
             if value is not None:  # cumulative: the latest known value wins
                 setattr(self, attr, value)
@@ -174,8 +185,9 @@ class AnthropicCounts:
             self.cost = cost
 
     def usage(self) -> Usage:
-        out = Usage(cache_read_tokens=self.read, cache_write_tokens=self.write, output_tokens=self.output,
-                    cost=self.cost)
+        out = Usage(
+            cache_read_tokens=self.read, cache_write_tokens=self.write, output_tokens=self.output, cost=self.cost
+        )
         if self.input is not None:
             out.input_tokens = self.input + (self.read or 0) + (self.write or 0)
         return out
@@ -184,8 +196,9 @@ class AnthropicCounts:
 def _top(obj: dict) -> Usage:
     """What any shape may say at its top: the model that served it, (OpenRouter) the provider,
     and (OpenCode Zen) the cost."""
-    return Usage(served_model=_name(obj.get("model")), provider=_name(obj.get("provider")),
-                 cost=_money(obj.get("cost")))
+    return Usage(
+        served_model=_name(obj.get("model")), provider=_name(obj.get("provider")), cost=_money(obj.get("cost"))
+    )
 
 
 def from_json(obj) -> Usage:
@@ -369,7 +382,7 @@ def usage_in_tail(tail: bytes) -> Usage:
             return Usage()
         colon = text.find(":", at + 7)
         start = text.find("{", colon)
-        if colon < 0 or start < 0 or text[at + 7:start].strip(" \t\r\n:") != "":
+        if colon < 0 or start < 0 or text[at + 7 : start].strip(" \t\r\n:") != "":
             continue
         try:
             usage, _ = decoder.raw_decode(text, start)

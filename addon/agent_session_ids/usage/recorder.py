@@ -37,8 +37,22 @@ MAX_SESSIONS = 1000  # live totals kept; the oldest is dropped past it
 MAX_OPEN_STREAMS = 10_000  # observers of answers still streaming
 MAX_JSON_BYTES = 64 << 20  # a held answer larger than this is not parsed
 SUMMARY_SESSIONS = 20  # sessions in the summary on exit (one screen)
-_NOT_FIGURES = frozenset(("ts", "session", "label", "agent", "cwd", "rule", "host", "subagent", "subagent_kind",
-                          "parent", "root", "sent_changed"))  # not the turn's own
+_NOT_FIGURES = frozenset(
+    (
+        "ts",
+        "session",
+        "label",
+        "agent",
+        "cwd",
+        "rule",
+        "host",
+        "subagent",
+        "subagent_kind",
+        "parent",
+        "root",
+        "sent_changed",
+    )
+)  # not the turn's own
 
 
 def is_sse(response) -> bool:
@@ -61,8 +75,10 @@ def _decode_held(response) -> tuple[bytes | None, tuple[str, str] | None]:
     except Unsupported as e:
         return None, (f"usage-encoding-{e}", f"usage of answers with content-encoding {e} is not read")
     except Exception as e:  # a corrupt body: the decoders raise their own errors
-        return None, ("usage-decode", f"an answer's content-encoding could not be decoded ({e!r}); its usage is not "
-                                      "read")
+        return None, (
+            "usage-decode",
+            f"an answer's content-encoding could not be decoded ({e!r}); its usage is not read",
+        )
 
 
 def _usage_of_held(response, content: bytes) -> Usage:
@@ -83,16 +99,28 @@ def _line(flow, state: FlowState, usage: Usage, ts: str) -> LedgerLine:
     tree = bool(session.subagent or session.parent)  # its place in a tree: only where it has one
     changes, rules = state.changes, state.rules
     return LedgerLine(
-        ts=ts, session=session.id,
-        label=session.label, agent=session.agent, cwd=state.cwd,
-        subagent=session.subagent if tree else None, subagent_kind=session.subagent_kind if tree else None,
+        ts=ts,
+        session=session.id,
+        label=session.label,
+        agent=session.agent,
+        cwd=state.cwd,
+        subagent=session.subagent if tree else None,
+        subagent_kind=session.subagent_kind if tree else None,
         parent=session.parent if tree else None,
         root=(session.root or session.id) if tree and session.parent else None,
         rule=changes[0].get("rule") if changes else (rules[0].name if rules else None),
-        host=gateway_host(flow), model=state.model, served_model=usage.served_model, provider=usage.provider,
-        status=flow.response.status_code, stream=is_sse(flow.response),
-        input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens, cost=usage.cost)
+        host=gateway_host(flow),
+        model=state.model,
+        served_model=usage.served_model,
+        provider=usage.provider,
+        status=flow.response.status_code,
+        stream=is_sse(flow.response),
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+        cost=usage.cost,
+    )
 
 
 class Recorder:
@@ -112,8 +140,11 @@ class Recorder:
     # -- options ----------------------------------------------------------------------------------
 
     def configure(self, enabled: bool, path: str, confdir: str) -> None:
-        path = os.path.expanduser(path) if path else os.path.join(
-            os.path.expanduser(confdir), "agent-session-ids", "usage.jsonl")
+        path = (
+            os.path.expanduser(path)
+            if path
+            else os.path.join(os.path.expanduser(confdir), "agent-session-ids", "usage.jsonl")
+        )
         if not enabled:
             self.close()
             self.enabled, self.path = False, None
@@ -216,15 +247,21 @@ class Recorder:
         response = flow.response
         if observer is not None:
             if response.stream is not observer and not observer.bytes:
-                self.warn("usage-stream-replaced", "another addon replaced the stream callable of an answer after "
-                                                   "this one; its usage is not read")
+                self.warn(
+                    "usage-stream-replaced",
+                    "another addon replaced the stream callable of an answer after this one; its usage is not read",
+                )
             usage = observer.result(0)  # its decoding has settled (or took too long)
             if observer.failure:
-                self.warn(f"usage-read-{observer.failure[:40]}",
-                          f"the usage of a streamed answer could not be read: {observer.failure}")
+                self.warn(
+                    f"usage-read-{observer.failure[:40]}",
+                    f"the usage of a streamed answer could not be read: {observer.failure}",
+                )
         elif response.raw_content is None:
-            self.warn("usage-late-stream", "an answer was streamed by mitmproxy (stream_large_bodies) once it had "
-                                           "started; its usage is not read")
+            self.warn(
+                "usage-late-stream",
+                "an answer was streamed by mitmproxy (stream_large_bodies) once it had started; its usage is not read",
+            )
             usage = Usage()
         else:
             content, problem = held if held is not None else _decode_held(response)
@@ -243,9 +280,11 @@ class Recorder:
         record = line.as_dict()
         flip = self.live.add(record, flow.request.timestamp_start or time.time())
         if flip is not None:
-            logger.warning(f"agent-session-ids: session {line.label or line.session} was served by "
-                           f"{flip['to']}, its previous turn by {flip['from']} ({duration(flip['idle_s'])} before): "
-                           f"a provider flip loses the prompt cache")
+            logger.warning(
+                f"agent-session-ids: session {line.label or line.session} was served by "
+                f"{flip['to']}, its previous turn by {flip['from']} ({duration(flip['idle_s'])} before): "
+                f"a provider flip loses the prompt cache"
+            )
         figures = {k: v for k, v in record.items() if k not in _NOT_FIGURES}
         ratio = hit_ratio(record)
         if ratio is not None:

@@ -15,35 +15,50 @@ from .live_view import cost_text, cut, short_model
 from .totals import Totals
 
 FLIPS_LISTED = 5  # per group in a text table, the latest
-TITLES = {"session": "SESSION", "day": "DAY", "week": "WEEK OF", "month": "MONTH", "model": "MODEL",
-          "project": "PROJECT", "agent": "AGENT"}
+TITLES = {
+    "session": "SESSION",
+    "day": "DAY",
+    "week": "WEEK OF",
+    "month": "MONTH",
+    "model": "MODEL",
+    "project": "PROJECT",
+    "agent": "AGENT",
+}
 
 
 def providers_text(providers: dict[str, int]) -> str:
     if not providers:
         return "-"
-    return ", ".join(f"{name} ({n})" if len(providers) > 1 else name
-                     for name, n in sorted(providers.items(), key=lambda kv: -kv[1]))
+    return ", ".join(
+        f"{name} ({n})" if len(providers) > 1 else name for name, n in sorted(providers.items(), key=lambda kv: -kv[1])
+    )
 
 
-def table(groups: list[Group], title: str = "SESSION", width: int = 30,
-          name_of: Callable[[Group], str] | None = None) -> list[str]:
+def table(
+    groups: list[Group], title: str = "SESSION", width: int = 30, name_of: Callable[[Group], str] | None = None
+) -> list[str]:
     """The report's text table; `name_of` names a group's row (default: a session's label, else the key)."""
-    lines = [f"{title:<{width}} {'AGENT':<8} {'REQS':>5} {'INPUT':>8} {'CACHED':>8} {'HIT':>4} "
-             f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"]
+    lines = [
+        f"{title:<{width}} {'AGENT':<8} {'REQS':>5} {'INPUT':>8} {'CACHED':>8} {'HIT':>4} "
+        f"{'WRITE':>7} {'OUTPUT':>7} {'COST':>9}  PROVIDERS"
+    ]
     for g in groups:
         name = name_of(g) if name_of is not None else (g.label or g.key if title == "SESSION" else g.key)
         name = shown(name, width)
         cost = money(g.cost)
         if g.cost is not None and g.cost_requests < g.requests:
             cost += "*"
-        lines.append(f"{name:<{width}} {shown(g.agent or '-')[:8]:<8} {g.requests:>5} "
-                     f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
-                     f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
-                     f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}")
+        lines.append(
+            f"{name:<{width}} {shown(g.agent or '-')[:8]:<8} {g.requests:>5} "
+            f"{tokens(g.sums['input_tokens']):>8} {tokens(g.sums['cache_read_tokens']):>8} "
+            f"{percent(g.cache_hit_ratio):>4} {tokens(g.sums['cache_write_tokens']):>7} "
+            f"{tokens(g.sums['output_tokens']):>7} {cost:>9}  {providers_text(g.providers)}"
+        )
         for flip in g.flips[-FLIPS_LISTED:]:
-            lines.append(f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
-                         f"after {duration(flip['idle_s'])} idle")
+            lines.append(
+                f"{'':<{width}} ⚠ provider flip {flip.get('when', '')}: {flip['from']} → {flip['to']} "
+                f"after {duration(flip['idle_s'])} idle"
+            )
         if len(g.flips) > FLIPS_LISTED:
             lines.append(f"{'':<{width}} ⚠ {len(g.flips) - FLIPS_LISTED} earlier provider flips (--json lists all)")
         lines += [f"{'':<{width}} {text}" for text in sent_change_lines(g)]
@@ -52,14 +67,17 @@ def table(groups: list[Group], title: str = "SESSION", width: int = 30,
 
 def sent_change_lines(g: Totals) -> list[str]:
     """The turns where what was sent changed (a session renamed with session_rename follow)."""
-    return [f"↻ sent {c.get('target')} changed {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['epoch']))}: "
-            f"{c.get('from')} → {c.get('to')}" for c in g.sent_changes[-FLIPS_LISTED:]]
+    return [
+        f"↻ sent {c.get('target')} changed {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['epoch']))}: "
+        f"{c.get('from')} → {c.get('to')}"
+        for c in g.sent_changes[-FLIPS_LISTED:]
+    ]
 
 
 def _cut_left(text: str, width: int) -> str:
     """A path keeps its end: `…/src/app` (controls shown as escapes first, shown.py)."""
     text = shown(text)
-    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
 def compact_table(groups: list[Group], by: str, width: int = 24) -> list[str]:
@@ -80,10 +98,15 @@ def compact_table(groups: list[Group], by: str, width: int = 24) -> list[str]:
 
 
 def _compact_row(name: str, g: Group, width: int) -> str:
-    name = _cut_left(name, width) if "/" in name and not name.startswith("  └") else (
-        name if len(name) <= width else name[: width - 1] + "…")
-    return (f"{name:<{width}} {g.requests:>5} {tokens(g.sums['input_tokens']):>8} {percent(g.cache_hit_ratio):>4} "
-            f"{tokens(g.sums['output_tokens']):>7} {cost_text(g):>10}")
+    name = (
+        _cut_left(name, width)
+        if "/" in name and not name.startswith("  └")
+        else (name if len(name) <= width else name[: width - 1] + "…")
+    )
+    return (
+        f"{name:<{width}} {g.requests:>5} {tokens(g.sums['input_tokens']):>8} {percent(g.cache_hit_ratio):>4} "
+        f"{tokens(g.sums['output_tokens']):>7} {cost_text(g):>10}"
+    )
 
 
 def text(groups: list[Group], by: str, skipped: str = "", compact: bool = False) -> str:
@@ -114,16 +137,20 @@ def text(groups: list[Group], by: str, skipped: str = "", compact: bool = False)
 
 def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = False) -> str:
     sums = session_totals(turns)
-    head = [f"session {sums.label or sums.key} ({sums.agent or '-'}) · {sums.key}",
-            f"project {sums.cwd or '-'} · {len(turns)} turns · cache hit {percent(sums.cache_hit_ratio)} · "
-            f"cost {cost_text(sums)}"]
+    head = [
+        f"session {sums.label or sums.key} ({sums.agent or '-'}) · {sums.key}",
+        f"project {sums.cwd or '-'} · {len(turns)} turns · cache hit {percent(sums.cache_hit_ratio)} · "
+        f"cost {cost_text(sums)}",
+    ]
     model_w = 18 if compact else 28
     rows = turn_rows(turns, zone)
     # the sub-agent column only where a sub-agent made turns (the line stays under 100 columns)
     sub_w = 10 if any(row["subagent"] for row in rows) else 0
     sub_title = f"{'SUB-AGENT':<{sub_w}} " if sub_w else ""
-    lines = [f"{'TIME':<8} {sub_title}{'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
-             f"{'OUTPUT':>6} {'COST':>9}"]
+    lines = [
+        f"{'TIME':<8} {sub_title}{'MODEL':<{model_w}} {'PROVIDER':<12} {'INPUT':>7} {'CACHED':>7} {'HIT':>4} "
+        f"{'OUTPUT':>6} {'COST':>9}"
+    ]
     days = sorted({row["when"][:10] for row in rows})
     day = None
     for row in rows:
@@ -133,11 +160,14 @@ def session_text(turns: list[dict], zone: tzinfo | None = None, compact: bool = 
         model = short_model(row["model"] or row["served_model"])
         provider = ("⚠" if row["provider_flip"] else "") + (row["provider"] or "-")
         sub = f"{cut(row['subagent'] or '-', sub_w):<{sub_w}} " if sub_w else ""
-        lines.append(f"{row['when'][11:]:<8} {sub}{model[:model_w]:<{model_w}} {provider[:12]:<12} "
-                     f"{tokens(row['input_tokens']):>7} {tokens(row['cache_read_tokens']):>7} "
-                     f"{percent(row['cache_hit_ratio']):>4} {tokens(row['output_tokens']):>6} "
-                     f"{money(row['cost']):>9}")
-        lines += [f"{'':<8} ↻ sent {c.get('target')} changed: {c.get('from')} → {c.get('to')}"
-                  for c in row["sent_changed"]]
+        lines.append(
+            f"{row['when'][11:]:<8} {sub}{model[:model_w]:<{model_w}} {provider[:12]:<12} "
+            f"{tokens(row['input_tokens']):>7} {tokens(row['cache_read_tokens']):>7} "
+            f"{percent(row['cache_hit_ratio']):>4} {tokens(row['output_tokens']):>6} "
+            f"{money(row['cost']):>9}"
+        )
+        lines += [
+            f"{'':<8} ↻ sent {c.get('target')} changed: {c.get('from')} → {c.get('to')}" for c in row["sent_changed"]
+        ]
     note = [f"times on {days[0]}" if len(days) == 1 else f"times from {days[0]} to {days[-1]}"]
     return "\n".join(head + [""] + lines + note)

@@ -16,8 +16,9 @@ def line(path: str, session: str) -> str:
     """`cache 92% · $0.0421 · Anthropic`: the latest turn's cache hit, the cost billed so far, and
     the latest provider (`⚠ Google, was Anthropic` when the latest turn changed provider)."""
     tally = ledger.Tally()
-    records = sorted(records_naming({session}, [(name, None) for name in ledger.files(path)], tally),
-                     key=lambda r: r["_epoch"])
+    records = sorted(
+        records_naming({session}, [(name, None) for name in ledger.files(path)], tally), key=lambda r: r["_epoch"]
+    )
     # the session's own lines that could not be read: its figures lack them, and it is said
     skipped = f" · {tally.skipped + tally.fields} skipped" if tally.skipped or tally.fields else ""
     if not records:

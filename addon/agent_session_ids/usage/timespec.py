@@ -26,12 +26,15 @@ def zone_of(name: str | None) -> tzinfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"--timezone {name!r} is no IANA time zone: give one such as Europe/Berlin or UTC "
-                         "(on Windows: pip install tzdata)") from None
+        raise ValueError(
+            f"--timezone {name!r} is no IANA time zone: give one such as Europe/Berlin or UTC "
+            "(on Windows: pip install tzdata)"
+        ) from None
 
 
-def parse_moment(text: str, now: float | None = None, zone: tzinfo | None = None, option: str = "--since",
-                 end_of_day: bool = False) -> float:
+def parse_moment(
+    text: str, now: float | None = None, zone: tzinfo | None = None, option: str = "--since", end_of_day: bool = False
+) -> float:
     """A span back from now (``2h``, ``7d``), or a date or date-time (``2026-11-21``,
     ``2026-11-21T10:00``) in `zone` (local by default), or an ISO time with its own zone. With
     `end_of_day`, a bare date means the end of that day (``--until 2026-11-21`` includes it)."""
@@ -42,8 +45,7 @@ def parse_moment(text: str, now: float | None = None, zone: tzinfo | None = None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{option} {text!r}: give a span such as 2h, 30m, 7d, or a date such as 2026-11-21") \
-            from None
+        raise ValueError(f"{option} {text!r}: give a span such as 2h, 30m, 7d, or a date such as 2026-11-21") from None
     if end_of_day and len(text.strip()) == 10:
         moment += timedelta(days=1, microseconds=-1)
     if moment.tzinfo is None and zone is not None:

@@ -71,8 +71,9 @@ class Totals:
         self.first = epoch if self.first is None else min(self.first, epoch)
         changed = record.get("sent_changed")
         if isinstance(changed, list) and changed:
-            self.sent_changes += [{**c, "epoch": epoch, "label": record.get("label")} for c in changed
-                                  if isinstance(c, dict)][:5]
+            self.sent_changes += [
+                {**c, "epoch": epoch, "label": record.get("label")} for c in changed if isinstance(c, dict)
+            ][:5]
             del self.sent_changes[:-20]
         if self.last is None or epoch >= self.last:
             self.last = epoch
@@ -179,7 +180,7 @@ class SessionTable:
         flip = self.watch.see(session, record.get("provider"), epoch)
         if flip is not None:
             totals.flips.append({**flip, "when": time.strftime("%H:%M:%S", time.localtime(epoch))})
-            del totals.flips[:-self.flips_kept]
+            del totals.flips[: -self.flips_kept]
         return flip
 
     def active(self, since: float | None = None) -> list[Totals]:

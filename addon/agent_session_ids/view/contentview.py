@@ -49,8 +49,10 @@ def _when(epoch) -> str:
 
 def _pairs(pairs: list[tuple[str, object]], indent: str = "  ") -> list[Line]:
     width = max((len(k) for k, _ in pairs), default=0) + 1
-    return [[("text", indent), ("header", (k + ":").ljust(width + 1)), ("text", "(none)" if v is None else str(v))]
-            for k, v in pairs]
+    return [
+        [("text", indent), ("header", (k + ":").ljust(width + 1)), ("text", "(none)" if v is None else str(v))]
+        for k, v in pairs
+    ]
 
 
 def summary(meta: dict) -> list[Line]:
@@ -68,12 +70,16 @@ def summary(meta: dict) -> list[Line]:
 
     title(f"Changes ({len(changes)})" if changes else "Changes: none")
     for c in changes:
-        lines.append([
-            ("text", "  "), ("header", f"{c.get('target', '?')}: "),
-            ("content_none" if c.get("before") is None else "text", _value(c.get("before"))),
-            ("text", "  →  "), ("Token_Literal_String", _value(c.get("after"))),
-            ("text", f"   (rule {c.get('rule', '?')})"),
-        ])
+        lines.append(
+            [
+                ("text", "  "),
+                ("header", f"{c.get('target', '?')}: "),
+                ("content_none" if c.get("before") is None else "text", _value(c.get("before"))),
+                ("text", "  →  "),
+                ("Token_Literal_String", _value(c.get("after"))),
+                ("text", f"   (rule {c.get('rule', '?')})"),
+            ]
+        )
 
     if error or skipped:
         title("Not rewritten")
@@ -89,20 +95,30 @@ def summary(meta: dict) -> list[Line]:
         title("Usage of this turn")
         lines.append([("text", "  "), ("Token_Literal_String", usage_text(usage))])
         flip = usage.get("provider_flip")
-        lines += _pairs([(k, v) for k, v in (
-            ("status", usage.get("status")),
-            ("streamed", "yes" if usage.get("stream") else "no"),
-            ("model asked", usage.get("model")),
-            ("served model", usage.get("served_model")),
-            ("provider", usage.get("provider")),
-            ("input tokens", usage.get("input_tokens")),
-            ("cache reads", usage.get("cache_read_tokens")),
-            ("cache writes", usage.get("cache_write_tokens")),
-            ("output tokens", usage.get("output_tokens")),
-            ("cost (USD)", usage.get("cost")),
-            ("provider flip", f"{flip.get('from')} → {flip.get('to')} after {flip.get('idle_s')} s idle"
-             if isinstance(flip, dict) else None),
-        ) if v is not None])
+        lines += _pairs(
+            [
+                (k, v)
+                for k, v in (
+                    ("status", usage.get("status")),
+                    ("streamed", "yes" if usage.get("stream") else "no"),
+                    ("model asked", usage.get("model")),
+                    ("served model", usage.get("served_model")),
+                    ("provider", usage.get("provider")),
+                    ("input tokens", usage.get("input_tokens")),
+                    ("cache reads", usage.get("cache_read_tokens")),
+                    ("cache writes", usage.get("cache_write_tokens")),
+                    ("output tokens", usage.get("output_tokens")),
+                    ("cost (USD)", usage.get("cost")),
+                    (
+                        "provider flip",
+                        f"{flip.get('from')} → {flip.get('to')} after {flip.get('idle_s')} s idle"
+                        if isinstance(flip, dict)
+                        else None,
+                    ),
+                )
+                if v is not None
+            ]
+        )
 
     rules = meta.get("rules") or []
     title(f"Matched rules ({len(rules)})")
@@ -113,36 +129,50 @@ def summary(meta: dict) -> list[Line]:
     session = meta.get("session")
     if session:
         title("Session")
-        lines += _pairs([
-            ("agent", session.get("agent")),
-            ("id", session.get("id")),
-            ("label", session.get("label")),
-            ("name", session.get("name") or "(none)"),
-            ("trace uuid", session.get("trace_uuid")),
-            ("file", session.get("file")),
-            ("folder", session.get("cwd")),
-            ("decided by", session.get("source")),
-            ("fallback ID", "yes" if session.get("fallback") else "no"),
-        ])
+        lines += _pairs(
+            [
+                ("agent", session.get("agent")),
+                ("id", session.get("id")),
+                ("label", session.get("label")),
+                ("name", session.get("name") or "(none)"),
+                ("trace uuid", session.get("trace_uuid")),
+                ("file", session.get("file")),
+                ("folder", session.get("cwd")),
+                ("decided by", session.get("source")),
+                ("fallback ID", "yes" if session.get("fallback") else "no"),
+            ]
+        )
         kind = session.get("subagent_kind")
-        lines += _pairs([(k, v) for k, v in (  # its tree, where it has one; the label kept over a rename
-            ("sub-agent", f"{session.get('subagent')}" + (f" ({kind})" if kind else "") if session.get("subagent")
-             else None),
-            ("sub-agent file", session.get("subagent_file")),
-            ("parent", session.get("parent")),
-            ("root", session.get("root")),
-            ("tree path", session.get("path")),
-            ("label sent", session.get("sent_label")),
-        ) if v])
+        lines += _pairs(
+            [
+                (k, v)
+                for k, v in (  # its tree, where it has one; the label kept over a rename
+                    (
+                        "sub-agent",
+                        f"{session.get('subagent')}" + (f" ({kind})" if kind else "")
+                        if session.get("subagent")
+                        else None,
+                    ),
+                    ("sub-agent file", session.get("subagent_file")),
+                    ("parent", session.get("parent")),
+                    ("root", session.get("root")),
+                    ("tree path", session.get("path")),
+                    ("label sent", session.get("sent_label")),
+                )
+                if v
+            ]
+        )
     if "process" in meta:
         proc = meta.get("process")
         title("Process")
         if proc and "pid" in proc:
-            lines += _pairs([
-                ("pid", f"{proc.get('pid')} ({proc.get('comm') or '?'})"),
-                ("cwd", proc.get("cwd")),
-                ("started", _when(proc.get("started_at"))),
-            ])
+            lines += _pairs(
+                [
+                    ("pid", f"{proc.get('pid')} ({proc.get('comm') or '?'})"),
+                    ("cwd", proc.get("cwd")),
+                    ("started", _when(proc.get("started_at"))),
+                ]
+            )
         else:
             why = (proc or {}).get("unreadable") or "no local process found for this connection"
             lines.append([("text", "  "), ("content_none", f"not read: {why}")])
@@ -180,8 +210,9 @@ def render(data: bytes, flow, http_message) -> tuple[str, list[Line]]:
     try:
         meta = _meta_of(flow, http_message)
         if meta is None:
-            return "no session IDs", [[("text", "agent-session-ids did not touch this request (no session_ids "
-                                                "metadata).")]]
+            return "no session IDs", [
+                [("text", "agent-session-ids did not touch this request (no session_ids metadata).")]
+            ]
         lines = summary(meta)
         lines.append([("text", " ")])
         lines += _body_lines(data or b"")

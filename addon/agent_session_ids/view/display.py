@@ -37,8 +37,13 @@ def annotate(flow, state: FlowState) -> None:
 
 
 def _annotate_rewrite(flow, state: FlowState) -> None:
-    session, process, changes, skipped, unreadable = \
-        state.session, state.process, state.changes, state.skipped, state.unreadable
+    session, process, changes, skipped, unreadable = (
+        state.session,
+        state.process,
+        state.changes,
+        state.skipped,
+        state.unreadable,
+    )
     assert session is not None  # state.rewritten
     flow.comment = comment(session, changes, skipped)
     if unreadable:
@@ -59,13 +64,23 @@ def _annotate_rewrite(flow, state: FlowState) -> None:
             "fallback": session.fallback,
             "cwd": state.cwd,
             # its place in a tree (resolution/tree.py): only where it has one
-            **({"subagent": session.subagent, "subagent_kind": session.subagent_kind,
-                "subagent_file": session.subagent_file, "parent": session.parent,
-                "root": session.root or session.id, "path": "/" + "/".join(session.lineage)}
-               if session.subagent or session.parent else {}),
+            **(
+                {
+                    "subagent": session.subagent,
+                    "subagent_kind": session.subagent_kind,
+                    "subagent_file": session.subagent_file,
+                    "parent": session.parent,
+                    "root": session.root or session.id,
+                    "path": "/" + "/".join(session.lineage),
+                }
+                if session.subagent or session.parent
+                else {}
+            ),
             **({"sent_label": session.kept_label or session.id} if session.kept else {}),
         },
-        "process": {"unreadable": unreadable} if process is None else {
+        "process": {"unreadable": unreadable}
+        if process is None
+        else {
             "pid": process.pid,
             "comm": process.comm,
             "cwd": process.cwd,
@@ -105,8 +120,10 @@ def usage_text(figures: dict) -> str:
         parts.append(shown(figures["provider"], 60))
     flip = figures.get("provider_flip")
     if flip:
-        parts.append(f"provider flip {shown(flip['from'], 60)} → {shown(flip['to'], 60)} "
-                     f"after {duration(flip.get('idle_s'))} idle")
+        parts.append(
+            f"provider flip {shown(flip['from'], 60)} → {shown(flip['to'], 60)} "
+            f"after {duration(flip.get('idle_s'))} idle"
+        )
     if not parts:
         parts.append(f"no usage in the answer (HTTP {figures.get('status', '?')})")
     return " · ".join(parts)

@@ -16,5 +16,17 @@ from .per_cwd import PerCwd
 from .per_project import PerProject
 from .per_session import PerSession
 
-__all__ = ["Database", "DateTree", "IdLayout", "PerCwd", "PerProject", "PerSession", "Query", "Root", "Search",
-           "SessionFolder", "StoreIO", "StoreKind"]
+__all__ = [
+    "Database",
+    "DateTree",
+    "IdLayout",
+    "PerCwd",
+    "PerProject",
+    "PerSession",
+    "Query",
+    "Root",
+    "Search",
+    "SessionFolder",
+    "StoreIO",
+    "StoreKind",
+]

@@ -115,8 +115,9 @@ class StoreKind:
         """Where this process keeps its sessions (a few small reads at most: kept per process)."""
         raise NotImplementedError
 
-    def candidates(self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query,
-                   budget: ReadBudget) -> list[SessionFile]:
+    def candidates(
+        self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query, budget: ReadBudget
+    ) -> list[SessionFile]:
         """The files with the hinted id, the request's first user turn, or one of its paths."""
         raise NotImplementedError
 
@@ -124,13 +125,15 @@ class StoreKind:
         """How the store is listed by file name; None: its file names do not hold the ids."""
         return None
 
-    def by_id(self, io: StoreIO, folder: str, session_id: str, roots: list[str],
-              budget: ReadBudget) -> list[SessionFile]:
+    def by_id(
+        self, io: StoreIO, folder: str, session_id: str, roots: list[str], budget: ReadBudget
+    ) -> list[SessionFile]:
         """The file of this id in one folder the id index found (no process needed)."""
         return []
 
-    def by_conversation(self, io: StoreIO, roots: list[str], first_user: str, deadline: float,
-                        budget: ReadBudget) -> Search:
+    def by_conversation(
+        self, io: StoreIO, roots: list[str], first_user: str, deadline: float, budget: ReadBudget
+    ) -> Search:
         """Files whose first user turn is this one, in every session folder below `roots`; a kind
         that cannot be searched so finds nothing and reads nothing."""
         return Search()
@@ -145,16 +148,28 @@ class JsonlKind(StoreKind):
 
     format: RecordFormat
 
-    def candidates(self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query,
-                   budget: ReadBudget) -> list[SessionFile]:
+    def candidates(
+        self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query, budget: ReadBudget
+    ) -> list[SessionFile]:
         out: list[SessionFile] = []
         for folder in folders:
-            out.extend(io.jsonl.candidates(folder.path, self.format, query_ids(query), query_users(query),
-                                           query.paths, folder.cwd_filter, fresh=query.fresh, budget=budget))
+            out.extend(
+                io.jsonl.candidates(
+                    folder.path,
+                    self.format,
+                    query_ids(query),
+                    query_users(query),
+                    query.paths,
+                    folder.cwd_filter,
+                    fresh=query.fresh,
+                    budget=budget,
+                )
+            )
         return out
 
-    def by_id(self, io: StoreIO, folder: str, session_id: str, roots: list[str],
-              budget: ReadBudget) -> list[SessionFile]:
+    def by_id(
+        self, io: StoreIO, folder: str, session_id: str, roots: list[str], budget: ReadBudget
+    ) -> list[SessionFile]:
         return io.jsonl.candidates(folder, self.format, ids=[session_id], budget=budget)
 
     def name_now(self, io: StoreIO, path: str, st: os.stat_result, budget: ReadBudget) -> tuple[bool, str | None]:

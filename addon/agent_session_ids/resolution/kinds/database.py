@@ -31,8 +31,9 @@ class Database(StoreKind):
     def folders(self, process: Process) -> list[SessionFolder]:
         return [SessionFolder(root, process.cwd) for root in self.root_paths(process.environ)]
 
-    def candidates(self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query,
-                   budget: ReadBudget) -> list[SessionFile]:
+    def candidates(
+        self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query, budget: ReadBudget
+    ) -> list[SessionFile]:
         # the session the request names, else the newest of this cwd
         out = []
         for folder in folders:
@@ -43,8 +44,12 @@ class Database(StoreKind):
 
 
 def newest_session(
-    data_dir: str, process: Process, wait_s: float = 0.05, database: str = "opencode.db",
-    database_env: str | None = "OPENCODE_DB", session_id: str | None = None,
+    data_dir: str,
+    process: Process,
+    wait_s: float = 0.05,
+    database: str = "opencode.db",
+    database_env: str | None = "OPENCODE_DB",
+    session_id: str | None = None,
 ) -> SessionFile | None:
     """The session of this id, else the newest session of this cwd, in the database."""
     env = process.environ
@@ -58,14 +63,16 @@ def newest_session(
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=wait_s)
         try:
             if session_id:
-                row = conn.execute("SELECT id, title, time_created, time_updated, directory FROM session WHERE id = ?",
-                                   (session_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT id, title, time_created, time_updated, directory FROM session WHERE id = ?", (session_id,)
+                ).fetchone()
             else:
                 # opencode records $PWD, which can differ from the real cwd (a symlinked path)
                 dirs = tuple(dict.fromkeys(d for d in (process.cwd, env.get("PWD")) if d))
                 row = conn.execute(
                     f"SELECT id, title, time_created, time_updated, directory FROM session WHERE directory IN "
-                    f"({', '.join('?' * len(dirs))}) ORDER BY time_updated DESC LIMIT 1", dirs
+                    f"({', '.join('?' * len(dirs))}) ORDER BY time_updated DESC LIMIT 1",
+                    dirs,
                 ).fetchone()
         finally:
             conn.close()
@@ -75,8 +82,15 @@ def newest_session(
         return None
     sid, title, created, updated, directory = row
     # opencode titles every session itself: not a name the user chose, so not used for the label
-    return SessionFile(path=f"{db}#{sid}", id=sid, created=_ms(created), mtime=_ms(updated), first_user=None,
-                       n_assistant=0, cwd=directory if isinstance(directory, str) and directory else process.cwd)
+    return SessionFile(
+        path=f"{db}#{sid}",
+        id=sid,
+        created=_ms(created),
+        mtime=_ms(updated),
+        first_user=None,
+        n_assistant=0,
+        cwd=directory if isinstance(directory, str) and directory else process.cwd,
+    )
 
 
 def _newest_json_session(data_dir: str, process: Process) -> SessionFile | None:
@@ -98,9 +112,15 @@ def _newest_json_session(data_dir: str, process: Process) -> SessionFile | None:
             t = t if isinstance(t, dict) else {}
             updated = _ms(t.get("updated"))
             if best is None or updated > best.mtime:
-                best = SessionFile(path=os.path.join(folder, name), id=str(data.get("id")),
-                                   created=_ms(t.get("created")), mtime=updated, first_user=None, n_assistant=0,
-                                   cwd=process.cwd)
+                best = SessionFile(
+                    path=os.path.join(folder, name),
+                    id=str(data.get("id")),
+                    created=_ms(t.get("created")),
+                    mtime=updated,
+                    first_user=None,
+                    n_assistant=0,
+                    cwd=process.cwd,
+                )
     return best
 
 

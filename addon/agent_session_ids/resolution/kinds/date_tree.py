@@ -39,38 +39,52 @@ class DateTree(JsonlKind):
     def folders(self, process: Process) -> list[SessionFolder]:
         return [SessionFolder(root, process.cwd) for root in self.root_paths(process.environ)]
 
-    def candidates(self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query,
-                   budget: ReadBudget) -> list[SessionFile]:
+    def candidates(
+        self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query, budget: ReadBudget
+    ) -> list[SessionFile]:
         if query.found_by_id:  # a named session found by its file name: the tree is not read in full
             return []
         days = io.kept(_Days)
         out: list[SessionFile] = []
         for folder in folders:
             for i, day in enumerate(days.of(folder.path)):
-                out.extend(io.jsonl.candidates(day, self.format, query_ids(query), query_users(query), query.paths,
-                                               folder.cwd_filter, relist=i < RECENT_DAYS, fresh=query.fresh,
-                                               budget=budget))
+                out.extend(
+                    io.jsonl.candidates(
+                        day,
+                        self.format,
+                        query_ids(query),
+                        query_users(query),
+                        query.paths,
+                        folder.cwd_filter,
+                        relist=i < RECENT_DAYS,
+                        fresh=query.fresh,
+                        budget=budget,
+                    )
+                )
         return self._named(io, out, self.root_paths(process.environ))
 
     def id_layout(self) -> IdLayout | None:
         return IdLayout(3, "", self.file_names)
 
-    def by_id(self, io: StoreIO, folder: str, session_id: str, roots: list[str],
-              budget: ReadBudget) -> list[SessionFile]:
+    def by_id(
+        self, io: StoreIO, folder: str, session_id: str, roots: list[str], budget: ReadBudget
+    ) -> list[SessionFile]:
         return self._named(io, super().by_id(io, folder, session_id, roots, budget), roots)
 
-    def by_conversation(self, io: StoreIO, roots: list[str], first_user: str, deadline: float,
-                        budget: ReadBudget) -> Search:
+    def by_conversation(
+        self, io: StoreIO, roots: list[str], first_user: str, deadline: float, budget: ReadBudget
+    ) -> Search:
         # what it read cannot tell a new session: a new day folder is not among them
         found = Search(searched=[])
         days = io.kept(_Days)
         for root in roots:
-            folders = days.of(root)[:RECENT_DAYS * 4]
+            folders = days.of(root)[: RECENT_DAYS * 4]
             if os.path.isdir(root):
                 found.searched = None
             for folder in folders:
-                found.files.extend(io.jsonl.candidates(folder, self.format, first_users=[first_user], fresh=True,
-                                                       budget=budget))
+                found.files.extend(
+                    io.jsonl.candidates(folder, self.format, first_users=[first_user], fresh=True, budget=budget)
+                )
                 if time.monotonic() > deadline:
                     return Search(found.files, None, done=False)
         return found
@@ -82,8 +96,9 @@ class DateTree(JsonlKind):
         names: dict[str, str] = {}
         index = io.kept(_NameIndexes)
         for root in roots:
-            names.update(index.names(os.path.join(os.path.dirname(root.rstrip("/")), self.name_index),
-                                     self.name_index_fields))
+            names.update(
+                index.names(os.path.join(os.path.dirname(root.rstrip("/")), self.name_index), self.name_index_fields)
+            )
         return [dataclasses.replace(f, name=names[f.id]) if names.get(f.id) else f for f in files]
 
 

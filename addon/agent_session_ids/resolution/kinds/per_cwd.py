@@ -49,8 +49,11 @@ class PerCwd(JsonlKind):
         """Pure: --session-dir (when the command line shows it), the env variable and the
         settings file's session folder come first; else the cwd's folder in each root."""
         env = process.environ
-        for custom in (_flag(process.cmdline, self.custom_dir_flag) if self.custom_dir_flag else None,
-                       env.get(self.custom_dir_env) if self.custom_dir_env else None, settings_session_dir):
+        for custom in (
+            _flag(process.cmdline, self.custom_dir_flag) if self.custom_dir_flag else None,
+            env.get(self.custom_dir_env) if self.custom_dir_env else None,
+            settings_session_dir,
+        ):
             if custom:
                 custom = expand(custom, env)
                 if not os.path.isabs(custom):
@@ -63,8 +66,9 @@ class PerCwd(JsonlKind):
     def id_layout(self) -> IdLayout | None:
         return IdLayout(1, self.subdir, self.file_names) if self.file_names else None
 
-    def by_conversation(self, io: StoreIO, roots: list[str], first_user: str, deadline: float,
-                        budget: ReadBudget) -> Search:
+    def by_conversation(
+        self, io: StoreIO, roots: list[str], first_user: str, deadline: float, budget: ReadBudget
+    ) -> Search:
         found = Search()
         assert found.searched is not None
         cwds = io.kept(_CwdFolders)
@@ -73,8 +77,9 @@ class PerCwd(JsonlKind):
             found.searched.append(root)
             found.searched.extend(folders)
             for folder in folders:
-                found.files.extend(io.jsonl.candidates(folder, self.format, first_users=[first_user], fresh=True,
-                                                       budget=budget))
+                found.files.extend(
+                    io.jsonl.candidates(folder, self.format, first_users=[first_user], fresh=True, budget=budget)
+                )
                 if time.monotonic() > deadline:
                     return Search(found.files, None, done=False)
         return found
@@ -118,7 +123,7 @@ def _flag(cmdline: tuple[str, ...], flag: str) -> str | None:
         if arg == flag and i + 1 < len(cmdline):
             return cmdline[i + 1]
         if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
+            return arg[len(flag) + 1 :]
     return None
 
 
@@ -136,6 +141,7 @@ def _by_hashed_prefix(folder: SessionFolder, subdir: str) -> SessionFolder:
     prefix = name[:201]
     for entry in listdir(parent):
         if entry.startswith(prefix):
-            return SessionFolder(os.path.join(parent, entry, sub) if sub else os.path.join(parent, entry),
-                                 folder.cwd_filter)
+            return SessionFolder(
+                os.path.join(parent, entry, sub) if sub else os.path.join(parent, entry), folder.cwd_filter
+            )
     return folder

@@ -24,16 +24,21 @@ class PerSession(StoreKind):
     def folders(self, process: Process) -> list[SessionFolder]:
         return [SessionFolder(root, None) for root in dict.fromkeys(self.root_paths(process.environ))]
 
-    def candidates(self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query,
-                   budget: ReadBudget) -> list[SessionFile]:
+    def candidates(
+        self, io: StoreIO, process: Process, folders: list[SessionFolder], query: Query, budget: ReadBudget
+    ) -> list[SessionFile]:
         out: list[SessionFile] = []
         for folder in folders:
-            out.extend(io.session_dirs.candidates(folder.path, self.manifest, query_ids(query), query_users(query),
-                                                  query.paths))
+            out.extend(
+                io.session_dirs.candidates(
+                    folder.path, self.manifest, query_ids(query), query_users(query), query.paths
+                )
+            )
         return out
 
-    def by_conversation(self, io: StoreIO, roots: list[str], first_user: str, deadline: float,
-                        budget: ReadBudget) -> Search:
+    def by_conversation(
+        self, io: StoreIO, roots: list[str], first_user: str, deadline: float, budget: ReadBudget
+    ) -> Search:
         found = Search()
         assert found.searched is not None
         for root in dict.fromkeys(roots):

@@ -21,6 +21,10 @@ from .netlink import (
 from .table import ProcessTable
 
 __all__ = [
-    "NETLINK_FAILURES_BEFORE_PAUSE", "NETLINK_PAUSE_MAX_S", "NETLINK_PAUSE_S", "NetlinkUnavailable",
-    "ProcessTable", "parse_netlink_reply",
+    "NETLINK_FAILURES_BEFORE_PAUSE",
+    "NETLINK_PAUSE_MAX_S",
+    "NETLINK_PAUSE_S",
+    "NetlinkUnavailable",
+    "ProcessTable",
+    "parse_netlink_reply",
 ]

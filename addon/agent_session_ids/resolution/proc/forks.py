@@ -84,8 +84,9 @@ class ForkWatch:
                 self.watched.move_to_end(inode)
             return entry
 
-    def holders_now(self, inode: int, uid: int, entry: Watched | None, now: int,
-                    recent: RecentOwners) -> dict[int, int]:
+    def holders_now(
+        self, inode: int, uid: int, entry: Watched | None, now: int, recent: RecentOwners
+    ) -> dict[int, int]:
         """Who holds the socket now: the known holders that still do, and the processes made since
         the entry's mark that do. Without an entry (forgotten), a full search."""
         target = f"socket:[{inode}]"

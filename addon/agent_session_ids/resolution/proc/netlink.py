@@ -21,8 +21,9 @@ _NLM_F_REQUEST = 1
 _NLMSG_ERROR = 2
 
 # errnos after which netlink cannot answer here at all (a sandbox, a seccomp filter, no sock_diag)
-_NETLINK_UNUSABLE = frozenset({errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT,
-                               errno.EAFNOSUPPORT, errno.ENOSYS, errno.EINVAL})
+_NETLINK_UNUSABLE = frozenset(
+    {errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.ENOSYS, errno.EINVAL}
+)
 NETLINK_FAILURES_BEFORE_PAUSE = 3  # transient failures (timeouts) in a row before netlink is paused
 NETLINK_PAUSE_S = 10.0  # the first pause; each further pause doubles, up to NETLINK_PAUSE_MAX_S
 NETLINK_PAUSE_MAX_S = 600.0  # also the pause after an error that says netlink cannot be used here
@@ -95,15 +96,16 @@ def parse_netlink_reply(data: bytes) -> tuple[int, int] | None:
     return inode, uid
 
 
-def _query(family: int, peer_ip, peer_port: int, local_ip,
-           local_port: int) -> tuple[int, int] | None:
+def _query(family: int, peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int] | None:
     """One exact NETLINK_SOCK_DIAG query. (inode, uid); None: no such socket.
     Raises NetlinkUnavailable."""
+
     def addr(ip) -> bytes:
         return ip.packed.ljust(16, b"\0")
 
-    sockid = struct.pack("!HH16s16s", peer_port, local_port, addr(peer_ip), addr(local_ip)) + \
-        struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie check
+    sockid = struct.pack("!HH16s16s", peer_port, local_port, addr(peer_ip), addr(local_ip)) + struct.pack(
+        "=III", 0, 0xFFFFFFFF, 0xFFFFFFFF
+    )  # any interface, no cookie check
     req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
     msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + req
     try:

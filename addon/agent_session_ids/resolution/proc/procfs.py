@@ -16,7 +16,7 @@ def stat_fields(stat: bytes) -> list[bytes]:
     """The fields of a /proc/<pid>/stat line after the command name (from field 3, the state).
     The name may hold spaces and parentheses: the line is split after its last ')'.
     Raises ValueError if there is none."""
-    return stat[stat.rindex(b")") + 2:].split()
+    return stat[stat.rindex(b")") + 2 :].split()
 
 
 def read_stat(pid: int) -> list[bytes]:

@@ -13,7 +13,7 @@ def hex_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) ->
     packed = ip.packed
     words = []
     for i in range(0, len(packed), 4):
-        word = packed[i:i + 4]
+        word = packed[i : i + 4]
         words.append((word[::-1] if sys.byteorder == "little" else word).hex().upper())
     return f"{''.join(words)}:{port:04X}".encode()
 
@@ -25,8 +25,7 @@ def owner(peer_ip, peer_port: int, local_ip, local_port: int) -> tuple[int, int]
         mapped = lambda ip: ipaddress.IPv6Address("::ffff:" + str(ip))  # noqa: E731
         searches = [
             ("tcp", hex_address(peer_ip, peer_port), hex_address(local_ip, local_port)),
-            ("tcp6", hex_address(mapped(peer_ip), peer_port),
-             hex_address(mapped(local_ip), local_port)),
+            ("tcp6", hex_address(mapped(peer_ip), peer_port), hex_address(mapped(local_ip), local_port)),
         ]
     elif peer_ip.version == 6 and local_ip.version == 6:
         searches = [("tcp6", hex_address(peer_ip, peer_port), hex_address(local_ip, local_port))]

@@ -119,8 +119,11 @@ class Snapshots:
         base = f"/proc/{process.pid}"
         try:
             comm = self._comm_now(process)
-            if comm == process.comm and os.readlink(f"{base}/exe") == process.exe \
-                    and os.readlink(f"{base}/cwd") == process.cwd:
+            if (
+                comm == process.comm
+                and os.readlink(f"{base}/exe") == process.exe
+                and os.readlink(f"{base}/cwd") == process.cwd
+            ):
                 return process
         except OSError:
             pass

@@ -32,8 +32,7 @@ class ProcessTable:
     """Lookups and rechecks run on several executor threads at once: each part of the state
     changes only under its own lock."""
 
-    def __init__(self, *, use_netlink: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, use_netlink: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.use_netlink = use_netlink  # False: never try netlink (tests, odd platforms)
         self.netlink = NetlinkHealth(clock)
         self.recent = RecentOwners()
