@@ -267,7 +267,10 @@ EMPTY_TWIN_REASON = (
 )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TWIN_REASON)
+# Not strict: which twin's file is newest when the request arrives depends on when Qwen's own
+# asynchronous append lands, so on a busy machine the addon now and then gives the right id by luck
+# (seen once in CI: XPASS on mitmproxy 12). Any error other than the wrong id still fails the test.
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=TWIN_REASON)
 def test_qwen_resume_of_a_twin_when_the_other_twin_was_written_last(qwen, proxy, dirs, gateway):
     """Twins A and B, B's file written last (its mtime set a minute ahead: what the addon sees
     when Qwen's append of the resumed prompt to A lands after the request, which happens by
