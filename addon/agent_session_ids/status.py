@@ -15,10 +15,10 @@ import os
 
 from mitmproxy import ctx, http
 
-from . import __version__
+from . import PROBE_HOST, __version__
 from .resolution.proc import ProcessTable
 
-PROBE_HOST = "agent-session-ids.invalid"
+__all__ = ["PROBE_HOST", "StatusProbe"]
 
 
 class StatusProbe:

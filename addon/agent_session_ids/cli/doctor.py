@@ -12,10 +12,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import PROBE_HOST
 from ..resolution import agents
 from ..rules import default_rules_dir, load_rules_dir
 from ..shown import shown
-from ..status import PROBE_HOST
+from . import config as config_mod
 from . import env as env_mod
 from .proxy import Place, describe, port_holder, probe
 
@@ -23,8 +24,8 @@ from .proxy import Place, describe, port_holder, probe
 # TLS trusting what NODE_EXTRA_CA_CERTS adds; prints the status line it got.
 NODE_CHECK = r"""
 const net = require('net'), tls = require('tls');
-const [port, host] = [Number(process.argv[1]), process.argv[2]];
-const s = net.connect(port, '127.0.0.1', () => s.write(`CONNECT ${host}:443 HTTP/1.1\r\nHost: ${host}:443\r\n\r\n`));
+const [port, host, proxy] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+const s = net.connect(port, proxy, () => s.write(`CONNECT ${host}:443 HTTP/1.1\r\nHost: ${host}:443\r\n\r\n`));
 s.once('data', (d) => {
   if (!/^HTTP\/1\.\d 200/.test(d.toString())) { console.log('CONNECT refused'); process.exit(1); }
   const t = tls.connect({socket: s, servername: host}, () => {
@@ -54,7 +55,7 @@ def tls_through_proxy(place: Place, cadata: str) -> str | None:
     `cadata` (PEM), else why not."""
     try:
         context = ssl.create_default_context(cadata=cadata)
-        with socket.create_connection(("127.0.0.1", place.port), timeout=5) as raw:
+        with socket.create_connection((place.host, place.port), timeout=5) as raw:
             raw.sendall(f"CONNECT {PROBE_HOST}:443 HTTP/1.1\r\nHost: {PROBE_HOST}:443\r\n\r\n".encode())
             reply = raw.recv(4096)
             if not reply.startswith(b"HTTP/1.1 200") and not reply.startswith(b"HTTP/1.0 200"):
@@ -73,7 +74,11 @@ def node_tls(place: Place, node: str) -> str | None:
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(place.ca_cert)}
     try:
         out = subprocess.run(
-            [node, "-e", NODE_CHECK, str(place.port), PROBE_HOST], env=env, capture_output=True, text=True, timeout=20
+            [node, "-e", NODE_CHECK, str(place.port), PROBE_HOST, place.host],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"node did not run ({e})"
@@ -105,7 +110,7 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
     if status is not None:
         out.append(Check("proxy", "ok", describe(status, place)))
     else:
-        held = port_holder(place.port)
+        held = port_holder(place.port, place.host)
         out.append(
             Check(
                 "proxy",
@@ -162,6 +167,7 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
                 "" if readable or not roots else f"let this user read {', '.join(roots)}",
             )
         )
+    out.append(Check("config file", *config_mod.doctor_line(config_mod.read(place.confdir))))
     why = writable(place.folder)
     out.append(
         Check(

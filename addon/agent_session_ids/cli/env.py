@@ -12,11 +12,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..private_files import private_folder, write_private
-from ..resolution import agents
 from ..shown import shown
 from .proxy import CliError, Place
+
+if TYPE_CHECKING:
+    from ..resolution.agents import AgentProfile
 
 # how each runtime is told to trust the CA: variable -> "ca" (the mitmproxy CA) or "bundle"
 TRUST: dict[str, dict[str, str]] = {
@@ -114,7 +117,9 @@ def _quote_powershell(value: str) -> str:
 QUOTE = {"sh": _quote_sh, "fish": _quote_fish, "powershell": _quote_powershell}
 
 
-def profile_of(name: str) -> agents.AgentProfile:
+def profile_of(name: str) -> AgentProfile:
+    from ..resolution import agents  # a tenth of a second: for launch, not for env
+
     for profile in agents.PROFILES:
         if profile.name == name or profile.command == name:
             return profile

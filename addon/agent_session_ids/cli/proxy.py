@@ -32,10 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from .. import PROBE_HOST
 from ..private_files import open_private, private_folder, write_private
-from ..resolution.proc import procnet
+from ..resolution.tcp_address import hex_address as hex_bytes
 from ..shown import shown
-from ..status import PROBE_HOST
+from .config import script_flags
 from .place import DEFAULT_PORT, CliError, Place  # noqa: F401 - the commands' shared names
 
 START_WAIT_S = 30.0
@@ -51,17 +52,17 @@ SCRIPT_TAIL = os.path.join("agent_session_ids", "script.py")
 
 def hex_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
     """The address as /proc/net/tcp{,6} prints it."""
-    return procnet.hex_address(ip, port).decode()
+    return hex_bytes(ip, port).decode()
 
 
 def probe(place: Place, timeout: float = 2.0) -> dict | None:
     """This user's proxy's own status (status.py), typed; None when nothing on the port answers as
     this addon over a socket of this user's."""
-    connection = http.client.HTTPConnection("127.0.0.1", place.port, timeout=timeout)  # reads no *_PROXY
+    connection = http.client.HTTPConnection(place.host, place.port, timeout=timeout)  # reads no *_PROXY
     try:
         connection.connect()
         assert connection.sock is not None
-        if _served_by(place.port, connection.sock.getsockname()[1]) != os.getuid():
+        if _served_by(place.port, connection.sock.getsockname()[1], place.host) != os.getuid():
             return None  # another user's listener, or one that cannot be seen: never taken for the proxy
         connection.request("GET", PROBE_URL)
         answer = connection.getresponse()
@@ -104,13 +105,15 @@ def _rows(port: int):
             yield fields[1], fields[2], fields[3], int(fields[7])
 
 
-def _served_by(port: int, client_port: int) -> int | None:
-    """The uid of the socket that accepted this command's connection from `client_port`; None when
-    it cannot be seen. Elsewhere than Linux: this user's uid when lsof lists a listener of this
-    user's on the port."""
+def _served_by(port: int, client_port: int, host: str = "127.0.0.1") -> int | None:
+    """The uid of the socket that accepted this command's connection from `client_port` to `host`;
+    None when it cannot be seen. Elsewhere than Linux: this user's uid when lsof lists a listener of
+    this user's on the port."""
     try:
-        mine = {hex_address(LOOPBACK, port), hex_address(MAPPED, port)}
-        theirs = {hex_address(LOOPBACK, client_port), hex_address(MAPPED, client_port)}
+        ip = ipaddress.ip_address(host)
+        ips = {ip, ipaddress.ip_address(f"::ffff:{ip}")} if ip.version == 4 else {ip}
+        mine = {hex_address(x, port) for x in ips}
+        theirs = {hex_address(x, client_port) for x in ips}
         return next(
             (
                 uid
@@ -146,12 +149,12 @@ def _listener_uids(port: int) -> set[int]:
         return set()
 
 
-def port_holder(port: int) -> str | None:
-    """What listens on 127.0.0.1:port and is not this user's proxy, in words; None when the port is free."""
-    with socket.socket() as s:
+def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
+    """What listens on host:port and is not this user's proxy, in words; None when the port is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
             return None
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
@@ -257,20 +260,22 @@ def _alive(pid: int) -> bool:
 
 
 def mitmdump_argv(place: Place, extra: list[str]) -> list[str]:
-    """mitmdump of this Python, with the addon's script, on 127.0.0.1:port."""
+    """mitmdump of this Python, with the addon's script, on the place's listen host and port (which
+    win over the config file's; its other options are read by mitmdump itself)."""
     script = Path(__file__).resolve().parent.parent / "script.py"
     return [
         sys.executable,
         "-c",
         "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
         "--listen-host",
-        "127.0.0.1",
+        place.listen_host,
         "-p",
         str(place.port),
         "--set",
         f"confdir={place.confdir}",
         "-s",
         str(script),
+        *script_flags(place.confdir),
         *_lazy(extra),
         *extra,
     ]
@@ -296,7 +301,7 @@ def start(place: Place, extra: list[str] | None = None) -> tuple[dict, bool]:
         status = probe(place)
         if status is not None:
             return status, False
-        held = port_holder(place.port)
+        held = port_holder(place.port, place.host)
         if held:
             raise CliError(
                 f"{held}; end that program, or use another port: agent-session-ids proxy start --port {place.port + 1}"

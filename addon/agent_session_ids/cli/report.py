@@ -14,7 +14,6 @@ render_json.py and render_html.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,12 +27,13 @@ from ..usage.render_html import as_html, session_html
 from ..usage.render_json import as_json, session_json
 from ..usage.render_text import session_text, text
 from ..usage.timespec import parse_moment, zone_of
+from .place import Parser
 
 DEFAULT_LEDGER = ledger.DEFAULT_PATH
 COMPACT_BELOW = 100  # a terminal narrower than this gets the compact table
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):  # its choices' "did you mean" from the commands' parser; its own exit 2
     def error(self, message: str):  # one line, no usage block
         print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
         sys.exit(2)

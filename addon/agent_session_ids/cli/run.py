@@ -10,6 +10,7 @@
     agent-session-ids top [--once] [--window 1h]  the sessions live, as htop shows processes
     agent-session-ids statusline [--session ID]  one line for Claude Code's statusLine (JSON on stdin)
     agent-session-ids check [RULES_DIR]          check a rules folder
+    agent-session-ids --version                  this program's version, mitmproxy's and Python's
     agent-session-ids [--web] [MITMPROXY OPTIONS]   the proxy in the foreground (mitmdump, or mitmweb)
 
 Bad input gets one line that says what is wrong, and a non-zero exit.
@@ -32,36 +33,107 @@ def _Parser(**kwargs):
 
 
 def _place(args):
+    """The proxy's place: --port and --listen-host, else the config file's, else 8080 on 127.0.0.1."""
     from pathlib import Path
 
-    from .place import Place
+    from .config import reach_host, read
+    from .place import DEFAULT_PORT, Place
 
     confdir = Path(args.confdir).expanduser() if args.confdir else Place().confdir
-    if not 0 < args.port < 65536:
+    config = read(confdir)
+    if args.port is not None and not 0 < args.port < 65536:
         raise CliError(f"--port {args.port} is not a port; give one from 1 to 65535")
-    return Place(args.port, confdir)
+    host = args.listen_host if args.listen_host is not None else config.listen_host
+    if host is None:
+        host = "127.0.0.1"
+    reach_host(host, "--listen-host" if args.listen_host is not None else str(config.where))
+    return Place(args.port or config.listen_port or DEFAULT_PORT, confdir, host)
 
 
 def _common(parser) -> None:
-    from .place import DEFAULT_PORT
-
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the proxy's port on 127.0.0.1 (8080)")
-    parser.add_argument("--confdir", help="mitmproxy's confdir (~/.mitmproxy): the CA, the state, the ledger")
+    parser.add_argument("--port", type=int, help="the proxy's port (config.yaml's listen_port, else 8080)")
+    parser.add_argument("--listen-host", help="the proxy's address (config.yaml's listen_host, else 127.0.0.1)")
+    parser.add_argument("--confdir", help="mitmproxy's confdir (~/.mitmproxy): the CA, the state, config.yaml")
 
 
 def foreground(args: list[str]) -> int:
-    """mitmdump (or mitmweb with --web) with the addon, on 127.0.0.1 unless --listen-host says otherwise."""
+    """mitmdump (or mitmweb with --web) with the addon, on 127.0.0.1 unless --listen-host or the
+    config file says otherwise; not when a proxy already has the port."""
     web = "--web" in args
     if web:
         args.remove("--web")
-    if not any(a == "--listen-host" or a.startswith("--listen-host=") for a in args):
+    place = _foreground_place(args)
+    if (
+        not any(a == "--listen-host" or a.startswith("--listen-host=") for a in args)
+        and place.listen_host == "127.0.0.1"
+    ):
         args = ["--listen-host", "127.0.0.1", *args]
+    _not_shadowed(place, args)
+    _port_free(place, _status_flags(args))
     from pathlib import Path
 
     from mitmproxy.tools import main as tools
 
+    from .config import script_flags
+
     run = tools.mitmweb if web else tools.mitmdump
-    return run(["-s", str(Path(__file__).resolve().parent.parent / "script.py"), *args]) or 0
+    script = str(Path(__file__).resolve().parent.parent / "script.py")
+    return run(["-s", script, *script_flags(place.confdir), *args]) or 0
+
+
+# mitmdump's flags for the options the foreground proxy's place is made of
+FOREGROUND_FLAGS = {"-p": "listen_port", "--listen-port": "listen_port", "--listen-host": "listen_host"}
+
+
+def _foreground_place(args: list[str]):
+    """The place mitmdump will take from these arguments and the config file."""
+    from argparse import Namespace
+
+    given = _given(args)
+    port = given.get("listen_port")
+    if port is not None and not port.isdigit():
+        raise CliError(f"listen port {port!r} is not a port; give one from 1 to 65535")
+    return _place(
+        Namespace(port=port and int(port), listen_host=given.get("listen_host"), confdir=given.get("confdir"))
+    )
+
+
+def _given(args: list[str]) -> dict[str, str]:
+    """The options of the place among mitmdump's arguments: -p, --listen-port, --listen-host, --set NAME=VALUE."""
+    given: dict[str, str] = {}
+    for at, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        following = args[at + 1] if at + 1 < len(args) else ""
+        if name in FOREGROUND_FLAGS:
+            given[FOREGROUND_FLAGS[name]] = value if eq else following
+        elif arg.startswith("-p") and arg[2:].isdigit():
+            given["listen_port"] = arg[2:]
+        elif arg == "--set":
+            option, _, value = following.partition("=")
+            given[option] = value
+    return given
+
+
+def _status_flags(args: list[str]) -> str:
+    """`proxy status`'s flags for the place these foreground arguments name (the config file gives the rest)."""
+    import shlex
+
+    given = _given(args)
+    flags = [("--port", given.get("listen_port")), ("--confdir", given.get("confdir"))]
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags if value)
+
+
+def _port_free(place, status_flags: str) -> None:
+    """One line instead of mitmdump's [Errno 98] when the port is taken: by this user's proxy, or another program."""
+    from . import proxy
+
+    if proxy.probe(place) is not None:
+        raise CliError(
+            f"a proxy of yours already runs on {place.url}; see it with: agent-session-ids proxy status{status_flags}"
+        )
+    held = proxy.port_holder(place.port, place.host)
+    if held:
+        raise CliError(f"{held}; end that program, or give another port: agent-session-ids -p {place.port + 1}")
 
 
 def proxy_command(argv: list[str]) -> int:
@@ -76,6 +148,7 @@ def proxy_command(argv: list[str]) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     place = _place(args)
+    _not_shadowed(place, extra)
     if args.action in ("stop", "restart"):
         print(proxy.stop(place))
         if args.action == "stop":
@@ -84,15 +157,36 @@ def proxy_command(argv: list[str]) -> int:
         status, started = proxy.start(place, extra)
         print(("started: " if started else "already running: ") + proxy.describe(status, place))
         print(f"log: {place.log_file}")
+        if extra and not started:
+            raise CliError(_not_applied(argv, extra, args.action))
         return 0
     answer = proxy.probe(place)
     if answer is None:
-        held = proxy.port_holder(place.port)
+        held = proxy.port_holder(place.port, place.host)
         if held:
             raise CliError(f"{held}; use another port: agent-session-ids proxy start --port {place.port + 1}")
         raise CliError(f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}")
     print(proxy.describe(answer, place))
     return 0
+
+
+def _not_shadowed(place, extra: list[str]) -> None:
+    from .config import read, shadowed
+
+    why = shadowed(read(place.confdir), extra)
+    if why:
+        raise CliError(why)
+
+
+def _not_applied(argv: list[str], extra: list[str], action: str) -> str:
+    import shlex
+
+    rest = list(argv)
+    rest.remove(action)
+    again = shlex.join(["agent-session-ids", "proxy", "restart", *rest, "--", *extra])
+    if action == "restart":  # stop left it running: not ours to restart
+        return f"the options {shlex.join(extra)} were NOT applied: that proxy was not started by 'proxy start'"
+    return f"the options {shlex.join(extra)} were NOT applied to the running proxy; apply them with: {again}"
 
 
 def launch_command(argv: list[str], named: bool) -> int:
@@ -223,11 +317,27 @@ def _unknown_command(word: str) -> str:
     )
 
 
+def version() -> str:
+    """This program's version and mitmproxy's, from the installed metadata: mitmproxy is not imported."""
+    from importlib import metadata
+
+    from .. import __version__
+
+    try:
+        mitmproxy = metadata.version("mitmproxy")
+    except metadata.PackageNotFoundError:
+        mitmproxy = "not installed"
+    return f"agent-session-ids {__version__} (mitmproxy {mitmproxy}, Python {sys.version.split()[0]})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] in (["-h"], ["--help"]):
             print(__doc__.strip())
+            return 0
+        if args[:1] in (["--version"], ["-V"]):
+            print(version())
             return 0
         command = COMMANDS.get(args[0]) if args else None
         if command is None and args and _is_word(args[0]):
@@ -236,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         from ..shown import shown
 
-        print(f"agent-session-ids: {shown(e)}", file=sys.stderr)
+        print(f"{e.prog}: {shown(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
