@@ -69,7 +69,9 @@ def foreground(args: list[str]) -> int:
     ):
         args = ["--listen-host", "127.0.0.1", *args]
     _not_shadowed(place, args)
-    _port_free(place, _status_flags(args))
+    given = _given(args)
+    if given.get("listen_port") != "0" and "@" not in given.get("mode", ""):  # else mitmdump picks the port
+        _port_free(place, _status_flags(args))
     from pathlib import Path
 
     from mitmproxy.tools import main as tools
@@ -82,7 +84,13 @@ def foreground(args: list[str]) -> int:
 
 
 # mitmdump's flags for the options the foreground proxy's place is made of
-FOREGROUND_FLAGS = {"-p": "listen_port", "--listen-port": "listen_port", "--listen-host": "listen_host"}
+FOREGROUND_FLAGS = {
+    "-p": "listen_port",
+    "--listen-port": "listen_port",
+    "--listen-host": "listen_host",
+    "--mode": "mode",
+    "-m": "mode",
+}
 
 
 def _foreground_place(args: list[str]):
@@ -94,7 +102,11 @@ def _foreground_place(args: list[str]):
     if port is not None and not port.isdigit():
         raise CliError(f"listen port {port!r} is not a port; give one from 1 to 65535")
     return _place(
-        Namespace(port=port and int(port), listen_host=given.get("listen_host"), confdir=given.get("confdir"))
+        Namespace(
+            port=int(port) if port and port != "0" else None,
+            listen_host=given.get("listen_host"),
+            confdir=given.get("confdir"),
+        )
     )
 
 
@@ -157,7 +169,7 @@ def proxy_command(argv: list[str]) -> int:
         status, started = proxy.start(place, extra)
         print(("started: " if started else "already running: ") + proxy.describe(status, place))
         print(f"log: {place.log_file}")
-        if extra and not started:
+        if extra and not started and not _runs_with(status, place, extra):
             raise CliError(_not_applied(argv, extra, args.action))
         return 0
     answer = proxy.probe(place)
@@ -176,6 +188,18 @@ def _not_shadowed(place, extra: list[str]) -> None:
     why = shadowed(read(place.confdir), extra)
     if why:
         raise CliError(why)
+
+
+def _runs_with(status: dict, place, extra: list[str]) -> bool:
+    """Was the running proxy started with these very options (Linux: its command line)?"""
+    from .proxy import mitmdump_argv
+
+    try:
+        with open(f"/proc/{status.get('pid')}/cmdline", "rb") as f:
+            running = f.read().split(b"\0")[:-1]
+    except OSError:
+        return False  # unseen: said to be not applied, with the command that applies them
+    return [os.fsdecode(word) for word in running] == mitmdump_argv(place, extra)
 
 
 def _not_applied(argv: list[str], extra: list[str], action: str) -> str:
