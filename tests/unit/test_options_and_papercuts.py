@@ -149,3 +149,11 @@ def test_a_set_option_the_config_file_would_override_is_refused_before_anything_
         "and mitmproxy reads that file after --set; change it there\n"
     )
     assert not (tmp_path / "agent-session-ids").exists()  # nothing started
+
+
+def test_the_service_unit_runs_the_proxy_on_the_config_files_port_and_address(capsys, tmp_path):
+    (tmp_path / "config.yaml").write_text("listen_port: 9011\nlisten_host: 0.0.0.0\n")
+    code, unit, _ = said(capsys, "service", "unit", "--platform", "linux", "--confdir", str(tmp_path))
+    assert code == 0 and '"--listen-host" "0.0.0.0" "-p" "9011"' in unit, unit
+    code, unit, _ = said(capsys, "service", "unit", "--platform", "linux", "--confdir", str(tmp_path), "--port", "9012")
+    assert code == 0 and '"-p" "9012"' in unit  # a flag wins over the file
