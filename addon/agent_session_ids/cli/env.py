@@ -75,12 +75,13 @@ def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def ensure_proxy(place: Place) -> None:
+def ensure_proxy(place: Place, shell: str) -> None:
     """A proxy answering on the place, started when none answers (as `launch` does), so that an agent
     in a shell set up by `env` never meets a refused connection. When none can be started, CliError:
     `env` then prints nothing, and the shell's programs go direct rather than fail."""
     from . import proxy  # nothing of mitmproxy: the proxy runs in processes of its own
 
+    known_shell(shell)  # a mistyped shell starts nothing
     try:
         proxy.start(place)
     except CliError as e:
@@ -108,9 +109,13 @@ def profile_line(place: Place, shell_path: str) -> str:
     return f"add this line to {where}: {line.format(flags=flags)}"
 
 
-def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
+def known_shell(shell: str) -> None:
     if shell not in SHELLS:
         raise CliError(f"unknown shell {shell!r}; use one of: {', '.join(SHELLS)}")
+
+
+def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
+    known_shell(shell)
     quote = QUOTE[shell]
     lines = []
     for name, value in values.items():

@@ -133,7 +133,7 @@ def env_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     place = _place(args)
     if not (args.unset or args.no_start):
-        env.ensure_proxy(place)  # none answering: one is started; none can be: nothing is printed
+        env.ensure_proxy(place, args.shell)  # none answering: one is started; none can be: nothing is printed
     values = (
         dict.fromkeys([*env.PROXY_NAMES, *env.SHELL_TRUST], "") if args.unset else env.variables(place, env.SHELL_TRUST)
     )
