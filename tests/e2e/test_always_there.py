@@ -140,6 +140,17 @@ def test_a_proxy_whose_mitmdump_is_killed_answers_again_and_proxy_stop_ends_it_f
     assert proxy("proxy", "status").returncode == 1
 
 
+def test_a_supervisor_killed_with_sigkill_leaves_no_unsupervised_mitmdump_and_the_next_env_starts_one(proxy):
+    supervisor = proxy.start()
+    mitmdump = proxy.mitmdump()
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: not alive(mitmdump) and not answers(proxy.port), "its mitmdump ended with it")
+    env = proxy("env")  # as the next shell's profile: the stale pid file is no obstacle
+    assert env.returncode == 0 and "export HTTPS_PROXY=" in env.stdout, env
+    assert proxy.supervisor() != supervisor and proxy.mitmdump()
+    proxy.supervisors.append(proxy.supervisor())
+
+
 def test_a_crash_looping_mitmdump_gets_one_log_line_and_runs_again_once_repaired(proxy):
     supervisor = proxy.start()
     config = proxy.confdir / "config.yaml"

@@ -149,11 +149,10 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
     from . import agent_checks, supervisor
 
     out.extend(agent_checks.checks(environ))  # each agent on PATH runs --version, all at once
-    state, detail = supervisor.summary(place)
+    state, detail = supervisor.summary(place, status is not None)
     if state:
-        out.append(
-            Check("supervisor", state, detail, f"agent-session-ids proxy restart --port {place.port}" * (state != "ok"))
-        )
+        fix = "" if state == "ok" else f"agent-session-ids proxy restart --port {place.port}"
+        out.append(Check("supervisor", state, detail, fix))
     why = writable(place.folder)
     out.append(
         Check(

@@ -144,7 +144,7 @@ def last_line(path: Path, tail: int = 1 << 14) -> str:
     return shown(theirs[-1], 300) if theirs else "no output"
 
 
-def summary(place: Place) -> tuple[str, str]:
+def summary(place: Place, answering: bool) -> tuple[str, str]:
     """(ok, warn or fail; one line) on the supervisor, for doctor; ("", "") when there is none to tell of."""
     state = read_state(place)
     if not state:
@@ -152,7 +152,10 @@ def summary(place: Place) -> tuple[str, str]:
     restarts = state.get("restarts") or 0
     last = f"; last exit: {shown(state.get('last_exit'), 80)} at {_when(state.get('last_exit_at'))}" if restarts else ""
     if not state["running"]:
-        return "warn", f"not running (it ended at {_when(state.get('ended_at'))}, after {restarts} restarts{last})"
+        return (
+            "ok" if answering else "warn",
+            f"not running (it ended at {_when(state.get('ended_at'))}, after {restarts} restarts{last})",
+        )
     if state.get("crash_loop"):
         return "fail", (
             f"pid {state['supervisor']}: mitmdump keeps exiting soon after its start, restarted with a back-off "
@@ -223,12 +226,14 @@ class Supervisor:
         self.child_started = 0.0
         self.answered = False  # the first child answered: from then on a death is restarted
         self.stop_at: float | None = None  # when a stop was asked
+        self.told: int | None = None  # the child sent SIGTERM for it
         self.quick = 0  # deaths in a row soon after their start
         self.state: dict = {"supervisor": os.getpid(), "child": None, "restarts": 0, "crash_loop": False}
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
+        signal.signal(signal.SIGHUP, lambda *_: None)  # no terminal to hang up: never an end (nor for the child)
         self._spawn()
         while self.stop_at is None or self.child is not None:
             code = self.child.poll() if self.child else None
@@ -249,8 +254,11 @@ class Supervisor:
         return 0
 
     def _tick(self) -> None:
-        if self.child is not None and self.stop_at is not None and time.monotonic() - self.stop_at > CHILD_STOP_S:
-            self.child.kill()
+        if self.child is not None and self.stop_at is not None:  # also a child started as the stop came
+            late = time.monotonic() - self.stop_at > CHILD_STOP_S
+            if late or self.told != self.child.pid:
+                self.child.send_signal(signal.SIGKILL if late else signal.SIGTERM)
+                self.told = self.child.pid
         if self.child is not None and not self.answered:
             self.answered = proxy.probe(self.place, timeout=1.0) is not None
         if self.quick and time.monotonic() - self.child_started >= STEADY_S:
@@ -260,7 +268,9 @@ class Supervisor:
         time.sleep(TICK_S)
 
     def _spawn(self) -> None:
-        self.child = subprocess.Popen(self.child_argv, stdin=subprocess.DEVNULL, close_fds=True)
+        self.child = subprocess.Popen(
+            self.child_argv, stdin=subprocess.DEVNULL, close_fds=True, preexec_fn=_with_parent(os.getpid())
+        )
         self.child_started = time.monotonic()
         self._save(child=self.child.pid, child_started_at=time.time())
 
@@ -296,8 +306,9 @@ class Supervisor:
     def _stop(self, signum: int, frame: object) -> None:
         if self.stop_at is None:
             self.stop_at = time.monotonic()
-        if self.child is not None and self.child.poll() is None:
+        if self.child is not None and self.child.returncode is None:
             self.child.send_signal(signal.SIGTERM)
+            self.told = self.child.pid
 
     def _save(self, **changes: object) -> None:
         self.state.update(changes)
@@ -311,6 +322,22 @@ class Supervisor:
                 self.place.pid_file.unlink()
         except OSError:
             pass
+
+
+def _with_parent(parent: int):
+    """Linux: the child gets SIGTERM when the supervisor dies (SIGKILL, OOM), so that no mitmdump
+    holds the port unsupervised, where `proxy stop` could not verify it. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def die_with_parent() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before: too late to be told
+            os._exit(1)
+
+    return die_with_parent
 
 
 def main(args: list[str] | None = None) -> int:
