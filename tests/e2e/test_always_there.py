@@ -133,6 +133,8 @@ def test_a_proxy_whose_mitmdump_is_killed_answers_again_and_proxy_stop_ends_it_f
     assert second in children(supervisor) and proxy.supervisor() == supervisor
     assert proxy.state()["restarts"] == 1 and proxy.state()["last_exit"] == "killed by SIGKILL"
     assert "ended (killed by SIGKILL)" in proxy.log.read_text()
+    doctor = proxy("doctor").stdout
+    assert f"OK   supervisor: pid {supervisor} keeps mitmdump (pid {second}) up; 1 restarts" in doctor, doctor
     stopped = proxy("proxy", "stop")
     assert stopped.returncode == 0 and f"stopped the proxy on port {proxy.port} (pid {supervisor})" in stopped.stdout
     time.sleep(5)  # for good: nothing restarts it
@@ -162,6 +164,8 @@ def test_a_crash_looping_mitmdump_gets_one_log_line_and_runs_again_once_repaired
     assert start.returncode == 1 and CRASH_LOOP_LINE in start.stderr and start.stderr.count("\n") == 1, start
     doctor = proxy("doctor")
     assert f"FAIL supervisor: pid {supervisor}: mitmdump {CRASH_LOOP_LINE}" in doctor.stdout, doctor.stdout
+    status = proxy("proxy", "status")
+    assert status.returncode == 1 and f"its supervisor (pid {supervisor}) runs" in status.stderr, status
     config.unlink()  # repaired: the next try (the back-off is short yet) runs
     wait_for(lambda: proxy.mitmdump(), "the proxy answering once its config is repaired")
     assert proxy.log.read_text().count(CRASH_LOOP_LINE) == 1, proxy.log.read_text()[-3000:]

@@ -90,7 +90,10 @@ def proxy_command(argv: list[str]) -> int:
         held = proxy.port_holder(place.port)
         if held:
             raise CliError(f"{held}; use another port: agent-session-ids proxy start --port {place.port + 1}")
-        raise CliError(f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}")
+        raise CliError(
+            proxy.supervisor.restarting(place)
+            or f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}"
+        )
     print(proxy.describe(answer, place))
     return 0
 

@@ -123,6 +123,19 @@ def awaited(place: Place, pid: int) -> dict:
     raise proxy.CliError(f"the proxy's supervisor (pid {pid}) has no mitmdump answering; see {place.log_file}")
 
 
+def restarting(place: Place) -> str:
+    """Why nothing answers while this proxy's supervisor runs (between two runs of mitmdump); "" when none runs."""
+    pid = running_pid(place)
+    if pid is None:
+        return ""
+    state = read_state(place)
+    how = "keeps exiting soon after its start" if state.get("crash_loop") else "is being restarted"
+    return (
+        f"no proxy answers on {place.url}: its supervisor (pid {pid}) runs, and mitmdump {how} "
+        f"(last exit: {shown(state.get('last_exit'), 80)}); see {place.log_file}"
+    )
+
+
 def exit_text(code: int) -> str:
     if code < 0:
         try:
