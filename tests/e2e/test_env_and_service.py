@@ -167,7 +167,7 @@ def test_doctor_checks_each_spelling_of_the_proxy_variables(tmp_path):
 def test_env_on_a_fresh_confdir_makes_the_private_folder_and_prints_the_lines(tmp_path):
     confdir = tmp_path / "confdir"
     fake_ca(confdir)
-    out = cli("env", port=free_port(), confdir=confdir)
+    out = cli("env", "--no-start", port=free_port(), confdir=confdir)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     folder = confdir / "agent-session-ids"
     bundle = folder / "ca-bundle.pem"
@@ -244,13 +244,13 @@ def sourced(shell: str, confdir: Path, work: Path, fish: Fish | None = None, uns
     env = clean_env(CLI=CLI, CONFDIR=str(confdir), PY=sys.executable, SHOW=SHOW_ENV)
     if shell == "fish":
         assert fish is not None
-        script = "$CLI env --confdir $CONFDIR --shell fish | source; or exit 3\n"
+        script = "$CLI env --no-start --confdir $CONFDIR --shell fish | source; or exit 3\n"
         if unset:
             script += "$CLI env --confdir $CONFDIR --shell fish --unset | source; or exit 3\n"
         argv = [fish.binary, "--no-config", "-c", script + "$PY -c $SHOW"]
         env.update(fish.env)
     else:
-        script = 'eval "$("$CLI" env --confdir "$CONFDIR")" || exit 3\n'
+        script = 'eval "$("$CLI" env --no-start --confdir "$CONFDIR")" || exit 3\n'
         if unset:
             script += 'eval "$("$CLI" env --confdir "$CONFDIR" --unset)" || exit 3\n'
         argv = [shell, "-c", script + '"$PY" -c "$SHOW"']

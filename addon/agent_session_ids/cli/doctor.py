@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import PROBE_HOST
-from ..resolution import agents
 from ..rules import default_rules_dir, load_rules_dir
 from ..shown import shown
 from . import config as config_mod
@@ -152,21 +151,13 @@ def checks(place: Place, environ: dict[str, str]) -> list[Check]:
     told = (status or {}).get("hosts")
     hosts = {h for h in told if isinstance(h, str)} if isinstance(told, list) and told else set(_shipped_hosts())
     out.extend(proxy_variable_checks(place, environ, hosts))
-    for profile in agents.PROFILES:
-        command = shutil.which(profile.command) if profile.command else None
-        if command is None:
-            continue
-        roots = [r for r in profile.store.root_paths(environ) if os.path.isdir(r)] if profile.store else []
-        readable = [r for r in roots if os.access(r, os.R_OK | os.X_OK)]
-        detail = f"{command}; sessions in {', '.join(readable) or 'no store yet'}"
-        out.append(
-            Check(
-                f"agent {profile.name}",
-                "ok" if readable or not roots else "fail",
-                detail,
-                "" if readable or not roots else f"let this user read {', '.join(roots)}",
-            )
-        )
+    from . import agent_checks, supervisor
+
+    out.extend(agent_checks.checks(environ))  # each agent on PATH runs --version, all at once
+    state, detail = supervisor.summary(place, status is not None)
+    if state:
+        fix = "" if state == "ok" else f"agent-session-ids proxy restart --port {place.port}"
+        out.append(Check("supervisor", state, detail, fix))
     out.append(Check("config file", *config_mod.doctor_line(config_mod.read(place.confdir))))
     why = writable(place.folder)
     out.append(

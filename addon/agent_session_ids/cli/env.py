@@ -78,9 +78,47 @@ def variables(place: Place, trust: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
+def ensure_proxy(place: Place, shell: str) -> None:
+    """A proxy answering on the place, started when none answers (as `launch` does), so that an agent
+    in a shell set up by `env` never meets a refused connection. When none can be started, CliError:
+    `env` then prints nothing, and the shell's programs go direct rather than fail."""
+    from . import proxy  # nothing of mitmproxy: the proxy runs in processes of its own
+
+    known_shell(shell)  # a mistyped shell starts nothing
+    try:
+        proxy.start(place)
+    except CliError as e:
+        raise CliError(f"{e}; no proxy variable was set: this shell's programs go direct") from None
+
+
+# how a profile has the proxy at each login, without a service manager: shell -> (file, line)
+PROFILE_LINES = {
+    "bash": ("~/.bashrc", 'eval "$(agent-session-ids env{flags})"'),
+    "zsh": ("~/.zshrc", 'eval "$(agent-session-ids env{flags})"'),
+    "fish": ("~/.config/fish/config.fish", "agent-session-ids env --shell fish{flags} | source"),
+    "pwsh": ("$PROFILE", "agent-session-ids env --shell powershell{flags} | Out-String | Invoke-Expression"),
+}
+
+
+def profile_line(place: Place, shell_path: str) -> str:
+    """Where and what to add to the user's shell profile (their $SHELL; bash's form when unknown)."""
+    import shlex
+
+    where, line = PROFILE_LINES.get(os.path.basename(shell_path or ""), PROFILE_LINES["bash"])
+    default = Place()
+    flags = (f" --port {place.port}" if place.port != default.port else "") + (
+        f" --confdir {shlex.quote(str(place.confdir))}" if place.confdir != default.confdir else ""
+    )
+    return f"add this line to {where}: {line.format(flags=flags)}"
+
+
+def known_shell(shell: str) -> None:
     if shell not in SHELLS:
         raise CliError(f"unknown shell {shell!r}; use one of: {', '.join(SHELLS)}")
+
+
+def shell_lines(values: dict[str, str], shell: str, unset: bool) -> list[str]:
+    known_shell(shell)
     quote = QUOTE[shell]
     lines = []
     for name, value in values.items():

@@ -11,10 +11,13 @@ question is this user's. On Linux that is its row in /proc/net/tcp{,6} (the acce
 carries its listener's uid); elsewhere (macOS) lsof must list a listener of this user's on the
 port (lsof shows no other user's sockets to a user).
 
-A pid is signalled only when it is verified to be this proxy: this user's process whose command
-line is mitmdump with this addon on this port and confdir (Linux: /proc/PID/cmdline; elsewhere
-`ps -o uid=,command= -p PID`), and, when the proxy answers, the pid it reports itself. Its group
-is signalled only when it leads its own (`proxy start` makes it so); never pid 0, 1 or below.
+The pid file names the proxy's supervisor (supervisor.py), which runs mitmdump as its child and
+restarts it when it dies. A pid is signalled only when it is verified to be this proxy: this user's
+supervisor whose command line carries mitmdump's with this addon on this port and confdir (Linux:
+/proc/PID/cmdline; elsewhere `ps -o uid=,command= -p PID`), and, when the proxy answers, the pid it
+reports itself (its mitmdump) is that supervisor's child. (A pid file an older version wrote names
+mitmdump itself: verified the same way, the reported pid then its own.) Its group is signalled only
+when it leads its own (`proxy start` makes it so; mitmdump stays in it); never pid 0, 1 or below.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .. import PROBE_HOST
 from ..private_files import open_private, private_folder, write_private
 from ..resolution.tcp_address import hex_address as hex_bytes
 from ..shown import shown
+from . import supervisor
 from .config import script_flags
 from .place import DEFAULT_PORT, CliError, Place  # noqa: F401 - the commands' shared names
 
@@ -301,6 +305,9 @@ def start(place: Place, extra: list[str] | None = None) -> tuple[dict, bool]:
         status = probe(place)
         if status is not None:
             return status, False
+        running = supervisor.running_pid(place)
+        if running is not None:  # between two runs of mitmdump: the supervisor's next one is awaited
+            return supervisor.awaited(place, running), False
         held = port_holder(place.port, place.host)
         if held:
             raise CliError(
@@ -312,7 +319,7 @@ def start(place: Place, extra: list[str] | None = None) -> tuple[dict, bool]:
             raise CliError(f"cannot write the log {place.log_file} ({e.strerror or e})") from None
         with os.fdopen(log, "ab") as log_file:
             child = subprocess.Popen(
-                mitmdump_argv(place, extra or []),
+                supervisor.argv(place, extra or []),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -350,7 +357,7 @@ def stop(place: Place) -> str:
             )
         return f"no proxy is running on port {place.port}"
     reported = status.get("pid") if status else None
-    if not is_this_proxy(pid, place) or (reported is not None and reported != pid):
+    if not _verified(pid, place, reported):
         place.pid_file.unlink(missing_ok=True)
         what = "is not this proxy (left alone)" if _alive(pid) else "has ended"
         after = (
@@ -362,6 +369,14 @@ def stop(place: Place) -> str:
     _end(pid)
     place.pid_file.unlink(missing_ok=True)
     return f"stopped the proxy on port {place.port} (pid {pid})"
+
+
+def _verified(pid: int, place: Place, reported: int | None) -> bool:
+    """Is `pid` this proxy: its supervisor, whose child answers (when one answers), or a mitmdump
+    an older version started, which answers with its own pid."""
+    if supervisor.is_supervisor(pid, place):
+        return reported is None or supervisor.parent_of(reported) == pid
+    return is_this_proxy(pid, place) and reported in (None, pid)
 
 
 def _end(pid: int) -> None:
@@ -405,5 +420,11 @@ def _last_line(path: Path) -> str:
 def describe(status: dict, place: Place) -> str:
     """One line on a proxy from its status answer (typed and shown by probe; shown again here)."""
     rules = ", ".join(status.get("rules") or []) or "none"
-    pid = f" (pid {status['pid']})" if status.get("pid") else ""
-    return shown(f"agent-session-ids {status.get('version')} runs on {place.url}{pid}; rules: {rules}")
+    pid, kept = (f" (pid {status['pid']})" if status.get("pid") else ""), ""
+    state = supervisor.read_state(place) if status.get("pid") else {}
+    if (
+        state.get("running") and supervisor.parent_of(status["pid"]) == state["supervisor"]
+    ):  # the pid to stop is the supervisor's
+        pid = f" (pid {state['supervisor']})"
+        kept = f"; kept up by its supervisor: mitmdump pid {status['pid']}, {state.get('restarts') or 0} restarts"
+    return shown(f"agent-session-ids {status.get('version')} runs on {place.url}{pid}; rules: {rules}{kept}")

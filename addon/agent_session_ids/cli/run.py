@@ -3,7 +3,7 @@
     agent-session-ids proxy start|stop|status|restart [--port N] [--confdir DIR] [-- MITMPROXY OPTIONS]
     agent-session-ids launch AGENT [ARGS...]     a known agent, through the proxy (started if need be)
     agent-session-ids run -- CMD [ARGS...]       any program, the same way
-    agent-session-ids env [--shell sh|fish|powershell] [--unset]   lines to eval in a shell
+    agent-session-ids env [--shell sh|fish|powershell] [--unset]   lines to eval in a shell (starts the proxy)
     agent-session-ids doctor [--json]            check the set-up; each problem with its fix
     agent-session-ids service install|uninstall|status|unit   the proxy as a user service
     agent-session-ids report ...                 the usage report (as agent-session-ids-report)
@@ -177,7 +177,10 @@ def proxy_command(argv: list[str]) -> int:
         held = proxy.port_holder(place.port, place.host)
         if held:
             raise CliError(f"{held}; use another port: agent-session-ids proxy start --port {place.port + 1}")
-        raise CliError(f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}")
+        raise CliError(
+            proxy.supervisor.restarting(place)
+            or f"no proxy answers on {place.url}; start it: agent-session-ids proxy start --port {place.port}"
+        )
     print(proxy.describe(answer, place))
     return 0
 
@@ -247,8 +250,11 @@ def env_command(argv: list[str]) -> int:
     _common(parser)
     parser.add_argument("--shell", default="sh", help="sh (bash, zsh), fish or powershell")
     parser.add_argument("--unset", action="store_true", help="the lines that undo it")
+    parser.add_argument("--no-start", action="store_true", help="print the lines only: start no proxy")
     args = parser.parse_args(argv)
     place = _place(args)
+    if not (args.unset or args.no_start):
+        env.ensure_proxy(place, args.shell)  # none answering: one is started; none can be: nothing is printed
     values = (
         dict.fromkeys([*env.PROXY_NAMES, *env.SHELL_TRUST], "") if args.unset else env.variables(place, env.SHELL_TRUST)
     )

@@ -125,10 +125,13 @@ def unit_text(place: Place, platform: str | None = None) -> str:
 def install(place: Place) -> str:
     platform = _platform()
     why = _manager(platform)
-    if why:
+    if why:  # a container, WSL, a server: the profile starts the proxy at login, its supervisor keeps it up
+        from .env import profile_line
+
         raise CliError(
-            f"no user service manager runs here ({why}); start the proxy with: "
-            f"agent-session-ids proxy start --port {place.port}"
+            f"no user service manager runs here ({shown(why, 200)}); to have the proxy at each login, "
+            f"{profile_line(place, os.environ.get('SHELL', ''))} (it starts the proxy when none answers); "
+            f"now: agent-session-ids proxy start --port {place.port}"
         )
     path = _unit_path(platform)
     path.parent.mkdir(parents=True, exist_ok=True)
