@@ -156,7 +156,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_no_unsupervised_mitmdump_and_th
 def test_a_crash_looping_mitmdump_gets_one_log_line_and_runs_again_once_repaired(proxy):
     supervisor = proxy.start()
     config = proxy.confdir / "config.yaml"
-    config.write_text("listen_port: [\n")  # mitmdump refuses to start with it
+    config.write_text("mode: [no-such-mode]\n")  # mitmdump refuses to start with it (the commands read only listen_*)
     os.kill(proxy.mitmdump(), signal.SIGKILL)
     wait_for(lambda: proxy.state()["restarts"] >= 5, "five restarts of a mitmdump that cannot start")
     assert proxy.state()["crash_loop"] and alive(supervisor)
